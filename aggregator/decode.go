@@ -1,0 +1,81 @@
+package aggregator
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/admetric/admetric/ingest/event"
+)
+
+// ErrPoison marks a stream message that can never be processed: it does not
+// decode or does not validate. It is skipped (rollups) or terminated (archive)
+// so its partition keeps moving.
+var ErrPoison = errors.New("aggregator: poison message")
+
+// decodeMsg turns a stream message into a Record. Publishers other than our own
+// intake may leave out what the subject already says (type, ad_id), the event ID
+// (the Nats-Msg-Id header or, failing that, the stream sequence stands in) and the
+// timestamp (the time the stream stored the message stands in).
+func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: metadata: %w", ErrPoison, err)
+	}
+	ev, err := event.Decode(msg.Data())
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: seq %d: %w", ErrPoison, meta.Sequence.Stream, err)
+	}
+	typ, adID, ok := splitSubject(msg.Subject())
+	if !ok {
+		return Record{}, fmt.Errorf("%w: seq %d: subject %q is not ads.events.<type>.<ad_id>", ErrPoison, meta.Sequence.Stream, msg.Subject())
+	}
+	if ev.Type == "" {
+		ev.Type = event.Type(typ)
+	}
+	if ev.AdID == "" {
+		ev.AdID = adID
+	}
+	if string(ev.Type) != typ || ev.AdID != adID {
+		return Record{}, fmt.Errorf("%w: seq %d: body (%s, %s) disagrees with subject %q", ErrPoison, meta.Sequence.Stream, ev.Type, ev.AdID, msg.Subject())
+	}
+	if ev.EventID == "" {
+		ev.EventID = msg.Headers().Get(jetstream.MsgIDHeader)
+	}
+	if ev.EventID == "" {
+		ev.EventID = "seq-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+	}
+	if ev.Timestamp.IsZero() {
+		ev.Timestamp = meta.Timestamp.UTC()
+	}
+	// Bounds are checked against the time the stream stored the message, so a
+	// replay long after does not turn valid events into poison; how old an event
+	// may be for each rollup is the fold's decision.
+	if err := ev.Validate(meta.Timestamp, event.Limits{}); err != nil {
+		return Record{}, fmt.Errorf("%w: seq %d: %w", ErrPoison, meta.Sequence.Stream, err)
+	}
+	rec := Record{Seq: meta.Sequence.Stream, Event: ev}
+	if ev.IP != "" || ev.UserAgent != "" {
+		rec.Visitor = ev.VisitorHash(salt)
+		if rec.Visitor == 0 {
+			rec.Visitor = 1 // 0 means "no visitor"; one hash in 2^64 moves over
+		}
+	}
+	return rec, nil
+}
+
+// splitSubject parses ads.events.<type>.<ad_id>.
+func splitSubject(subject string) (typ, adID string, ok bool) {
+	rest, found := strings.CutPrefix(subject, event.SubjectPrefix)
+	if !found {
+		return "", "", false
+	}
+	typ, adID, found = strings.Cut(rest, ".")
+	if !found || typ == "" || adID == "" || strings.Contains(adID, ".") {
+		return "", "", false
+	}
+	return typ, adID, true
+}

@@ -1,0 +1,123 @@
+// Package aggregator turns the event stream into what the read side needs: the
+// rollup writer folds events into per-ad minute, hour and day rollups in KV, and
+// the archiver writes every event to the PostgreSQL events table.
+//
+// The fold is pure (Fold, Touched) so that it is tested and benchmarked without
+// NATS; the consumers around it only fetch, commit and acknowledge.
+package aggregator
+
+import (
+	"time"
+
+	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/store"
+)
+
+// Record is one event read from the stream, with its stream sequence and its
+// visitor hash.
+type Record struct {
+	Seq     uint64
+	Event   event.Event
+	Visitor uint64 // 0: the event carries no visitor identity
+}
+
+// Key names one rollup value: a key in one resolution's bucket.
+type Key struct {
+	Unit store.Unit
+	Key  string
+}
+
+// Touched lists, without repeats, the rollup keys that Fold will read for recs.
+func Touched(layout store.Layout, recs []Record, now time.Time) []Key {
+	seen := make(map[Key]struct{}, len(recs))
+	var keys []Key
+	for i := range recs {
+		for _, res := range layout {
+			if !holds(res, recs[i].Event.Timestamp, now) {
+				continue
+			}
+			k, _ := res.Unit.Locate(recs[i].Event.AdID, recs[i].Event.Timestamp)
+			key := Key{res.Unit, k}
+			if _, ok := seen[key]; !ok {
+				seen[key] = struct{}{}
+				keys = append(keys, key)
+			}
+		}
+	}
+	return keys
+}
+
+// holds reports whether res still keeps data for time t.
+func holds(res store.Resolution, t, now time.Time) bool {
+	return !t.Before(now.Add(-res.Retention))
+}
+
+// FoldStats says what Fold did with a batch.
+type FoldStats struct {
+	// Applied counts (event, resolution) pairs added to a rollup.
+	Applied int
+	// Duplicates counts pairs skipped because the rollup already holds that
+	// sequence (a redelivery after a crash between commit and checkpoint).
+	Duplicates int
+	// TooOld counts events older than every resolution's retention: archived,
+	// but in no rollup.
+	TooOld int
+}
+
+// Fold adds recs, which must be in ascending sequence order, to values, which
+// must hold the current value of every key Touched returns for them. An event
+// goes to its event-time slot in every resolution that still holds that time;
+// a rollup skips any event at or below its MaxSeq, so folding a batch again
+// after a partial commit counts nothing twice.
+func Fold(layout store.Layout, values map[Key]*store.Rollup, recs []Record, now time.Time) FoldStats {
+	var st FoldStats
+	for i := range recs {
+		r := &recs[i]
+		placed := false
+		for _, res := range layout {
+			if !holds(res, r.Event.Timestamp, now) {
+				continue
+			}
+			placed = true
+			k, slot := res.Unit.Locate(r.Event.AdID, r.Event.Timestamp)
+			v := values[Key{res.Unit, k}]
+			if r.Seq <= v.MaxSeq {
+				st.Duplicates++
+				continue
+			}
+			apply(v.Slot(slot), r)
+			v.MaxSeq = r.Seq
+			st.Applied++
+		}
+		if !placed {
+			st.TooOld++
+		}
+	}
+	return st
+}
+
+func apply(s *store.Slot, r *Record) {
+	switch r.Event.Type {
+	case event.Impression:
+		s.Impressions++
+	case event.Click:
+		s.Clicks++
+		s.PlaybackMillis += r.Event.PlaybackMillis()
+		s.PlaybackCount++
+	case event.Start:
+		s.Starts++
+	case event.FirstQuartile:
+		s.FirstQuartiles++
+	case event.Midpoint:
+		s.Midpoints++
+	case event.ThirdQuartile:
+		s.ThirdQuartiles++
+	case event.Complete:
+		s.Completes++
+	case event.Skip:
+		s.Skips++
+	}
+	if r.Visitor != 0 {
+		s.AddVisitor(r.Visitor)
+	}
+}

@@ -1,0 +1,48 @@
+package aggregator
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the aggregator's Prometheus collectors, shared by its consumers.
+type Metrics struct {
+	folded        prometheus.Counter
+	duplicates    prometheus.Counter
+	tooOld        prometheus.Counter
+	poison        *prometheus.CounterVec
+	commitErrors  prometheus.Counter
+	commitSeconds prometheus.Histogram
+	archived      prometheus.Counter
+	archiveErrors prometheus.Counter
+}
+
+// NewMetrics creates the collectors and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		folded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_events_folded_total", Help: "Events folded into rollups.",
+		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_duplicates_skipped_total", Help: "Event-resolution pairs skipped because the rollup already held them (replay after a crash).",
+		}),
+		tooOld: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_events_too_old_total", Help: "Events older than every rollup retention: archived, in no rollup.",
+		}),
+		poison: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "admetric_poison_messages_total", Help: "Stream messages that do not decode or validate, by consumer.",
+		}, []string{"consumer"}),
+		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_commit_errors_total", Help: "Failed rollup commits (retried).",
+		}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "admetric_rollup_commit_seconds", Help: "Time to fold and commit one batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		archived: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_archive_events_inserted_total", Help: "Events newly written to the PostgreSQL archive.",
+		}),
+		archiveErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_archive_errors_total", Help: "Failed archive batch inserts (retried).",
+		}),
+	}
+	reg.MustRegister(m.folded, m.duplicates, m.tooOld, m.poison, m.commitErrors, m.commitSeconds, m.archived, m.archiveErrors)
+	return m
+}

@@ -1,0 +1,259 @@
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/admetric/admetric/store"
+)
+
+// AdCatalog is the in-memory set of known ads that intake checks; the ad
+// handlers keep it current for this process.
+type AdCatalog interface {
+	Add(id string)
+	Remove(id string)
+	Exists(id string) bool
+	IDs() []string
+}
+
+// AdStore is the ads table.
+type AdStore interface {
+	List(ctx context.Context, limit, offset int) ([]store.Ad, int, error)
+	Get(ctx context.Context, id string) (*store.Ad, error)
+	Create(ctx context.Context, ad *store.Ad) error
+	Update(ctx context.Context, ad *store.Ad) error
+	Delete(ctx context.Context, id string) error
+}
+
+// AdHandlers serve GET /ads, GET /ads/:id and, with an admin token, POST, PUT and
+// DELETE. Build with NewAdHandlers.
+type AdHandlers struct {
+	ads     AdStore
+	catalog AdCatalog
+	// tokenHash is the SHA-256 of the admin token, or nil when management is off.
+	tokenHash []byte
+	logger    *slog.Logger
+}
+
+// NewAdHandlers returns the ad handlers. An empty adminToken disables management
+// (POST, PUT and DELETE answer 403).
+func NewAdHandlers(ads AdStore, catalog AdCatalog, adminToken string, logger *slog.Logger) *AdHandlers {
+	h := &AdHandlers{ads: ads, catalog: catalog, logger: logger.With("component", "api")}
+	if adminToken != "" {
+		sum := sha256.Sum256([]byte(adminToken))
+		h.tokenHash = sum[:]
+	}
+	return h
+}
+
+// ManagementEnabled reports whether an admin token was configured.
+func (h *AdHandlers) ManagementEnabled() bool { return h.tokenHash != nil }
+
+// Register mounts the ad routes on r.
+func (h *AdHandlers) Register(r gin.IRouter) {
+	r.GET("/ads", h.list)
+	r.GET("/ads/:id", h.get)
+	admin := r.Group("/ads", h.requireAdmin)
+	admin.POST("", h.create)
+	admin.PUT("/:id", h.update)
+	admin.DELETE("/:id", h.delete)
+}
+
+// requireAdmin checks "Authorization: Bearer <token>". Both sides are hashed
+// first so the comparison is constant-time whatever the lengths.
+func (h *AdHandlers) requireAdmin(c *gin.Context) {
+	if h.tokenHash == nil {
+		fail(c, http.StatusForbidden, "", "ad management is disabled: the server has no ADMIN_TOKEN")
+		return
+	}
+	token, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+	sum := sha256.Sum256([]byte(token))
+	if !ok || subtle.ConstantTimeCompare(sum[:], h.tokenHash) != 1 {
+		c.Header("WWW-Authenticate", `Bearer realm="admetric"`)
+		fail(c, http.StatusUnauthorized, "Authorization", "a valid admin bearer token is required")
+		return
+	}
+	c.Next()
+}
+
+type adList struct {
+	Ads    []store.Ad `json:"ads"`
+	Total  int        `json:"total"`
+	Limit  int        `json:"limit"`
+	Offset int        `json:"offset"`
+}
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 500
+)
+
+func (h *AdHandlers) list(c *gin.Context) {
+	limit, ok := intParam(c, "limit", defaultPageSize, 1, maxPageSize)
+	if !ok {
+		return
+	}
+	offset, ok := intParam(c, "offset", 0, 0, 1<<31-1)
+	if !ok {
+		return
+	}
+	ads, total, err := h.ads.List(c.Request.Context(), limit, offset)
+	if err != nil {
+		h.storeFailed(c, err)
+		return
+	}
+	if ads == nil {
+		ads = []store.Ad{}
+	}
+	c.JSON(http.StatusOK, adList{Ads: ads, Total: total, Limit: limit, Offset: offset})
+}
+
+// intParam reads an optional integer query parameter in [lo, hi]; on a bad
+// value it answers 400 and returns false.
+func intParam(c *gin.Context, name string, def, lo, hi int) (int, bool) {
+	raw, ok := c.GetQuery(name)
+	if !ok {
+		return def, true
+	}
+	v, err := strconv.Atoi(raw)
+	if err != nil || v < lo || v > hi {
+		fail(c, http.StatusBadRequest, name, "must be an integer from "+strconv.Itoa(lo)+" to "+strconv.Itoa(hi))
+		return 0, false
+	}
+	return v, true
+}
+
+func (h *AdHandlers) get(c *gin.Context) {
+	ad, err := h.ads.Get(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		h.storeFailed(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, ad)
+}
+
+// adInput is the body of POST /ads and PUT /ads/:id.
+type adInput struct {
+	ID              string   `json:"id"`
+	Title           string   `json:"title"`
+	Advertiser      string   `json:"advertiser"`
+	VideoURL        string   `json:"video_url"`
+	ClickURL        string   `json:"click_url"`
+	DurationSeconds *float64 `json:"duration_seconds"`
+}
+
+const maxAdBody = 64 << 10
+
+func (h *AdHandlers) decodeAd(c *gin.Context) (*adInput, bool) {
+	var in adInput
+	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, maxAdBody)
+	if err := c.ShouldBindJSON(&in); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			fail(c, http.StatusRequestEntityTooLarge, "", "body is larger than 64 KiB")
+			return nil, false
+		}
+		fail(c, http.StatusBadRequest, "", "malformed JSON: "+err.Error())
+		return nil, false
+	}
+	in.Title = strings.TrimSpace(in.Title)
+	switch {
+	case in.Title == "":
+		fail(c, http.StatusBadRequest, "title", "is required")
+		return nil, false
+	case len(in.Title) > 200:
+		fail(c, http.StatusBadRequest, "title", "must be at most 200 bytes")
+		return nil, false
+	case len(in.Advertiser) > 200:
+		fail(c, http.StatusBadRequest, "advertiser", "must be at most 200 bytes")
+		return nil, false
+	case len(in.VideoURL) > 2048:
+		fail(c, http.StatusBadRequest, "video_url", "must be at most 2048 bytes")
+		return nil, false
+	case len(in.ClickURL) > 2048:
+		fail(c, http.StatusBadRequest, "click_url", "must be at most 2048 bytes")
+		return nil, false
+	case in.DurationSeconds != nil && (*in.DurationSeconds < 0 || *in.DurationSeconds > 86400):
+		fail(c, http.StatusBadRequest, "duration_seconds", "must be from 0 to 86400")
+		return nil, false
+	}
+	return &in, true
+}
+
+func (in *adInput) ad(id string) *store.Ad {
+	ad := &store.Ad{ID: id, Title: in.Title, Advertiser: in.Advertiser, VideoURL: in.VideoURL, ClickURL: in.ClickURL}
+	if in.DurationSeconds != nil {
+		ad.DurationSeconds = *in.DurationSeconds
+	}
+	return ad
+}
+
+func (h *AdHandlers) create(c *gin.Context) {
+	in, ok := h.decodeAd(c)
+	if !ok {
+		return
+	}
+	ad := in.ad(in.ID)
+	if err := h.ads.Create(c.Request.Context(), ad); err != nil {
+		h.storeFailed(c, err)
+		return
+	}
+	h.catalog.Add(ad.ID)
+	c.Header("Location", "/ads/"+ad.ID)
+	c.JSON(http.StatusCreated, ad)
+}
+
+func (h *AdHandlers) update(c *gin.Context) {
+	in, ok := h.decodeAd(c)
+	if !ok {
+		return
+	}
+	id := c.Param("id")
+	if in.ID != "" && in.ID != id {
+		fail(c, http.StatusBadRequest, "id", "differs from the ID in the path; an ad's ID cannot change")
+		return
+	}
+	ad := in.ad(id)
+	if err := h.ads.Update(c.Request.Context(), ad); err != nil {
+		h.storeFailed(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, ad)
+}
+
+func (h *AdHandlers) delete(c *gin.Context) {
+	id := c.Param("id")
+	if err := h.ads.Delete(c.Request.Context(), id); err != nil {
+		h.storeFailed(c, err)
+		return
+	}
+	h.catalog.Remove(id)
+	c.Status(http.StatusNoContent)
+}
+
+// storeFailed maps a store error to its answer, and logs it once when it is the
+// server's fault.
+func (h *AdHandlers) storeFailed(c *gin.Context, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		fail(c, http.StatusNotFound, "id", "no such ad")
+	case errors.Is(err, store.ErrExists):
+		fail(c, http.StatusConflict, "id", "an ad with this ID exists")
+	case errors.Is(err, store.ErrInvalidAdID):
+		fail(c, http.StatusBadRequest, "id", strings.TrimPrefix(err.Error(), store.ErrInvalidAdID.Error()+": "))
+	case errors.Is(err, context.Canceled):
+		c.Abort()
+	default:
+		h.logger.Error("ads query failed", "err", err)
+		c.Header("Retry-After", "5")
+		fail(c, http.StatusServiceUnavailable, "", "the ads database is unavailable")
+	}
+}

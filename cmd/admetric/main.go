@@ -1,0 +1,83 @@
+// Command admetric runs the AdMetric service: ad event intake, the aggregator
+// and the analytics API, with an embedded NATS server and a private PostgreSQL
+// when none is configured. Configuration is by environment; see .env.example.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/admetric/admetric/config"
+)
+
+const usage = `usage: admetric [serve]
+
+Runs the whole AdMetric service in one process. Configuration is by
+environment variables (see .env.example); with none set it runs an embedded
+NATS server and a private PostgreSQL under ./data and serves HTTP on :8080.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.LookupEnv, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run is main without the process globals, so tests can drive it.
+func run(ctx context.Context, args []string, lookup func(string) (string, bool), stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd = args[0]
+	}
+	switch cmd {
+	case "serve":
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stderr, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "admetric: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	cfg, err := config.Load(lookup)
+	if err != nil {
+		fmt.Fprintf(stderr, "admetric: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	logger := newLogger(cfg, stderr)
+	logger.Info("starting", "config", cfg)
+	if err := serve(ctx, cfg, logger); err != nil {
+		logger.Error("admetric stopped", "err", err)
+		return 1
+	}
+	logger.Info("stopped cleanly")
+	return 0
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve runs the daemon until ctx ends (a signal) or a part fails, then shuts
+// it down within SHUTDOWN_TIMEOUT.
+func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
+	d, err := startDaemon(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	runErr := d.wait(ctx)
+	logger.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	return errors.Join(runErr, d.shutdown(sctx))
+}

@@ -1,0 +1,726 @@
+// Package config holds AdMetric's configuration, read from environment
+// variables.
+//
+// Every setting is one variable with a default (see Config for the list).
+// Load reads them through a lookup function (os.LookupEnv in production, a
+// map in tests), so the package keeps no global state and touches neither the
+// process environment nor any file other than the secret files named by the
+// *_FILE variables.
+//
+// A variable that is set to the empty string counts as unset and takes its
+// default, except NATS_LISTEN, where an explicit empty value disables the
+// embedded NATS listener. Values are trimmed of surrounding whitespace, except
+// the secrets DB_PASSWORD, ADMIN_TOKEN and VISITOR_SALT, which are taken
+// verbatim. Those three and DATABASE_URL may instead be read from a file named
+// by <NAME>_FILE (for example ADMIN_TOKEN_FILE=/run/secrets/admin_token); the
+// file's content is trimmed of surrounding whitespace.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrInvalid is matched (errors.Is) by every error Load and Validate return
+// about a setting: a value that does not parse, is out of range, conflicts
+// with another setting, or names an unreadable secret file.
+var ErrInvalid = errors.New("config: invalid value")
+
+// redacted replaces a secret in LogValue's output.
+const redacted = "[redacted]"
+
+// Config is the whole service configuration. Zero value is not useful; use Load.
+type Config struct {
+	// HTTPAddr is the HTTP listen address, host:port (HTTP_ADDR, default ":8080").
+	HTTPAddr string
+	// DataDir holds the service's local state: the embedded NATS server's
+	// JetStream store, the local PostgreSQL cluster, the generated visitor
+	// salt (DATA_DIR, default "./data").
+	DataDir string
+
+	// NATSURL is the comma-separated list of NATS server URLs to connect to;
+	// empty runs an embedded nats-server (NATS_URL, default "").
+	NATSURL string
+	// NATSListen is the client listen address of the embedded nats-server;
+	// empty disables the listener (in-process connections only)
+	// (NATS_LISTEN, default "127.0.0.1:4222").
+	NATSListen string
+	// NATSSyncAlways makes the embedded server fsync every JetStream write
+	// (NATS_SYNC_ALWAYS, default false).
+	NATSSyncAlways bool
+
+	// DatabaseURL is a PostgreSQL connection URL; when set, the DB_* settings
+	// are not used to connect (DATABASE_URL or DATABASE_URL_FILE, default "").
+	DatabaseURL string
+	// DBHost is the PostgreSQL host; empty (with DatabaseURL empty) makes the
+	// service start its own PostgreSQL (DB_HOST, default "").
+	DBHost string
+	// DBPort is the PostgreSQL port, 1..65535 (DB_PORT, default 5432).
+	DBPort int
+	// DBUser is the PostgreSQL user (DB_USER, default "postgres").
+	DBUser string
+	// DBPassword is the PostgreSQL password, a secret
+	// (DB_PASSWORD or DB_PASSWORD_FILE, default "").
+	DBPassword string
+	// DBName is the PostgreSQL database name (DB_NAME, default "admetric").
+	DBName string
+	// DBSSLMode is the libpq sslmode: disable, allow, prefer, require,
+	// verify-ca or verify-full (DB_SSLMODE, default "disable").
+	DBSSLMode string
+
+	// AdminToken is the bearer token of the ad management API, a secret;
+	// empty disables ad management (ADMIN_TOKEN or ADMIN_TOKEN_FILE, default "").
+	AdminToken string
+	// LogLevel is the minimum log level: debug, info, warn or error,
+	// case-insensitive (LOG_LEVEL, default info).
+	LogLevel slog.Level
+	// LogFormat is the log output format: text or json (LOG_FORMAT, default text).
+	LogFormat string
+	// VisitorSalt salts the hash that identifies visitors, a secret; empty
+	// makes the service generate and persist one
+	// (VISITOR_SALT or VISITOR_SALT_FILE, default "").
+	VisitorSalt string
+	// TrustedProxies lists the IP addresses and CIDR prefixes of reverse
+	// proxies whose forwarding headers are believed
+	// (TRUSTED_PROXIES, comma-separated, default none).
+	TrustedProxies []string
+
+	// MinuteRetention is how long per-minute rollups are kept
+	// (ROLLUP_MINUTE_RETENTION, default 72h). Must not exceed HourRetention.
+	MinuteRetention time.Duration
+	// HourRetention is how long per-hour rollups are kept
+	// (ROLLUP_HOUR_RETENTION, default 2400h, 100 days). Must not exceed DayRetention.
+	HourRetention time.Duration
+	// DayRetention is how long per-day rollups are kept
+	// (ROLLUP_DAY_RETENTION, default 43800h, 5 years).
+	DayRetention time.Duration
+	// StreamMaxAge is how long the event stream keeps events, i.e. the
+	// longest outage the archive can catch up from
+	// (STREAM_MAX_AGE, default 168h, 7 days).
+	StreamMaxAge time.Duration
+	// Partitions is the number of partitions events are spread over,
+	// 1..1024 (PARTITIONS, default 8).
+	Partitions int
+	// ShutdownTimeout bounds a graceful shutdown (SHUTDOWN_TIMEOUT, default 10s).
+	ShutdownTimeout time.Duration
+	// CatalogRefresh is how often the in-memory ad catalog is reloaded from
+	// PostgreSQL (CATALOG_REFRESH, default 10s).
+	CatalogRefresh time.Duration
+}
+
+// fieldError is the error type of every problem with one setting. Its
+// message names the variable; it matches ErrInvalid and unwraps to its cause.
+type fieldError struct {
+	name string // the variable(s) at fault
+	msg  string
+	err  error // underlying cause, may be nil
+}
+
+func (e *fieldError) Error() string        { return "config: " + e.name + ": " + e.msg }
+func (e *fieldError) Is(target error) bool { return target == ErrInvalid }
+func (e *fieldError) Unwrap() error        { return e.err }
+
+// invalidf returns a *fieldError about variable name.
+func invalidf(name, format string, args ...any) error {
+	return &fieldError{name: name, msg: fmt.Sprintf(format, args...)}
+}
+
+// option describes one environment variable.
+type option struct {
+	name string
+	def  string // default, in the variable's own syntax
+	// keepEmpty makes an explicitly empty value override the default.
+	keepEmpty bool
+	// verbatim keeps surrounding whitespace (secrets).
+	verbatim bool
+	// fromFile accepts <name>_FILE as an alternative source.
+	fromFile bool
+	// parse stores v, already defaulted, into c.
+	parse func(c *Config, v string) error
+	// value renders the setting for LogValue, redacting secrets.
+	value func(c *Config) slog.Value
+}
+
+// options returns the table of variables, in LogValue's order. It is a
+// function rather than a package variable so that nothing global is mutable.
+func options() []option {
+	return []option{
+		stringOpt("HTTP_ADDR", ":8080", func(c *Config) *string { return &c.HTTPAddr }),
+		stringOpt("DATA_DIR", "./data", func(c *Config) *string { return &c.DataDir }),
+
+		{
+			name:  "NATS_URL",
+			parse: func(c *Config, v string) error { c.NATSURL = v; return nil },
+			value: func(c *Config) slog.Value { return slog.StringValue(redactURLList(c.NATSURL)) },
+		},
+		{
+			name:      "NATS_LISTEN",
+			def:       "127.0.0.1:4222",
+			keepEmpty: true,
+			parse:     func(c *Config, v string) error { c.NATSListen = v; return nil },
+			value:     func(c *Config) slog.Value { return slog.StringValue(c.NATSListen) },
+		},
+		boolOpt("NATS_SYNC_ALWAYS", "false", func(c *Config) *bool { return &c.NATSSyncAlways }),
+		durationOpt("STREAM_MAX_AGE", "168h", func(c *Config) *time.Duration { return &c.StreamMaxAge }),
+
+		{
+			name:     "DATABASE_URL",
+			fromFile: true,
+			parse:    func(c *Config, v string) error { c.DatabaseURL = v; return nil },
+			value: func(c *Config) slog.Value {
+				if c.DatabaseURL == "" {
+					return slog.StringValue("")
+				}
+				return slog.StringValue(redactURL(c.DatabaseURL, false))
+			},
+		},
+		stringOpt("DB_HOST", "", func(c *Config) *string { return &c.DBHost }),
+		intOpt("DB_PORT", "5432", func(c *Config) *int { return &c.DBPort }),
+		stringOpt("DB_USER", "postgres", func(c *Config) *string { return &c.DBUser }),
+		secretOpt("DB_PASSWORD", func(c *Config) *string { return &c.DBPassword }),
+		stringOpt("DB_NAME", "admetric", func(c *Config) *string { return &c.DBName }),
+		lowerOpt("DB_SSLMODE", "disable", func(c *Config) *string { return &c.DBSSLMode }),
+
+		secretOpt("ADMIN_TOKEN", func(c *Config) *string { return &c.AdminToken }),
+		secretOpt("VISITOR_SALT", func(c *Config) *string { return &c.VisitorSalt }),
+		{
+			name: "TRUSTED_PROXIES",
+			parse: func(c *Config, v string) error {
+				c.TrustedProxies = splitList(v)
+				return nil
+			},
+			value: func(c *Config) slog.Value {
+				return slog.StringValue(strings.Join(c.TrustedProxies, ","))
+			},
+		},
+
+		durationOpt("ROLLUP_MINUTE_RETENTION", "72h", func(c *Config) *time.Duration { return &c.MinuteRetention }),
+		durationOpt("ROLLUP_HOUR_RETENTION", "2400h", func(c *Config) *time.Duration { return &c.HourRetention }),
+		durationOpt("ROLLUP_DAY_RETENTION", "43800h", func(c *Config) *time.Duration { return &c.DayRetention }),
+		intOpt("PARTITIONS", "8", func(c *Config) *int { return &c.Partitions }),
+
+		{
+			name: "LOG_LEVEL",
+			def:  "info",
+			parse: func(c *Config, v string) error {
+				l, ok := parseLevel(v)
+				if !ok {
+					return invalidf("LOG_LEVEL", "%q is not one of debug, info, warn, error", v)
+				}
+				c.LogLevel = l
+				return nil
+			},
+			value: func(c *Config) slog.Value {
+				name, _ := levelName(c.LogLevel)
+				return slog.StringValue(name)
+			},
+		},
+		lowerOpt("LOG_FORMAT", "text", func(c *Config) *string { return &c.LogFormat }),
+		durationOpt("SHUTDOWN_TIMEOUT", "10s", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
+		durationOpt("CATALOG_REFRESH", "10s", func(c *Config) *time.Duration { return &c.CatalogRefresh }),
+	}
+}
+
+// parseLevel parses LOG_LEVEL's spelling of a level, case-insensitively.
+func parseLevel(s string) (slog.Level, bool) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, true
+	case "info":
+		return slog.LevelInfo, true
+	case "warn":
+		return slog.LevelWarn, true
+	case "error":
+		return slog.LevelError, true
+	}
+	return 0, false
+}
+
+// levelName is the LOG_LEVEL spelling of l; ok is false for a level that
+// LOG_LEVEL cannot express, for which name is slog's spelling.
+func levelName(l slog.Level) (name string, ok bool) {
+	switch l {
+	case slog.LevelDebug, slog.LevelInfo, slog.LevelWarn, slog.LevelError:
+		return strings.ToLower(l.String()), true
+	}
+	return l.String(), false
+}
+
+func stringOpt(name, def string, field func(*Config) *string) option {
+	return option{
+		name:  name,
+		def:   def,
+		parse: func(c *Config, v string) error { *field(c) = v; return nil },
+		value: func(c *Config) slog.Value { return slog.StringValue(*field(c)) },
+	}
+}
+
+// lowerOpt is a case-insensitive keyword, stored in lower case.
+func lowerOpt(name, def string, field func(*Config) *string) option {
+	o := stringOpt(name, def, field)
+	o.parse = func(c *Config, v string) error { *field(c) = strings.ToLower(v); return nil }
+	return o
+}
+
+func secretOpt(name string, field func(*Config) *string) option {
+	return option{
+		name:     name,
+		verbatim: true,
+		fromFile: true,
+		parse:    func(c *Config, v string) error { *field(c) = v; return nil },
+		value:    func(c *Config) slog.Value { return slog.StringValue(redactSecret(*field(c))) },
+	}
+}
+
+func intOpt(name, def string, field func(*Config) *int) option {
+	return option{
+		name: name,
+		def:  def,
+		parse: func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return invalidf(name, "%q is not an integer", v)
+			}
+			*field(c) = n
+			return nil
+		},
+		value: func(c *Config) slog.Value { return slog.IntValue(*field(c)) },
+	}
+}
+
+func boolOpt(name, def string, field func(*Config) *bool) option {
+	return option{
+		name: name,
+		def:  def,
+		parse: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return invalidf(name, "%q is not a boolean (true or false)", v)
+			}
+			*field(c) = b
+			return nil
+		},
+		value: func(c *Config) slog.Value { return slog.BoolValue(*field(c)) },
+	}
+}
+
+func durationOpt(name, def string, field func(*Config) *time.Duration) option {
+	return option{
+		name: name,
+		def:  def,
+		parse: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return invalidf(name, "%q is not a duration (such as 90s, 15m or 72h; there is no d unit)", v)
+			}
+			*field(c) = d
+			return nil
+		},
+		value: func(c *Config) slog.Value { return slog.DurationValue(*field(c)) },
+	}
+}
+
+// Load reads the configuration through lookup (os.LookupEnv in production; a map in tests),
+// applies defaults and returns Validate's error, if any.
+//
+// Problems found while parsing (a DB_PORT that is not a number, an
+// unreadable ADMIN_TOKEN_FILE, ...) are joined with Validate's, so the error
+// lists every problem at once. On error the returned *Config is nil.
+// Variables Load does not know are ignored.
+func Load(lookup func(string) (string, bool)) (*Config, error) {
+	if lookup == nil {
+		return nil, errors.New("config: Load: nil lookup function")
+	}
+	c := new(Config)
+	var errs []error
+	for _, o := range options() {
+		v, set, err := o.lookup(lookup)
+		if err == nil {
+			if !o.verbatim {
+				v = strings.TrimSpace(v)
+			}
+			if !set || (v == "" && !o.keepEmpty) {
+				v = o.def
+			}
+			err = o.parse(c, v)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			// Fall back to the default so that Validate does not report
+			// the same variable a second time. Defaults always parse.
+			_ = o.parse(c, o.def)
+		}
+	}
+	errs = append(errs, c.validate()...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// lookup returns the raw value of o and whether it was set, reading
+// <name>_FILE if o allows it. A variable set to the empty string does not
+// count as set for the NAME / NAME_FILE conflict.
+func (o option) lookup(lookup func(string) (string, bool)) (string, bool, error) {
+	v, set := lookup(o.name)
+	if !o.fromFile {
+		return v, set, nil
+	}
+	fileVar := o.name + "_FILE"
+	path, _ := lookup(fileVar)
+	path = strings.TrimSpace(path)
+	if path == "" {
+		return v, set, nil
+	}
+	if v != "" {
+		return "", false, invalidf(o.name, "both %s and %s are set; set only one", o.name, fileVar)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		// The *PathError names the file, never its content.
+		return "", false, &fieldError{name: fileVar, msg: err.Error(), err: err}
+	}
+	v = strings.TrimSpace(string(b))
+	if v == "" {
+		return "", false, invalidf(fileVar, "file %q is empty", path)
+	}
+	return v, true, nil
+}
+
+// splitList splits a comma-separated list, trimming elements and dropping
+// empty ones. It returns nil for an empty list.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Validate checks every field; its error names the environment variable at fault
+// (e.g. `config: LOG_LEVEL: "loud" is not one of debug, info, warn, error`). It joins all problems (errors.Join) so a user sees them all at once.
+//
+// Every error it returns matches ErrInvalid. Error messages never include a
+// secret; URLs are shown with their passwords redacted.
+func (c *Config) Validate() error {
+	return errors.Join(c.validate()...)
+}
+
+// validate returns one error per problem.
+func (c *Config) validate() []error {
+	if c == nil {
+		return []error{fmt.Errorf("config: nil *Config: %w", ErrInvalid)}
+	}
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	add(checkHostPort("HTTP_ADDR", c.HTTPAddr))
+	if c.DataDir == "" {
+		add(invalidf("DATA_DIR", "must not be empty"))
+	}
+
+	add(checkNATSURL(c.NATSURL))
+	if c.NATSListen != "" {
+		add(checkHostPort("NATS_LISTEN", c.NATSListen))
+	}
+	add(checkPositive("STREAM_MAX_AGE", c.StreamMaxAge))
+
+	add(checkDatabaseURL(c.DatabaseURL))
+	add(checkDBHost(c.DBHost))
+	if c.DBPort < 1 || c.DBPort > 65535 {
+		add(invalidf("DB_PORT", "%d is out of range 1..65535", c.DBPort))
+	}
+	if c.DatabaseURL == "" {
+		// Used to connect to DB_HOST or to set up the local PostgreSQL.
+		if c.DBUser == "" {
+			add(invalidf("DB_USER", "must not be empty"))
+		}
+		if c.DBName == "" {
+			add(invalidf("DB_NAME", "must not be empty"))
+		}
+	}
+	switch c.DBSSLMode {
+	case "disable", "allow", "prefer", "require", "verify-ca", "verify-full":
+	default:
+		add(invalidf("DB_SSLMODE", "%q is not one of disable, allow, prefer, require, verify-ca, verify-full", c.DBSSLMode))
+	}
+
+	for _, p := range c.TrustedProxies {
+		add(checkProxy(p))
+	}
+
+	if name, ok := levelName(c.LogLevel); !ok {
+		add(invalidf("LOG_LEVEL", "%q is not one of debug, info, warn, error", name))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		add(invalidf("LOG_FORMAT", "%q is not one of text, json", c.LogFormat))
+	}
+
+	minuteOK := checkPositive("ROLLUP_MINUTE_RETENTION", c.MinuteRetention)
+	hourOK := checkPositive("ROLLUP_HOUR_RETENTION", c.HourRetention)
+	dayOK := checkPositive("ROLLUP_DAY_RETENTION", c.DayRetention)
+	add(minuteOK)
+	add(hourOK)
+	add(dayOK)
+	if minuteOK == nil && hourOK == nil && c.MinuteRetention > c.HourRetention {
+		add(invalidf("ROLLUP_MINUTE_RETENTION", "%v is longer than ROLLUP_HOUR_RETENTION (%v)", c.MinuteRetention, c.HourRetention))
+	}
+	if hourOK == nil && dayOK == nil && c.HourRetention > c.DayRetention {
+		add(invalidf("ROLLUP_HOUR_RETENTION", "%v is longer than ROLLUP_DAY_RETENTION (%v)", c.HourRetention, c.DayRetention))
+	}
+
+	if c.Partitions < 1 || c.Partitions > 1024 {
+		add(invalidf("PARTITIONS", "%d is out of range 1..1024", c.Partitions))
+	}
+	add(checkPositive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout))
+	add(checkPositive("CATALOG_REFRESH", c.CatalogRefresh))
+	return errs
+}
+
+func checkPositive(name string, d time.Duration) error {
+	if d <= 0 {
+		return invalidf(name, "%v must be greater than zero", d)
+	}
+	return nil
+}
+
+// checkHostPort checks a listen address: host:port with a numeric port in
+// 0..65535 (0 picks a free port); the host may be empty (all interfaces).
+func checkHostPort(name, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		reason := err.Error()
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			reason = ae.Err
+		}
+		return invalidf(name, "%q is not host:port (%s)", addr, reason)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return invalidf(name, "%q: port %q is not a number in 0..65535", addr, port)
+	}
+	return nil
+}
+
+// checkNATSURL checks NATS_URL: empty, or a comma-separated list of URLs
+// with a NATS scheme.
+func checkNATSURL(v string) error {
+	if v == "" {
+		return nil
+	}
+	natsSchemes := []string{"nats://", "tls://", "ws://", "wss://"}
+	for _, s := range strings.Split(v, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			return invalidf("NATS_URL", "empty URL in comma-separated list")
+		}
+		lower := strings.ToLower(s)
+		if !slices.ContainsFunc(natsSchemes, func(p string) bool { return strings.HasPrefix(lower, p) }) {
+			return invalidf("NATS_URL", "%q does not start with nats://, tls://, ws:// or wss://", redactURL(s, true))
+		}
+		if u, err := url.Parse(s); err != nil || u.Host == "" {
+			return invalidf("NATS_URL", "%q is not a valid server URL", redactURL(s, true))
+		}
+	}
+	return nil
+}
+
+// checkDatabaseURL checks DATABASE_URL without ever echoing it: it may hold
+// a password.
+func checkDatabaseURL(v string) error {
+	if v == "" {
+		return nil
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		// url.Parse's errors quote the URL, password included.
+		return invalidf("DATABASE_URL", "not a valid URL (value not shown: it may contain a password)")
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return invalidf("DATABASE_URL", "scheme %q is not postgres or postgresql", u.Scheme)
+	}
+	if u.Opaque != "" {
+		return invalidf("DATABASE_URL", "must be of the form postgres://user:password@host:port/dbname")
+	}
+	return nil
+}
+
+// checkDBHost checks DB_HOST: empty, a host name or an IP address
+// (an IPv6 address may be bracketed). Ports go in DB_PORT.
+func checkDBHost(h string) error {
+	if h == "" {
+		return nil
+	}
+	if strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r == 0x7f }) ||
+		(strings.ContainsAny(h, "/?#@\\[]%") && !isIPv6Literal(h)) {
+		return invalidf("DB_HOST", "%q is not a host name or IP address", h)
+	}
+	if strings.Contains(h, ":") && !isIPv6Literal(h) {
+		return invalidf("DB_HOST", "%q is not a host name or IP address (put the port in DB_PORT)", h)
+	}
+	return nil
+}
+
+// isIPv6Literal reports whether h is an IPv6 address, optionally in brackets.
+func isIPv6Literal(h string) bool {
+	a, err := netip.ParseAddr(unbracket(h))
+	return err == nil && a.Is6()
+}
+
+func unbracket(h string) string {
+	if len(h) >= 2 && h[0] == '[' && h[len(h)-1] == ']' {
+		return h[1 : len(h)-1]
+	}
+	return h
+}
+
+// checkProxy checks one TRUSTED_PROXIES entry.
+func checkProxy(p string) error {
+	if _, err := netip.ParseAddr(p); err == nil {
+		return nil
+	}
+	if _, err := netip.ParsePrefix(p); err == nil {
+		return nil
+	}
+	return invalidf("TRUSTED_PROXIES", "%q is not an IP address or CIDR prefix", p)
+}
+
+// EmbeddedNATS reports whether the service runs its own nats-server (NATS_URL empty).
+func (c *Config) EmbeddedNATS() bool { return c.NATSURL == "" }
+
+// LocalPostgres reports whether the service starts its own PostgreSQL (neither DATABASE_URL nor DB_HOST set).
+func (c *Config) LocalPostgres() bool { return c.DatabaseURL == "" && c.DBHost == "" }
+
+// PostgresDSN returns DATABASE_URL, or a postgres:// URL built from DB_* (password URL-escaped), or "" when LocalPostgres.
+//
+// The built URL has the form
+// postgres://DB_USER:DB_PASSWORD@DB_HOST:DB_PORT/DB_NAME?sslmode=DB_SSLMODE,
+// with the password omitted when empty. The result may hold a password: do
+// not log it (log the Config, whose LogValue redacts it).
+func (c *Config) PostgresDSN() string {
+	if c.DatabaseURL != "" {
+		return c.DatabaseURL
+	}
+	if c.DBHost == "" {
+		return ""
+	}
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.User(c.DBUser),
+		Host:     net.JoinHostPort(unbracket(c.DBHost), strconv.Itoa(c.DBPort)),
+		Path:     "/" + c.DBName,
+		RawQuery: url.Values{"sslmode": {c.DBSSLMode}}.Encode(),
+	}
+	if c.DBPassword != "" {
+		u.User = url.UserPassword(c.DBUser, c.DBPassword)
+	}
+	return u.String()
+}
+
+// LogValue implements slog.LogValuer: all settings, with secrets (DB_PASSWORD, ADMIN_TOKEN, VISITOR_SALT, and the password inside DATABASE_URL) shown as "[redacted]" when set and "" when unset.
+//
+// The attributes are keyed by environment variable name. Credentials inside
+// NATS_URL (a password, or a user name standing alone, which NATS treats as
+// a token) are redacted too.
+func (c *Config) LogValue() slog.Value {
+	if c == nil {
+		return slog.StringValue("<nil>")
+	}
+	opts := options()
+	attrs := make([]slog.Attr, 0, len(opts))
+	for _, o := range opts {
+		attrs = append(attrs, slog.Attr{Key: o.name, Value: o.value(c)})
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// redactSecret is "" for an unset secret and "[redacted]" otherwise.
+func redactSecret(s string) string {
+	if s == "" {
+		return ""
+	}
+	return redacted
+}
+
+// redactURLList redacts each URL of a comma-separated list.
+func redactURLList(v string) string {
+	if v == "" {
+		return ""
+	}
+	parts := strings.Split(v, ",")
+	for i, p := range parts {
+		parts[i] = redactURL(strings.TrimSpace(p), true)
+	}
+	return strings.Join(parts, ",")
+}
+
+// redactURL returns raw with its password, and any password or sslpassword
+// query parameter, replaced by "[redacted]". If tokenUser, a user name
+// without a password is redacted as well (NATS reads it as a token). A URL
+// that does not parse is redacted whole if it might hold credentials.
+func redactURL(raw string, tokenUser bool) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Opaque != "" {
+		// Not a URL with an authority: keep it only if it cannot hold
+		// credentials.
+		if strings.Contains(raw, "@") || strings.Contains(strings.ToLower(raw), "password") {
+			return redacted
+		}
+		return raw
+	}
+	cp := *u
+	cp.User = nil
+	cp.RawQuery = redactQuery(u.RawQuery)
+	s := cp.String()
+	if u.User == nil {
+		return s
+	}
+	var userinfo string
+	if _, hasPassword := u.User.Password(); hasPassword {
+		userinfo = url.User(u.User.Username()).String() + ":" + redacted
+	} else if tokenUser {
+		userinfo = redacted
+	} else {
+		userinfo = u.User.String()
+	}
+	prefix := cp.Scheme + "://"
+	if !strings.HasPrefix(s, prefix) {
+		return redacted
+	}
+	return prefix + userinfo + "@" + s[len(prefix):]
+}
+
+// redactQuery redacts password parameters of a raw query string, keeping
+// the others as they are.
+func redactQuery(q string) string {
+	if q == "" {
+		return ""
+	}
+	params := strings.Split(q, "&")
+	for i, p := range params {
+		key, _, _ := strings.Cut(p, "=")
+		if k, err := url.QueryUnescape(key); err == nil {
+			key = k
+		}
+		switch strings.ToLower(key) {
+		case "password", "sslpassword":
+			params[i] = key + "=" + redacted
+		}
+	}
+	return strings.Join(params, "&")
+}

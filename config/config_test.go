@@ -1,0 +1,629 @@
+package config_test
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/admetric/admetric/config"
+)
+
+// allVars lists every variable the package reads, in .env.example's order.
+var allVars = []string{
+	"HTTP_ADDR", "TRUSTED_PROXIES",
+	"NATS_URL", "NATS_LISTEN", "NATS_SYNC_ALWAYS", "STREAM_MAX_AGE",
+	"DATABASE_URL", "DATABASE_URL_FILE", "DB_HOST", "DB_PORT", "DB_USER",
+	"DB_PASSWORD", "DB_PASSWORD_FILE", "DB_NAME", "DB_SSLMODE",
+	"ADMIN_TOKEN", "ADMIN_TOKEN_FILE", "VISITOR_SALT", "VISITOR_SALT_FILE",
+	"ROLLUP_MINUTE_RETENTION", "ROLLUP_HOUR_RETENTION", "ROLLUP_DAY_RETENTION",
+	"DATA_DIR", "PARTITIONS", "LOG_LEVEL", "LOG_FORMAT", "SHUTDOWN_TIMEOUT", "CATALOG_REFRESH",
+}
+
+// env returns a lookup function over m, standing in for os.LookupEnv.
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+// mustLoad loads m and fails the test on error.
+func mustLoad(t *testing.T, m map[string]string) *config.Config {
+	t.Helper()
+	c, err := config.Load(env(m))
+	if err != nil {
+		t.Fatalf("Load(%v): %v", m, err)
+	}
+	if c == nil {
+		t.Fatalf("Load(%v) returned a nil config and no error", m)
+	}
+	return c
+}
+
+// wantInvalid checks that err is a validation error naming variable name
+// and, if contains is not empty, holding contains.
+func wantInvalid(t *testing.T, err error, name, contains string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("got no error, want one about %s", name)
+	}
+	if !errors.Is(err, config.ErrInvalid) {
+		t.Errorf("errors.Is(%v, ErrInvalid) = false", err)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "config: "+name+": ") && !strings.Contains(msg, "config: "+name+"_FILE: ") {
+		t.Errorf("error %q does not name %s", msg, name)
+	}
+	if contains != "" && !strings.Contains(msg, contains) {
+		t.Errorf("error %q does not contain %q", msg, contains)
+	}
+}
+
+func defaults() *config.Config {
+	return &config.Config{
+		HTTPAddr:        ":8080",
+		DataDir:         "./data",
+		NATSURL:         "",
+		NATSListen:      "127.0.0.1:4222",
+		NATSSyncAlways:  false,
+		DatabaseURL:     "",
+		DBHost:          "",
+		DBPort:          5432,
+		DBUser:          "postgres",
+		DBPassword:      "",
+		DBName:          "admetric",
+		DBSSLMode:       "disable",
+		AdminToken:      "",
+		LogLevel:        slog.LevelInfo,
+		LogFormat:       "text",
+		VisitorSalt:     "",
+		TrustedProxies:  nil,
+		MinuteRetention: 72 * time.Hour,
+		HourRetention:   2400 * time.Hour,
+		DayRetention:    43800 * time.Hour,
+		StreamMaxAge:    168 * time.Hour,
+		Partitions:      8,
+		ShutdownTimeout: 10 * time.Second,
+		CatalogRefresh:  10 * time.Second,
+	}
+}
+
+func TestLoadDefaults(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+	}{
+		{"empty environment", map[string]string{}},
+		{"unknown variables are ignored", map[string]string{"HOME": "/root", "ADMETRIC_FOO": "x", "PORT": "nope"}},
+		{"empty values take defaults", map[string]string{
+			"HTTP_ADDR": "", "DATA_DIR": "", "DB_PORT": "", "DB_USER": "", "LOG_LEVEL": "",
+			"PARTITIONS": "  ", "ROLLUP_DAY_RETENTION": "", "NATS_SYNC_ALWAYS": "", "DB_PASSWORD_FILE": "",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got := mustLoad(t, tc.env)
+			if want := defaults(); !reflect.DeepEqual(got, want) {
+				t.Errorf("Load = %+v\nwant %+v", got, want)
+			}
+			if !got.EmbeddedNATS() {
+				t.Error("EmbeddedNATS() = false, want true")
+			}
+			if !got.LocalPostgres() {
+				t.Error("LocalPostgres() = false, want true")
+			}
+			if dsn := got.PostgresDSN(); dsn != "" {
+				t.Errorf("PostgresDSN() = %q, want empty", dsn)
+			}
+			if err := got.Validate(); err != nil {
+				t.Errorf("Validate() = %v", err)
+			}
+		})
+	}
+}
+
+func TestLoadValid(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		field func(*config.Config) any
+		want  any
+	}{
+		{"HTTP_ADDR", map[string]string{"HTTP_ADDR": "127.0.0.1:9000"}, func(c *config.Config) any { return c.HTTPAddr }, "127.0.0.1:9000"},
+		{"HTTP_ADDR ipv6", map[string]string{"HTTP_ADDR": "[::1]:80"}, func(c *config.Config) any { return c.HTTPAddr }, "[::1]:80"},
+		{"HTTP_ADDR port 0", map[string]string{"HTTP_ADDR": "localhost:0"}, func(c *config.Config) any { return c.HTTPAddr }, "localhost:0"},
+		{"HTTP_ADDR trimmed", map[string]string{"HTTP_ADDR": " :8081\n"}, func(c *config.Config) any { return c.HTTPAddr }, ":8081"},
+		{"DATA_DIR", map[string]string{"DATA_DIR": "/var/lib/admetric"}, func(c *config.Config) any { return c.DataDir }, "/var/lib/admetric"},
+		{"NATS_URL", map[string]string{"NATS_URL": "nats://n1:4222"}, func(c *config.Config) any { return c.NATSURL }, "nats://n1:4222"},
+		{"NATS_URL list", map[string]string{"NATS_URL": "nats://a:4222, tls://b:4222,ws://c,wss://d:443"}, func(c *config.Config) any { return c.NATSURL }, "nats://a:4222, tls://b:4222,ws://c,wss://d:443"},
+		{"NATS_LISTEN", map[string]string{"NATS_LISTEN": "0.0.0.0:4333"}, func(c *config.Config) any { return c.NATSListen }, "0.0.0.0:4333"},
+		{"NATS_LISTEN random port", map[string]string{"NATS_LISTEN": "127.0.0.1:0"}, func(c *config.Config) any { return c.NATSListen }, "127.0.0.1:0"},
+		{"NATS_SYNC_ALWAYS", map[string]string{"NATS_SYNC_ALWAYS": "true"}, func(c *config.Config) any { return c.NATSSyncAlways }, true},
+		{"NATS_SYNC_ALWAYS 1", map[string]string{"NATS_SYNC_ALWAYS": "1"}, func(c *config.Config) any { return c.NATSSyncAlways }, true},
+		{"NATS_SYNC_ALWAYS false", map[string]string{"NATS_SYNC_ALWAYS": "FALSE"}, func(c *config.Config) any { return c.NATSSyncAlways }, false},
+		{"DATABASE_URL", map[string]string{"DATABASE_URL": "postgres://u:p@db:5432/x?sslmode=require"}, func(c *config.Config) any { return c.DatabaseURL }, "postgres://u:p@db:5432/x?sslmode=require"},
+		{"DATABASE_URL postgresql", map[string]string{"DATABASE_URL": "postgresql:///x"}, func(c *config.Config) any { return c.DatabaseURL }, "postgresql:///x"},
+		{"DB_HOST", map[string]string{"DB_HOST": "db.internal"}, func(c *config.Config) any { return c.DBHost }, "db.internal"},
+		{"DB_HOST ipv6", map[string]string{"DB_HOST": "::1"}, func(c *config.Config) any { return c.DBHost }, "::1"},
+		{"DB_HOST bracketed ipv6", map[string]string{"DB_HOST": "[fd00::5]"}, func(c *config.Config) any { return c.DBHost }, "[fd00::5]"},
+		{"DB_PORT", map[string]string{"DB_PORT": "6543"}, func(c *config.Config) any { return c.DBPort }, 6543},
+		{"DB_PORT max", map[string]string{"DB_PORT": "65535"}, func(c *config.Config) any { return c.DBPort }, 65535},
+		{"DB_USER", map[string]string{"DB_USER": "admetric"}, func(c *config.Config) any { return c.DBUser }, "admetric"},
+		{"DB_PASSWORD verbatim", map[string]string{"DB_PASSWORD": " s3cret "}, func(c *config.Config) any { return c.DBPassword }, " s3cret "},
+		{"DB_NAME", map[string]string{"DB_NAME": "metrics"}, func(c *config.Config) any { return c.DBName }, "metrics"},
+		{"DB_SSLMODE", map[string]string{"DB_SSLMODE": "verify-full"}, func(c *config.Config) any { return c.DBSSLMode }, "verify-full"},
+		{"DB_SSLMODE case", map[string]string{"DB_SSLMODE": "Require"}, func(c *config.Config) any { return c.DBSSLMode }, "require"},
+		{"ADMIN_TOKEN", map[string]string{"ADMIN_TOKEN": "tok"}, func(c *config.Config) any { return c.AdminToken }, "tok"},
+		{"LOG_LEVEL debug", map[string]string{"LOG_LEVEL": "debug"}, func(c *config.Config) any { return c.LogLevel }, slog.LevelDebug},
+		{"LOG_LEVEL WARN", map[string]string{"LOG_LEVEL": "WARN"}, func(c *config.Config) any { return c.LogLevel }, slog.LevelWarn},
+		{"LOG_LEVEL Error", map[string]string{"LOG_LEVEL": "Error"}, func(c *config.Config) any { return c.LogLevel }, slog.LevelError},
+		{"LOG_FORMAT", map[string]string{"LOG_FORMAT": "JSON"}, func(c *config.Config) any { return c.LogFormat }, "json"},
+		{"VISITOR_SALT", map[string]string{"VISITOR_SALT": "salty"}, func(c *config.Config) any { return c.VisitorSalt }, "salty"},
+		{"TRUSTED_PROXIES", map[string]string{"TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,::1,fd00::/8,"}, func(c *config.Config) any { return c.TrustedProxies }, []string{"10.0.0.1", "192.168.0.0/16", "::1", "fd00::/8"}},
+		{"ROLLUP_MINUTE_RETENTION", map[string]string{"ROLLUP_MINUTE_RETENTION": "24h"}, func(c *config.Config) any { return c.MinuteRetention }, 24 * time.Hour},
+		{"ROLLUP_MINUTE_RETENTION equal to hour", map[string]string{"ROLLUP_MINUTE_RETENTION": "100h", "ROLLUP_HOUR_RETENTION": "100h"}, func(c *config.Config) any { return c.MinuteRetention }, 100 * time.Hour},
+		{"ROLLUP_HOUR_RETENTION", map[string]string{"ROLLUP_HOUR_RETENTION": "720h"}, func(c *config.Config) any { return c.HourRetention }, 720 * time.Hour},
+		{"ROLLUP_DAY_RETENTION", map[string]string{"ROLLUP_DAY_RETENTION": "8760h"}, func(c *config.Config) any { return c.DayRetention }, 8760 * time.Hour},
+		{"STREAM_MAX_AGE", map[string]string{"STREAM_MAX_AGE": "36h30m"}, func(c *config.Config) any { return c.StreamMaxAge }, 36*time.Hour + 30*time.Minute},
+		{"PARTITIONS", map[string]string{"PARTITIONS": "1024"}, func(c *config.Config) any { return c.Partitions }, 1024},
+		{"PARTITIONS min", map[string]string{"PARTITIONS": "1"}, func(c *config.Config) any { return c.Partitions }, 1},
+		{"SHUTDOWN_TIMEOUT", map[string]string{"SHUTDOWN_TIMEOUT": "1m"}, func(c *config.Config) any { return c.ShutdownTimeout }, time.Minute},
+		{"CATALOG_REFRESH", map[string]string{"CATALOG_REFRESH": "500ms"}, func(c *config.Config) any { return c.CatalogRefresh }, 500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := mustLoad(t, tc.env)
+			if got := tc.field(c); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %#v, want %#v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadInvalid(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env      map[string]string
+		name     string // variable the error must name
+		contains string
+	}{
+		{map[string]string{"HTTP_ADDR": "8080"}, "HTTP_ADDR", `"8080" is not host:port`},
+		{map[string]string{"HTTP_ADDR": "localhost:http"}, "HTTP_ADDR", "not a number"},
+		{map[string]string{"HTTP_ADDR": ":65536"}, "HTTP_ADDR", "0..65535"},
+		{map[string]string{"HTTP_ADDR": ":-1"}, "HTTP_ADDR", ""},
+		{map[string]string{"HTTP_ADDR": "localhost:"}, "HTTP_ADDR", ""},
+		{map[string]string{"NATS_URL": "http://n1:4222"}, "NATS_URL", "nats://"},
+		{map[string]string{"NATS_URL": "n1:4222"}, "NATS_URL", ""},
+		{map[string]string{"NATS_URL": "nats://a:4222,,nats://b:4222"}, "NATS_URL", "empty"},
+		{map[string]string{"NATS_URL": "nats://a:4222,b:4222"}, "NATS_URL", `"b:4222"`},
+		{map[string]string{"NATS_URL": "nats://"}, "NATS_URL", ""},
+		{map[string]string{"NATS_LISTEN": "4222"}, "NATS_LISTEN", "host:port"},
+		{map[string]string{"NATS_LISTEN": "127.0.0.1:99999"}, "NATS_LISTEN", ""},
+		{map[string]string{"NATS_SYNC_ALWAYS": "yes"}, "NATS_SYNC_ALWAYS", `"yes" is not a boolean`},
+		{map[string]string{"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL", `scheme "mysql"`},
+		{map[string]string{"DATABASE_URL": "db.example:5432"}, "DATABASE_URL", ""},
+		{map[string]string{"DATABASE_URL": "postgres://h:port/db"}, "DATABASE_URL", "not a valid URL"},
+		{map[string]string{"DATABASE_URL": "postgres:opaque"}, "DATABASE_URL", ""},
+		{map[string]string{"DB_HOST": "db:5432"}, "DB_HOST", "DB_PORT"},
+		{map[string]string{"DB_HOST": "db host"}, "DB_HOST", ""},
+		{map[string]string{"DB_HOST": "user@db"}, "DB_HOST", ""},
+		{map[string]string{"DB_PORT": "abc"}, "DB_PORT", `"abc" is not an integer`},
+		{map[string]string{"DB_PORT": "0"}, "DB_PORT", "1..65535"},
+		{map[string]string{"DB_PORT": "65536"}, "DB_PORT", "1..65535"},
+		{map[string]string{"DB_SSLMODE": "on"}, "DB_SSLMODE", `"on" is not one of disable, allow, prefer, require, verify-ca, verify-full`},
+		{map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL", `config: LOG_LEVEL: "loud" is not one of debug, info, warn, error`},
+		{map[string]string{"LOG_LEVEL": "warning"}, "LOG_LEVEL", ""},
+		{map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT", `"xml" is not one of text, json`},
+		{map[string]string{"TRUSTED_PROXIES": "10.0.0.1,proxy.local"}, "TRUSTED_PROXIES", `"proxy.local"`},
+		{map[string]string{"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES", ""},
+		{map[string]string{"ROLLUP_MINUTE_RETENTION": "3d"}, "ROLLUP_MINUTE_RETENTION", "not a duration"},
+		{map[string]string{"ROLLUP_MINUTE_RETENTION": "0"}, "ROLLUP_MINUTE_RETENTION", "greater than zero"},
+		{map[string]string{"ROLLUP_MINUTE_RETENTION": "3000h"}, "ROLLUP_MINUTE_RETENTION", "longer than ROLLUP_HOUR_RETENTION"},
+		{map[string]string{"ROLLUP_HOUR_RETENTION": "-1h"}, "ROLLUP_HOUR_RETENTION", "greater than zero"},
+		{map[string]string{"ROLLUP_HOUR_RETENTION": "50000h"}, "ROLLUP_HOUR_RETENTION", "longer than ROLLUP_DAY_RETENTION"},
+		{map[string]string{"ROLLUP_HOUR_RETENTION": "48h"}, "ROLLUP_MINUTE_RETENTION", "longer than ROLLUP_HOUR_RETENTION"},
+		{map[string]string{"ROLLUP_DAY_RETENTION": "1000h"}, "ROLLUP_HOUR_RETENTION", "longer than ROLLUP_DAY_RETENTION"},
+		{map[string]string{"ROLLUP_DAY_RETENTION": "forever"}, "ROLLUP_DAY_RETENTION", "not a duration"},
+		{map[string]string{"STREAM_MAX_AGE": "0s"}, "STREAM_MAX_AGE", "greater than zero"},
+		{map[string]string{"STREAM_MAX_AGE": "7 days"}, "STREAM_MAX_AGE", "not a duration"},
+		{map[string]string{"PARTITIONS": "0"}, "PARTITIONS", "1..1024"},
+		{map[string]string{"PARTITIONS": "1025"}, "PARTITIONS", "1..1024"},
+		{map[string]string{"PARTITIONS": "8.5"}, "PARTITIONS", "not an integer"},
+		{map[string]string{"SHUTDOWN_TIMEOUT": "10"}, "SHUTDOWN_TIMEOUT", "not a duration"},
+		{map[string]string{"SHUTDOWN_TIMEOUT": "-5s"}, "SHUTDOWN_TIMEOUT", "greater than zero"},
+		{map[string]string{"CATALOG_REFRESH": "0s"}, "CATALOG_REFRESH", "greater than zero"},
+		{map[string]string{"CATALOG_REFRESH": "often"}, "CATALOG_REFRESH", "not a duration"},
+	} {
+		t.Run(tc.name+"="+strings.Join(mapValues(tc.env), ","), func(t *testing.T) {
+			t.Parallel()
+			c, err := config.Load(env(tc.env))
+			if c != nil {
+				t.Errorf("Load returned a config along with error %v", err)
+			}
+			wantInvalid(t, err, tc.name, tc.contains)
+			// One problem, one error: a value that fails to parse is not
+			// reported again by Validate.
+			if n := strings.Count(err.Error(), "config: "); n != 1 {
+				t.Errorf("error reports %d problems, want 1:\n%v", n, err)
+			}
+		})
+	}
+}
+
+func mapValues(m map[string]string) []string {
+	var vs []string
+	for _, v := range m {
+		vs = append(vs, v)
+	}
+	return vs
+}
+
+func TestLoadJoinsAllErrors(t *testing.T) {
+	t.Parallel()
+	_, err := config.Load(env(map[string]string{
+		"LOG_LEVEL":        "loud",
+		"DB_PORT":          "x",
+		"PARTITIONS":       "0",
+		"HTTP_ADDR":        "nowhere",
+		"ADMIN_TOKEN":      "a",
+		"ADMIN_TOKEN_FILE": "/nonexistent",
+	}))
+	if !errors.Is(err, config.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+	for _, name := range []string{"LOG_LEVEL", "DB_PORT", "PARTITIONS", "HTTP_ADDR", "ADMIN_TOKEN"} {
+		if !strings.Contains(err.Error(), "config: "+name+": ") {
+			t.Errorf("error does not name %s:\n%v", name, err)
+		}
+	}
+	var joined interface{ Unwrap() []error }
+	if !errors.As(err, &joined) || len(joined.Unwrap()) != 5 {
+		t.Errorf("want 5 joined errors, got:\n%v", err)
+	}
+}
+
+func TestNATSListen(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"unset uses default", map[string]string{}, "127.0.0.1:4222"},
+		{"set to empty disables", map[string]string{"NATS_LISTEN": ""}, ""},
+		{"set to blanks disables", map[string]string{"NATS_LISTEN": "  "}, ""},
+		{"set", map[string]string{"NATS_LISTEN": ":4223"}, ":4223"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if got := mustLoad(t, tc.env).NATSListen; got != tc.want {
+				t.Errorf("NATSListen = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestEmbeddedNATS(t *testing.T) {
+	t.Parallel()
+	if c := mustLoad(t, map[string]string{"NATS_URL": "nats://nats:4222"}); c.EmbeddedNATS() {
+		t.Error("EmbeddedNATS() = true with NATS_URL set")
+	}
+	if c := mustLoad(t, nil); !c.EmbeddedNATS() {
+		t.Error("EmbeddedNATS() = false without NATS_URL")
+	}
+}
+
+// writeFile writes content to a new file in a per-test directory.
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestSecretFiles(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		value string
+		field func(*config.Config) string
+	}{
+		{"ADMIN_TOKEN", "t0ken with spaces", func(c *config.Config) string { return c.AdminToken }},
+		{"DB_PASSWORD", "p@ss:w/rd", func(c *config.Config) string { return c.DBPassword }},
+		{"VISITOR_SALT", "0123456789abcdef", func(c *config.Config) string { return c.VisitorSalt }},
+		{"DATABASE_URL", "postgres://u:pw@db/x", func(c *config.Config) string { return c.DatabaseURL }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path := writeFile(t, "\n  "+tc.value+"\r\n\n")
+
+			t.Run("read and trimmed", func(t *testing.T) {
+				c := mustLoad(t, map[string]string{tc.name + "_FILE": path})
+				if got := tc.field(c); got != tc.value {
+					t.Errorf("%s = %q, want %q", tc.name, got, tc.value)
+				}
+			})
+			t.Run("empty variable alongside file", func(t *testing.T) {
+				c := mustLoad(t, map[string]string{tc.name: "", tc.name + "_FILE": path})
+				if got := tc.field(c); got != tc.value {
+					t.Errorf("%s = %q, want %q", tc.name, got, tc.value)
+				}
+			})
+			t.Run("both set", func(t *testing.T) {
+				_, err := config.Load(env(map[string]string{tc.name: tc.value, tc.name + "_FILE": path}))
+				wantInvalid(t, err, tc.name, tc.name+"_FILE")
+			})
+			t.Run("missing file", func(t *testing.T) {
+				missing := filepath.Join(t.TempDir(), "nope")
+				_, err := config.Load(env(map[string]string{tc.name + "_FILE": missing}))
+				wantInvalid(t, err, tc.name+"_FILE", missing)
+				if !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("errors.Is(%v, fs.ErrNotExist) = false", err)
+				}
+			})
+			t.Run("empty file", func(t *testing.T) {
+				_, err := config.Load(env(map[string]string{tc.name + "_FILE": writeFile(t, " \n")}))
+				wantInvalid(t, err, tc.name+"_FILE", "empty")
+			})
+		})
+	}
+}
+
+func TestSecretFileValidated(t *testing.T) {
+	t.Parallel()
+	path := writeFile(t, "mysql://u:hunter2@db/x\n")
+	_, err := config.Load(env(map[string]string{"DATABASE_URL_FILE": path}))
+	wantInvalid(t, err, "DATABASE_URL", "mysql")
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error leaks the password: %v", err)
+	}
+}
+
+func TestErrorsDoNotLeakSecrets(t *testing.T) {
+	t.Parallel()
+	const secret = "hunter2"
+	for _, m := range []map[string]string{
+		{"DATABASE_URL": "mysql://u:" + secret + "@db/x"},
+		{"DATABASE_URL": "postgres://u:" + secret + "@db:port/x"},
+		{"DATABASE_URL": "postgres://u:" + secret + "%zz@db/x"},
+		{"NATS_URL": "http://u:" + secret + "@nats:4222"},
+		{"NATS_URL": "nats://ok:4222,http://" + secret + "@nats:4222"},
+		{"NATS_URL": "nats://u:" + secret + "@host:port"},
+		{"NATS_URL": "nats://u:" + secret + "%zz@host"},
+		{"NATS_URL": "nats:u:" + secret + "@host"},
+	} {
+		_, err := config.Load(env(m))
+		if err == nil {
+			t.Errorf("Load(%v) succeeded, want an error", m)
+			continue
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("Load(%v) error leaks the secret: %v", m, err)
+		}
+	}
+}
+
+func TestLogValueRedactsSecrets(t *testing.T) {
+	t.Parallel()
+	const (
+		password = "Pa55-word!"
+		token    = "admin-token-xyz"
+		salt     = "visitor-salt-abc"
+		dbURLPW  = "url-secret-123"
+		natsPW   = "nats-secret-456"
+		natsTok  = "nats-token-789"
+	)
+	c := mustLoad(t, map[string]string{
+		"DATABASE_URL":    "postgres://app:" + dbURLPW + "@db:5432/admetric?sslmode=require&password=" + dbURLPW,
+		"DB_HOST":         "db",
+		"DB_PASSWORD":     password,
+		"ADMIN_TOKEN":     token,
+		"VISITOR_SALT":    salt,
+		"NATS_URL":        "nats://u:" + natsPW + "@n1:4222,nats://" + natsTok + "@n2:4222",
+		"TRUSTED_PROXIES": "10.0.0.0/8",
+	})
+	secrets := []string{password, token, salt, dbURLPW, natsPW, natsTok}
+
+	for _, tc := range []struct {
+		name    string
+		handler func(*bytes.Buffer) slog.Handler
+	}{
+		{"text", func(b *bytes.Buffer) slog.Handler { return slog.NewTextHandler(b, nil) }},
+		{"json", func(b *bytes.Buffer) slog.Handler { return slog.NewJSONHandler(b, nil) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var buf bytes.Buffer
+			slog.New(tc.handler(&buf)).Info("starting", "config", c)
+			out := buf.String()
+			for _, s := range secrets {
+				if strings.Contains(out, s) {
+					t.Errorf("log output contains secret %q:\n%s", s, out)
+				}
+			}
+			for _, want := range []string{"[redacted]", "HTTP_ADDR", ":8080", "10.0.0.0/8", "app", "n1:4222", "n2:4222", "db:5432/admetric", "sslmode=require"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("log output lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+
+	t.Run("text attributes", func(t *testing.T) {
+		t.Parallel()
+		var buf bytes.Buffer
+		slog.New(slog.NewTextHandler(&buf, nil)).Info("starting", "config", c)
+		out := buf.String()
+		for _, want := range []string{
+			"config.DB_PASSWORD=[redacted]",
+			"config.ADMIN_TOKEN=[redacted]",
+			"config.VISITOR_SALT=[redacted]",
+			`config.DATABASE_URL="postgres://app:[redacted]@db:5432/admetric?sslmode=require&password=[redacted]"`,
+			"config.NATS_URL=nats://u:[redacted]@n1:4222,nats://[redacted]@n2:4222 ",
+			"config.LOG_LEVEL=info",
+			"config.DB_PORT=5432",
+			"config.ROLLUP_DAY_RETENTION=43800h0m0s",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("log output lacks %s:\n%s", want, out)
+			}
+		}
+	})
+}
+
+func TestLogValueUnsetSecrets(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("starting", "config", mustLoad(t, nil))
+	out := buf.String()
+	for _, name := range []string{"DB_PASSWORD", "ADMIN_TOKEN", "VISITOR_SALT", "DATABASE_URL"} {
+		if want := "config." + name + `=""`; !strings.Contains(out, want) {
+			t.Errorf("log output lacks %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "[redacted]") {
+		t.Errorf("unset secrets shown as redacted:\n%s", out)
+	}
+	if !strings.Contains(out, "config.DATABASE_URL") || !strings.Contains(out, "config.NATS_LISTEN=127.0.0.1:4222") {
+		t.Errorf("log output lacks settings:\n%s", out)
+	}
+}
+
+func TestLogValueListsEverySetting(t *testing.T) {
+	t.Parallel()
+	v := mustLoad(t, nil).LogValue()
+	if v.Kind() != slog.KindGroup {
+		t.Fatalf("LogValue kind = %v, want group", v.Kind())
+	}
+	keys := map[string]bool{}
+	for _, a := range v.Group() {
+		keys[a.Key] = true
+	}
+	for _, name := range allVars {
+		if strings.HasSuffix(name, "_FILE") {
+			continue
+		}
+		if !keys[name] {
+			t.Errorf("LogValue lacks %s", name)
+		}
+	}
+	if n := reflect.TypeFor[config.Config]().NumField(); len(keys) != n {
+		t.Errorf("LogValue has %d settings, Config has %d fields", len(keys), n)
+	}
+}
+
+func TestPostgresDSN(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		want  string
+		local bool
+	}{
+		{"local", map[string]string{"DB_PASSWORD": "x"}, "", true},
+		{"DATABASE_URL wins", map[string]string{"DATABASE_URL": "postgresql://a:b@c/d", "DB_HOST": "ignored", "DB_PORT": "1"}, "postgresql://a:b@c/d", false},
+		{"DB_* escaped", map[string]string{"DB_HOST": "db.example", "DB_USER": "app", "DB_PASSWORD": "p@ss:w/rd", "DB_SSLMODE": "require"},
+			"postgres://app:p%40ss%3Aw%2Frd@db.example:5432/admetric?sslmode=require", false},
+		{"DB_* without password", map[string]string{"DB_HOST": "db", "DB_PORT": "6432", "DB_NAME": "ad metric"},
+			"postgres://postgres@db:6432/ad%20metric?sslmode=disable", false},
+		{"DB_* ipv6", map[string]string{"DB_HOST": "::1", "DB_PASSWORD": "x"}, "postgres://postgres:x@[::1]:5432/admetric?sslmode=disable", false},
+		{"DB_* bracketed ipv6", map[string]string{"DB_HOST": "[::1]"}, "postgres://postgres@[::1]:5432/admetric?sslmode=disable", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := mustLoad(t, tc.env)
+			if got := c.LocalPostgres(); got != tc.local {
+				t.Errorf("LocalPostgres() = %v, want %v", got, tc.local)
+			}
+			if got := c.PostgresDSN(); got != tc.want {
+				t.Errorf("PostgresDSN() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPostgresDSNRoundTrip(t *testing.T) {
+	t.Parallel()
+	for _, pw := range []string{"p@ss:w/rd", "a%20b", "?#&=+ ;[]", "ünïcode", `back\slash"quote'`} {
+		c := mustLoad(t, map[string]string{"DB_HOST": "db", "DB_USER": "us:er@", "DB_PASSWORD": pw, "DB_NAME": "n/a?"})
+		u, err := url.Parse(c.PostgresDSN())
+		if err != nil {
+			t.Errorf("password %q: PostgresDSN %q does not parse: %v", pw, c.PostgresDSN(), err)
+			continue
+		}
+		got, _ := u.User.Password()
+		if got != pw || u.User.Username() != "us:er@" || u.Host != "db:5432" || u.Path != "/n/a?" || u.Query().Get("sslmode") != "disable" {
+			t.Errorf("password %q: PostgresDSN %q parses to user %q password %q host %q path %q", pw, c.PostgresDSN(), u.User.Username(), got, u.Host, u.Path)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		mutate func(*config.Config)
+		want   string // variable named, "" for valid
+	}{
+		{"defaults", func(*config.Config) {}, ""},
+		{"empty HTTP_ADDR", func(c *config.Config) { c.HTTPAddr = "" }, "HTTP_ADDR"},
+		{"empty DATA_DIR", func(c *config.Config) { c.DataDir = "" }, "DATA_DIR"},
+		{"empty NATS_LISTEN", func(c *config.Config) { c.NATSListen = "" }, ""},
+		{"odd LOG_LEVEL", func(c *config.Config) { c.LogLevel = slog.LevelInfo + 2 }, "LOG_LEVEL"},
+		{"empty LOG_FORMAT", func(c *config.Config) { c.LogFormat = "" }, "LOG_FORMAT"},
+		{"upper-case DB_SSLMODE", func(c *config.Config) { c.DBSSLMode = "DISABLE" }, "DB_SSLMODE"},
+		{"empty DB_USER", func(c *config.Config) { c.DBUser = "" }, "DB_USER"},
+		{"empty DB_NAME", func(c *config.Config) { c.DBName = "" }, "DB_NAME"},
+		{"empty DB_USER with DATABASE_URL", func(c *config.Config) { c.DBUser = ""; c.DatabaseURL = "postgres://x/y" }, ""},
+		{"bad proxy", func(c *config.Config) { c.TrustedProxies = []string{""} }, "TRUSTED_PROXIES"},
+		{"zero STREAM_MAX_AGE", func(c *config.Config) { c.StreamMaxAge = 0 }, "STREAM_MAX_AGE"},
+		{"negative PARTITIONS", func(c *config.Config) { c.Partitions = -1 }, "PARTITIONS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := mustLoad(t, nil)
+			tc.mutate(c)
+			err := c.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Errorf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			wantInvalid(t, err, tc.want, "")
+		})
+	}
+}
+
+func TestValidateZeroConfig(t *testing.T) {
+	t.Parallel()
+	err := new(config.Config).Validate()
+	for _, name := range []string{"HTTP_ADDR", "DATA_DIR", "DB_PORT", "DB_SSLMODE", "LOG_FORMAT", "ROLLUP_MINUTE_RETENTION", "PARTITIONS", "SHUTDOWN_TIMEOUT", "CATALOG_REFRESH"} {
+		wantInvalid(t, err, name, "")
+	}
+}
+
+func TestEnvExampleListsEveryVariable(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(filepath.Join("..", ".env.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range allVars {
+		if !strings.Contains(string(b), "# "+name+"=") {
+			t.Errorf(".env.example lacks a commented-out %s=", name)
+		}
+	}
+}

@@ -1,0 +1,308 @@
+// Package event defines the one event shape AdMetric accepts on HTTP and on NATS:
+// its JSON form, its validation rules, its subject and its visitor identity.
+//
+// It is a leaf package: the intake handlers, the aggregator and anything that
+// publishes to the stream share it, so a rule changed here changes everywhere.
+package event
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Type is what happened to an ad.
+type Type string
+
+// The event types: impression and click first, the others come with VAST tracking.
+const (
+	Impression    Type = "impression"
+	Start         Type = "start"
+	FirstQuartile Type = "firstQuartile"
+	Midpoint      Type = "midpoint"
+	ThirdQuartile Type = "thirdQuartile"
+	Complete      Type = "complete"
+	Skip          Type = "skip"
+	Click         Type = "click"
+)
+
+// Types lists every valid Type in a stable order.
+var Types = []Type{Impression, Start, FirstQuartile, Midpoint, ThirdQuartile, Complete, Skip, Click}
+
+// Valid reports whether t is one of Types.
+func (t Type) Valid() bool {
+	switch t {
+	case Impression, Start, FirstQuartile, Midpoint, ThirdQuartile, Complete, Skip, Click:
+		return true
+	}
+	return false
+}
+
+// Limits on field sizes and values.
+const (
+	MaxEventIDLen    = 128
+	MaxAdIDLen       = 64
+	MaxUserAgentLen  = 1024
+	MaxPlaybackTime  = 86400.0 // seconds: a day-long video is already absurd
+	SubjectPrefix    = "ads.events."
+	SubjectWildcard  = "ads.events.>"
+	defaultMaxFuture = 5 * time.Minute
+)
+
+// Event is one accepted ad event. Timestamp is always UTC once validated.
+type Event struct {
+	EventID      string    `json:"event_id"`
+	Type         Type      `json:"type"`
+	AdID         string    `json:"ad_id"`
+	Timestamp    time.Time `json:"timestamp"`
+	IP           string    `json:"ip,omitempty"`
+	UserAgent    string    `json:"user_agent,omitempty"`
+	PlaybackTime float64   `json:"playback_time"`
+}
+
+// FieldError says which field of an event is wrong and why. Field is empty when
+// the document as a whole is at fault (malformed JSON).
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string {
+	if e.Field == "" {
+		return "event: " + e.Message
+	}
+	return "event: " + e.Field + ": " + e.Message
+}
+
+// ErrInvalid is matched by every *FieldError through errors.Is.
+var ErrInvalid = errors.New("event: invalid")
+
+// Is makes errors.Is(err, ErrInvalid) true for field errors.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+
+func fieldErr(field, format string, args ...any) *FieldError {
+	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// wire is the JSON as it arrives: timestamp may be an RFC 3339 string or Unix
+// milliseconds, so it is decoded by hand.
+type wire struct {
+	EventID      string          `json:"event_id"`
+	Type         string          `json:"type"`
+	AdID         string          `json:"ad_id"`
+	Timestamp    json.RawMessage `json:"timestamp"`
+	IP           string          `json:"ip"`
+	UserAgent    string          `json:"user_agent"`
+	PlaybackTime *float64        `json:"playback_time"`
+}
+
+// Decode parses one JSON event. It checks only the form of each field; Validate
+// checks values. Unknown fields are ignored so that newer senders keep working.
+// A returned error is always a *FieldError.
+func Decode(data []byte) (Event, error) {
+	var w wire
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&w); err != nil {
+		return Event{}, jsonError(err)
+	}
+	if dec.More() {
+		return Event{}, fieldErr("", "malformed JSON: trailing data after the event")
+	}
+	ev := Event{
+		EventID:   w.EventID,
+		Type:      Type(w.Type),
+		AdID:      w.AdID,
+		IP:        w.IP,
+		UserAgent: w.UserAgent,
+	}
+	if w.PlaybackTime != nil {
+		ev.PlaybackTime = *w.PlaybackTime
+	}
+	ts, err := parseTimestamp(w.Timestamp)
+	if err != nil {
+		return Event{}, err
+	}
+	ev.Timestamp = ts
+	return ev, nil
+}
+
+func jsonError(err error) *FieldError {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		field := typeErr.Field
+		if field == "" {
+			return fieldErr("", "malformed JSON: expected an object")
+		}
+		return fieldErr(field, "must be a %s", typeErr.Type.Kind())
+	}
+	return fieldErr("", "malformed JSON: %v", err)
+}
+
+func parseTimestamp(raw json.RawMessage) (time.Time, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		return time.Time{}, nil
+	}
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return time.Time{}, fieldErr("timestamp", "must be RFC 3339 or Unix milliseconds")
+		}
+		if s == "" {
+			return time.Time{}, nil
+		}
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return time.Time{}, fieldErr("timestamp", "must be RFC 3339 (2026-11-25T12:00:00Z) or Unix milliseconds")
+		}
+		return t.UTC(), nil
+	}
+	ms, err := strconv.ParseInt(string(raw), 10, 64)
+	if err != nil {
+		f, ferr := strconv.ParseFloat(string(raw), 64)
+		if ferr != nil || math.IsNaN(f) || math.IsInf(f, 0) || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+			return time.Time{}, fieldErr("timestamp", "must be RFC 3339 or whole Unix milliseconds")
+		}
+		ms = int64(f)
+	}
+	return time.UnixMilli(ms).UTC(), nil
+}
+
+// Limits bound an event's timestamp relative to the receive time.
+type Limits struct {
+	// MaxFuture is how far ahead of the receive time a timestamp may be (clock skew).
+	// Zero means five minutes.
+	MaxFuture time.Duration
+	// MaxAge is how far behind it may be: the longest rollup retention. Zero means no bound.
+	MaxAge time.Duration
+}
+
+// Validate checks every field of e against the rules in DESIGN.md section 4.
+// now is the receive time. It expects defaults (event ID, timestamp) already filled.
+// A returned error is always a *FieldError naming the first field at fault.
+func (e *Event) Validate(now time.Time, lim Limits) error {
+	if e.EventID == "" {
+		return fieldErr("event_id", "is required")
+	}
+	if len(e.EventID) > MaxEventIDLen {
+		return fieldErr("event_id", "must be at most %d characters", MaxEventIDLen)
+	}
+	if !printableASCII(e.EventID) {
+		return fieldErr("event_id", "must be printable ASCII without spaces")
+	}
+	if e.Type == "" {
+		return fieldErr("type", "is required")
+	}
+	if !e.Type.Valid() {
+		return fieldErr("type", "must be one of %s", typeList())
+	}
+	if err := ValidateAdID(e.AdID); err != nil {
+		return err
+	}
+	if e.Timestamp.IsZero() {
+		return fieldErr("timestamp", "is required")
+	}
+	maxFuture := lim.MaxFuture
+	if maxFuture == 0 {
+		maxFuture = defaultMaxFuture
+	}
+	if e.Timestamp.After(now.Add(maxFuture)) {
+		return fieldErr("timestamp", "is more than %s in the future", maxFuture)
+	}
+	if lim.MaxAge > 0 && e.Timestamp.Before(now.Add(-lim.MaxAge)) {
+		return fieldErr("timestamp", "is older than the retention of %s", lim.MaxAge)
+	}
+	if math.IsNaN(e.PlaybackTime) || e.PlaybackTime < 0 {
+		return fieldErr("playback_time", "must be at least 0")
+	}
+	if e.PlaybackTime > MaxPlaybackTime {
+		return fieldErr("playback_time", "must be at most %g seconds", MaxPlaybackTime)
+	}
+	if e.IP != "" {
+		if _, err := netip.ParseAddr(e.IP); err != nil {
+			return fieldErr("ip", "is not an IP address")
+		}
+	}
+	if len(e.UserAgent) > MaxUserAgentLen {
+		return fieldErr("user_agent", "must be at most %d bytes", MaxUserAgentLen)
+	}
+	return nil
+}
+
+// ValidateAdID checks an ad ID: 1 to 64 of [A-Za-z0-9_-], because it becomes a
+// NATS subject token and a KV key token. The error is a *FieldError for "ad_id".
+func ValidateAdID(id string) error {
+	if id == "" {
+		return fieldErr("ad_id", "is required")
+	}
+	if len(id) > MaxAdIDLen {
+		return fieldErr("ad_id", "must be at most %d characters", MaxAdIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fieldErr("ad_id", "may hold only letters, digits, '_' and '-'")
+		}
+	}
+	return nil
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+func typeList() string {
+	names := make([]string, len(Types))
+	for i, t := range Types {
+		names[i] = string(t)
+	}
+	return strings.Join(names, ", ")
+}
+
+// Subject is the stream subject the event is published on: ads.events.<type>.<ad_id>.
+func (e *Event) Subject() string {
+	return SubjectPrefix + string(e.Type) + "." + e.AdID
+}
+
+// Marshal encodes e in the canonical JSON form published to the stream.
+func (e *Event) Marshal() ([]byte, error) {
+	out := *e
+	out.Timestamp = e.Timestamp.UTC()
+	b, err := json.Marshal(&out)
+	if err != nil {
+		return nil, fmt.Errorf("event: marshal: %w", err)
+	}
+	return b, nil
+}
+
+// PlaybackMillis is the playback time in whole milliseconds, the unit rollups sum
+// in so that totals never drift with floating-point rounding.
+func (e *Event) PlaybackMillis() uint64 {
+	return uint64(math.Round(e.PlaybackTime * 1000))
+}
+
+// VisitorHash identifies the viewer without keeping the address: a keyed
+// SHA-256 of (salt, ip, user agent), cut to 64 bits for the HyperLogLog sketch.
+func (e *Event) VisitorHash(salt []byte) uint64 {
+	h := sha256.New()
+	h.Write(salt)
+	h.Write([]byte{0})
+	h.Write([]byte(e.IP))
+	h.Write([]byte{0})
+	h.Write([]byte(e.UserAgent))
+	var sum [sha256.Size]byte
+	return binary.BigEndian.Uint64(h.Sum(sum[:0]))
+}

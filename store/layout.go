@@ -1,0 +1,202 @@
+package store
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Unit is the width of one rollup slot.
+type Unit int
+
+// The three rollup resolutions, finest first.
+const (
+	Minute Unit = iota
+	Hour
+	Day
+)
+
+// String names the unit as the API does.
+func (u Unit) String() string {
+	switch u {
+	case Minute:
+		return "minute"
+	case Hour:
+		return "hour"
+	case Day:
+		return "day"
+	}
+	return "unit(" + strconv.Itoa(int(u)) + ")"
+}
+
+// Resolution is one rollup bucket. Each KV key packs the slots of one coarser
+// period, so the number of keys (which the server indexes in memory) stays small:
+// the minute bucket has a key per ad-hour with 60 minute slots, the hour bucket a
+// key per ad-day with 24 hour slots, the day bucket a key per ad-month.
+// Day boundaries are UTC.
+type Resolution struct {
+	Unit      Unit
+	Bucket    string
+	Retention time.Duration
+}
+
+// Bucket names of the rollup resolutions.
+const (
+	MinuteBucket = "ADMETRIC_ROLLUP_MINUTE"
+	HourBucket   = "ADMETRIC_ROLLUP_HOUR"
+	DayBucket    = "ADMETRIC_ROLLUP_DAY"
+)
+
+// Retentions are how long each resolution is kept.
+type Retentions struct {
+	Minute, Hour, Day time.Duration
+}
+
+// Layout is the set of rollup resolutions, finest first.
+type Layout [3]Resolution
+
+// NewLayout returns the layout with the given retentions.
+func NewLayout(r Retentions) Layout {
+	return Layout{
+		{Unit: Minute, Bucket: MinuteBucket, Retention: r.Minute},
+		{Unit: Hour, Bucket: HourBucket, Retention: r.Hour},
+		{Unit: Day, Bucket: DayBucket, Retention: r.Day},
+	}
+}
+
+// MaxRetention is the longest retention: events older than it fit no rollup.
+func (l Layout) MaxRetention() time.Duration {
+	return max(l[0].Retention, l[1].Retention, l[2].Retention)
+}
+
+// Truncate returns the start of the slot of unit u holding t (UTC).
+func (u Unit) Truncate(t time.Time) time.Time {
+	t = t.UTC()
+	switch u {
+	case Minute:
+		return t.Truncate(time.Minute)
+	case Hour:
+		return t.Truncate(time.Hour)
+	default:
+		return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	}
+}
+
+// Next returns the start of the slot after the one starting at t.
+func (u Unit) Next(t time.Time) time.Time {
+	switch u {
+	case Minute:
+		return t.Add(time.Minute)
+	case Hour:
+		return t.Add(time.Hour)
+	default:
+		return t.AddDate(0, 0, 1)
+	}
+}
+
+// Locate returns the KV key of ad's rollup holding time t and the slot index in it.
+// Keys are "<ad_id>.<period>" where period is YYYYMMDDHH (minute bucket),
+// YYYYMMDD (hour bucket) or YYYYMM (day bucket); ad IDs never hold a dot, and
+// the period is all digits, so no key collides with the checkpoint keys.
+func (u Unit) Locate(adID string, t time.Time) (key string, slot int) {
+	t = t.UTC()
+	var b strings.Builder
+	b.Grow(len(adID) + 11)
+	b.WriteString(adID)
+	b.WriteByte('.')
+	switch u {
+	case Minute:
+		b.WriteString(t.Format("2006010215"))
+		slot = t.Minute()
+	case Hour:
+		b.WriteString(t.Format("20060102"))
+		slot = t.Hour()
+	default:
+		b.WriteString(t.Format("200601"))
+		slot = t.Day() - 1
+	}
+	return b.String(), slot
+}
+
+// CheckpointKey is the key, in each bucket, holding the highest stream sequence
+// the rollup writer of partition p has committed to that bucket.
+func CheckpointKey(partition int) string {
+	return "_checkpoint.p" + strconv.Itoa(partition)
+}
+
+// Cell is one slot of one resolution that a query window reads.
+type Cell struct {
+	Unit  Unit
+	Start time.Time
+}
+
+// Tiling is the set of slots that exactly cover a window, coarsest where possible.
+type Tiling struct {
+	From, To time.Time // the window actually covered, [From, To)
+	Cells    []Cell
+}
+
+// Units lists the distinct units used, finest first.
+func (t Tiling) Units() []Unit {
+	var seen [3]bool
+	for _, c := range t.Cells {
+		seen[c.Unit] = true
+	}
+	var out []Unit
+	for u, ok := range seen {
+		if ok {
+			out = append(out, Unit(u))
+		}
+	}
+	return out
+}
+
+// Tile covers [from, to) with the coarsest slots that fit: whole UTC days, then
+// whole hours, then minutes at the edges. A slot is used only while its
+// resolution still holds data for it (its start is within the retention before
+// now); where the minute bucket has expired, the window's start is widened down to
+// the hour (or day) so that the window is covered by data that exists.
+// From and to are first aligned to the minute (from down, to up).
+func (l Layout) Tile(from, to, now time.Time) (Tiling, error) {
+	from = Minute.Truncate(from)
+	if t := Minute.Truncate(to); !t.Equal(to.UTC()) {
+		to = t.Add(time.Minute)
+	} else {
+		to = t
+	}
+	if !from.Before(to) {
+		return Tiling{}, fmt.Errorf("store: empty window [%s, %s)", from, to)
+	}
+	available := func(u Unit, t time.Time) bool {
+		return !t.Before(now.Add(-l[u].Retention))
+	}
+	// Widen the start to the finest unit that still holds data there.
+	for u := Minute; u < Day && !available(u, from); u++ {
+		from = (u + 1).Truncate(from)
+	}
+	var cells []Cell
+	for t := from; t.Before(to); {
+		u := Minute
+		for _, cand := range []Unit{Day, Hour} {
+			if cand.Truncate(t).Equal(t) && !cand.Next(t).After(to) && available(cand, t) {
+				u = cand
+				break
+			}
+		}
+		if u == Minute && !available(Minute, t) {
+			// Only possible inside a window whose start was widened: step by the
+			// finest unit that has data, which the widening aligned t to.
+			u = Hour
+			if !available(Hour, t) {
+				u = Day
+			}
+		}
+		cells = append(cells, Cell{Unit: u, Start: t})
+		t = u.Next(t)
+		if t.After(to) {
+			to = t
+		}
+	}
+	return Tiling{From: from, To: to, Cells: cells}, nil
+}

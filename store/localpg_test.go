@@ -1,0 +1,579 @@
+package store_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/uptrace/bun/driver/pgdriver"
+
+	"github.com/admetric/admetric/store"
+)
+
+// testSettings make the servers of these tests fast. synchronous_commit stays
+// on so that a committed row survives Kill (the WAL reaches the OS page cache
+// before COMMIT returns).
+var testSettings = map[string]string{"fsync": "off", "full_page_writes": "off"}
+
+// dataDir returns a fresh directory under /tmp, which (unlike t.TempDir) the
+// postgres user can reach when the tests run as root, removed at cleanup.
+func dataDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "admetric-pg-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// startPG starts a server on a fresh directory and stops it at cleanup.
+func startPG(t *testing.T, opts store.LocalPostgresOptions) *store.LocalPostgres {
+	t.Helper()
+	if opts.Dir == "" {
+		opts.Dir = dataDir(t)
+	}
+	if opts.Settings == nil {
+		opts.Settings = testSettings
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pg, err := store.StartLocalPostgres(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := pg.Stop(ctx); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	})
+	return pg
+}
+
+func openDB(t *testing.T, dsn string) *sql.DB {
+	t.Helper()
+	db := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn), pgdriver.WithTracing(false)))
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func exec1(t *testing.T, db *sql.DB, query string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, query, args...); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+}
+
+func names(t *testing.T, db *sql.DB) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rows, err := db.QueryContext(ctx, "SELECT name FROM things ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func assertNames(t *testing.T, db *sql.DB, want ...string) {
+	t.Helper()
+	if got := names(t, db); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("names = %q, want %q", got, want)
+	}
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func portOf(t *testing.T, dsn string) int {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+func assertRefused(t *testing.T, dsn string) {
+	t.Helper()
+	u, _ := url.Parse(dsn)
+	c, err := net.DialTimeout("tcp", u.Host, time.Second)
+	if err == nil {
+		c.Close()
+		t.Fatalf("%s still accepts connections", u.Host)
+	}
+}
+
+func TestLocalPostgresStartQueryStopRestart(t *testing.T) {
+	pg := startPG(t, store.LocalPostgresOptions{})
+	dsn := pg.DSN()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Scheme != "postgres" || u.User.Username() != "postgres" || u.Hostname() != "127.0.0.1" ||
+		u.Path != "/admetric" || u.Query().Get("sslmode") != "disable" || portOf(t, dsn) == 0 {
+		t.Fatalf("unexpected DSN %s", dsn)
+	}
+
+	db := openDB(t, dsn)
+	var current string
+	if err := db.QueryRow("SELECT current_database()").Scan(&current); err != nil {
+		t.Fatal(err)
+	}
+	if current != "admetric" {
+		t.Fatalf("current_database() = %q", current)
+	}
+	exec1(t, db, "CREATE TABLE things (id serial PRIMARY KEY, name text NOT NULL)")
+	exec1(t, db, "INSERT INTO things (name) VALUES ($1), ($2)", "a", "b")
+	assertNames(t, db, "a", "b")
+
+	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	assertRefused(t, dsn)
+	if err := db.Ping(); err == nil {
+		t.Fatal("ping succeeded on a stopped server")
+	}
+
+	if err := pg.Restart(ctxTimeout(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if pg.DSN() != dsn {
+		t.Fatalf("DSN changed across restart: %s -> %s", dsn, pg.DSN())
+	}
+	// The same *sql.DB recovers: the DSN stays valid.
+	assertNames(t, db, "a", "b")
+	exec1(t, db, "INSERT INTO things (name) VALUES ('c')")
+	assertNames(t, db, "a", "b", "c")
+
+	if err := pg.Restart(ctxTimeout(t, time.Minute)); err == nil || !strings.Contains(err.Error(), "running") {
+		t.Fatalf("Restart of a running server: err = %v, want an error saying it is running", err)
+	}
+}
+
+func TestLocalPostgresKillRestart(t *testing.T) {
+	dir := dataDir(t)
+	pg := startPG(t, store.LocalPostgresOptions{Dir: dir, Database: "crash"})
+	db := openDB(t, pg.DSN())
+	exec1(t, db, "CREATE TABLE things (id serial PRIMARY KEY, name text NOT NULL)")
+	exec1(t, db, "INSERT INTO things (name) VALUES ('before-kill')")
+
+	if err := pg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	assertRefused(t, pg.DSN())
+	pidFile := filepath.Join(dir, "postmaster.pid")
+	if _, err := os.Stat(pidFile); err != nil {
+		t.Fatalf("expected a stale %s after SIGKILL: %v", pidFile, err)
+	}
+	if err := pg.Kill(); err != nil {
+		t.Fatalf("second Kill: %v", err)
+	}
+
+	if err := pg.Restart(ctxTimeout(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	// The pool's connection died with the old server: start afresh, as a
+	// client reconnecting after a crash would.
+	db.Close()
+	db = openDB(t, pg.DSN())
+	assertNames(t, db, "before-kill")
+	exec1(t, db, "INSERT INTO things (name) VALUES ('after-restart')")
+	assertNames(t, db, "before-kill", "after-restart")
+}
+
+// A stale postmaster.pid naming a pid that is not running (here: one that
+// never was a postgres) does not prevent a start.
+func TestLocalPostgresStalePidFile(t *testing.T) {
+	dir := dataDir(t)
+	pg := startPG(t, store.LocalPostgresOptions{Dir: dir})
+	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(dir, "postmaster.pid")
+	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("postmaster.pid after a clean stop: %v", err)
+	}
+	// A pid that is dead: a child we started and reaped.
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("%d\n%s\n1700000000\n%d\n\n127.0.0.1\n  5432001    123456\nready   \n",
+		cmd.Process.Pid, dir, portOf(t, pg.DSN()))
+	if err := os.WriteFile(pidFile, []byte(stale), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if err := os.Chown(pidFile, int(st.Uid), int(st.Gid)); err != nil {
+		t.Fatal(err)
+	}
+
+	// StartLocalPostgres on the same, now initialised, directory.
+	pg2 := startPG(t, store.LocalPostgresOptions{Dir: dir, Database: "other"})
+	db := openDB(t, pg2.DSN())
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLocalPostgresTwoServers(t *testing.T) {
+	// One on a port chosen by us, one on a port chosen by StartLocalPostgres.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixed := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+
+	var wg sync.WaitGroup
+	var a, b *store.LocalPostgres
+	wg.Go(func() { a = startPG(t, store.LocalPostgresOptions{Port: fixed}) })
+	wg.Go(func() { b = startPG(t, store.LocalPostgresOptions{}) })
+	wg.Wait()
+	if a == nil || b == nil {
+		t.FailNow()
+	}
+	if portOf(t, a.DSN()) != fixed {
+		t.Fatalf("a.DSN() = %s, want port %d", a.DSN(), fixed)
+	}
+	if portOf(t, a.DSN()) == portOf(t, b.DSN()) {
+		t.Fatalf("same port: %s %s", a.DSN(), b.DSN())
+	}
+	dbA, dbB := openDB(t, a.DSN()), openDB(t, b.DSN())
+	exec1(t, dbA, "CREATE TABLE things (id serial PRIMARY KEY, name text NOT NULL)")
+	exec1(t, dbB, "CREATE TABLE things (id serial PRIMARY KEY, name text NOT NULL)")
+	exec1(t, dbA, "INSERT INTO things (name) VALUES ('in-a')")
+	exec1(t, dbB, "INSERT INTO things (name) VALUES ('in-b')")
+	assertNames(t, dbA, "in-a")
+	assertNames(t, dbB, "in-b")
+
+	// Stopping one leaves the other alone.
+	if err := a.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	assertNames(t, dbB, "in-b")
+}
+
+func TestLocalPostgresStopIdempotent(t *testing.T) {
+	pg := startPG(t, store.LocalPostgresOptions{})
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() { errs[i] = pg.Stop(ctxTimeout(t, 30*time.Second)) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("concurrent Stop %d: %v", i, err)
+		}
+	}
+	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
+		t.Fatalf("Stop after Stop: %v", err)
+	}
+	if err := pg.Kill(); err != nil {
+		t.Fatalf("Kill after Stop: %v", err)
+	}
+	assertRefused(t, pg.DSN())
+}
+
+// Stop with a context that is already done kills the server and says so.
+func TestLocalPostgresStopDeadline(t *testing.T) {
+	pg := startPG(t, store.LocalPostgresOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := pg.Stop(ctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Stop(done ctx) = %v, want an error wrapping context.Canceled", err)
+	}
+	assertRefused(t, pg.DSN())
+	if err := pg.Restart(ctxTimeout(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLocalPostgresLogger(t *testing.T) {
+	var buf syncBuffer
+	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	pg := startPG(t, store.LocalPostgresOptions{Logger: logger})
+	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{"level=DEBUG", "component=postgres", "ready to accept connections", "database system is shut down"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestLocalPostgresBadSetting(t *testing.T) {
+	dir := dataDir(t)
+	_, err := store.StartLocalPostgres(ctxTimeout(t, time.Minute), store.LocalPostgresOptions{
+		Dir:      dir,
+		Settings: map[string]string{"fsync": "off", "no_such_setting": "1"},
+	})
+	if err == nil {
+		t.Fatal("started with an unknown setting")
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "store: local postgres: ") || !strings.Contains(msg, "no_such_setting") {
+		t.Fatalf("error does not carry the server output: %v", err)
+	}
+
+	_, err = store.StartLocalPostgres(ctxTimeout(t, time.Minute), store.LocalPostgresOptions{
+		Dir:      dir,
+		Settings: map[string]string{"port": "5432"},
+	})
+	if err == nil || !strings.Contains(err.Error(), "Port") {
+		t.Fatalf("port setting: err = %v", err)
+	}
+}
+
+func TestLocalPostgresNotADataDir(t *testing.T) {
+	dir := dataDir(t)
+	if err := os.WriteFile(filepath.Join(dir, "junk"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := store.StartLocalPostgres(ctxTimeout(t, time.Minute), store.LocalPostgresOptions{Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), "PG_VERSION") {
+		t.Fatalf("err = %v, want a complaint about a non-empty non-data directory", err)
+	}
+}
+
+// As root, a data directory below a root-only directory (t.TempDir is 0700)
+// is refused with advice; as another user it simply works.
+func TestLocalPostgresUnreachableDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pgdata")
+	pg, err := store.StartLocalPostgres(ctxTimeout(t, time.Minute), store.LocalPostgresOptions{
+		Dir:      dir,
+		Settings: testSettings,
+	})
+	if os.Geteuid() != 0 {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if err == nil {
+		pg.Stop(ctxTimeout(t, 30*time.Second))
+		t.Fatal("started in a directory the postgres user cannot reach")
+	}
+	for _, want := range []string{"not reachable by the postgres user", "not traversable", "DATA_DIR"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+}
+
+// As root, an existing data directory owned by root (e.g. restored from a
+// backup) is handed to the postgres user.
+func TestLocalPostgresChownsDataDir(t *testing.T) {
+	dir := dataDir(t)
+	pg := startPG(t, store.LocalPostgresOptions{Dir: dir})
+	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	uid := os.Geteuid()
+	if uid == 0 {
+		if err := filepath.Walk(dir, func(path string, _ os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(path, 0, 0)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+	}
+	pg2 := startPG(t, store.LocalPostgresOptions{Dir: dir})
+	if err := openDB(t, pg2.DSN()).Ping(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "base"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := int(fi.Sys().(*syscall.Stat_t).Uid); got != uid {
+		t.Fatalf("base owned by uid %d, want %d", got, uid)
+	}
+}
+
+const helperEnv = "ADMETRIC_LOCALPG_HELPER_DIR"
+
+// When the process that started the server dies by SIGKILL, Pdeathsig makes
+// the server shut down. The test runs itself as that process.
+func TestLocalPostgresParentDeath(t *testing.T) {
+	if dir := os.Getenv(helperEnv); dir != "" {
+		parentDeathHelper(dir)
+		return
+	}
+	dir := dataDir(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLocalPostgresParentDeath$", "-test.count=1", "-test.timeout=5m")
+	cmd.Env = append(os.Environ(), helperEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+
+	dsn := ""
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if s, ok := strings.CutPrefix(sc.Text(), "DSN "); ok {
+			dsn = s
+			break
+		}
+		t.Logf("helper: %s", sc.Text())
+	}
+	if dsn == "" {
+		t.Fatalf("helper did not start a server (scan error: %v)", sc.Err())
+	}
+	go func() { // keep the helper's stdout drained
+		for sc.Scan() {
+		}
+	}()
+	// The helper churns OS threads meanwhile; the server must survive that.
+	time.Sleep(500 * time.Millisecond)
+	db := openDB(t, dsn)
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	pidFile := filepath.Join(dir, "postmaster.pid")
+	if _, err := os.Stat(pidFile); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+
+	// A fast shutdown removes postmaster.pid as its last step.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := os.Stat(pidFile)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server still running 30s after its parent was killed (%s: %v)", pidFile, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	assertRefused(t, dsn)
+}
+
+func parentDeathHelper(dir string) {
+	pg, err := store.StartLocalPostgres(context.Background(), store.LocalPostgresOptions{Dir: dir, Settings: testSettings})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	fmt.Println("DSN " + pg.DSN())
+	// Churn OS threads: goroutines that lock a thread and exit make the
+	// runtime destroy that thread, which would fire a Pdeathsig tied to it.
+	for {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = exec.Command("true").Run()
+		}()
+		<-done
+		locked := make(chan struct{})
+		go func() {
+			defer close(locked)
+			lockAndExit()
+		}()
+		<-locked
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// lockAndExit ends its goroutine with the OS thread locked, so the runtime
+// terminates the thread.
+func lockAndExit() {
+	runtime.LockOSThread()
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,5 @@
+DROP TABLE IF EXISTS events;
+
+--bun:split
+
+DROP TABLE IF EXISTS ads;

@@ -1,0 +1,165 @@
+// Package storetest provides throwaway servers for the tests of packages that
+// need a database.
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/admetric/admetric/store"
+)
+
+// Settings are the server settings of every Postgres: durability is traded
+// for speed, which is fine for data that dies with the test.
+//
+// Beware that with synchronous_commit=off a COMMIT returns before its WAL is
+// written, so a Kill (SIGKILL) can lose the transactions committed in the
+// last few hundred milliseconds. A crash test that needs committed data to
+// survive Kill should turn it back on for its database first, e.g.
+// `ALTER DATABASE admetric SET synchronous_commit = on` (per-database
+// settings win over the server's command line) and reconnect.
+var Settings = map[string]string{
+	"fsync":              "off",
+	"synchronous_commit": "off",
+	"full_page_writes":   "off",
+}
+
+const (
+	// dirPrefix names the per-test data directories: dirPrefix-<pid>-<random>.
+	dirPrefix = "admetric-pg-"
+	// templatePrefix names the per-process template: templatePrefix-<pid>-<random>.
+	templatePrefix = "admetric-pg-template-"
+	startTimeout   = 2 * time.Minute
+	stopTimeout    = 30 * time.Second
+)
+
+var template struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// Postgres starts a throwaway PostgreSQL for the test (fsync off), registers its Stop and the removal of its directory with t.Cleanup, and returns it. It never skips: if it cannot start, t.Fatal with the reason.
+//
+// The server listens on a free port of 127.0.0.1 and has an empty database
+// "admetric" (see LocalPostgres.DSN), with the Settings of this package.
+// Tests may Stop, Kill and Restart it.
+//
+// To keep suites fast, initdb runs once per test process: the first call
+// initialises a template data directory (and creates the database in it),
+// and every call copies the template with `cp -a` to a fresh directory under
+// os.TempDir and starts a server there. The template lives in
+// os.TempDir()/admetric-pg-template-<pid>-*; nothing can remove it when the
+// test process exits, so the first call of each process removes the
+// templates and data directories (admetric-pg-<pid>-*) left by processes that
+// are no longer running.
+func Postgres(t testing.TB) *store.LocalPostgres {
+	t.Helper()
+	template.once.Do(func() {
+		sweepStale()
+		template.dir, template.err = makeTemplate()
+	})
+	if template.err != nil {
+		t.Fatalf("storetest: %v", template.err)
+	}
+
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-*", dirPrefix, os.Getpid()))
+	if err != nil {
+		t.Fatalf("storetest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("storetest: remove postgres data: %v", err)
+		}
+	})
+	// Copies the contents and the attributes of the template directory
+	// itself, so dir ends up owned by the postgres user with mode 0700.
+	if out, err := exec.Command("cp", "-a", template.dir+"/.", dir+"/").CombinedOutput(); err != nil {
+		t.Fatalf("storetest: copy postgres template: %v: %s", err, out)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings})
+	if err != nil {
+		t.Fatalf("storetest: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		defer cancel()
+		if err := pg.Stop(ctx); err != nil {
+			t.Errorf("storetest: %v", err)
+		}
+	})
+	return pg
+}
+
+// makeTemplate initialises a data directory and runs a server on it once, so
+// that it holds the database and has been shut down cleanly.
+func makeTemplate() (string, error) {
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-*", templatePrefix, os.Getpid()))
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings})
+	if err == nil {
+		err = pg.Stop(ctx)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("prepare postgres template: %w", err)
+	}
+	return dir, nil
+}
+
+var staleName = regexp.MustCompile(`^admetric-pg-(?:template-)?([0-9]+)-[0-9]+$`)
+
+// sweepStale removes the templates and data directories of test processes
+// that are gone (killed, or timed out), unless a server still runs on them.
+func sweepStale() {
+	tmp := os.TempDir()
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		m := staleName.FindStringSubmatch(e.Name())
+		if m == nil || !e.IsDir() {
+			continue
+		}
+		pid, err := strconv.Atoi(m[1])
+		if err != nil || pid == os.Getpid() || alive(pid) {
+			continue
+		}
+		dir := filepath.Join(tmp, e.Name())
+		if b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid")); err == nil {
+			first, _, _ := strings.Cut(string(b), "\n")
+			if pgPid, err := strconv.Atoi(strings.TrimSpace(first)); err == nil && alive(pgPid) {
+				continue
+			}
+		}
+		os.RemoveAll(dir)
+	}
+}
+
+// alive reports whether a process with that pid exists (or may: a pid of
+// another user's process counts).
+func alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || err == syscall.EPERM
+}

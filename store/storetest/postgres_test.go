@@ -1,0 +1,211 @@
+package storetest_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/uptrace/bun/driver/pgdriver"
+
+	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
+)
+
+func openDB(t testing.TB, dsn string) *sql.DB {
+	t.Helper()
+	db := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn), pgdriver.WithTracing(false)))
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func mustExec(t testing.TB, db *sql.DB, query string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, query); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+}
+
+func count(t testing.TB, db *sql.DB) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM things").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestPostgres(t *testing.T) {
+	pg := storetest.Postgres(t)
+	db := openDB(t, pg.DSN())
+	var name, fsync, syncCommit string
+	if err := db.QueryRow("SELECT current_database(), current_setting('fsync'), current_setting('synchronous_commit')").
+		Scan(&name, &fsync, &syncCommit); err != nil {
+		t.Fatal(err)
+	}
+	if name != "admetric" || fsync != "off" || syncCommit != "off" {
+		t.Fatalf("database %q fsync %q synchronous_commit %q", name, fsync, syncCommit)
+	}
+	mustExec(t, db, "CREATE TABLE things (id int PRIMARY KEY)")
+	mustExec(t, db, "INSERT INTO things SELECT generate_series(1, 100)")
+	if n := count(t, db); n != 100 {
+		t.Fatalf("count = %d", n)
+	}
+
+	// Outage: stop and restart; the DSN stays valid and the data stays.
+	if err := pg.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	db = openDB(t, pg.DSN())
+	if n := count(t, db); n != 100 {
+		t.Fatalf("count after restart = %d", n)
+	}
+}
+
+// Each call gets its own server and its own data, started from the same
+// template.
+func TestPostgresIsolation(t *testing.T) {
+	a, b := storetest.Postgres(t), storetest.Postgres(t)
+	if a.DSN() == b.DSN() {
+		t.Fatalf("same DSN %s", a.DSN())
+	}
+	dbA, dbB := openDB(t, a.DSN()), openDB(t, b.DSN())
+	mustExec(t, dbA, "CREATE TABLE things (id int PRIMARY KEY)")
+	mustExec(t, dbA, "INSERT INTO things VALUES (1)")
+	var exists bool
+	if err := dbB.QueryRow("SELECT to_regclass('things') IS NOT NULL").Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	if exists {
+		t.Fatal("table created in one server is visible in the other")
+	}
+}
+
+func TestPostgresParallel(t *testing.T) {
+	for i := range 3 {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			t.Parallel()
+			db := openDB(t, storetest.Postgres(t).DSN())
+			mustExec(t, db, "CREATE TABLE things (id int PRIMARY KEY)")
+			mustExec(t, db, fmt.Sprintf("INSERT INTO things SELECT generate_series(1, %d)", i+1))
+			if n := count(t, db); n != i+1 {
+				t.Fatalf("count = %d", n)
+			}
+		})
+	}
+}
+
+// Killing the server (a crash test) and restarting it works, and the cleanup
+// copes with a server the test already killed.
+func TestPostgresKill(t *testing.T) {
+	pg := storetest.Postgres(t)
+	db := openDB(t, pg.DSN())
+	mustExec(t, db, "ALTER DATABASE admetric SET synchronous_commit = on")
+	db.Close()
+	db = openDB(t, pg.DSN())
+	mustExec(t, db, "CREATE TABLE things (id int PRIMARY KEY)")
+	mustExec(t, db, "INSERT INTO things VALUES (1)")
+	if err := pg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	db = openDB(t, pg.DSN())
+	if n := count(t, db); n != 1 {
+		t.Fatalf("count after kill and restart = %d", n)
+	}
+	if err := pg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The cleanup stops the server and removes its data directory.
+func TestPostgresCleanup(t *testing.T) {
+	var pg *store.LocalPostgres
+	t.Run("inner", func(t *testing.T) {
+		pg = storetest.Postgres(t)
+		if err := openDB(t, pg.DSN()).Ping(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	db := openDB(t, pg.DSN())
+	if err := db.Ping(); err == nil {
+		t.Fatal("server still running after its test's cleanup")
+	}
+	matches, err := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("admetric-pg-%d-*", os.Getpid())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(matches) != 0 {
+		t.Fatalf("data directories left behind: %v", matches)
+	}
+}
+
+// cleanupTB runs Postgres outside the test's own cleanup, so that a benchmark
+// can start and stop one server per iteration.
+type cleanupTB struct {
+	testing.TB
+	fns []func()
+}
+
+func (c *cleanupTB) Cleanup(f func()) { c.fns = append(c.fns, f) }
+
+func (c *cleanupTB) runCleanups() {
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		c.fns[i]()
+	}
+	c.fns = nil
+}
+
+// BenchmarkPostgres measures one Postgres(t) (copy of the template, start,
+// ready, database present) and its cleanup (stop, removal).
+func BenchmarkPostgres(b *testing.B) {
+	storetest.Postgres(b) // the template is made once, not measured
+	var start, stop time.Duration
+	for b.Loop() {
+		tb := &cleanupTB{TB: b}
+		t0 := time.Now()
+		storetest.Postgres(tb)
+		t1 := time.Now()
+		tb.runCleanups()
+		start += t1.Sub(t0)
+		stop += time.Since(t1)
+	}
+	b.ReportMetric(float64(start.Milliseconds())/float64(b.N), "start-ms/op")
+	b.ReportMetric(float64(stop.Milliseconds())/float64(b.N), "stop-ms/op")
+}
+
+// BenchmarkPostgresNoTemplate measures what Postgres(t) would cost without
+// the template: initdb, start, ready, CREATE DATABASE; then stop and removal.
+func BenchmarkPostgresNoTemplate(b *testing.B) {
+	var start, stop time.Duration
+	for b.Loop() {
+		dir, err := os.MkdirTemp("", "admetric-pg-bench-*")
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		pg, err := store.StartLocalPostgres(context.Background(), store.LocalPostgresOptions{Dir: dir, Settings: storetest.Settings})
+		if err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := pg.Stop(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		os.RemoveAll(dir)
+		start += t1.Sub(t0)
+		stop += time.Since(t1)
+	}
+	b.ReportMetric(float64(start.Milliseconds())/float64(b.N), "start-ms/op")
+	b.ReportMetric(float64(stop.Milliseconds())/float64(b.N), "stop-ms/op")
+}
