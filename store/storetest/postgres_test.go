@@ -141,12 +141,17 @@ func TestPostgresCleanup(t *testing.T) {
 	if err := db.Ping(); err == nil {
 		t.Fatal("server still running after its test's cleanup")
 	}
-	matches, err := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("admetric-pg-%d-*", os.Getpid())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(matches) != 0 {
-		t.Fatalf("data directories left behind: %v", matches)
+	for _, root := range []string{os.Getenv(storetest.DirEnv), "/dev/shm", os.TempDir()} {
+		if root == "" {
+			continue
+		}
+		matches, err := filepath.Glob(filepath.Join(root, fmt.Sprintf("admetric-pg-%d-*", os.Getpid())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(matches) != 0 {
+			t.Fatalf("data directories left behind: %v", matches)
+		}
 	}
 }
 
@@ -186,10 +191,11 @@ func BenchmarkPostgres(b *testing.B) {
 
 // BenchmarkPostgresNoTemplate measures what Postgres(t) would cost without
 // the template: initdb, start, ready, CREATE DATABASE; then stop and removal.
+// The directory is in $ADMETRIC_TEST_PGDIR, or else os.TempDir().
 func BenchmarkPostgresNoTemplate(b *testing.B) {
 	var start, stop time.Duration
 	for b.Loop() {
-		dir, err := os.MkdirTemp("", "admetric-pg-bench-*")
+		dir, err := os.MkdirTemp(os.Getenv(storetest.DirEnv), "admetric-pg-bench-*")
 		if err != nil {
 			b.Fatal(err)
 		}
