@@ -1,0 +1,89 @@
+package aggregator_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/uptrace/bun"
+
+	"github.com/admetric/admetric/aggregator"
+	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
+)
+
+func countRows(t *testing.T, db *bun.DB) int {
+	t.Helper()
+	n, err := db.NewSelect().Model((*store.ArchivedEvent)(nil)).Count(context.Background())
+	if err != nil {
+		return -1 // the server is down; the caller waits
+	}
+	return int(n)
+}
+
+func waitRows(t *testing.T, db *bun.DB, want int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for countRows(t, db) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("archive holds %d rows, want %d", countRows(t, db), want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestArchiverSurvivesPostgresOutage: events published while PostgreSQL is
+// down are archived once it is back, each exactly once, and a message
+// redelivered (here: published twice without a Nats-Msg-Id) adds no row.
+func TestArchiverSurvivesPostgresOutage(t *testing.T) {
+	js, _ := setup(t)
+	pg := storetest.Postgres(t)
+	ctx := context.Background()
+	db, err := store.OpenPostgres(ctx, pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := store.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	a := aggregator.NewArchiver(js, store.NewArchive(db), slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()),
+		aggregator.ArchiverOptions{BatchSize: 50, AckWait: 2 * time.Second})
+	go func() { done <- a.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("archiver: %v", err)
+		}
+	})
+
+	now := time.Now().UTC()
+	publish(t, js, clicks("ad-x", 100, now, "x")...)
+	waitRows(t, db, 100)
+
+	if err := pg.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, js, clicks("ad-y", 150, now, "y")...)
+	// The same event again, without a Nats-Msg-Id the stream cannot drop it:
+	// the archive must.
+	dup := clicks("ad-y", 1, now, "y")[0]
+	data, _ := dup.Marshal()
+	if _, err := js.Publish(ctx, dup.Subject(), data); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // longer than AckWait: redeliveries happen during the outage
+	if err := pg.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitRows(t, db, 250)
+	time.Sleep(300 * time.Millisecond)
+	if n := countRows(t, db); n != 250 {
+		t.Fatalf("archive holds %d rows after settling, want 250", n)
+	}
+}
