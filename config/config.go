@@ -107,9 +107,6 @@ type Config struct {
 	// longest outage the archive can catch up from
 	// (STREAM_MAX_AGE, default 168h, 7 days).
 	StreamMaxAge time.Duration
-	// Partitions is the number of partitions events are spread over,
-	// 1..1024 (PARTITIONS, default 8).
-	Partitions int
 	// ShutdownTimeout bounds a graceful shutdown (SHUTDOWN_TIMEOUT, default 10s).
 	ShutdownTimeout time.Duration
 	// CatalogRefresh is how often the in-memory ad catalog is reloaded from
@@ -206,7 +203,6 @@ func options() []option {
 		durationOpt("ROLLUP_MINUTE_RETENTION", "72h", func(c *Config) *time.Duration { return &c.MinuteRetention }),
 		durationOpt("ROLLUP_HOUR_RETENTION", "2400h", func(c *Config) *time.Duration { return &c.HourRetention }),
 		durationOpt("ROLLUP_DAY_RETENTION", "43800h", func(c *Config) *time.Duration { return &c.DayRetention }),
-		intOpt("PARTITIONS", "8", func(c *Config) *int { return &c.Partitions }),
 
 		{
 			name: "LOG_LEVEL",
@@ -484,9 +480,6 @@ func (c *Config) validate() []error {
 		add(invalidf("ROLLUP_HOUR_RETENTION", "%v is longer than ROLLUP_DAY_RETENTION (%v)", c.HourRetention, c.DayRetention))
 	}
 
-	if c.Partitions < 1 || c.Partitions > 1024 {
-		add(invalidf("PARTITIONS", "%d is out of range 1..1024", c.Partitions))
-	}
 	add(checkPositive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout))
 	add(checkPositive("CATALOG_REFRESH", c.CatalogRefresh))
 	return errs

@@ -24,7 +24,7 @@ var allVars = []string{
 	"DB_PASSWORD", "DB_PASSWORD_FILE", "DB_NAME", "DB_SSLMODE",
 	"ADMIN_TOKEN", "ADMIN_TOKEN_FILE", "VISITOR_SALT", "VISITOR_SALT_FILE",
 	"ROLLUP_MINUTE_RETENTION", "ROLLUP_HOUR_RETENTION", "ROLLUP_DAY_RETENTION",
-	"DATA_DIR", "PARTITIONS", "LOG_LEVEL", "LOG_FORMAT", "SHUTDOWN_TIMEOUT", "CATALOG_REFRESH",
+	"DATA_DIR", "LOG_LEVEL", "LOG_FORMAT", "SHUTDOWN_TIMEOUT", "CATALOG_REFRESH",
 }
 
 // env returns a lookup function over m, standing in for os.LookupEnv.
@@ -90,7 +90,6 @@ func defaults() *config.Config {
 		HourRetention:   2400 * time.Hour,
 		DayRetention:    43800 * time.Hour,
 		StreamMaxAge:    168 * time.Hour,
-		Partitions:      8,
 		ShutdownTimeout: 10 * time.Second,
 		CatalogRefresh:  10 * time.Second,
 	}
@@ -106,7 +105,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"unknown variables are ignored", map[string]string{"HOME": "/root", "ADMETRIC_FOO": "x", "PORT": "nope"}},
 		{"empty values take defaults", map[string]string{
 			"HTTP_ADDR": "", "DATA_DIR": "", "DB_PORT": "", "DB_USER": "", "LOG_LEVEL": "",
-			"PARTITIONS": "  ", "ROLLUP_DAY_RETENTION": "", "NATS_SYNC_ALWAYS": "", "DB_PASSWORD_FILE": "",
+			"CATALOG_REFRESH": "  ", "ROLLUP_DAY_RETENTION": "", "NATS_SYNC_ALWAYS": "", "DB_PASSWORD_FILE": "",
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -175,8 +174,6 @@ func TestLoadValid(t *testing.T) {
 		{"ROLLUP_HOUR_RETENTION", map[string]string{"ROLLUP_HOUR_RETENTION": "720h"}, func(c *config.Config) any { return c.HourRetention }, 720 * time.Hour},
 		{"ROLLUP_DAY_RETENTION", map[string]string{"ROLLUP_DAY_RETENTION": "8760h"}, func(c *config.Config) any { return c.DayRetention }, 8760 * time.Hour},
 		{"STREAM_MAX_AGE", map[string]string{"STREAM_MAX_AGE": "36h30m"}, func(c *config.Config) any { return c.StreamMaxAge }, 36*time.Hour + 30*time.Minute},
-		{"PARTITIONS", map[string]string{"PARTITIONS": "1024"}, func(c *config.Config) any { return c.Partitions }, 1024},
-		{"PARTITIONS min", map[string]string{"PARTITIONS": "1"}, func(c *config.Config) any { return c.Partitions }, 1},
 		{"SHUTDOWN_TIMEOUT", map[string]string{"SHUTDOWN_TIMEOUT": "1m"}, func(c *config.Config) any { return c.ShutdownTimeout }, time.Minute},
 		{"CATALOG_REFRESH", map[string]string{"CATALOG_REFRESH": "500ms"}, func(c *config.Config) any { return c.CatalogRefresh }, 500 * time.Millisecond},
 	} {
@@ -236,9 +233,6 @@ func TestLoadInvalid(t *testing.T) {
 		{map[string]string{"ROLLUP_DAY_RETENTION": "forever"}, "ROLLUP_DAY_RETENTION", "not a duration"},
 		{map[string]string{"STREAM_MAX_AGE": "0s"}, "STREAM_MAX_AGE", "greater than zero"},
 		{map[string]string{"STREAM_MAX_AGE": "7 days"}, "STREAM_MAX_AGE", "not a duration"},
-		{map[string]string{"PARTITIONS": "0"}, "PARTITIONS", "1..1024"},
-		{map[string]string{"PARTITIONS": "1025"}, "PARTITIONS", "1..1024"},
-		{map[string]string{"PARTITIONS": "8.5"}, "PARTITIONS", "not an integer"},
 		{map[string]string{"SHUTDOWN_TIMEOUT": "10"}, "SHUTDOWN_TIMEOUT", "not a duration"},
 		{map[string]string{"SHUTDOWN_TIMEOUT": "-5s"}, "SHUTDOWN_TIMEOUT", "greater than zero"},
 		{map[string]string{"CATALOG_REFRESH": "0s"}, "CATALOG_REFRESH", "greater than zero"},
@@ -273,7 +267,6 @@ func TestLoadJoinsAllErrors(t *testing.T) {
 	_, err := config.Load(env(map[string]string{
 		"LOG_LEVEL":        "loud",
 		"DB_PORT":          "x",
-		"PARTITIONS":       "0",
 		"HTTP_ADDR":        "nowhere",
 		"ADMIN_TOKEN":      "a",
 		"ADMIN_TOKEN_FILE": "/nonexistent",
@@ -281,14 +274,14 @@ func TestLoadJoinsAllErrors(t *testing.T) {
 	if !errors.Is(err, config.ErrInvalid) {
 		t.Fatalf("err = %v, want ErrInvalid", err)
 	}
-	for _, name := range []string{"LOG_LEVEL", "DB_PORT", "PARTITIONS", "HTTP_ADDR", "ADMIN_TOKEN"} {
+	for _, name := range []string{"LOG_LEVEL", "DB_PORT", "HTTP_ADDR", "ADMIN_TOKEN"} {
 		if !strings.Contains(err.Error(), "config: "+name+": ") {
 			t.Errorf("error does not name %s:\n%v", name, err)
 		}
 	}
 	var joined interface{ Unwrap() []error }
-	if !errors.As(err, &joined) || len(joined.Unwrap()) != 5 {
-		t.Errorf("want 5 joined errors, got:\n%v", err)
+	if !errors.As(err, &joined) || len(joined.Unwrap()) != 4 {
+		t.Errorf("want 4 joined errors, got:\n%v", err)
 	}
 }
 
@@ -589,7 +582,6 @@ func TestValidate(t *testing.T) {
 		{"empty DB_USER with DATABASE_URL", func(c *config.Config) { c.DBUser = ""; c.DatabaseURL = "postgres://x/y" }, ""},
 		{"bad proxy", func(c *config.Config) { c.TrustedProxies = []string{""} }, "TRUSTED_PROXIES"},
 		{"zero STREAM_MAX_AGE", func(c *config.Config) { c.StreamMaxAge = 0 }, "STREAM_MAX_AGE"},
-		{"negative PARTITIONS", func(c *config.Config) { c.Partitions = -1 }, "PARTITIONS"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -610,7 +602,7 @@ func TestValidate(t *testing.T) {
 func TestValidateZeroConfig(t *testing.T) {
 	t.Parallel()
 	err := new(config.Config).Validate()
-	for _, name := range []string{"HTTP_ADDR", "DATA_DIR", "DB_PORT", "DB_SSLMODE", "LOG_FORMAT", "ROLLUP_MINUTE_RETENTION", "PARTITIONS", "SHUTDOWN_TIMEOUT", "CATALOG_REFRESH"} {
+	for _, name := range []string{"HTTP_ADDR", "DATA_DIR", "DB_PORT", "DB_SSLMODE", "LOG_FORMAT", "ROLLUP_MINUTE_RETENTION", "SHUTDOWN_TIMEOUT", "CATALOG_REFRESH"} {
 		wantInvalid(t, err, name, "")
 	}
 }

@@ -194,10 +194,10 @@ func (p *LocalPostgres) DSN() string {
 }
 
 // Stop asks for a fast shutdown (SIGINT) and waits up to ctx's deadline (or
-// until ctx is cancelled), then SIGKILLs the server. Returns nil when the server exited after the
-// fast shutdown or was not running (Stop is idempotent); when it had to be
-// killed, the returned error wraps ctx.Err() (the server is gone all the
-// same).
+// until ctx is cancelled), then SIGKILLs the server. Returns nil when the
+// server exited after the fast shutdown or was not running (Stop is
+// idempotent); when it had to be killed, the returned error wraps ctx.Err()
+// (the server is gone all the same).
 func (p *LocalPostgres) Stop(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -658,6 +658,19 @@ func lpgPrepareDataDir(dir string, cred *syscall.Credential) (string, bool, erro
 	if err != nil {
 		return "", false, lpgErrorf("data directory %s: %w", dir, err)
 	}
+	if cred != nil {
+		// Check the ancestors that exist before creating anything.
+		existing := filepath.Dir(abs)
+		for {
+			if _, err := os.Stat(existing); err == nil || existing == filepath.Dir(existing) {
+				break
+			}
+			existing = filepath.Dir(existing)
+		}
+		if err := lpgCheckTraversable(abs, existing, cred); err != nil {
+			return "", false, err
+		}
+	}
 	// Parents are made world-traversable: the postgres user must reach dir.
 	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
 		return "", false, lpgErrorf("data directory: %w", err)
@@ -687,7 +700,7 @@ func lpgPrepareDataDir(dir string, cred *syscall.Credential) (string, bool, erro
 		}
 	}
 	if cred != nil {
-		if err := lpgCheckTraversable(real, cred); err != nil {
+		if err := lpgCheckTraversable(real, filepath.Dir(real), cred); err != nil {
 			return "", false, err
 		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != cred.Uid {
@@ -705,10 +718,11 @@ func lpgPrepareDataDir(dir string, cred *syscall.Credential) (string, bool, erro
 	return real, needInit, nil
 }
 
-// lpgCheckTraversable checks that the user of cred may search every parent of
-// dir, by their permission bits.
-func lpgCheckTraversable(dir string, cred *syscall.Credential) error {
-	for d := filepath.Dir(dir); ; d = filepath.Dir(d) {
+// lpgCheckTraversable checks that the user of cred may search from, an
+// ancestor of the data directory dir, and every ancestor of from, by their
+// permission bits.
+func lpgCheckTraversable(dir, from string, cred *syscall.Credential) error {
+	for d := from; ; d = filepath.Dir(d) {
 		fi, err := os.Stat(d)
 		if err != nil {
 			return lpgErrorf("data directory: %w", err)
@@ -716,7 +730,7 @@ func lpgCheckTraversable(dir string, cred *syscall.Credential) error {
 		st, ok := fi.Sys().(*syscall.Stat_t)
 		if ok && !lpgCanSearch(st, fi.Mode(), cred) {
 			return lpgErrorf("data directory %s is not reachable by the postgres user (uid %d), which runs the server because we run as root: "+
-				"%s (mode %s, owner uid %d) is not traversable by it; "+
+				"%s (mode %04o, owner uid %d) is not traversable by it; "+
 				"use a DATA_DIR outside root-only directories such as /root or a test's t.TempDir() (e.g. under /var/lib or /tmp)",
 				dir, cred.Uid, d, fi.Mode().Perm(), st.Uid)
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/uptrace/bun/driver/pgdriver"
 
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
 )
 
 // testSettings make the servers of these tests fast. synchronous_commit stays
@@ -32,20 +33,11 @@ import (
 // before COMMIT returns).
 var testSettings = map[string]string{"fsync": "off", "full_page_writes": "off"}
 
-// dataDir returns a fresh directory under /tmp, which (unlike t.TempDir) the
-// postgres user can reach when the tests run as root, removed at cleanup.
+// dataDir returns a fresh directory that (unlike t.TempDir) the postgres
+// user can reach when the tests run as root, removed at cleanup.
 func dataDir(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "admetric-pg-*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("remove %s: %v", dir, err)
-		}
-	})
-	return dir
+	return storetest.TempDir(t)
 }
 
 // startPG starts a server on a fresh directory and stops it at cleanup.
@@ -306,7 +298,7 @@ func TestLocalPostgresTwoServers(t *testing.T) {
 }
 
 func TestLocalPostgresStopIdempotent(t *testing.T) {
-	pg := startPG(t, store.LocalPostgresOptions{})
+	pg := storetest.Postgres(t)
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
 	for i := range errs {
@@ -329,7 +321,7 @@ func TestLocalPostgresStopIdempotent(t *testing.T) {
 
 // Stop with a context that is already done kills the server and says so.
 func TestLocalPostgresStopDeadline(t *testing.T) {
-	pg := startPG(t, store.LocalPostgresOptions{})
+	pg := storetest.Postgres(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := pg.Stop(ctx)
@@ -459,12 +451,17 @@ func TestLocalPostgresChownsDataDir(t *testing.T) {
 const helperEnv = "ADMETRIC_LOCALPG_HELPER_DIR"
 
 // When the process that started the server dies by SIGKILL, Pdeathsig makes
-// the server shut down. The test runs itself as that process.
+// the server shut down cleanly. The test runs itself as that process, and is
+// a child subreaper meanwhile so that the orphaned postmaster becomes its
+// child: it can then wait for it and check its exit status.
 func TestLocalPostgresParentDeath(t *testing.T) {
 	if dir := os.Getenv(helperEnv); dir != "" {
 		parentDeathHelper(dir)
 		return
 	}
+	setSubreaper(t, true)
+	t.Cleanup(func() { setSubreaper(t, false) })
+
 	dir := dataDir(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestLocalPostgresParentDeath$", "-test.count=1", "-test.timeout=5m")
 	cmd.Env = append(os.Environ(), helperEnv+"="+dir)
@@ -476,9 +473,15 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
+	pgPid := 0
+	t.Cleanup(func() { // after a failure: do not leave the helper or the server behind
 		cmd.Process.Kill()
 		cmd.Wait()
+		if pgPid != 0 {
+			syscall.Kill(pgPid, syscall.SIGKILL)
+			var ws syscall.WaitStatus
+			syscall.Wait4(pgPid, &ws, 0, nil)
+		}
 	})
 
 	dsn := ""
@@ -497,6 +500,15 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 		for sc.Scan() {
 		}
 	}()
+	pidFile := filepath.Join(dir, "postmaster.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	if pgPid, err = strconv.Atoi(first); err != nil {
+		t.Fatalf("postmaster.pid: %v", err)
+	}
 	// The helper churns OS threads meanwhile; the server must survive that.
 	time.Sleep(500 * time.Millisecond)
 	db := openDB(t, dsn)
@@ -504,29 +516,51 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	pidFile := filepath.Join(dir, "postmaster.pid")
-	if _, err := os.Stat(pidFile); err != nil {
-		t.Fatal(err)
-	}
 
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	cmd.Wait()
 
+	// The postmaster is now our child: wait for it.
+	exited := make(chan syscall.WaitStatus, 1)
+	go func() {
+		var ws syscall.WaitStatus
+		for {
+			_, err := syscall.Wait4(pgPid, &ws, 0, nil)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		exited <- ws
+	}()
+	select {
+	case ws := <-exited:
+		if !ws.Exited() || ws.ExitStatus() != 0 {
+			t.Fatalf("postmaster did not shut down cleanly: wait status %#x", ws)
+		}
+		pgPid = 0
+	case <-time.After(30 * time.Second):
+		t.Fatal("server still running 30s after its parent was killed")
+	}
 	// A fast shutdown removes postmaster.pid as its last step.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, err := os.Stat(pidFile)
-		if errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server still running 30s after its parent was killed (%s: %v)", pidFile, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s after shutdown: %v", pidFile, err)
 	}
 	assertRefused(t, dsn)
+}
+
+// setSubreaper makes this process adopt its orphaned descendants.
+func setSubreaper(t *testing.T, on bool) {
+	t.Helper()
+	const prSetChildSubreaper = 36
+	arg := uintptr(0)
+	if on {
+		arg = 1
+	}
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, arg, 0); errno != 0 {
+		t.Fatalf("prctl(PR_SET_CHILD_SUBREAPER): %v", errno)
+	}
 }
 
 func parentDeathHelper(dir string) {

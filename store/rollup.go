@@ -195,13 +195,13 @@ type Aggregate struct {
 
 // AddSlot folds s into a.
 func (a *Aggregate) AddSlot(s *Slot) error {
-	a.Counters.Add(&s.Counters)
+	a.Add(&s.Counters)
 	return a.mergeSketch(s.Visitors)
 }
 
 // AddAggregate folds o into a.
 func (a *Aggregate) AddAggregate(o *Aggregate) error {
-	a.Counters.Add(&o.Counters)
+	a.Add(&o.Counters)
 	return a.mergeSketch(o.visitors)
 }
 

@@ -57,14 +57,17 @@ type daemon struct {
 const publishTimeout = 5 * time.Second
 
 // startDaemon starts every part in dependency order. On error it stops what it
-// had started. The caller calls shutdown.
+// had started and returns a nil daemon. The caller calls shutdown.
 func startDaemon(ctx context.Context, cfg *config.Config, logger *slog.Logger) (d *daemon, err error) {
 	d = &daemon{cfg: cfg, logger: logger, httpErr: make(chan error, 1), workerErr: make(chan error, 4)}
 	defer func() {
 		if err != nil {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 			defer cancel()
-			d.shutdown(sctx)
+			if serr := d.shutdown(sctx); serr != nil {
+				logger.Warn("cleaning up after a failed start", "err", serr)
+			}
+			d = nil
 		}
 	}()
 

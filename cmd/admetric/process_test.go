@@ -31,6 +31,7 @@ type proc struct {
 	cmd      *exec.Cmd
 	httpAddr string
 	exited   chan error
+	reaped   bool // exited was received from
 }
 
 // startProc starts bin with env and waits until it logs that it is up.
@@ -68,15 +69,16 @@ func startProc(t *testing.T, bin string, env map[string]string) *proc {
 		p.exited <- cmd.Wait()
 	}()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		if !p.reaped {
 			_ = cmd.Process.Kill()
-			<-p.exited
+			_ = <-p.exited
 		}
 	})
 	select {
 	case p.httpAddr = <-up:
 		return p
 	case err := <-p.exited:
+		p.reaped = true
 		t.Fatalf("admetric exited before it was up: %v", err)
 	case <-time.After(2 * time.Minute):
 		t.Fatal("admetric did not come up within 2 minutes")
@@ -93,6 +95,7 @@ func (p *proc) stop(t *testing.T, sig syscall.Signal) (time.Duration, error) {
 	}
 	select {
 	case err := <-p.exited:
+		p.reaped = true
 		return time.Since(start), err
 	case <-time.After(30 * time.Second):
 		t.Fatalf("admetric did not exit within 30 s of %s", sig)

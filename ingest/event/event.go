@@ -248,11 +248,15 @@ func ValidateAdID(id string) error {
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if !isAdIDByte(c) {
 			return fieldErr("ad_id", "may hold only letters, digits, '_' and '-'")
 		}
 	}
 	return nil
+}
+
+func isAdIDByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
 }
 
 func printableASCII(s string) bool {

@@ -19,8 +19,9 @@ import (
 	"github.com/admetric/admetric/store"
 )
 
-// Settings are the server settings of every Postgres: durability is traded
-// for speed, which is fine for data that dies with the test.
+// Settings returns (a copy of) the server settings of every Postgres:
+// durability is traded for speed, which is fine for data that dies with the
+// test.
 //
 // Beware that with synchronous_commit=off a COMMIT returns before its WAL is
 // written, so a Kill (SIGKILL) can lose the transactions committed in the
@@ -31,11 +32,13 @@ import (
 //
 // max_wal_size bounds the WAL a busy test can pile up between checkpoints,
 // which matters when the data lives in memory (see Postgres).
-var Settings = map[string]string{
-	"fsync":              "off",
-	"synchronous_commit": "off",
-	"full_page_writes":   "off",
-	"max_wal_size":       "128MB",
+func Settings() map[string]string {
+	return map[string]string{
+		"fsync":              "off",
+		"synchronous_commit": "off",
+		"full_page_writes":   "off",
+		"max_wal_size":       "128MB",
+	}
 }
 
 // DirEnv names an environment variable that, when set, chooses the directory
@@ -56,11 +59,46 @@ const (
 	tmpfsMagic = 0x01021994
 )
 
-var template struct {
-	once sync.Once
-	root string // where the data directories go
-	dir  string
-	err  error
+var (
+	rootOnce sync.Once
+	root     string // where the data directories go, see Postgres
+
+	template struct {
+		once sync.Once
+		dir  string
+		err  error
+	}
+)
+
+// dataRoot returns where the data directories go, removing at first use what
+// dead test processes left there.
+func dataRoot() string {
+	rootOnce.Do(func() {
+		root = chooseRoot()
+		sweepStale(root)
+		if tmp := os.TempDir(); tmp != root {
+			sweepStale(tmp) // where an earlier choice may have put them
+		}
+	})
+	return root
+}
+
+// TempDir returns a fresh empty directory, removed at cleanup, in which
+// store.StartLocalPostgres can make a data directory. Unlike t.TempDir, it is
+// reachable by the postgres user that runs the server when the tests run as
+// root. It is in the same place as the directories of Postgres.
+func TempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(dataRoot(), fmt.Sprintf("%s%d-*", dirPrefix, os.Getpid()))
+	if err != nil {
+		t.Fatalf("storetest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("storetest: remove postgres data: %v", err)
+		}
+	})
+	return dir
 }
 
 // Postgres starts a throwaway PostgreSQL for the test (fsync off), registers its Stop and the removal of its directory with t.Cleanup, and returns it. It never skips: if it cannot start, t.Fatal with the reason.
@@ -87,23 +125,13 @@ var template struct {
 func Postgres(t testing.TB) *store.LocalPostgres {
 	t.Helper()
 	template.once.Do(func() {
-		template.root = dataRoot()
-		sweepStale(template.root)
-		template.dir, template.err = makeTemplate(template.root)
+		template.dir, template.err = makeTemplate(dataRoot())
 	})
 	if template.err != nil {
 		t.Fatalf("storetest: %v", template.err)
 	}
 
-	dir, err := os.MkdirTemp(template.root, fmt.Sprintf("%s%d-*", dirPrefix, os.Getpid()))
-	if err != nil {
-		t.Fatalf("storetest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("storetest: remove postgres data: %v", err)
-		}
-	})
+	dir := TempDir(t)
 	// Copies the contents and the attributes of the template directory
 	// itself, so dir ends up owned by the postgres user with mode 0700.
 	if out, err := exec.Command("cp", "-a", template.dir+"/.", dir+"/").CombinedOutput(); err != nil {
@@ -112,7 +140,7 @@ func Postgres(t testing.TB) *store.LocalPostgres {
 
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings})
+	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings()})
 	if err != nil {
 		t.Fatalf("storetest: %v", err)
 	}
@@ -128,14 +156,15 @@ func Postgres(t testing.TB) *store.LocalPostgres {
 
 // makeTemplate initialises a data directory and runs a server on it once, so
 // that it holds the database and has been shut down cleanly.
-func makeTemplate(root string) (string, error) {
-	dir, err := os.MkdirTemp(root, fmt.Sprintf("%s%d-*", templatePrefix, os.Getpid()))
+func makeTemplate(parent string) (string, error) {
+	// Not TempDir: the template outlives the test that makes it.
+	dir, err := os.MkdirTemp(parent, fmt.Sprintf("%s%d-*", templatePrefix, os.Getpid()))
 	if err != nil {
 		return "", err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings})
+	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings()})
 	if err == nil {
 		err = pg.Stop(ctx)
 	}
@@ -150,8 +179,8 @@ var staleName = regexp.MustCompile(`^admetric-pg-(?:template-)?([0-9]+)-[0-9]+$`
 
 // sweepStale removes the templates and data directories of test processes
 // that are gone (killed, or timed out), unless a server still runs on them.
-func sweepStale(root string) {
-	entries, err := os.ReadDir(root)
+func sweepStale(dir string) {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
@@ -164,14 +193,14 @@ func sweepStale(root string) {
 		if err != nil || pid == os.Getpid() || alive(pid) {
 			continue
 		}
-		dir := filepath.Join(root, e.Name())
-		if b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid")); err == nil {
+		stale := filepath.Join(dir, e.Name())
+		if b, err := os.ReadFile(filepath.Join(stale, "postmaster.pid")); err == nil {
 			first, _, _ := strings.Cut(string(b), "\n")
 			if pgPid, err := strconv.Atoi(strings.TrimSpace(first)); err == nil && alive(pgPid) {
 				continue
 			}
 		}
-		os.RemoveAll(dir)
+		os.RemoveAll(stale)
 	}
 }
 
@@ -185,8 +214,8 @@ func alive(pid int) bool {
 	return err == nil || err == syscall.EPERM
 }
 
-// dataRoot chooses the directory for the data directories, see Postgres.
-func dataRoot() string {
+// chooseRoot chooses the directory for the data directories, see Postgres.
+func chooseRoot() string {
 	if d := os.Getenv(DirEnv); d != "" {
 		return d
 	}

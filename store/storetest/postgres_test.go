@@ -131,12 +131,14 @@ func TestPostgresKill(t *testing.T) {
 // The cleanup stops the server and removes its data directory.
 func TestPostgresCleanup(t *testing.T) {
 	var pg *store.LocalPostgres
-	t.Run("inner", func(t *testing.T) {
+	if !t.Run("inner", func(t *testing.T) {
 		pg = storetest.Postgres(t)
 		if err := openDB(t, pg.DSN()).Ping(); err != nil {
 			t.Fatal(err)
 		}
-	})
+	}) {
+		t.FailNow()
+	}
 	db := openDB(t, pg.DSN())
 	if err := db.Ping(); err == nil {
 		t.Fatal("server still running after its test's cleanup")
@@ -200,7 +202,7 @@ func BenchmarkPostgresNoTemplate(b *testing.B) {
 			b.Fatal(err)
 		}
 		t0 := time.Now()
-		pg, err := store.StartLocalPostgres(context.Background(), store.LocalPostgresOptions{Dir: dir, Settings: storetest.Settings})
+		pg, err := store.StartLocalPostgres(context.Background(), store.LocalPostgresOptions{Dir: dir, Settings: storetest.Settings()})
 		if err != nil {
 			b.Fatal(err)
 		}
