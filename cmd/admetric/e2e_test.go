@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/admetric/admetric/config"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
 )
 
 const testToken = "e2e-admin-token"
@@ -353,6 +355,65 @@ func TestAdManagementDisabled(t *testing.T) {
 		}
 		if status, resp := c.do(method, path, "anything", "application/json", body); status != http.StatusForbidden {
 			t.Errorf("%s %s: status %d, want 403 (%v)", method, path, status, resp)
+		}
+	}
+}
+
+// TestExternalServers: with NATS_URL and DATABASE_URL (or the DB_* parts) the
+// service uses those servers and starts none of its own.
+func TestExternalServers(t *testing.T) {
+	natsSrv := storetest.NATS(t)
+	pg := storetest.Postgres(t)
+	u, err := url.Parse(pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct {
+		name string
+		db   map[string]string
+	}{
+		{"DATABASE_URL", map[string]string{"DATABASE_URL": pg.DSN()}},
+		{"DB parts", map[string]string{"DB_HOST": u.Hostname(), "DB_PORT": u.Port(), "DB_USER": u.User.Username(), "DB_NAME": strings.TrimPrefix(u.Path, "/")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			env := testEnv(dir)
+			env["NATS_URL"] = natsSrv.ClientURL()
+			for k, v := range tc.db {
+				env[k] = v
+			}
+			d := startTestDaemon(t, env)
+			if d.embedded != nil || d.pg != nil {
+				t.Fatal("started its own NATS or PostgreSQL despite the configuration")
+			}
+			c := client{t: t, base: "http://" + d.httpAddr()}
+			if status, body := c.postJSON("/ads/click", map[string]any{"ad_id": "coffee-6s", "event_id": "ext-" + tc.name[:2], "ip": "192.0.2.1"}); status != http.StatusAccepted {
+				t.Fatalf("click: status %d body %v", status, body)
+			}
+			// Both runs share the servers: the second sees the first's click too.
+			c.analytics("timeframe=1h&ad_id=coffee-6s", func(a map[string]any) bool { return num(a, "clicks") == float64(i+1) })
+			if entries, _ := os.ReadDir(dir); len(entries) != 1 || entries[0].Name() != "visitor_salt" {
+				t.Errorf("DATA_DIR holds %v, want only the visitor salt", entries)
+			}
+			stopTestDaemon(t, d)
+		})
+	}
+}
+
+// TestInvalidConfigurationExits: a bad value stops the start with exit code 2
+// and a message naming the variable.
+func TestInvalidConfigurationExits(t *testing.T) {
+	for name, env := range map[string]map[string]string{
+		"LOG_LEVEL": {"LOG_LEVEL": "loud"},
+		"HTTP_ADDR": {"HTTP_ADDR": "nowhere"},
+		"NATS_URL":  {"NATS_URL": "http://example.com"},
+	} {
+		var stderr bytes.Buffer
+		if code := run(context.Background(), nil, lookupIn(env), &stderr); code != 2 {
+			t.Errorf("%s: exit code %d, want 2", name, code)
+		}
+		if !strings.Contains(stderr.String(), name) {
+			t.Errorf("%s: message does not name the variable: %q", name, stderr.String())
 		}
 	}
 }

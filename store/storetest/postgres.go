@@ -19,7 +19,7 @@ import (
 	"github.com/admetric/admetric/store"
 )
 
-// Settings returns (a copy of) the server settings of every Postgres:
+// Settings returns the server settings of every Postgres (a new map each time):
 // durability is traded for speed, which is fine for data that dies with the
 // test.
 //
@@ -47,40 +47,40 @@ func Settings() map[string]string {
 const DirEnv = "ADMETRIC_TEST_PGDIR"
 
 const (
-	// dirPrefix names the per-test data directories: dirPrefix-<pid>-<random>.
-	dirPrefix = "admetric-pg-"
-	// templatePrefix names the per-process template: templatePrefix-<pid>-<random>.
-	templatePrefix = "admetric-pg-template-"
-	startTimeout   = 2 * time.Minute
-	stopTimeout    = 30 * time.Second
-	// shmDir is used when it is a tmpfs with at least shmMinFree bytes free.
-	shmDir     = "/dev/shm"
-	shmMinFree = 2 << 30
-	tmpfsMagic = 0x01021994
+	// pgDirPrefix names the per-test data directories: pgDirPrefix-<pid>-<random>.
+	pgDirPrefix = "admetric-pg-"
+	// pgTemplatePrefix names the per-process template: pgTemplatePrefix-<pid>-<random>.
+	pgTemplatePrefix = "admetric-pg-template-"
+	pgStartTimeout   = 2 * time.Minute
+	pgStopTimeout    = 30 * time.Second
+	// pgShmDir is used when it is a tmpfs with at least pgShmMinFree bytes free.
+	pgShmDir     = "/dev/shm"
+	pgShmMinFree = 2 << 30
+	pgTmpfsMagic = 0x01021994
 )
 
 var (
-	rootOnce sync.Once
-	root     string // where the data directories go, see Postgres
+	pgRootOnce sync.Once
+	pgRoot     string // where the data directories go, see Postgres
 
-	template struct {
+	pgTemplate struct {
 		once sync.Once
 		dir  string
 		err  error
 	}
 )
 
-// dataRoot returns where the data directories go, removing at first use what
+// pgDataRoot returns where the data directories go, removing at first use what
 // dead test processes left there.
-func dataRoot() string {
-	rootOnce.Do(func() {
-		root = chooseRoot()
-		sweepStale(root)
-		if tmp := os.TempDir(); tmp != root {
-			sweepStale(tmp) // where an earlier choice may have put them
+func pgDataRoot() string {
+	pgRootOnce.Do(func() {
+		pgRoot = pgChooseRoot()
+		pgSweepStale(pgRoot)
+		if tmp := os.TempDir(); tmp != pgRoot {
+			pgSweepStale(tmp) // where an earlier choice may have put them
 		}
 	})
-	return root
+	return pgRoot
 }
 
 // TempDir returns a fresh empty directory, removed at cleanup, in which
@@ -89,7 +89,7 @@ func dataRoot() string {
 // root. It is in the same place as the directories of Postgres.
 func TempDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.MkdirTemp(dataRoot(), fmt.Sprintf("%s%d-*", dirPrefix, os.Getpid()))
+	dir, err := os.MkdirTemp(pgDataRoot(), fmt.Sprintf("%s%d-*", pgDirPrefix, os.Getpid()))
 	if err != nil {
 		t.Fatalf("storetest: %v", err)
 	}
@@ -124,28 +124,28 @@ func TempDir(t testing.TB) string {
 // processes that are no longer running.
 func Postgres(t testing.TB) *store.LocalPostgres {
 	t.Helper()
-	template.once.Do(func() {
-		template.dir, template.err = makeTemplate(dataRoot())
+	pgTemplate.once.Do(func() {
+		pgTemplate.dir, pgTemplate.err = pgMakeTemplate(pgDataRoot())
 	})
-	if template.err != nil {
-		t.Fatalf("storetest: %v", template.err)
+	if pgTemplate.err != nil {
+		t.Fatalf("storetest: %v", pgTemplate.err)
 	}
 
 	dir := TempDir(t)
 	// Copies the contents and the attributes of the template directory
 	// itself, so dir ends up owned by the postgres user with mode 0700.
-	if out, err := exec.Command("cp", "-a", template.dir+"/.", dir+"/").CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", "-a", pgTemplate.dir+"/.", dir+"/").CombinedOutput(); err != nil {
 		t.Fatalf("storetest: copy postgres template: %v: %s", err, out)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), pgStartTimeout)
 	defer cancel()
 	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings()})
 	if err != nil {
 		t.Fatalf("storetest: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), pgStopTimeout)
 		defer cancel()
 		if err := pg.Stop(ctx); err != nil {
 			t.Errorf("storetest: %v", err)
@@ -154,15 +154,15 @@ func Postgres(t testing.TB) *store.LocalPostgres {
 	return pg
 }
 
-// makeTemplate initialises a data directory and runs a server on it once, so
+// pgMakeTemplate initialises a data directory and runs a server on it once, so
 // that it holds the database and has been shut down cleanly.
-func makeTemplate(parent string) (string, error) {
+func pgMakeTemplate(parent string) (string, error) {
 	// Not TempDir: the template outlives the test that makes it.
-	dir, err := os.MkdirTemp(parent, fmt.Sprintf("%s%d-*", templatePrefix, os.Getpid()))
+	dir, err := os.MkdirTemp(parent, fmt.Sprintf("%s%d-*", pgTemplatePrefix, os.Getpid()))
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), pgStartTimeout)
 	defer cancel()
 	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings()})
 	if err == nil {
@@ -175,28 +175,28 @@ func makeTemplate(parent string) (string, error) {
 	return dir, nil
 }
 
-var staleName = regexp.MustCompile(`^admetric-pg-(?:template-)?([0-9]+)-[0-9]+$`)
+var pgStaleName = regexp.MustCompile(`^admetric-pg-(?:template-)?([0-9]+)-[0-9]+$`)
 
-// sweepStale removes the templates and data directories of test processes
+// pgSweepStale removes the templates and data directories of test processes
 // that are gone (killed, or timed out), unless a server still runs on them.
-func sweepStale(dir string) {
+func pgSweepStale(dir string) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		m := staleName.FindStringSubmatch(e.Name())
+		m := pgStaleName.FindStringSubmatch(e.Name())
 		if m == nil || !e.IsDir() {
 			continue
 		}
 		pid, err := strconv.Atoi(m[1])
-		if err != nil || pid == os.Getpid() || alive(pid) {
+		if err != nil || pid == os.Getpid() || pgAlive(pid) {
 			continue
 		}
 		stale := filepath.Join(dir, e.Name())
 		if b, err := os.ReadFile(filepath.Join(stale, "postmaster.pid")); err == nil {
 			first, _, _ := strings.Cut(string(b), "\n")
-			if pgPid, err := strconv.Atoi(strings.TrimSpace(first)); err == nil && alive(pgPid) {
+			if pgPid, err := strconv.Atoi(strings.TrimSpace(first)); err == nil && pgAlive(pgPid) {
 				continue
 			}
 		}
@@ -204,9 +204,9 @@ func sweepStale(dir string) {
 	}
 }
 
-// alive reports whether a process with that pid exists (or may: a pid of
+// pgAlive reports whether a process with that pid exists (or may: a pid of
 // another user's process counts).
-func alive(pid int) bool {
+func pgAlive(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
@@ -214,16 +214,16 @@ func alive(pid int) bool {
 	return err == nil || err == syscall.EPERM
 }
 
-// chooseRoot chooses the directory for the data directories, see Postgres.
-func chooseRoot() string {
+// pgChooseRoot chooses the directory for the data directories, see Postgres.
+func pgChooseRoot() string {
 	if d := os.Getenv(DirEnv); d != "" {
 		return d
 	}
 	var st syscall.Statfs_t
-	if fi, err := os.Stat(shmDir); err == nil && fi.IsDir() && fi.Mode().Perm()&0o003 == 0o003 &&
-		syscall.Statfs(shmDir, &st) == nil && int64(st.Type) == tmpfsMagic &&
-		st.Bavail*uint64(st.Bsize) >= shmMinFree {
-		return shmDir
+	if fi, err := os.Stat(pgShmDir); err == nil && fi.IsDir() && fi.Mode().Perm()&0o003 == 0o003 &&
+		syscall.Statfs(pgShmDir, &st) == nil && int64(st.Type) == pgTmpfsMagic &&
+		st.Bavail*uint64(st.Bsize) >= pgShmMinFree {
+		return pgShmDir
 	}
 	return os.TempDir()
 }
