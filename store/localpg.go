@@ -182,7 +182,7 @@ func StartLocalPostgres(ctx context.Context, opts LocalPostgresOptions) (*LocalP
 		return nil, err
 	}
 	if err := p.createDatabase(ctx); err != nil {
-		p.killLocked()
+		_ = p.killLocked()
 		return nil, err
 	}
 	return p, nil
@@ -292,11 +292,11 @@ func (p *LocalPostgres) startLocked(ctx context.Context, autoPort bool) error {
 		if err == nil {
 			p.proc = proc
 			p.logger.Info("local postgres started",
-				slog.String("component", "postgres"),
-				slog.String("dir", p.dir),
-				slog.Int("port", p.port),
-				slog.Int("pid", proc.child.cmd.Process.Pid),
-				slog.Duration("elapsed", time.Since(begin)))
+				"component", "postgres",
+				"dir", p.dir,
+				"port", p.port,
+				"pid", proc.child.cmd.Process.Pid,
+				"elapsed", time.Since(begin))
 			return nil
 		}
 		proc.kill()
@@ -441,7 +441,7 @@ func (proc *lpgProcess) readOutput(r *os.File, logger *slog.Logger) {
 		line = strings.TrimRight(line, "\r\n")
 		if line != "" {
 			proc.tail.add(line)
-			logger.LogAttrs(context.Background(), slog.LevelDebug, line, slog.String("component", "postgres"))
+			logger.Debug(line, "component", "postgres")
 		}
 		if err != nil {
 			return

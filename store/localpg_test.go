@@ -401,7 +401,7 @@ func TestLocalPostgresUnreachableDir(t *testing.T) {
 		return
 	}
 	if err == nil {
-		pg.Stop(ctxTimeout(t, 30*time.Second))
+		_ = pg.Stop(ctxTimeout(t, 30*time.Second))
 		t.Fatal("started in a directory the postgres user cannot reach")
 	}
 	for _, want := range []string{"not reachable by the postgres user", "not traversable", "DATA_DIR"} {
@@ -475,12 +475,12 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 	}
 	pgPid := 0
 	t.Cleanup(func() { // after a failure: do not leave the helper or the server behind
-		cmd.Process.Kill()
-		cmd.Wait()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 		if pgPid != 0 {
-			syscall.Kill(pgPid, syscall.SIGKILL)
+			_ = syscall.Kill(pgPid, syscall.SIGKILL)
 			var ws syscall.WaitStatus
-			syscall.Wait4(pgPid, &ws, 0, nil)
+			_, _ = syscall.Wait4(pgPid, &ws, 0, nil)
 		}
 	})
 
@@ -520,7 +520,7 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	cmd.Wait()
+	_ = cmd.Wait() // killed: an error
 
 	// The postmaster is now our child: wait for it.
 	exited := make(chan syscall.WaitStatus, 1)
@@ -528,7 +528,7 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 		var ws syscall.WaitStatus
 		for {
 			_, err := syscall.Wait4(pgPid, &ws, 0, nil)
-			if err != syscall.EINTR {
+			if !errors.Is(err, syscall.EINTR) {
 				break
 			}
 		}

@@ -217,7 +217,7 @@ func (d *daemon) startPostgres(ctx context.Context, dataDir string) error {
 	if d.cfg.LocalPostgres() {
 		pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{
 			Dir:    filepath.Join(dataDir, "pg"),
-			Logger: d.logger.With("component", "postgres"),
+			Logger: d.logger,
 		})
 		if err != nil {
 			return err

@@ -4,6 +4,7 @@ package storetest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,24 +21,18 @@ import (
 )
 
 // Settings returns the server settings of every Postgres (a new map each time):
-// durability is traded for speed, which is fine for data that dies with the
-// test.
-//
-// Beware that with synchronous_commit=off a COMMIT returns before its WAL is
-// written, so a Kill (SIGKILL) can lose the transactions committed in the
-// last few hundred milliseconds. A crash test that needs committed data to
-// survive Kill should turn it back on for its database first, e.g.
-// `ALTER DATABASE admetric SET synchronous_commit = on` (per-database
-// settings win over the server's command line) and reconnect.
+// durability against power loss is traded for speed (fsync off), which is fine
+// for data that dies with the test. synchronous_commit stays on, so a COMMIT
+// has reached the WAL in the OS and survives a Kill (SIGKILL) of the server:
+// crash tests rely on that.
 //
 // max_wal_size bounds the WAL a busy test can pile up between checkpoints,
 // which matters when the data lives in memory (see Postgres).
 func Settings() map[string]string {
 	return map[string]string{
-		"fsync":              "off",
-		"synchronous_commit": "off",
-		"full_page_writes":   "off",
-		"max_wal_size":       "128MB",
+		"fsync":            "off",
+		"full_page_writes": "off",
+		"max_wal_size":     "128MB",
 	}
 }
 
@@ -211,7 +206,7 @@ func pgAlive(pid int) bool {
 		return false
 	}
 	err := syscall.Kill(pid, 0)
-	return err == nil || err == syscall.EPERM
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // pgChooseRoot chooses the directory for the data directories, see Postgres.
@@ -221,7 +216,7 @@ func pgChooseRoot() string {
 	}
 	var st syscall.Statfs_t
 	if fi, err := os.Stat(pgShmDir); err == nil && fi.IsDir() && fi.Mode().Perm()&0o003 == 0o003 &&
-		syscall.Statfs(pgShmDir, &st) == nil && int64(st.Type) == pgTmpfsMagic &&
+		syscall.Statfs(pgShmDir, &st) == nil && st.Type == pgTmpfsMagic &&
 		st.Bavail*uint64(st.Bsize) >= pgShmMinFree {
 		return pgShmDir
 	}

@@ -48,7 +48,7 @@ func TestPostgres(t *testing.T) {
 		Scan(&name, &fsync, &syncCommit); err != nil {
 		t.Fatal(err)
 	}
-	if name != "admetric" || fsync != "off" || syncCommit != "off" {
+	if name != "admetric" || fsync != "off" || syncCommit != "on" {
 		t.Fatalf("database %q fsync %q synchronous_commit %q", name, fsync, syncCommit)
 	}
 	mustExec(t, db, "CREATE TABLE things (id int PRIMARY KEY)")
@@ -108,9 +108,6 @@ func TestPostgresParallel(t *testing.T) {
 func TestPostgresKill(t *testing.T) {
 	pg := storetest.Postgres(t)
 	db := openDB(t, pg.DSN())
-	mustExec(t, db, "ALTER DATABASE admetric SET synchronous_commit = on")
-	db.Close()
-	db = openDB(t, pg.DSN())
 	mustExec(t, db, "CREATE TABLE things (id int PRIMARY KEY)")
 	mustExec(t, db, "INSERT INTO things VALUES (1)")
 	if err := pg.Kill(); err != nil {
