@@ -159,14 +159,14 @@ func (t Tiling) Units() []Unit {
 // the hour (or day) so that the window is covered by data that exists.
 // From and to are first aligned to the minute (from down, to up).
 func (l Layout) Tile(from, to, now time.Time) (Tiling, error) {
+	if !from.Before(to) {
+		return Tiling{}, fmt.Errorf("store: empty window [%s, %s)", from, to)
+	}
 	from = Minute.Truncate(from)
 	if t := Minute.Truncate(to); !t.Equal(to.UTC()) {
 		to = t.Add(time.Minute)
 	} else {
 		to = t
-	}
-	if !from.Before(to) {
-		return Tiling{}, fmt.Errorf("store: empty window [%s, %s)", from, to)
 	}
 	available := func(u Unit, t time.Time) bool {
 		return !t.Before(now.Add(-l[u].Retention))

@@ -14,7 +14,7 @@ var layoutTestRetentions = Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.
 // layoutTestNow is an unaligned "now" used by the tiling tests.
 var layoutTestNow = time.Date(2026, 11, 25, 12, 34, 56, 789, time.UTC)
 
-func TestUnitString(t *testing.T) {
+func TestLayoutUnitString(t *testing.T) {
 	t.Parallel()
 	for u, want := range map[Unit]string{Minute: "minute", Hour: "hour", Day: "day", Unit(7): "unit(7)"} {
 		if got := u.String(); got != want {
@@ -48,7 +48,7 @@ func TestNewLayout(t *testing.T) {
 	}
 }
 
-func TestCheckpointKey(t *testing.T) {
+func TestLayoutCheckpointKey(t *testing.T) {
 	t.Parallel()
 	for p, want := range map[int]string{0: "_checkpoint.p0", 3: "_checkpoint.p3", 15: "_checkpoint.p15"} {
 		if got := CheckpointKey(p); got != want {
@@ -63,7 +63,7 @@ func TestCheckpointKey(t *testing.T) {
 	}
 }
 
-func TestUnitTruncateNext(t *testing.T) {
+func TestLayoutUnitTruncateNext(t *testing.T) {
 	t.Parallel()
 	est := time.FixedZone("EST", -5*3600)
 	tests := []struct {
@@ -388,6 +388,8 @@ func TestTileEmptyWindow(t *testing.T) {
 		{"from after to", at.Add(time.Hour), at},
 		{"from a minute after to", at.Add(time.Minute), at},
 		{"zero times", time.Time{}, time.Time{}},
+		{"reversed within one minute", at.Add(50 * time.Second), at.Add(10 * time.Second)},
+		{"equal within a minute", at.Add(30 * time.Second), at.Add(30 * time.Second)},
 	}
 	for _, tc := range tests {
 		tl, err := l.Tile(tc.from, tc.to, layoutTestNow)

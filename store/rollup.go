@@ -157,6 +157,9 @@ func (r *Rollup) UnmarshalBinary(data []byte) error {
 			}
 			d.buf = d.buf[skLen:]
 		}
+		if _, dup := r.Slots[int(i)]; dup {
+			return fmt.Errorf("%w: slot %d appears twice", ErrCorruptRollup, i)
+		}
 		r.Slots[int(i)] = s
 	}
 	if d.err != nil {

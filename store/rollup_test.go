@@ -334,7 +334,7 @@ func TestRollupSlot(t *testing.T) {
 	}
 }
 
-func TestCountersAdd(t *testing.T) {
+func TestRollupCountersAdd(t *testing.T) {
 	t.Parallel()
 	a := Counters{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
 	b := Counters{10, 20, 30, 40, 50, 60, 70, 80, 90, 100}

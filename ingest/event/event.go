@@ -55,6 +55,10 @@ const (
 	SubjectPrefix    = "ads.events."
 	SubjectWildcard  = "ads.events.>"
 	defaultMaxFuture = 5 * time.Minute
+	// minYear and maxYear bound timestamps whatever the limits: outside them
+	// RFC 3339 cannot encode the time, nor PostgreSQL store it sensibly.
+	minYear = 1970
+	maxYear = 9999
 )
 
 // Event is one accepted ad event. Timestamp is always UTC once validated.
@@ -108,12 +112,16 @@ type wire struct {
 // checks values. Unknown fields are ignored so that newer senders keep working.
 // A returned error is always a *FieldError.
 func Decode(data []byte) (Event, error) {
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return Event{}, fieldErr("", "malformed JSON: expected an object")
+	}
 	var w wire
-	dec := json.NewDecoder(bytes.NewReader(data))
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	if err := dec.Decode(&w); err != nil {
 		return Event{}, jsonError(err)
 	}
-	if dec.More() {
+	if dec.InputOffset() != int64(len(trimmed)) {
 		return Event{}, fieldErr("", "malformed JSON: trailing data after the event")
 	}
 	ev := Event{
@@ -209,6 +217,9 @@ func (e *Event) Validate(now time.Time, lim Limits) error {
 	}
 	if e.Timestamp.IsZero() {
 		return fieldErr("timestamp", "is required")
+	}
+	if y := e.Timestamp.Year(); y < minYear || y > maxYear {
+		return fieldErr("timestamp", "must be between the years %d and %d", minYear, maxYear)
 	}
 	maxFuture := lim.MaxFuture
 	if maxFuture == 0 {

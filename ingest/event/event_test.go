@@ -98,6 +98,9 @@ func TestValidateRules(t *testing.T) {
 		{"event_id with NUL", func(e *Event) { e.EventID = "a\x00" }, Limits{}, "event_id"},
 		{"event_id non-ASCII", func(e *Event) { e.EventID = "évé" }, Limits{}, "event_id"},
 		{"event_id all printable", func(e *Event) { e.EventID = "!~azAZ09:/._-{}" }, Limits{}, ""},
+		// timestamp years RFC 3339 and PostgreSQL can hold, whatever the limits
+		{"timestamp year -1", func(e *Event) { e.Timestamp = time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC) }, Limits{}, "timestamp"},
+		{"timestamp before 1970", func(e *Event) { e.Timestamp = time.Date(1969, 12, 31, 0, 0, 0, 0, time.UTC) }, Limits{}, "timestamp"},
 		// type
 		{"type missing", func(e *Event) { e.Type = "" }, Limits{}, "type"},
 		{"type unknown", func(e *Event) { e.Type = "view" }, Limits{}, "type"},
@@ -290,6 +293,9 @@ func TestDecode(t *testing.T) {
 		{name: "trailing object", in: `{"type":"click"} {}`, fail: true, field: ""},
 		{name: "trailing garbage", in: `{"type":"click"} x`, fail: true, field: ""},
 		{name: "trailing number", in: `{"type":"click"}1`, fail: true, field: ""},
+		{name: "trailing brace", in: `{"type":"click"}}`, fail: true, field: ""},
+		{name: "trailing bracket", in: `{"type":"click"}]`, fail: true, field: ""},
+		{name: "top-level null", in: `null`, fail: true, field: ""},
 		{name: "top-level array", in: `[]`, fail: true, field: ""},
 		{name: "top-level array of event", in: `[{"type":"click"}]`, fail: true, field: ""},
 		{name: "top-level string", in: `"click"`, fail: true, field: ""},
