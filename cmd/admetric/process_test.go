@@ -71,7 +71,9 @@ func startProc(t *testing.T, bin string, env map[string]string) *proc {
 	t.Cleanup(func() {
 		if !p.reaped {
 			_ = cmd.Process.Kill()
-			_ = <-p.exited
+			if err := <-p.exited; err == nil {
+				t.Log("admetric exited 0 before the kill")
+			}
 		}
 	})
 	select {
