@@ -2,7 +2,6 @@ package aggregator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -76,6 +75,7 @@ func (a *Archiver) Run(ctx context.Context) error {
 
 	batch := make([]jetstream.Msg, 0, a.opts.BatchSize)
 	rows := make([]store.ArchivedEvent, 0, a.opts.BatchSize)
+	msgs := make([]jetstream.Msg, 0, a.opts.BatchSize)
 	for {
 		batch, err = nextBatch(ctx, it, batch[:0], a.opts.BatchSize, a.opts.Linger)
 		if err != nil {
@@ -84,42 +84,83 @@ func (a *Archiver) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("aggregator: archive consumer: %w", err)
 		}
-		rows = rows[:0]
-		acks := batch[:0:0]
+		rows, msgs = rows[:0], msgs[:0]
 		for _, msg := range batch {
 			rec, err := decodeMsg(msg, nil)
 			if err != nil {
-				a.metrics.poison.WithLabelValues("archive").Inc()
-				a.logger.Warn("terminating poison message", "err", err)
-				_ = msg.Term()
+				a.poison(msg, err)
 				continue
 			}
 			rows = append(rows, toRow(rec))
-			acks = append(acks, msg)
+			msgs = append(msgs, msg)
 		}
-		if !a.insertRetrying(ctx, rows) {
-			return nil // shutting down; the unacked batch is redelivered later
-		}
-		for _, msg := range acks {
-			// A lost ack only means a redelivery, which the insert absorbs.
-			_ = msg.Ack()
+		if !a.archiveBatch(ctx, rows, msgs) {
+			return nil // shutting down; the unacked rest is redelivered later
 		}
 	}
 }
 
-func (a *Archiver) insertRetrying(ctx context.Context, rows []store.ArchivedEvent) bool {
+func (a *Archiver) poison(msg jetstream.Msg, err error) {
+	a.metrics.poison.WithLabelValues("archive").Inc()
+	a.logger.Warn("terminating poison message", "err", err)
+	_ = msg.Term()
+}
+
+// archiveBatch inserts rows and acks their msgs, retrying while PostgreSQL is
+// unavailable. A batch that PostgreSQL refuses for its data (a row no
+// validation foresaw) is inserted row by row so that only the bad rows are
+// terminated. It returns false when ctx ended first.
+func (a *Archiver) archiveBatch(ctx context.Context, rows []store.ArchivedEvent, msgs []jetstream.Msg) bool {
+	err := a.insertRetrying(ctx, rows)
+	if err == nil {
+		ackAll(msgs)
+		return true
+	}
+	if !store.IsDataError(err) {
+		return false
+	}
+	for i := range rows {
+		err := a.insertRetrying(ctx, rows[i:i+1])
+		switch {
+		case err == nil:
+			_ = msgs[i].Ack()
+		case store.IsDataError(err):
+			a.poison(msgs[i], err)
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func ackAll(msgs []jetstream.Msg) {
+	for _, msg := range msgs {
+		// A lost ack only means a redelivery, which the insert absorbs.
+		_ = msg.Ack()
+	}
+}
+
+// insertTimeout bounds one insert; it also lets the batch in hand finish when
+// shutdown cancels ctx.
+const insertTimeout = 5 * time.Second
+
+// insertRetrying inserts until it succeeds, PostgreSQL refuses the data
+// (store.IsDataError), or ctx ends (ctx.Err()).
+func (a *Archiver) insertRetrying(ctx context.Context, rows []store.ArchivedEvent) error {
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		n, err := a.archive.Insert(ctx, rows)
+		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), insertTimeout)
+		n, err := a.archive.Insert(ictx, rows)
+		cancel()
 		if err == nil {
 			a.metrics.archived.Add(float64(n))
 			if attempt > 1 {
 				a.logger.Info("archive insert succeeded after retries", "attempts", attempt)
 			}
-			return true
+			return nil
 		}
-		if errors.Is(err, context.Canceled) || ctx.Err() != nil {
-			return false
+		if store.IsDataError(err) {
+			return err
 		}
 		a.metrics.archiveErrors.Inc()
 		if attempt == 1 || attempt%20 == 0 {
@@ -127,7 +168,7 @@ func (a *Archiver) insertRetrying(ctx context.Context, rows []store.ArchivedEven
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return ctx.Err()
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)

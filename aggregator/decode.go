@@ -3,8 +3,8 @@ package aggregator
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -15,6 +15,9 @@ import (
 // decode or does not validate. It is skipped (rollups) or terminated (archive)
 // so its partition keeps moving.
 var ErrPoison = errors.New("aggregator: poison message")
+
+// consumerMaxFuture is how far past the stream's store time an event may be dated.
+const consumerMaxFuture = time.Hour
 
 // decodeMsg turns a stream message into a Record. Publishers other than our own
 // intake may leave out what the subject already says (type, ad_id), the event ID
@@ -46,16 +49,24 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 		ev.EventID = msg.Headers().Get(jetstream.MsgIDHeader)
 	}
 	if ev.EventID == "" {
-		ev.EventID = "seq-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+		ev.SetDerivedID(meta.Stream, meta.Sequence.Stream)
 	}
+	stored := meta.Timestamp.UTC()
 	if ev.Timestamp.IsZero() {
-		ev.Timestamp = meta.Timestamp.UTC()
+		ev.Timestamp = stored
 	}
+	// Other publishers skip the intake's clean-up; do it here rather than turn
+	// a long or odd user agent into poison.
+	ev.UserAgent = event.SanitizeUserAgent(ev.UserAgent)
 	// Bounds are checked against the time the stream stored the message, so a
 	// replay long after does not turn valid events into poison; how old an event
-	// may be for each rollup is the fold's decision.
-	if err := ev.Validate(meta.Timestamp, event.Limits{}); err != nil {
+	// may be for each rollup is the fold's decision. The future bound is wider
+	// than the intake's because the NATS server's clock is not ours.
+	if err := ev.Validate(stored, event.Limits{MaxFuture: consumerMaxFuture}); err != nil {
 		return Record{}, fmt.Errorf("%w: seq %d: %w", ErrPoison, meta.Sequence.Stream, err)
+	}
+	if ev.Timestamp.After(stored) {
+		ev.Timestamp = stored // clock skew, as at the intake
 	}
 	rec := Record{Seq: meta.Sequence.Stream, Event: ev}
 	if ev.IP != "" || ev.UserAgent != "" {

@@ -152,6 +152,9 @@ type adInput struct {
 
 const maxAdBody = 64 << 10
 
+// reservedAdIDs are the routes under /ads; an ad of that name could never be read.
+var reservedAdIDs = map[string]struct{}{"analytics": {}, "events": {}, "click": {}, "impression": {}}
+
 func (h *AdHandlers) decodeAd(c *gin.Context) (*adInput, bool) {
 	var in adInput
 	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, maxAdBody)
@@ -199,6 +202,10 @@ func (in *adInput) ad(id string) *store.Ad {
 func (h *AdHandlers) create(c *gin.Context) {
 	in, ok := h.decodeAd(c)
 	if !ok {
+		return
+	}
+	if _, taken := reservedAdIDs[in.ID]; taken {
+		fail(c, http.StatusBadRequest, "id", "is reserved: /ads/"+in.ID+" is a route of its own")
 		return
 	}
 	ad := in.ad(in.ID)

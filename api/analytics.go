@@ -3,10 +3,12 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -120,24 +122,21 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 	for _, u := range tiling.Units() {
 		rep.Resolutions = append(rep.Resolutions, u.String())
 	}
+	aggs, err := h.sumAll(c.Request.Context(), ids, tiling.Cells)
 	var total store.Aggregate
-	ctx := c.Request.Context()
-	for _, id := range ids {
-		agg, err := h.rollups.Sum(ctx, id, tiling.Cells)
-		if err == nil {
-			err = total.AddAggregate(agg)
-		}
-		if err != nil {
-			if errors.Is(err, context.Canceled) {
-				c.Abort()
-				return
-			}
-			h.logger.Error("reading rollups", "err", err, "ad_id", id)
-			c.Header("Retry-After", "1")
-			fail(c, http.StatusServiceUnavailable, "", "rollups are unavailable")
+	for i := 0; err == nil && i < len(ids); i++ {
+		err = total.AddAggregate(aggs[i])
+		rep.Ads = append(rep.Ads, metricsOf(ids[i], aggs[i]))
+	}
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			c.Abort()
 			return
 		}
-		rep.Ads = append(rep.Ads, metricsOf(id, agg))
+		h.logger.Error("reading rollups", "err", err)
+		c.Header("Retry-After", "1")
+		fail(c, http.StatusServiceUnavailable, "", "rollups are unavailable")
+		return
 	}
 	slices.SortStableFunc(rep.Ads, func(a, b Metrics) int {
 		switch {
@@ -150,6 +149,43 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 	})
 	rep.Total = metricsOf("", &total)
 	c.JSON(http.StatusOK, rep)
+}
+
+// sumReaders bounds the KV reads one request runs at once.
+const sumReaders = 8
+
+// sumAll sums each ad's cells, reading several ads at once; the first error
+// stops the rest.
+func (h *AnalyticsHandler) sumAll(ctx context.Context, ids []string, cells []store.Cell) ([]*store.Aggregate, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	aggs := make([]*store.Aggregate, len(ids))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(sumReaders, len(ids)) {
+		wg.Go(func() {
+			for i := range next {
+				agg, err := h.rollups.Sum(ctx, ids[i], cells)
+				if err != nil {
+					cancel(fmt.Errorf("ad %s: %w", ids[i], err))
+					continue
+				}
+				aggs[i] = agg
+			}
+		})
+	}
+	for i := range ids {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	return aggs, nil
 }
 
 func metricsOf(adID string, a *store.Aggregate) Metrics {

@@ -57,6 +57,10 @@ type Config struct {
 	// NATSSyncAlways makes the embedded server fsync every JetStream write
 	// (NATS_SYNC_ALWAYS, default false).
 	NATSSyncAlways bool
+	// NATSReplicas is the replica count of the event stream and the rollup
+	// buckets: 1 for a single server, 3 for a production cluster
+	// (NATS_REPLICAS, default 1, 1..5). Applied at every start.
+	NATSReplicas int
 
 	// DatabaseURL is a PostgreSQL connection URL; when set, the DB_* settings
 	// are not used to connect (DATABASE_URL or DATABASE_URL_FILE, default "").
@@ -167,6 +171,7 @@ func options() []option {
 			value:     func(c *Config) slog.Value { return slog.StringValue(c.NATSListen) },
 		},
 		boolOpt("NATS_SYNC_ALWAYS", "false", func(c *Config) *bool { return &c.NATSSyncAlways }),
+		intOpt("NATS_REPLICAS", "1", func(c *Config) *int { return &c.NATSReplicas }),
 		durationOpt("STREAM_MAX_AGE", "168h", func(c *Config) *time.Duration { return &c.StreamMaxAge }),
 
 		{
@@ -435,6 +440,9 @@ func (c *Config) validate() []error {
 		add(checkHostPort("NATS_LISTEN", c.NATSListen))
 	}
 	add(checkPositive("STREAM_MAX_AGE", c.StreamMaxAge))
+	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
+		add(invalidf("NATS_REPLICAS", "%d is out of range 1..5", c.NATSReplicas))
+	}
 
 	add(checkDatabaseURL(c.DatabaseURL))
 	add(checkDBHost(c.DBHost))

@@ -103,11 +103,16 @@ func (h *Handlers) accept(typ event.Type) gin.HandlerFunc {
 			ev.IP = c.ClientIP()
 		}
 		if ev.UserAgent == "" {
-			ev.UserAgent = truncate(c.GetHeader("User-Agent"), event.MaxUserAgentLen)
+			ev.UserAgent = event.SanitizeUserAgent(c.GetHeader("User-Agent"))
 		}
 		if err := ev.Validate(now, h.limits); err != nil {
 			failEvent(c, err)
 			return
+		}
+		// A player clock a little ahead of ours is skew, not the future: the
+		// event happened now, and dated now it shows in the current window.
+		if ev.Timestamp.After(now) {
+			ev.Timestamp = now.UTC()
 		}
 		if !h.ads.Exists(ev.AdID) {
 			fail(c, http.StatusNotFound, "ad_id", "no ad "+ev.AdID)
@@ -129,13 +134,6 @@ func isJSON(contentType string) bool {
 	}
 	mt, _, err := mime.ParseMediaType(contentType)
 	return err == nil && (mt == "application/json" || len(mt) > 5 && mt[len(mt)-5:] == "+json")
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 // errorBody is the JSON of every 4xx and 5xx: what is wrong and, when one field

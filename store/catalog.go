@@ -18,6 +18,9 @@ type Catalog struct {
 
 	mu  sync.RWMutex
 	ids map[string]struct{}
+	// changed records Add (true) and Remove (false) calls made while a refresh
+	// is reading the table, so the refresh does not undo them; nil otherwise.
+	changed map[string]bool
 }
 
 // NewCatalog returns an empty catalog loading from ads.
@@ -25,9 +28,17 @@ func NewCatalog(ads *Ads, logger *slog.Logger) *Catalog {
 	return &Catalog{ads: ads, logger: logger, ids: make(map[string]struct{})}
 }
 
-// Refresh reloads every ad ID from PostgreSQL.
+// Refresh reloads every ad ID from PostgreSQL. Adds and removes made while it
+// reads are applied on top of what it read. Refreshes must not overlap.
 func (c *Catalog) Refresh(ctx context.Context) error {
+	c.mu.Lock()
+	c.changed = make(map[string]bool)
+	c.mu.Unlock()
 	ids, err := c.ads.IDs(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed := c.changed
+	c.changed = nil
 	if err != nil {
 		return err
 	}
@@ -35,9 +46,14 @@ func (c *Catalog) Refresh(ctx context.Context) error {
 	for _, id := range ids {
 		next[id] = struct{}{}
 	}
-	c.mu.Lock()
+	for id, added := range changed {
+		if added {
+			next[id] = struct{}{}
+		} else {
+			delete(next, id)
+		}
+	}
 	c.ids = next
-	c.mu.Unlock()
 	return nil
 }
 
@@ -70,6 +86,9 @@ func (c *Catalog) Exists(id string) bool {
 func (c *Catalog) Add(id string) {
 	c.mu.Lock()
 	c.ids[id] = struct{}{}
+	if c.changed != nil {
+		c.changed[id] = true
+	}
 	c.mu.Unlock()
 }
 
@@ -77,6 +96,9 @@ func (c *Catalog) Add(id string) {
 func (c *Catalog) Remove(id string) {
 	c.mu.Lock()
 	delete(c.ids, id)
+	if c.changed != nil {
+		c.changed[id] = false
+	}
 	c.mu.Unlock()
 }
 

@@ -6,6 +6,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -22,11 +23,11 @@ var migrationFiles embed.FS
 // OpenPostgres opens a bun handle on dsn and checks that the server answers.
 // The caller closes it.
 func OpenPostgres(ctx context.Context, dsn string) (*bun.DB, error) {
-	sqldb := sql.OpenDB(pgdriver.NewConnector(
-		pgdriver.WithDSN(dsn),
-		pgdriver.WithTimeout(5*time.Second),
-		pgdriver.WithApplicationName("admetric"),
-	))
+	connector, err := newConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	sqldb := sql.OpenDB(connector)
 	sqldb.SetMaxOpenConns(16)
 	sqldb.SetMaxIdleConns(8)
 	sqldb.SetConnMaxIdleTime(5 * time.Minute)
@@ -36,6 +37,25 @@ func OpenPostgres(ctx context.Context, dsn string) (*bun.DB, error) {
 		return nil, fmt.Errorf("store: postgres: %w", err)
 	}
 	return db, nil
+}
+
+// ErrInvalidDSN is returned for a PostgreSQL URL the driver cannot use.
+var ErrInvalidDSN = errors.New("store: invalid postgres URL")
+
+// newConnector builds the driver's connector. pgdriver panics on a URL option it
+// cannot parse (sslmode=bogus, connect_timeout=abc); that becomes ErrInvalidDSN
+// so a typo in configuration is an error message, not a crash.
+func newConnector(dsn string) (c *pgdriver.Connector, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = nil, fmt.Errorf("%w: %v", ErrInvalidDSN, r)
+		}
+	}()
+	return pgdriver.NewConnector(
+		pgdriver.WithDSN(dsn),
+		pgdriver.WithTimeout(5*time.Second),
+		pgdriver.WithApplicationName("admetric"),
+	), nil
 }
 
 // migrationLockID is the pg_advisory_lock key held while migrating, so several
@@ -215,6 +235,18 @@ func (a *Ads) SeedDemoAds(ctx context.Context) (int, error) {
 	}
 	inserted, _ := res.RowsAffected()
 	return int(inserted), nil
+}
+
+// IsDataError reports whether PostgreSQL refused a statement for the data in it
+// (SQLSTATE class 22 data exception, class 23 integrity violation, or a syntax
+// error from a value no validation foresaw): retrying cannot help.
+func IsDataError(err error) bool {
+	var pgErr pgdriver.Error
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	code := pgErr.Field('C')
+	return strings.HasPrefix(code, "22") || strings.HasPrefix(code, "23") || code == "42601"
 }
 
 func isUniqueViolation(err error) bool {

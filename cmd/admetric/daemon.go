@@ -90,11 +90,11 @@ func startDaemon(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 	if err != nil {
 		return d, fmt.Errorf("jetstream: %w", err)
 	}
-	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: cfg.StreamMaxAge}); err != nil {
+	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Replicas: cfg.NATSReplicas}); err != nil {
 		return d, err
 	}
 	layout := store.NewLayout(store.Retentions{Minute: cfg.MinuteRetention, Hour: cfg.HourRetention, Day: cfg.DayRetention})
-	rollups, err := store.OpenRollups(ctx, js, layout, 1)
+	rollups, err := store.OpenRollups(ctx, js, layout, cfg.NATSReplicas)
 	if err != nil {
 		return d, err
 	}
@@ -126,9 +126,9 @@ func startDaemon(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 
 	workCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	d.stopWorkers = stop
-	d.goWorker("rollup-writer", aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{VisitorSalt: salt}).Run, workCtx)
-	d.goWorker("archiver", aggregator.NewArchiver(js, store.NewArchive(d.db), logger, metrics, aggregator.ArchiverOptions{}).Run, workCtx)
-	d.goWorker("catalog", func(ctx context.Context) error { return catalog.Run(ctx, cfg.CatalogRefresh) }, workCtx)
+	d.goWorker(workCtx, "rollup-writer", aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{VisitorSalt: salt}).Run)
+	d.goWorker(workCtx, "archiver", aggregator.NewArchiver(js, store.NewArchive(d.db), logger, metrics, aggregator.ArchiverOptions{}).Run)
+	d.goWorker(workCtx, "catalog", func(ctx context.Context) error { return catalog.Run(ctx, cfg.CatalogRefresh) })
 
 	gin.SetMode(gin.ReleaseMode)
 	engine := gin.New()
@@ -228,20 +228,26 @@ func (d *daemon) startPostgres(ctx context.Context, dataDir string) error {
 	}
 	db, err := store.OpenPostgres(ctx, dsn)
 	if err != nil {
+		if !d.cfg.LocalPostgres() {
+			source := "DB_*"
+			if d.cfg.DatabaseURL != "" {
+				source = "DATABASE_URL"
+			}
+			return fmt.Errorf("%s: %w", source, err)
+		}
 		return err
 	}
 	d.db = db
 	return nil
 }
 
-// goWorker runs a long-running part; an error it returns is logged and reported
-// on workerErr so the daemon stops instead of running half-alive.
-func (d *daemon) goWorker(name string, run func(context.Context) error, ctx context.Context) {
+// goWorker runs a long-running part; an error it returns is reported on
+// workerErr (and logged by main) so the daemon stops instead of running half-alive.
+func (d *daemon) goWorker(ctx context.Context, name string, run func(context.Context) error) {
 	d.workers.Add(1)
 	go func() {
 		defer d.workers.Done()
 		if err := run(ctx); err != nil {
-			d.logger.Error("worker stopped", "worker", name, "err", err)
 			d.workerErr <- fmt.Errorf("%s: %w", name, err)
 		}
 	}()

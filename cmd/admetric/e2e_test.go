@@ -274,6 +274,9 @@ func TestEndToEnd(t *testing.T) {
 		{"unparsable timestamp", "/ads/click", "application/json", `{"ad_id":"e2e-ad","timestamp":"yesterday"}`, 400, "timestamp"},
 		{"future timestamp", "/ads/impression", "application/json", `{"ad_id":"e2e-ad","timestamp":"2999-01-01T00:00:00Z"}`, 400, "timestamp"},
 		{"bad ip", "/ads/impression", "application/json", `{"ad_id":"e2e-ad","ip":"999.1.1.1"}`, 400, "ip"},
+		{"ip with a zone", "/ads/impression", "application/json", `{"ad_id":"e2e-ad","ip":"fe80::1%eth0"}`, 400, "ip"},
+		{"control character in user_agent", "/ads/impression", "application/json", `{"ad_id":"e2e-ad","user_agent":"a\u0000b"}`, 400, "user_agent"},
+		{"reserved event_id", "/ads/click", "application/json", `{"ad_id":"e2e-ad","event_id":"$ADMETRIC_EVENTS:1"}`, 400, "event_id"},
 		{"type mismatch", "/ads/impression", "application/json", `{"ad_id":"e2e-ad","type":"click"}`, 400, "type"},
 		{"body over 64 KiB", "/ads/click", "application/json", big, 413, ""},
 		{"not JSON", "/ads/click", "text/plain", `{"ad_id":"e2e-ad"}`, 415, ""},
@@ -305,6 +308,25 @@ func TestEndToEnd(t *testing.T) {
 	body, _ = c.analytics("timeframe=1h&ad_id=e2e-ad", func(a map[string]any) bool { return true })
 	if a := body["ads"].([]any)[0].(map[string]any); num(a, "clicks") != 6 || num(a, "impressions") != 10 {
 		t.Errorf("after bad input: %v, want the counts unchanged", a)
+	}
+
+	// A long non-ASCII User-Agent header is cut to fit, on a character
+	// boundary, and the event is counted and archived like any other.
+	req, _ := http.NewRequest(http.MethodPost, c.base+"/ads/click", strings.NewReader(`{"ad_id":"e2e-ad","ip":"198.51.100.1"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", strings.Repeat("€", 400))
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("click with a long user agent: status %d", resp.StatusCode)
+	}
+	c.analytics("timeframe=1h&ad_id=e2e-ad", func(a map[string]any) bool { return num(a, "clicks") == 7 })
+	waitArchived(t, d, "e2e-ad", 17)
+
+	// An ad cannot take the name of a route under /ads.
+	reserved, _ := json.Marshal(map[string]any{"id": "analytics", "title": "x"})
+	if status, body := c.do(http.MethodPost, "/ads", testToken, "application/json", reserved); status != http.StatusBadRequest || body["field"] != "id" {
+		t.Fatalf("create an ad named analytics: status %d body %v, want 400 on id", status, body)
 	}
 
 	// Update and delete.
@@ -415,5 +437,20 @@ func TestInvalidConfigurationExits(t *testing.T) {
 		if !strings.Contains(stderr.String(), name) {
 			t.Errorf("%s: message does not name the variable: %q", name, stderr.String())
 		}
+	}
+}
+
+// TestBadDatabaseURLExits: a DATABASE_URL the driver cannot use (it would
+// panic) stops the start with a message naming the variable, not a crash.
+func TestBadDatabaseURLExits(t *testing.T) {
+	env := testEnv(t.TempDir())
+	env["NATS_LISTEN"] = ""
+	env["DATABASE_URL"] = "postgres://u@127.0.0.1:1/db?sslmode=bogus"
+	var stderr bytes.Buffer
+	if code := run(context.Background(), nil, lookupIn(env), &stderr); code != 1 {
+		t.Errorf("exit code %d, want 1; stderr:\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "DATABASE_URL") || strings.Contains(stderr.String(), "panic") {
+		t.Errorf("want an error naming DATABASE_URL and no panic; stderr:\n%s", stderr.String())
 	}
 }

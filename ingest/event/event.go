@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Type is what happened to an ad.
@@ -70,6 +72,40 @@ type Event struct {
 	IP           string    `json:"ip,omitempty"`
 	UserAgent    string    `json:"user_agent,omitempty"`
 	PlaybackTime float64   `json:"playback_time"`
+
+	derivedID bool // EventID was set by SetDerivedID
+}
+
+// DerivedIDPrefix starts the IDs the service derives for events published to
+// NATS without any ID; clients may not send IDs with it, so the two never collide.
+const DerivedIDPrefix = "$"
+
+// SetDerivedID gives an event that arrived without an ID one derived from its
+// place in the stream.
+func (e *Event) SetDerivedID(stream string, seq uint64) {
+	e.EventID = DerivedIDPrefix + stream + ":" + strconv.FormatUint(seq, 10)
+	e.derivedID = true
+}
+
+// SanitizeUserAgent makes a user agent taken from a request header fit the
+// rules: valid UTF-8, no control characters, at most MaxUserAgentLen bytes
+// (cut on a character boundary).
+func SanitizeUserAgent(ua string) string {
+	ua = strings.ToValidUTF8(ua, "\uFFFD")
+	ua = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, ua)
+	if len(ua) <= MaxUserAgentLen {
+		return ua
+	}
+	cut := MaxUserAgentLen
+	for cut > 0 && !utf8.RuneStart(ua[cut]) {
+		cut--
+	}
+	return ua[:cut]
 }
 
 // FieldError says which field of an event is wrong and why. Field is empty when
@@ -206,6 +242,9 @@ func (e *Event) Validate(now time.Time, lim Limits) error {
 	if !printableASCII(e.EventID) {
 		return fieldErr("event_id", "must be printable ASCII without spaces")
 	}
+	if strings.HasPrefix(e.EventID, DerivedIDPrefix) && !e.derivedID {
+		return fieldErr("event_id", "must not start with %q (reserved for IDs the service derives)", DerivedIDPrefix)
+	}
 	if e.Type == "" {
 		return fieldErr("type", "is required")
 	}
@@ -238,12 +277,16 @@ func (e *Event) Validate(now time.Time, lim Limits) error {
 		return fieldErr("playback_time", "must be at most %g seconds", MaxPlaybackTime)
 	}
 	if e.IP != "" {
-		if _, err := netip.ParseAddr(e.IP); err != nil {
+		addr, err := netip.ParseAddr(e.IP)
+		if err != nil || addr.Zone() != "" {
 			return fieldErr("ip", "is not an IP address")
 		}
 	}
 	if len(e.UserAgent) > MaxUserAgentLen {
 		return fieldErr("user_agent", "must be at most %d bytes", MaxUserAgentLen)
+	}
+	if !utf8.ValidString(e.UserAgent) || strings.ContainsFunc(e.UserAgent, unicode.IsControl) {
+		return fieldErr("user_agent", "must be UTF-8 text without control characters")
 	}
 	return nil
 }

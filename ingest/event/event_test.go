@@ -98,6 +98,12 @@ func TestValidateRules(t *testing.T) {
 		{"event_id with NUL", func(e *Event) { e.EventID = "a\x00" }, Limits{}, "event_id"},
 		{"event_id non-ASCII", func(e *Event) { e.EventID = "évé" }, Limits{}, "event_id"},
 		{"event_id all printable", func(e *Event) { e.EventID = "!~azAZ09:/._-{}" }, Limits{}, ""},
+		{"event_id with the derived prefix", func(e *Event) { e.EventID = DerivedIDPrefix + "ADMETRIC_EVENTS:1" }, Limits{}, "event_id"},
+		{"ip with an IPv6 zone", func(e *Event) { e.IP = "fe80::1%eth0" }, Limits{}, "ip"},
+		{"user_agent with NUL", func(e *Event) { e.UserAgent = "a\x00b" }, Limits{}, "user_agent"},
+		{"user_agent with newline", func(e *Event) { e.UserAgent = "a\nb" }, Limits{}, "user_agent"},
+		{"user_agent invalid UTF-8", func(e *Event) { e.UserAgent = "a\xffb" }, Limits{}, "user_agent"},
+		{"user_agent non-ASCII", func(e *Event) { e.UserAgent = "Mozilla/5.0 (été)" }, Limits{}, ""},
 		// timestamp years RFC 3339 and PostgreSQL can hold, whatever the limits
 		{"timestamp year -1", func(e *Event) { e.Timestamp = time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC) }, Limits{}, "timestamp"},
 		{"timestamp before 1970", func(e *Event) { e.Timestamp = time.Date(1969, 12, 31, 0, 0, 0, 0, time.UTC) }, Limits{}, "timestamp"},
@@ -462,6 +468,42 @@ func TestVisitorHash(t *testing.T) {
 	for _, tc := range differ {
 		if tc.a == tc.b {
 			t.Errorf("%s: hashes collide (%x)", tc.name, tc.a)
+		}
+	}
+}
+
+func TestSetDerivedIDValidates(t *testing.T) {
+	t.Parallel()
+	e := Event{Type: Click, AdID: "ad", Timestamp: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	e.SetDerivedID("ADMETRIC_EVENTS", 42)
+	if e.EventID != "$ADMETRIC_EVENTS:42" {
+		t.Fatalf("EventID = %q", e.EventID)
+	}
+	if err := e.Validate(e.Timestamp, Limits{}); err != nil {
+		t.Fatalf("a derived ID must validate: %v", err)
+	}
+}
+
+func TestSanitizeUserAgent(t *testing.T) {
+	t.Parallel()
+	euro := strings.Repeat("€", 400) // 1200 bytes, 3 per character
+	tests := []struct {
+		name, in, want string
+	}{
+		{"plain", "Mozilla/5.0", "Mozilla/5.0"},
+		{"control characters dropped", "a\x00b\tc\n", "abc"},
+		{"invalid bytes replaced", "a\xff\xfeb", "a\uFFFDb"},
+		{"cut on a character boundary", euro, strings.Repeat("€", MaxUserAgentLen/3)},
+		{"long ASCII", strings.Repeat("a", 2000), strings.Repeat("a", MaxUserAgentLen)},
+	}
+	for _, tc := range tests {
+		got := SanitizeUserAgent(tc.in)
+		if got != tc.want {
+			t.Errorf("%s: got %q (%d bytes), want %q", tc.name, got, len(got), tc.want)
+		}
+		e := Event{EventID: "x", Type: Click, AdID: "ad", Timestamp: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC), UserAgent: got}
+		if err := e.Validate(e.Timestamp, Limits{}); err != nil {
+			t.Errorf("%s: sanitized user agent does not validate: %v", tc.name, err)
 		}
 	}
 }
