@@ -35,9 +35,11 @@ type RollupWriterOptions struct {
 // It reads the partition in stream order through an ordered consumer that starts
 // after the lowest checkpoint of the three buckets. For each batch it loads every
 // touched key (from its own cache: it is the only writer of these keys), folds the
-// batch, saves each key guarded by its revision, then advances the checkpoints.
-// Every rollup value records the highest sequence folded into it, so a batch
-// folded again after a crash or a failed save skips what that key already holds.
+// batch, then commits each bucket's touched keys together with that bucket's
+// checkpoint, every key guarded by its revision: one atomic batch per bucket on
+// servers that have them, key by key otherwise. Every rollup value also records
+// the highest sequence folded into it, so a batch folded again after a crash or a
+// failed commit skips whatever a key already holds.
 // Run it once per partition; it is not safe for concurrent use.
 type RollupWriter struct {
 	js      jetstream.JetStream
@@ -104,7 +106,11 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 		return fmt.Errorf("aggregator: rollup consumer: %w", err)
 	}
 	defer it.Stop()
-	w.logger.Info("rollup writer started", "from_seq", start+1)
+	mode := "atomic batches"
+	if !w.rollups.Atomic() {
+		mode = "per-key writes (server without atomic batches)"
+	}
+	w.logger.Info("rollup writer started", "from_seq", start+1, "commit", mode)
 
 	batch := make([]jetstream.Msg, 0, w.opts.BatchSize)
 	recs := make([]Record, 0, w.opts.BatchSize)
@@ -198,29 +204,33 @@ func (w *RollupWriter) commit(ctx context.Context, recs []Record, lastSeq uint64
 				return err
 			}
 			c = &cachedRollup{v: v, rev: rev}
+			w.cache[k] = c
 		}
 		values[k] = c.v
-		w.cache[k] = c
 	}
 	st := Fold(layout, values, recs, now)
+	// One commit per bucket: an atomic batch spans one stream, so each bucket
+	// carries its own checkpoint.
+	var writes [3][]store.Write
+	var order [3][]Key
 	for _, k := range keys {
 		c := w.cache[k]
-		rev, err := w.rollups.Save(ctx, k.Unit, k.Key, c.v, c.rev)
-		if err != nil {
-			return err
-		}
-		c.rev = rev
+		writes[k.Unit] = append(writes[k.Unit], store.Write{Key: k.Key, Value: c.v, Rev: c.rev})
+		order[k.Unit] = append(order[k.Unit], k)
 	}
 	for _, res := range layout {
 		cp := &w.checkpoints[res.Unit]
-		if lastSeq <= cp.seq {
+		if lastSeq <= cp.seq && len(writes[res.Unit]) == 0 {
 			continue
 		}
-		rev, err := w.rollups.SaveCheckpoint(ctx, res.Unit, w.opts.Partition, lastSeq, cp.rev)
+		revs, cpRev, err := w.rollups.Commit(ctx, res.Unit, w.opts.Partition, writes[res.Unit], max(lastSeq, cp.seq), cp.rev)
 		if err != nil {
 			return err
 		}
-		cp.seq, cp.rev = lastSeq, rev
+		for i, k := range order[res.Unit] {
+			w.cache[k].rev = revs[i]
+		}
+		cp.seq, cp.rev = max(lastSeq, cp.seq), cpRev
 	}
 	if len(w.cache) > maxCachedRollups {
 		w.cache = make(map[Key]*cachedRollup)

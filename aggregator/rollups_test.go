@@ -130,7 +130,7 @@ func TestRollupWriterResumesWithoutDoubleCounting(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rollups.SaveCheckpoint(ctx, res.Unit, 0, 0, rev); err != nil {
+		if _, _, err := rollups.Commit(ctx, res.Unit, 0, nil, 0, rev); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 )
 
 // StreamName is the JetStream stream holding every accepted event.
@@ -47,21 +50,30 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 	return s, nil
 }
 
-// ErrConflict is returned by Rollups.Save when the key changed since it was
+// ErrConflict is returned by Rollups.Commit when a key changed since it was
 // loaded: another writer is active, or the caller's copy is stale.
 var ErrConflict = errors.New("store: rollup revision conflict")
+
+// maxAtomicBatch is the server's default limit of messages in one atomic batch.
+const maxAtomicBatch = 1000
 
 // Rollups reads and writes the rollup KV buckets. Safe for concurrent use; the
 // rollup writer of a partition must be the only writer of its keys.
 type Rollups struct {
-	layout Layout
-	kvs    [3]jetstream.KeyValue
+	js      jetstream.JetStream
+	layout  Layout
+	kvs     [3]jetstream.KeyValue
+	streams [3]jetstream.Stream
+	atomic  bool
 }
 
 // OpenRollups creates or updates the rollup buckets of layout (one per resolution,
-// its TTL the retention, with limit markers so that watchers see expiry).
+// its TTL the retention, with limit markers so that watchers see expiry) and
+// turns on atomic batch publishing on their streams where the server has it
+// (nats-server 2.12 or later). CreateOrUpdateKeyValue turns it off again, so this
+// runs at every start.
 func OpenRollups(ctx context.Context, js jetstream.JetStream, layout Layout, replicas int) (*Rollups, error) {
-	r := &Rollups{layout: layout}
+	r := &Rollups{js: js, layout: layout, atomic: true}
 	for _, res := range layout {
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:         res.Bucket,
@@ -77,87 +89,174 @@ func OpenRollups(ctx context.Context, js jetstream.JetStream, layout Layout, rep
 			return nil, fmt.Errorf("store: rollup bucket %s: %w", res.Bucket, err)
 		}
 		r.kvs[res.Unit] = kv
+		stream, atomic, err := allowAtomicPublish(ctx, js, "KV_"+res.Bucket)
+		if err != nil {
+			return nil, err
+		}
+		r.streams[res.Unit] = stream
+		r.atomic = r.atomic && atomic
 	}
 	return r, nil
 }
 
+// allowAtomicPublish sets AllowAtomicPublish on a stream and reports whether
+// the server kept it (servers before 2.12 drop the unknown setting).
+func allowAtomicPublish(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, bool, error) {
+	stream, err := js.Stream(ctx, name)
+	if err != nil {
+		return nil, false, fmt.Errorf("store: stream %s: %w", name, err)
+	}
+	cfg := stream.CachedInfo().Config
+	if !cfg.AllowAtomicPublish {
+		cfg.AllowAtomicPublish = true
+		if stream, err = js.UpdateStream(ctx, cfg); err != nil {
+			return nil, false, fmt.Errorf("store: allow atomic publish on %s: %w", name, err)
+		}
+	}
+	return stream, stream.CachedInfo().Config.AllowAtomicPublish, nil
+}
+
+// Atomic reports whether commits are atomic batches. Without them (a server
+// older than 2.12) each key is written alone, and exactly-once rests on the
+// MaxSeq every rollup records.
+func (r *Rollups) Atomic() bool { return r.atomic }
+
 // Layout returns the resolutions the buckets hold.
 func (r *Rollups) Layout() Layout { return r.layout }
 
-// Load returns the rollup stored at key in unit's bucket and its revision; an
-// absent key gives an empty rollup and revision 0.
+func (r *Rollups) subject(u Unit, key string) string {
+	return "$KV." + r.layout[u].Bucket + "." + key
+}
+
+// Load returns the rollup stored at key in unit's bucket and its revision. An
+// absent key gives an empty rollup and revision 0; a deleted or expired key an
+// empty rollup and the revision of its marker, which the next write must name.
 func (r *Rollups) Load(ctx context.Context, u Unit, key string) (*Rollup, uint64, error) {
-	e, err := r.kvs[u].Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	msg, err := r.streams[u].GetLastMsgForSubject(ctx, r.subject(u, key))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return NewRollup(), 0, nil
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("store: get %s %s: %w", u, key, err)
 	}
+	if msg.Header.Get("KV-Operation") != "" || msg.Header.Get(jetstream.MarkerReasonHeader) != "" {
+		return NewRollup(), msg.Sequence, nil
+	}
 	v := NewRollup()
-	if err := v.UnmarshalBinary(e.Value()); err != nil {
+	if err := v.UnmarshalBinary(msg.Data); err != nil {
 		return nil, 0, fmt.Errorf("store: %s %s: %w", u, key, err)
 	}
-	return v, e.Revision(), nil
+	return v, msg.Sequence, nil
 }
 
-// Save writes v at key if the key is still at revision rev (0: absent) and
-// returns the new revision. A changed key gives ErrConflict.
-func (r *Rollups) Save(ctx context.Context, u Unit, key string, v *Rollup, rev uint64) (uint64, error) {
-	data, err := v.MarshalBinary()
+// Write is one rollup to store at Key, provided the key is still at Rev.
+type Write struct {
+	Key   string
+	Value *Rollup
+	Rev   uint64
+}
+
+// Commit stores writes and partition's checkpoint (seq, at revision cpRev) in
+// unit's bucket and returns the new revision of each write and of the checkpoint.
+// A key or checkpoint that moved gives ErrConflict.
+//
+// With atomic batches the writes and the checkpoint land together or not at
+// all (in slices of up to a thousand messages, the checkpoint in the last; a
+// slice that lands alone is harmless, as each rollup's MaxSeq makes the replay
+// skip it). Without, each key is written alone, the checkpoint last.
+func (r *Rollups) Commit(ctx context.Context, u Unit, partition int, writes []Write, seq, cpRev uint64) ([]uint64, uint64, error) {
+	if !r.atomic {
+		return r.commitEach(ctx, u, partition, writes, seq, cpRev)
+	}
+	msgs := make([]*nats.Msg, 0, len(writes)+1)
+	for _, w := range writes {
+		data, err := w.Value.MarshalBinary()
+		if err != nil {
+			return nil, 0, err
+		}
+		msgs = append(msgs, expectMsg(r.subject(u, w.Key), data, w.Rev))
+	}
+	msgs = append(msgs, expectMsg(r.subject(u, CheckpointKey(partition)), binary.BigEndian.AppendUint64(nil, seq), cpRev))
+	revs := make([]uint64, 0, len(msgs))
+	for len(msgs) > 0 {
+		chunk := msgs[:min(len(msgs), maxAtomicBatch)]
+		msgs = msgs[len(chunk):]
+		ack, err := jetstreamext.PublishMsgBatch(ctx, r.js, chunk)
+		if err != nil {
+			if isRevisionConflict(err) {
+				return nil, 0, fmt.Errorf("%w: %s batch: %w", ErrConflict, u, err)
+			}
+			return nil, 0, fmt.Errorf("store: commit %s batch: %w", u, err)
+		}
+		// An atomic batch is stored in one run of sequences.
+		first := ack.Sequence - uint64(len(chunk)) + 1
+		for i := range chunk {
+			revs = append(revs, first+uint64(i))
+		}
+	}
+	return revs[:len(writes)], revs[len(writes)], nil
+}
+
+func expectMsg(subject string, data []byte, rev uint64) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Data = data
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	return m
+}
+
+func (r *Rollups) commitEach(ctx context.Context, u Unit, partition int, writes []Write, seq, cpRev uint64) ([]uint64, uint64, error) {
+	revs := make([]uint64, len(writes))
+	for i, w := range writes {
+		data, err := w.Value.MarshalBinary()
+		if err != nil {
+			return nil, 0, err
+		}
+		if revs[i], err = r.put(ctx, u, w.Key, data, w.Rev); err != nil {
+			return nil, 0, err
+		}
+	}
+	cp, err := r.put(ctx, u, CheckpointKey(partition), binary.BigEndian.AppendUint64(nil, seq), cpRev)
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
-	return r.put(ctx, u, key, data, rev)
+	return revs, cp, nil
 }
 
+// put writes one key if it is still at rev (0: never written).
 func (r *Rollups) put(ctx context.Context, u Unit, key string, data []byte, rev uint64) (uint64, error) {
-	var (
-		newRev uint64
-		err    error
-	)
-	if rev == 0 {
-		newRev, err = r.kvs[u].Create(ctx, key, data)
-	} else {
-		newRev, err = r.kvs[u].Update(ctx, key, data, rev)
-	}
+	ack, err := r.js.PublishMsg(ctx, expectMsg(r.subject(u, key), data, rev))
 	if err != nil {
 		if isRevisionConflict(err) {
 			return 0, fmt.Errorf("%w: %s %s", ErrConflict, u, key)
 		}
 		return 0, fmt.Errorf("store: put %s %s: %w", u, key, err)
 	}
-	return newRev, nil
+	return ack.Sequence, nil
 }
 
 func isRevisionConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // Checkpoint returns the highest stream sequence partition's writer committed to
-// unit's bucket, and the key's revision (0, 0 when none).
+// unit's bucket, and the key's revision (0, 0 when none; 0 and the marker's
+// revision when it expired).
 func (r *Rollups) Checkpoint(ctx context.Context, u Unit, partition int) (seq, rev uint64, err error) {
-	e, err := r.kvs[u].Get(ctx, CheckpointKey(partition))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	msg, err := r.streams[u].GetLastMsgForSubject(ctx, r.subject(u, CheckpointKey(partition)))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, 0, nil
 	}
 	if err != nil {
 		return 0, 0, fmt.Errorf("store: checkpoint %s p%d: %w", u, partition, err)
 	}
-	if len(e.Value()) != 8 {
-		return 0, 0, fmt.Errorf("%w: checkpoint %s p%d is %d bytes", ErrCorruptRollup, u, partition, len(e.Value()))
+	if msg.Header.Get("KV-Operation") != "" || msg.Header.Get(jetstream.MarkerReasonHeader) != "" {
+		return 0, msg.Sequence, nil
 	}
-	return binary.BigEndian.Uint64(e.Value()), e.Revision(), nil
-}
-
-// SaveCheckpoint records seq as partition's checkpoint in unit's bucket, if the
-// key is still at rev; a changed key (a second writer) gives ErrConflict.
-func (r *Rollups) SaveCheckpoint(ctx context.Context, u Unit, partition int, seq, rev uint64) (uint64, error) {
-	return r.put(ctx, u, CheckpointKey(partition), binary.BigEndian.AppendUint64(nil, seq), rev)
+	if len(msg.Data) != 8 {
+		return 0, 0, fmt.Errorf("%w: checkpoint %s p%d is %d bytes", ErrCorruptRollup, u, partition, len(msg.Data))
+	}
+	return binary.BigEndian.Uint64(msg.Data), msg.Sequence, nil
 }
 
 // Sum adds up ad's slots listed in cells. Each key is read once.

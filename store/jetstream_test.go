@@ -1,0 +1,146 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
+)
+
+var testRetentions = store.Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.Hour, Day: 43800 * time.Hour}
+
+func openRollups(t *testing.T) (jetstream.JetStream, *store.Rollups) {
+	t.Helper()
+	js, _ := storetest.JetStream(t, storetest.NATS(t))
+	r, err := store.OpenRollups(context.Background(), js, store.NewLayout(testRetentions), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, r
+}
+
+func rollupWith(clicks, maxSeq uint64) *store.Rollup {
+	r := store.NewRollup()
+	r.Slot(3).Clicks = clicks
+	r.MaxSeq = maxSeq
+	return r
+}
+
+// TestOpenRollupsAllowsAtomicPublish: the buckets' streams allow atomic batches
+// after every OpenRollups, although CreateOrUpdateKeyValue turns that off.
+func TestOpenRollupsAllowsAtomicPublish(t *testing.T) {
+	js, r := openRollups(t)
+	if !r.Atomic() {
+		t.Fatal("Atomic() = false against nats-server 2.15")
+	}
+	ctx := context.Background()
+	for range 2 {
+		for _, b := range []string{store.MinuteBucket, store.HourBucket, store.DayBucket} {
+			s, err := js.Stream(ctx, "KV_"+b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !s.CachedInfo().Config.AllowAtomicPublish {
+				t.Fatalf("%s: AllowAtomicPublish is off", b)
+			}
+		}
+		var err error
+		if r, err = store.OpenRollups(ctx, js, store.NewLayout(testRetentions), 1); err != nil || !r.Atomic() {
+			t.Fatalf("reopen: %v, atomic %v", err, r.Atomic())
+		}
+	}
+}
+
+func TestCommit(t *testing.T) {
+	for _, atomic := range []bool{true, false} {
+		name := "atomic"
+		if !atomic {
+			name = "per-key"
+		}
+		t.Run(name, func(t *testing.T) {
+			js, r := openRollups(t)
+			if !atomic {
+				r.DisableAtomicCommits()
+			}
+			ctx := context.Background()
+			revs, cpRev, err := r.Commit(ctx, store.Minute, 2, []store.Write{
+				{Key: "ad-a.2026112512", Value: rollupWith(1, 10)},
+				{Key: "ad-b.2026112512", Value: rollupWith(2, 11)},
+			}, 11, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, key := range []string{"ad-a.2026112512", "ad-b.2026112512"} {
+				v, rev, err := r.Load(ctx, store.Minute, key)
+				if err != nil || rev != revs[i] || v.Slots[3].Clicks != uint64(i+1) || v.MaxSeq != uint64(10+i) {
+					t.Fatalf("Load %s = %+v rev %d (%v), want rev %d", key, v, rev, err, revs[i])
+				}
+			}
+			if seq, rev, err := r.Checkpoint(ctx, store.Minute, 2); err != nil || seq != 11 || rev != cpRev {
+				t.Fatalf("Checkpoint = %d rev %d (%v), want 11 rev %d", seq, rev, err, cpRev)
+			}
+
+			// A stale revision anywhere fails the commit with ErrConflict.
+			_, _, err = r.Commit(ctx, store.Minute, 2, []store.Write{
+				{Key: "ad-a.2026112512", Value: rollupWith(5, 20), Rev: revs[0]},
+				{Key: "ad-b.2026112512", Value: rollupWith(5, 20), Rev: revs[1] - 1},
+			}, 20, cpRev)
+			if !errors.Is(err, store.ErrConflict) {
+				t.Fatalf("stale revision: err %v, want ErrConflict", err)
+			}
+			v, _, _ := r.Load(ctx, store.Minute, "ad-a.2026112512")
+			if atomic && v.Slots[3].Clicks != 1 {
+				t.Fatalf("an atomic commit that failed changed a key: %d clicks", v.Slots[3].Clicks)
+			}
+			if seq, _, _ := r.Checkpoint(ctx, store.Minute, 2); seq != 11 {
+				t.Fatalf("checkpoint moved to %d by a failed commit", seq)
+			}
+
+			// A key that was deleted (or expired) is written at its marker's revision.
+			kv, err := js.KeyValue(ctx, store.MinuteBucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := kv.Delete(ctx, "ad-b.2026112512"); err != nil {
+				t.Fatal(err)
+			}
+			v, rev, err := r.Load(ctx, store.Minute, "ad-b.2026112512")
+			if err != nil || len(v.Slots) != 0 || rev == 0 {
+				t.Fatalf("Load deleted key = %+v rev %d (%v), want empty at the marker's revision", v, rev, err)
+			}
+			if _, _, err := r.Commit(ctx, store.Minute, 2, []store.Write{{Key: "ad-b.2026112512", Value: rollupWith(9, 30), Rev: rev}}, 30, cpRev); err != nil {
+				t.Fatalf("write over a delete marker: %v", err)
+			}
+		})
+	}
+}
+
+// TestCommitSplitsLargeBatches: more keys than one atomic batch holds commit
+// in slices, the checkpoint in the last, with every revision right.
+func TestCommitSplitsLargeBatches(t *testing.T) {
+	_, r := openRollups(t)
+	ctx := context.Background()
+	writes := make([]store.Write, 1500)
+	for i := range writes {
+		writes[i] = store.Write{Key: fmt.Sprintf("ad-%d.2026112512", i), Value: rollupWith(uint64(i), uint64(i))}
+	}
+	revs, cpRev, err := r.Commit(ctx, store.Minute, 0, writes, 1500, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, 999, 1000, 1499} {
+		v, rev, err := r.Load(ctx, store.Minute, writes[i].Key)
+		if err != nil || rev != revs[i] || v.Slots[3].Clicks != uint64(i) {
+			t.Fatalf("key %d: rev %d want %d, %+v (%v)", i, rev, revs[i], v, err)
+		}
+	}
+	if seq, rev, _ := r.Checkpoint(ctx, store.Minute, 0); seq != 1500 || rev != cpRev {
+		t.Fatalf("checkpoint %d rev %d, want 1500 rev %d", seq, rev, cpRev)
+	}
+}
