@@ -78,11 +78,15 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 	return rec, nil
 }
 
-// splitSubject parses ads.events.<type>.<ad_id>.
+// splitSubject parses ads.events.<partition>.<type>.<ad_id>, as the stream
+// stores events, or ads.events.<type>.<ad_id>, as they are published.
 func splitSubject(subject string) (typ, adID string, ok bool) {
 	rest, found := strings.CutPrefix(subject, event.SubjectPrefix)
 	if !found {
 		return "", "", false
+	}
+	if first, after, found := strings.Cut(rest, "."); found && first != "" && strings.Trim(first, "0123456789") == "" {
+		rest = after
 	}
 	typ, adID, found = strings.Cut(rest, ".")
 	if !found || typ == "" || adID == "" || strings.Contains(adID, ".") {

@@ -5,42 +5,65 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store"
 )
 
 // RollupWriterOptions configure a RollupWriter. Zero values take the defaults.
 type RollupWriterOptions struct {
-	// Partition is the partition this writer owns (its checkpoint key).
+	// Partition is the partition this writer folds: its durable consumer, its
+	// subject filter and its checkpoint key.
 	Partition int
-	// FilterSubject selects the partition's events; default all events.
-	FilterSubject string
-	// BatchSize bounds the events folded per commit; default 1000.
+	// BatchSize bounds the events fetched per commit; default 1000.
 	BatchSize int
-	// Linger is how long a batch waits for more events once it has one; default 20ms.
-	Linger time.Duration
+	// MaxWait is how long a fetch waits for events; it bounds the lag at low
+	// rates. Default 100ms.
+	MaxWait time.Duration
+	// AckWait is how long the server waits for an ack before it redelivers: how
+	// soon the events a dead writer held reach the next one. Default 10s.
+	AckWait time.Duration
+	// PinnedTTL is how long a writer that stops fetching keeps its partition
+	// before another takes it over. Default 5s.
+	PinnedTTL time.Duration
 	// VisitorSalt keys the visitor hash.
 	VisitorSalt []byte
 	// Now returns the current time; default time.Now. Tests move it.
 	Now func() time.Time
 }
 
-// RollupWriter folds a partition of the event stream into the rollup buckets.
+// RollupConsumerName is the durable consumer of partition p's rollup writers.
+func RollupConsumerName(p int) string { return "rollups-p" + strconv.Itoa(p) }
+
+// rollupGroup is the priority group of the rollup consumers: the server pins
+// each partition to one writer, and moves it when that writer goes quiet.
+const rollupGroup = "rollups"
+
+// RollupWriter folds one partition of the event stream into the rollup buckets.
 //
-// It reads the partition in stream order through an ordered consumer that starts
-// after the lowest checkpoint of the three buckets. For each batch it loads every
-// touched key (from its own cache: it is the only writer of these keys), folds the
-// batch, then commits each bucket's touched keys together with that bucket's
-// checkpoint, every key guarded by its revision: one atomic batch per bucket on
-// servers that have them, key by key otherwise. Every rollup value also records
-// the highest sequence folded into it, so a batch folded again after a crash or a
-// failed commit skips whatever a key already holds.
-// Run it once per partition; it is not safe for concurrent use.
+// Every process runs a writer for every partition; the partition's durable
+// consumer pins it to one of them (the pinned-client priority policy), and
+// moves it to another when that one stops fetching. Before folding, a writer
+// makes sure it holds every event of the partition that is delivered and not
+// yet acknowledged (the consumer's NumAckPending): events a dead writer held
+// come back to it after AckWait, and folding waits for them, so the partition
+// is folded in stream order even across a takeover.
+//
+// For each batch it loads every touched key (from its own cache: it is the only
+// writer of these keys), folds the batch, then commits each bucket's touched
+// keys together with that bucket's checkpoint, every key guarded by its
+// revision: one atomic batch per bucket on servers that have them, key by key
+// otherwise. Then it acknowledges the batch with one ack. Events at or below a
+// bucket's checkpoint are already in it; every rollup value also records the
+// highest sequence folded into it, so a batch folded again after a crash or a
+// failed commit skips whatever a key already holds. A stale writer's commit
+// fails on the checkpoint's revision.
+// Run it once per partition per process; it is not safe for concurrent use.
 type RollupWriter struct {
 	js      jetstream.JetStream
 	rollups *store.Rollups
@@ -66,14 +89,17 @@ const maxCachedRollups = 50_000
 
 // NewRollupWriter returns a writer; Run starts it.
 func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slog.Logger, metrics *Metrics, opts RollupWriterOptions) *RollupWriter {
-	if opts.FilterSubject == "" {
-		opts.FilterSubject = event.SubjectWildcard
-	}
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 1000
 	}
-	if opts.Linger <= 0 {
-		opts.Linger = 20 * time.Millisecond
+	if opts.MaxWait <= 0 {
+		opts.MaxWait = 100 * time.Millisecond
+	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = 10 * time.Second
+	}
+	if opts.PinnedTTL <= 0 {
+		opts.PinnedTTL = 5 * time.Second
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -85,50 +111,78 @@ func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slo
 	}
 }
 
-// Run folds events until ctx ends; the batch in hand is committed before it
-// returns. It returns nil on cancellation, an error only if it cannot start.
+// Run folds the partition until ctx ends; the batch in hand is committed before
+// it returns. It returns nil on cancellation, an error only if it cannot start.
 func (w *RollupWriter) Run(ctx context.Context) error {
-	start, err := w.loadCheckpoints(ctx)
+	cons, err := w.js.CreateOrUpdateConsumer(ctx, store.StreamName, jetstream.ConsumerConfig{
+		Durable:        RollupConsumerName(w.opts.Partition),
+		Description:    "AdMetric: partition " + strconv.Itoa(w.opts.Partition) + " into the rollups",
+		FilterSubject:  store.PartitionFilter(w.opts.Partition),
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckAllPolicy,
+		AckWait:        w.opts.AckWait,
+		MaxAckPending:  4 * w.opts.BatchSize,
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PriorityGroups: []string{rollupGroup},
+		PinnedTTL:      w.opts.PinnedTTL,
+	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("aggregator: rollup consumer p%d: %w", w.opts.Partition, err)
+	}
+	if _, err := w.loadCheckpoints(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{w.opts.FilterSubject}}
-	if start > 0 {
-		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		cfg.OptStartSeq = start + 1
-	}
-	cons, err := w.js.OrderedConsumer(ctx, store.StreamName, cfg)
-	if err != nil {
-		return fmt.Errorf("aggregator: rollup consumer: %w", err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * w.opts.BatchSize))
-	if err != nil {
-		return fmt.Errorf("aggregator: rollup consumer: %w", err)
-	}
-	defer it.Stop()
 	mode := "atomic batches"
 	if !w.rollups.Atomic() {
 		mode = "per-key writes (server without atomic batches)"
 	}
-	w.logger.Info("rollup writer started", "from_seq", start+1, "commit", mode)
+	w.logger.Info("rollup writer started", "commit", mode)
 
-	batch := make([]jetstream.Msg, 0, w.opts.BatchSize)
+	held := make(map[uint64]jetstream.Msg, w.opts.BatchSize)
 	recs := make([]Record, 0, w.opts.BatchSize)
-	for {
-		batch, err = nextBatch(ctx, it, batch[:0], w.opts.BatchSize, w.opts.Linger)
-		if err != nil {
+	for ctx.Err() == nil {
+		if err := w.fetch(cons, held); err != nil {
 			if ctx.Err() != nil {
-				return nil
+				break
 			}
-			return fmt.Errorf("aggregator: rollup consumer: %w", err)
+			w.logger.Warn("fetch failed", "err", err)
+			sleep(ctx, time.Second)
+			continue
 		}
-		recs = recs[:0]
-		var last uint64
-		for _, msg := range batch {
-			rec, err := decodeMsg(msg, w.opts.VisitorSalt)
-			if meta, merr := msg.Metadata(); merr == nil {
-				last = meta.Sequence.Stream
+		if len(held) == 0 {
+			continue
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				w.logger.Warn("consumer info failed", "err", err)
+				sleep(ctx, time.Second)
 			}
+			continue
+		}
+		if info.NumAckPending > len(held) {
+			// Another writer (dead, or about to lose the partition) holds events
+			// below ours; they come back to us after AckWait.
+			continue
+		}
+		seqs := make([]uint64, 0, len(held))
+		for seq := range held {
+			seqs = append(seqs, seq)
+		}
+		slices.Sort(seqs)
+		recs = recs[:0]
+		floor := w.lowCheckpoint()
+		for _, seq := range seqs {
+			if seq <= floor {
+				continue // committed by an earlier writer that died before its ack
+			}
+			rec, err := decodeMsg(held[seq], w.opts.VisitorSalt)
 			if err != nil {
 				w.metrics.poison.WithLabelValues("rollups").Inc()
 				w.logger.Warn("skipping poison message", "err", err)
@@ -136,9 +190,57 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 			}
 			recs = append(recs, rec)
 		}
-		// The batch is committed even when ctx ends meanwhile: a commit cut short
-		// is safe, but finishing it spares the next start a replay.
-		w.commitRetrying(context.WithoutCancel(ctx), ctx.Done(), recs, last)
+		last := seqs[len(seqs)-1]
+		// The batch is committed even when ctx ends meanwhile: finishing it
+		// spares the next writer a replay.
+		if !w.commitRetrying(context.WithoutCancel(ctx), ctx.Done(), recs, last) {
+			break
+		}
+		// AckAll: one ack covers the batch, and nothing below it is pending elsewhere.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if err := held[last].DoubleAck(actx); err != nil {
+			w.logger.Warn("ack failed; the batch will be redelivered and skipped", "err", err)
+		}
+		cancel()
+		clear(held)
+	}
+	return nil
+}
+
+// fetch adds to held what one pull brings, keyed by stream sequence so that
+// redeliveries replace the copies they duplicate.
+func (w *RollupWriter) fetch(cons jetstream.Consumer, held map[uint64]jetstream.Msg) error {
+	want := max(w.opts.BatchSize-len(held), 1)
+	batch, err := cons.Fetch(want, jetstream.FetchMaxWait(w.opts.MaxWait), jetstream.FetchPriorityGroup(rollupGroup))
+	if err != nil {
+		return err
+	}
+	for msg := range batch.Messages() {
+		meta, err := msg.Metadata()
+		if err != nil {
+			w.logger.Warn("message without metadata", "err", err)
+			continue
+		}
+		held[meta.Sequence.Stream] = msg
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrPinIDMismatch) {
+		return err
+	}
+	return nil
+}
+
+func (w *RollupWriter) lowCheckpoint() uint64 {
+	low := w.checkpoints[0].seq
+	for _, cp := range w.checkpoints[1:] {
+		low = min(low, cp.seq)
+	}
+	return low
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
 	}
 }
 
@@ -166,12 +268,12 @@ func nextBatch(ctx context.Context, it jetstream.MessagesContext, buf []jetstrea
 // commitRetrying commits until it succeeds or stop is closed, backing off
 // between tries; each retry reloads from KV, and the MaxSeq of each rollup makes
 // the refold skip whatever an earlier try already saved.
-func (w *RollupWriter) commitRetrying(ctx context.Context, stop <-chan struct{}, recs []Record, lastSeq uint64) {
+func (w *RollupWriter) commitRetrying(ctx context.Context, stop <-chan struct{}, recs []Record, lastSeq uint64) bool {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := w.commit(ctx, recs, lastSeq)
 		if err == nil {
-			return
+			return true
 		}
 		w.cache = make(map[Key]*cachedRollup)
 		w.checkpoints = [3]cachedCheckpoint{}
@@ -179,14 +281,17 @@ func (w *RollupWriter) commitRetrying(ctx context.Context, stop <-chan struct{},
 		w.logger.Warn("rollup commit failed; retrying", "err", err, "attempt", attempt, "backoff", backoff)
 		select {
 		case <-stop:
-			w.logger.Warn("rollup commit abandoned at shutdown; the next start replays it", "events", len(recs))
-			return
+			w.logger.Warn("rollup commit abandoned at shutdown; the next writer replays it", "events", len(recs))
+			return false
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
 		if _, err := w.loadCheckpoints(ctx); err != nil {
 			continue
 		}
+		// Another writer may have committed some of these meanwhile.
+		floor := w.lowCheckpoint()
+		recs = slices.DeleteFunc(recs, func(r Record) bool { return r.Seq <= floor })
 	}
 }
 

@@ -45,12 +45,20 @@ func publish(t *testing.T, js jetstream.JetStream, evs ...event.Event) {
 	}
 }
 
-// runWriter runs a rollup writer until the returned stop is called.
+// runWriter runs a rollup writer of partition 0 until the returned stop is called.
 func runWriter(t *testing.T, js jetstream.JetStream, rollups *store.Rollups) (stop func()) {
 	t.Helper()
+	return runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{})
+}
+
+func runWriterWith(t *testing.T, js jetstream.JetStream, rollups *store.Rollups, opts aggregator.RollupWriterOptions) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	w := aggregator.NewRollupWriter(js, rollups, slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()),
-		aggregator.RollupWriterOptions{VisitorSalt: []byte("salt"), BatchSize: 7})
+	opts.VisitorSalt = []byte("salt")
+	if opts.BatchSize == 0 {
+		opts.BatchSize = 7
+	}
+	w := aggregator.NewRollupWriter(js, rollups, slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), opts)
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	var once bool
@@ -107,15 +115,16 @@ func clicks(adID string, n int, at time.Time, idPrefix string) []event.Event {
 	return evs
 }
 
-// TestRollupWriterResumesWithoutDoubleCounting stops the writer, rewinds every
-// checkpoint to zero (as if the writer had crashed after saving its keys and
-// before its checkpoints), and restarts it: the replayed events are skipped by
-// each rollup's MaxSeq, and only the new ones are added.
-func TestRollupWriterResumesWithoutDoubleCounting(t *testing.T) {
+// TestRollupWriterReplayCountsOnce replays the whole partition to a new writer,
+// as after a crash between commit and ack: first with the checkpoints intact
+// (events at or below them are skipped), then with the checkpoints rewound to
+// zero (each rollup's MaxSeq skips what it holds). Only new events are added.
+func TestRollupWriterReplayCountsOnce(t *testing.T) {
 	js, rollups := setup(t)
 	now := time.Now().UTC()
 	from, to := now.Add(-2*time.Hour), now.Add(time.Minute)
 	old := now.Add(-5 * 24 * time.Hour) // beyond the minute retention: hour and day only
+	ctx := context.Background()
 
 	stop := runWriter(t, js, rollups)
 	publish(t, js, clicks("ad-a", 40, now, "a")...)
@@ -124,33 +133,41 @@ func TestRollupWriterResumesWithoutDoubleCounting(t *testing.T) {
 	waitClicks(t, rollups, "ad-b", old.Add(-time.Hour), to, 5)
 	stop()
 
-	ctx := context.Background()
-	for _, res := range testLayout {
-		_, rev, err := rollups.Checkpoint(ctx, res.Unit, 0)
-		if err != nil {
+	for round, rewind := range []bool{false, true} {
+		// A new consumer delivers the partition from the start again.
+		if err := js.DeleteConsumer(ctx, store.StreamName, aggregator.RollupConsumerName(0)); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := rollups.Commit(ctx, res.Unit, 0, nil, 0, rev); err != nil {
-			t.Fatal(err)
+		if rewind {
+			for _, res := range testLayout {
+				_, rev, err := rollups.Checkpoint(ctx, res.Unit, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, _, err := rollups.Commit(ctx, res.Unit, 0, nil, 0, rev); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
-	}
-
-	runWriter(t, js, rollups)
-	publish(t, js, clicks("ad-a", 3, now, "a-more")...)
-	agg := waitClicks(t, rollups, "ad-a", from, to, 43)
-	if agg.PlaybackMillis != 43*1500 || agg.PlaybackCount != 43 {
-		t.Errorf("playback %d ms over %d clicks, want %d over 43", agg.PlaybackMillis, agg.PlaybackCount, 43*1500)
-	}
-	if got := agg.UniqueVisitors(); got != 40 {
-		t.Errorf("unique visitors %d, want 40 (the 3 new clicks repeat visitors)", got)
-	}
-	// Give the writer time to (wrongly) re-add the replayed old events, then check.
-	time.Sleep(300 * time.Millisecond)
-	if b := sum(t, rollups, "ad-b", old.Add(-time.Hour), to); b.Clicks != 5 {
-		t.Errorf("ad-b: %d clicks after replay, want 5", b.Clicks)
-	}
-	if a := sum(t, rollups, "ad-a", from, to); a.Clicks != 43 {
-		t.Errorf("ad-a: %d clicks after replay, want 43", a.Clicks)
+		stop := runWriter(t, js, rollups)
+		publish(t, js, clicks("ad-a", 3, now, fmt.Sprintf("a-more-%d", round))...)
+		want := uint64(43 + 3*round)
+		agg := waitClicks(t, rollups, "ad-a", from, to, want)
+		if agg.PlaybackMillis != want*1500 || agg.PlaybackCount != want {
+			t.Errorf("rewind=%v: playback %d ms over %d clicks, want %d over %d", rewind, agg.PlaybackMillis, agg.PlaybackCount, want*1500, want)
+		}
+		if got := agg.UniqueVisitors(); got != 40 {
+			t.Errorf("rewind=%v: unique visitors %d, want 40 (the new clicks repeat visitors)", rewind, got)
+		}
+		// The new events are the last in the partition: once they are counted,
+		// the replay of everything before them is done.
+		if b := sum(t, rollups, "ad-b", old.Add(-time.Hour), to); b.Clicks != 5 {
+			t.Errorf("rewind=%v: ad-b has %d clicks after the replay, want 5", rewind, b.Clicks)
+		}
+		if a := sum(t, rollups, "ad-a", from, to); a.Clicks != want {
+			t.Errorf("rewind=%v: ad-a has %d clicks after the replay, want %d", rewind, a.Clicks, want)
+		}
+		stop()
 	}
 }
 
@@ -173,4 +190,74 @@ func TestRollupWriterPoisonDoesNotBlock(t *testing.T) {
 	}
 	publish(t, js, clicks("ad-p", 2, now, "p")...)
 	waitClicks(t, rollups, "ad-p", now.Add(-time.Hour), now.Add(time.Minute), 2)
+}
+
+// TestRollupWriterTakesOverFromADeadWriter: a writer that fetched events and
+// died before committing them (it holds them unacknowledged) loses the
+// partition after PinnedTTL; the next writer waits for those events to come
+// back (AckWait) and folds everything once, in order.
+func TestRollupWriterTakesOverFromADeadWriter(t *testing.T) {
+	js, rollups := setup(t)
+	now := time.Now().UTC()
+	ctx := context.Background()
+	opts := aggregator.RollupWriterOptions{AckWait: 2 * time.Second, PinnedTTL: time.Second, BatchSize: 50}
+
+	// Create the consumer, then let "the dead writer" take the pin and 20 events.
+	stop := runWriterWith(t, js, rollups, opts)
+	var cons jetstream.Consumer
+	for deadline := time.Now().Add(10 * time.Second); cons == nil; {
+		c, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(0))
+		if err == nil {
+			cons = c
+		} else if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	time.Sleep(opts.PinnedTTL + 500*time.Millisecond) // the stopped writer's pin lapses
+	publish(t, js, clicks("ad-t", 20, now, "t1")...)
+	batch, err := cons.Fetch(20, jetstream.FetchMaxWait(time.Second), jetstream.FetchPriorityGroup("rollups"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for range batch.Messages() {
+		n++ // held, never acknowledged
+	}
+	if n != 20 {
+		t.Fatalf("the dead writer fetched %d events, want 20", n)
+	}
+
+	// More events arrive; a live writer takes over and must count all 30 once.
+	publish(t, js, clicks("ad-t", 10, now, "t2")...)
+	runWriterWith(t, js, rollups, opts)
+	agg := waitClicks(t, rollups, "ad-t", now.Add(-time.Hour), now.Add(time.Minute), 30)
+	if agg.PlaybackCount != 30 {
+		t.Fatalf("playback count %d, want 30", agg.PlaybackCount)
+	}
+	time.Sleep(3 * time.Second) // past another AckWait: nothing is counted twice
+	if agg := sum(t, rollups, "ad-t", now.Add(-time.Hour), now.Add(time.Minute)); agg.Clicks != 30 {
+		t.Fatalf("%d clicks after settling, want 30", agg.Clicks)
+	}
+}
+
+// TestRollupWritersShareAPartition: two writers of one partition, as in two
+// processes; the pinned one stops mid-stream and the other finishes. Every
+// event is counted once.
+func TestRollupWritersShareAPartition(t *testing.T) {
+	js, rollups := setup(t)
+	now := time.Now().UTC()
+	opts := aggregator.RollupWriterOptions{AckWait: 2 * time.Second, PinnedTTL: time.Second}
+	stopA := runWriterWith(t, js, rollups, opts)
+	runWriterWith(t, js, rollups, opts)
+	publish(t, js, clicks("ad-s", 100, now, "s1")...)
+	waitClicks(t, rollups, "ad-s", now.Add(-time.Hour), now.Add(time.Minute), 100)
+	stopA()
+	publish(t, js, clicks("ad-s", 100, now, "s2")...)
+	waitClicks(t, rollups, "ad-s", now.Add(-time.Hour), now.Add(time.Minute), 200)
+	time.Sleep(3 * time.Second)
+	if agg := sum(t, rollups, "ad-s", now.Add(-time.Hour), now.Add(time.Minute)); agg.Clicks != 200 {
+		t.Fatalf("%d clicks after settling, want 200", agg.Clicks)
+	}
 }

@@ -61,6 +61,11 @@ type Config struct {
 	// buckets: 1 for a single server, 3 for a production cluster
 	// (NATS_REPLICAS, default 1, 1..5). Applied at every start.
 	NATSReplicas int
+	// Partitions is how many partitions the event stream spreads ads over;
+	// each has one active rollup writer, so it bounds how many aggregator
+	// processes share the work (PARTITIONS, default 8, 1..1024). Change it only
+	// with the stream drained.
+	Partitions int
 
 	// DatabaseURL is a PostgreSQL connection URL; when set, the DB_* settings
 	// are not used to connect (DATABASE_URL or DATABASE_URL_FILE, default "").
@@ -172,6 +177,7 @@ func options() []option {
 		},
 		boolOpt("NATS_SYNC_ALWAYS", "false", func(c *Config) *bool { return &c.NATSSyncAlways }),
 		intOpt("NATS_REPLICAS", "1", func(c *Config) *int { return &c.NATSReplicas }),
+		intOpt("PARTITIONS", "8", func(c *Config) *int { return &c.Partitions }),
 		durationOpt("STREAM_MAX_AGE", "168h", func(c *Config) *time.Duration { return &c.StreamMaxAge }),
 
 		{
@@ -440,6 +446,9 @@ func (c *Config) validate() []error {
 		add(checkHostPort("NATS_LISTEN", c.NATSListen))
 	}
 	add(checkPositive("STREAM_MAX_AGE", c.StreamMaxAge))
+	if c.Partitions < 1 || c.Partitions > 1024 {
+		add(invalidf("PARTITIONS", "%d is out of range 1..1024", c.Partitions))
+	}
 	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
 		add(invalidf("NATS_REPLICAS", "%d is out of range 1..5", c.NATSReplicas))
 	}

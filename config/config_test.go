@@ -19,7 +19,7 @@ import (
 // allVars lists every variable the package reads, in .env.example's order.
 var allVars = []string{
 	"HTTP_ADDR", "TRUSTED_PROXIES",
-	"NATS_URL", "NATS_LISTEN", "NATS_SYNC_ALWAYS", "NATS_REPLICAS", "STREAM_MAX_AGE",
+	"NATS_URL", "NATS_LISTEN", "NATS_SYNC_ALWAYS", "NATS_REPLICAS", "PARTITIONS", "STREAM_MAX_AGE",
 	"DATABASE_URL", "DATABASE_URL_FILE", "DB_HOST", "DB_PORT", "DB_USER",
 	"DB_PASSWORD", "DB_PASSWORD_FILE", "DB_NAME", "DB_SSLMODE",
 	"ADMIN_TOKEN", "ADMIN_TOKEN_FILE", "VISITOR_SALT", "VISITOR_SALT_FILE",
@@ -91,6 +91,7 @@ func defaults() *config.Config {
 		DayRetention:    43800 * time.Hour,
 		StreamMaxAge:    168 * time.Hour,
 		NATSReplicas:    1,
+		Partitions:      8,
 		ShutdownTimeout: 10 * time.Second,
 		CatalogRefresh:  10 * time.Second,
 	}
@@ -150,6 +151,7 @@ func TestLoadValid(t *testing.T) {
 		{"NATS_LISTEN random port", map[string]string{"NATS_LISTEN": "127.0.0.1:0"}, func(c *config.Config) any { return c.NATSListen }, "127.0.0.1:0"},
 		{"NATS_SYNC_ALWAYS", map[string]string{"NATS_SYNC_ALWAYS": "true"}, func(c *config.Config) any { return c.NATSSyncAlways }, true},
 		{"NATS_REPLICAS", map[string]string{"NATS_REPLICAS": "3"}, func(c *config.Config) any { return c.NATSReplicas }, 3},
+		{"PARTITIONS", map[string]string{"PARTITIONS": "1"}, func(c *config.Config) any { return c.Partitions }, 1},
 		{"NATS_SYNC_ALWAYS 1", map[string]string{"NATS_SYNC_ALWAYS": "1"}, func(c *config.Config) any { return c.NATSSyncAlways }, true},
 		{"NATS_SYNC_ALWAYS false", map[string]string{"NATS_SYNC_ALWAYS": "FALSE"}, func(c *config.Config) any { return c.NATSSyncAlways }, false},
 		{"DATABASE_URL", map[string]string{"DATABASE_URL": "postgres://u:p@db:5432/x?sslmode=require"}, func(c *config.Config) any { return c.DatabaseURL }, "postgres://u:p@db:5432/x?sslmode=require"},
@@ -210,6 +212,8 @@ func TestLoadInvalid(t *testing.T) {
 		{map[string]string{"NATS_LISTEN": "127.0.0.1:99999"}, "NATS_LISTEN", ""},
 		{map[string]string{"NATS_SYNC_ALWAYS": "yes"}, "NATS_SYNC_ALWAYS", `"yes" is not a boolean`},
 		{map[string]string{"NATS_REPLICAS": "0"}, "NATS_REPLICAS", "1..5"},
+		{map[string]string{"PARTITIONS": "0"}, "PARTITIONS", "1..1024"},
+		{map[string]string{"PARTITIONS": "1025"}, "PARTITIONS", "1..1024"},
 		{map[string]string{"NATS_REPLICAS": "7"}, "NATS_REPLICAS", "1..5"},
 		{map[string]string{"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL", `scheme "mysql"`},
 		{map[string]string{"DATABASE_URL": "db.example:5432"}, "DATABASE_URL", ""},

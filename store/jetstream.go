@@ -25,6 +25,15 @@ type StreamOptions struct {
 	Duplicates time.Duration
 	// Replicas is 1 for a single server, 3 for a production cluster.
 	Replicas int
+	// Partitions is how many partitions the stream spreads ads over (at least 1).
+	Partitions int
+}
+
+// PartitionFilter is the subject filter of partition p's events. The stream
+// stores ads.events.<type>.<ad_id> as ads.events.<p>.<type>.<ad_id>, p a hash
+// of the ad ID, so that one writer owns each ad's rollup keys.
+func PartitionFilter(p int) string {
+	return "ads.events." + strconv.Itoa(p) + ".>"
 }
 
 // EnsureStream creates the event stream, or updates it to opts.
@@ -34,7 +43,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 	}
 	cfg := jetstream.StreamConfig{
 		Name:        StreamName,
-		Description: "AdMetric ad events: ads.events.<type>.<ad_id>",
+		Description: "AdMetric ad events: ads.events.<type>.<ad_id>, stored as ads.events.<partition>.<type>.<ad_id>",
 		Subjects:    []string{"ads.events.>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
@@ -42,6 +51,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 		Duplicates:  opts.Duplicates,
 		Replicas:    max(opts.Replicas, 1),
 		Discard:     jetstream.DiscardOld,
+		SubjectTransform: &jetstream.SubjectTransformConfig{
+			Source:      "ads.events.*.*",
+			Destination: fmt.Sprintf("ads.events.{{partition(%d,2)}}.{{wildcard(1)}}.{{wildcard(2)}}", max(opts.Partitions, 1)),
+		},
 	}
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
 	if err != nil {

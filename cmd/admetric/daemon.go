@@ -90,7 +90,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 	if err != nil {
 		return d, fmt.Errorf("jetstream: %w", err)
 	}
-	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Replicas: cfg.NATSReplicas}); err != nil {
+	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Replicas: cfg.NATSReplicas, Partitions: cfg.Partitions}); err != nil {
 		return d, err
 	}
 	layout := store.NewLayout(store.Retentions{Minute: cfg.MinuteRetention, Hour: cfg.HourRetention, Day: cfg.DayRetention})
@@ -126,7 +126,10 @@ func startDaemon(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 
 	workCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	d.stopWorkers = stop
-	d.goWorker(workCtx, "rollup-writer", aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{VisitorSalt: salt}).Run)
+	for p := range cfg.Partitions {
+		w := aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{Partition: p, VisitorSalt: salt})
+		d.goWorker(workCtx, "rollup-writer", w.Run)
+	}
 	d.goWorker(workCtx, "archiver", aggregator.NewArchiver(js, store.NewArchive(d.db), logger, metrics, aggregator.ArchiverOptions{}).Run)
 	d.goWorker(workCtx, "catalog", func(ctx context.Context) error { return catalog.Run(ctx, cfg.CatalogRefresh) })
 
