@@ -33,10 +33,26 @@ import (
 	"github.com/admetric/admetric/store"
 )
 
-// daemon is the whole service in one process: NATS (embedded or remote),
-// PostgreSQL (private or remote), the aggregator's consumers and HTTP.
+// role is what a process runs: the whole service, or one side of it.
+type role struct {
+	// api serves intake, ads and analytics over HTTP.
+	api bool
+	// aggregator runs the rollup writers and the archiver.
+	aggregator bool
+}
+
+var (
+	roleAll        = role{api: true, aggregator: true}
+	roleAPI        = role{api: true}
+	roleAggregator = role{aggregator: true}
+)
+
+// daemon is the service in one process: NATS (embedded or remote), PostgreSQL
+// (private or remote), and the parts its role names. HTTP always serves
+// /healthz, /readyz and /metrics.
 type daemon struct {
 	cfg    *config.Config
+	role   role
 	logger *slog.Logger
 
 	embedded *store.EmbeddedNATS
@@ -58,8 +74,8 @@ const publishTimeout = 5 * time.Second
 
 // startDaemon starts every part in dependency order. On error it stops what it
 // had started and returns a nil daemon. The caller calls shutdown.
-func startDaemon(ctx context.Context, cfg *config.Config, logger *slog.Logger) (d *daemon, err error) {
-	d = &daemon{cfg: cfg, logger: logger, httpErr: make(chan error, 1), workerErr: make(chan error, 4)}
+func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.Logger) (d *daemon, err error) {
+	d = &daemon{cfg: cfg, role: r, logger: logger, httpErr: make(chan error, 1), workerErr: make(chan error, cfg.Partitions+4)}
 	defer func() {
 		if err != nil {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
@@ -115,23 +131,20 @@ func startDaemon(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 	} else if n > 0 {
 		logger.Info("inserted demo ads into the empty ads table", "count", n)
 	}
-	catalog := store.NewCatalog(ads, logger.With("component", "catalog"))
-	if err := catalog.Refresh(ctx); err != nil {
-		return d, err
-	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := aggregator.NewMetrics(reg)
-
 	workCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	d.stopWorkers = stop
-	for p := range cfg.Partitions {
-		w := aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{Partition: p, VisitorSalt: salt})
-		d.goWorker(workCtx, "rollup-writer", w.Run)
+
+	if r.aggregator {
+		metrics := aggregator.NewMetrics(reg)
+		for p := range cfg.Partitions {
+			w := aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{Partition: p, VisitorSalt: salt})
+			d.goWorker(workCtx, "rollup-writer", w.Run)
+		}
+		d.goWorker(workCtx, "archiver", aggregator.NewArchiver(js, store.NewArchive(d.db), logger, metrics, aggregator.ArchiverOptions{}).Run)
 	}
-	d.goWorker(workCtx, "archiver", aggregator.NewArchiver(js, store.NewArchive(d.db), logger, metrics, aggregator.ArchiverOptions{}).Run)
-	d.goWorker(workCtx, "catalog", func(ctx context.Context) error { return catalog.Run(ctx, cfg.CatalogRefresh) })
 
 	gin.SetMode(gin.ReleaseMode)
 	engine := gin.New()
@@ -145,14 +158,21 @@ func startDaemon(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 		c.JSON(http.StatusMethodNotAllowed, gin.H{"error": "method not allowed on this route"})
 	})
 
-	adHandlers := api.NewAdHandlers(ads, catalog, cfg.AdminToken, logger)
-	if !adHandlers.ManagementEnabled() {
-		logger.Warn("ad management is disabled: POST, PUT and DELETE /ads answer 403 until ADMIN_TOKEN is set")
+	if r.api {
+		catalog := store.NewCatalog(ads, logger.With("component", "catalog"))
+		if err := catalog.Refresh(ctx); err != nil {
+			return d, err
+		}
+		d.goWorker(workCtx, "catalog", func(ctx context.Context) error { return catalog.Run(ctx, cfg.CatalogRefresh) })
+		adHandlers := api.NewAdHandlers(ads, catalog, cfg.AdminToken, logger)
+		if !adHandlers.ManagementEnabled() {
+			logger.Warn("ad management is disabled: POST, PUT and DELETE /ads answer 403 until ADMIN_TOKEN is set")
+		}
+		adHandlers.Register(engine)
+		api.NewAnalyticsHandler(rollups, catalog, logger).Register(engine)
+		limits := event.Limits{MaxAge: layout.MaxRetention()}
+		ingest.NewHandlers(ingest.NewPublisher(js, publishTimeout), catalog, limits, logger).Register(engine)
 	}
-	adHandlers.Register(engine)
-	api.NewAnalyticsHandler(rollups, catalog, logger).Register(engine)
-	limits := event.Limits{MaxAge: layout.MaxRetention()}
-	ingest.NewHandlers(ingest.NewPublisher(js, publishTimeout), catalog, limits, logger).Register(engine)
 	api.RegisterHealth(engine, map[string]api.Check{
 		"nats": func(context.Context) error {
 			if s := d.nc.Status(); s != nats.CONNECTED {
@@ -177,7 +197,8 @@ func startDaemon(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	go func() { d.httpErr <- d.httpSrv.Serve(d.httpLn) }()
-	logger.Info("admetric is up", "http", "http://"+d.httpLn.Addr().String(), "nats", d.natsURL())
+	logger.Info("admetric is up", "http", "http://"+d.httpLn.Addr().String(), "nats", d.natsURL(),
+		"api", r.api, "aggregator", r.aggregator, "partitions", cfg.Partitions, "atomic_commits", rollups.Atomic())
 	return d, nil
 }
 

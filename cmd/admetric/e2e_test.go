@@ -62,7 +62,7 @@ func startTestDaemon(t *testing.T, env map[string]string) *daemon {
 	logger := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	d, err := startDaemon(ctx, cfg, logger)
+	d, err := startDaemon(ctx, cfg, roleAll, logger)
 	if err != nil {
 		t.Fatalf("start: %v", err)
 	}

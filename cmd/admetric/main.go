@@ -16,11 +16,17 @@ import (
 	"github.com/admetric/admetric/config"
 )
 
-const usage = `usage: admetric [serve]
+const usage = `usage: admetric [serve | api | aggregator]
 
-Runs the whole AdMetric service in one process. Configuration is by
-environment variables (see .env.example); with none set it runs an embedded
-NATS server and a private PostgreSQL under ./data and serves HTTP on :8080.
+  serve       the whole service in one process (the default)
+  api         HTTP only: event intake, ads, analytics
+  aggregator  the rollup writers and the archiver only (HTTP serves
+              /healthz, /readyz and /metrics); run several to share the
+              partitions
+
+Configuration is by environment variables (see .env.example); with none set
+it runs an embedded NATS server and a private PostgreSQL under ./data and
+serves HTTP on :8080.
 `
 
 func main() {
@@ -36,8 +42,14 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 	if len(args) > 0 {
 		cmd = args[0]
 	}
+	var r role
 	switch cmd {
 	case "serve":
+		r = roleAll
+	case "api":
+		r = roleAPI
+	case "aggregator":
+		r = roleAggregator
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stderr, usage)
 		return 0
@@ -51,8 +63,8 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		return 2
 	}
 	logger := newLogger(cfg, stderr)
-	logger.Info("starting", "config", cfg)
-	if err := serve(ctx, cfg, logger); err != nil {
+	logger.Info("starting", "command", cmd, "config", cfg)
+	if err := serve(ctx, cfg, r, logger); err != nil {
 		logger.Error("admetric stopped", "err", err)
 		return 1
 	}
@@ -70,8 +82,8 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 
 // serve runs the daemon until ctx ends (a signal) or a part fails, then shuts
 // it down within SHUTDOWN_TIMEOUT.
-func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
-	d, err := startDaemon(ctx, cfg, logger)
+func serve(ctx context.Context, cfg *config.Config, r role, logger *slog.Logger) error {
+	d, err := startDaemon(ctx, cfg, r, logger)
 	if err != nil {
 		return err
 	}

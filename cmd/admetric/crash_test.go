@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
+)
+
+// freePort returns a loopback port that was free a moment ago, for a child
+// that must keep its address across restarts.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// workload is a generated set of events and the analytics they must produce.
+type workload struct {
+	bodies [][]byte
+	paths  []string
+	want   map[string]*wantAd
+}
+
+type wantAd struct {
+	clicks, impressions, playbackMillis uint64
+	visitors                            map[string]struct{}
+}
+
+func newWorkload(n, ads, visitors int, seed uint64) *workload {
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	w := &workload{want: make(map[string]*wantAd)}
+	for i := range n {
+		ad := fmt.Sprintf("crash-ad-%03d", rng.IntN(ads))
+		v := rng.IntN(visitors)
+		ip := fmt.Sprintf("10.%d.%d.%d", v>>16, (v>>8)&255, v&255)
+		ev := map[string]any{"event_id": fmt.Sprintf("crash-%d-%d", seed, i), "ad_id": ad, "ip": ip, "user_agent": "crash-test"}
+		wa := w.want[ad]
+		if wa == nil {
+			wa = &wantAd{visitors: make(map[string]struct{})}
+			w.want[ad] = wa
+		}
+		wa.visitors[ip] = struct{}{}
+		path := "/ads/impression"
+		if rng.IntN(10) < 3 {
+			ms := uint64(rng.IntN(30_000))
+			ev["playback_time"] = float64(ms) / 1000
+			path = "/ads/click"
+			wa.clicks++
+			wa.playbackMillis += ms
+		} else {
+			wa.impressions++
+		}
+		body, _ := json.Marshal(ev)
+		w.bodies = append(w.bodies, body)
+		w.paths = append(w.paths, path)
+	}
+	return w
+}
+
+// send posts every event until each got a 202, retrying through outages with
+// the same event_id, and counts what it sent. It gives up at the deadline.
+func (w *workload) send(t *testing.T, base string, workers int, deadline time.Time, done *atomic.Int64) {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := range next {
+				for {
+					if time.Now().After(deadline) {
+						t.Errorf("event %d never accepted", i)
+						break
+					}
+					resp, err := client.Post(base+w.paths[i], "application/json", bytes.NewReader(w.bodies[i]))
+					if err == nil {
+						resp.Body.Close()
+						if resp.StatusCode == http.StatusAccepted {
+							done.Add(1)
+							break
+						}
+						if resp.StatusCode < 500 {
+							t.Errorf("event %d: status %d", i, resp.StatusCode)
+							break
+						}
+					}
+					time.Sleep(50 * time.Millisecond) // the service is restarting
+				}
+			}
+		})
+	}
+	for i := range w.bodies {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+// TestCrashRecovery SIGKILLs the whole service five times at random instants
+// while 50,000 events are posted, restarting it each time on the same DATA_DIR.
+// Every event is retried with its event_id until accepted; afterwards each
+// ad's clicks, impressions and playback sum over 30 days equal the accepted
+// events exactly, unique visitors are within 2% (exact below 1,000), and the
+// archive holds exactly one row per event.
+func TestCrashRecovery(t *testing.T) {
+	const (
+		events   = 50_000
+		ads      = 200
+		visitors = 20_000
+		kills    = 5
+	)
+	bin := buildBinary(t)
+	pg := storetest.Postgres(t)
+	port := freePort(t)
+	env := map[string]string{
+		"HTTP_ADDR":    "127.0.0.1:" + port,
+		"NATS_LISTEN":  "127.0.0.1:" + freePort(t),
+		"DATA_DIR":     t.TempDir(),
+		"DATABASE_URL": pg.DSN(),
+		"ADMIN_TOKEN":  testToken,
+		"VISITOR_SALT": "crash-test-salt-crash-test-salt-0123",
+		"PARTITIONS":   "4",
+		"LOG_LEVEL":    "info", // startProc waits for the info line "admetric is up"
+	}
+	p := startProc(t, bin, env)
+	base := "http://" + p.httpAddr
+	c := client{t: t, base: base}
+	for i := range ads {
+		body, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("crash-ad-%03d", i), "title": "crash"})
+		if status, resp := c.do(http.MethodPost, "/ads", testToken, "application/json", body); status != http.StatusCreated {
+			t.Fatalf("create ad: %d %v", status, resp)
+		}
+	}
+
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("workload seed %d", seed)
+	w := newWorkload(events, ads, visitors, seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	var killAt []int64
+	for i := range kills {
+		// One kill in each fifth of the load, at a random point of it.
+		killAt = append(killAt, int64(events*i/kills+rng.IntN(events/kills-events/20)+events/40))
+	}
+	var done atomic.Int64
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		w.send(t, base, 32, time.Now().Add(5*time.Minute), &done)
+	}()
+	for i, at := range killAt {
+		for done.Load() < at {
+			select {
+			case <-loadDone:
+				t.Fatalf("the load finished before kill %d", i+1)
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		if err := p.cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		<-p.exited
+		p.reaped = true
+		t.Logf("kill %d after %d accepted events", i+1, done.Load())
+		p = startProc(t, bin, env)
+	}
+	<-loadDone
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// Everything settles: each ad's analytics over 30 days match exactly.
+	deadline := time.Now().Add(2 * time.Minute)
+	var mismatch string
+	for {
+		mismatch = checkCrashAnalytics(t, c, w)
+		if mismatch == "" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if mismatch != "" {
+		t.Fatalf("analytics after the crashes: %s", mismatch)
+	}
+
+	db, err := store.OpenPostgres(context.Background(), pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for {
+		var rows, distinct int
+		if err := db.NewRaw("SELECT count(*), count(DISTINCT event_id) FROM events").Scan(context.Background(), &rows, &distinct); err != nil {
+			t.Fatal(err)
+		}
+		if rows == events && distinct == events {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("archive holds %d rows (%d distinct), want %d", rows, distinct, events)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// checkCrashAnalytics compares the all-ads 30-day analytics with w and
+// describes the first difference, or returns "".
+func checkCrashAnalytics(t *testing.T, c client, w *workload) string {
+	t.Helper()
+	status, body := c.do(http.MethodGet, "/ads/analytics?timeframe=30d", "", "", nil)
+	if status != http.StatusOK {
+		return fmt.Sprintf("status %d", status)
+	}
+	got := make(map[string]map[string]any)
+	for _, a := range body["ads"].([]any) {
+		m := a.(map[string]any)
+		got[m["ad_id"].(string)] = m
+	}
+	for ad, want := range w.want {
+		g := got[ad]
+		if g == nil {
+			return "no analytics for " + ad
+		}
+		if num(g, "clicks") != float64(want.clicks) || num(g, "impressions") != float64(want.impressions) {
+			return fmt.Sprintf("%s: %v clicks %v impressions, want %d and %d", ad, g["clicks"], g["impressions"], want.clicks, want.impressions)
+		}
+		if want.clicks > 0 {
+			wantAvg := float64(want.playbackMillis) / float64(want.clicks) / 1000
+			if math.Abs(num(g, "avg_playback_time")-wantAvg) > 1e-9 {
+				return fmt.Sprintf("%s: avg playback %v, want %v", ad, g["avg_playback_time"], wantAvg)
+			}
+		}
+		uv, trueUV := num(g, "unique_visitors"), float64(len(want.visitors))
+		if trueUV < 1000 && uv != trueUV || math.Abs(uv-trueUV) > 0.02*trueUV {
+			return fmt.Sprintf("%s: %v unique visitors, want %v", ad, uv, trueUV)
+		}
+	}
+	return ""
+}
