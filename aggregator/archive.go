@@ -2,10 +2,14 @@ package aggregator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
+	"github.com/eapache/go-resiliency/breaker"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/store"
@@ -27,10 +31,13 @@ type ArchiverOptions struct {
 // Archiver copies every event from the stream into the PostgreSQL events table
 // through a durable consumer. Inserts skip event IDs already archived, so a
 // redelivered message never adds a row; a batch is acknowledged only after its
-// insert committed. While PostgreSQL is down it retries the batch in hand and
-// fetches nothing new; the stream keeps the rest until it returns.
+// insert committed. While PostgreSQL is down it retries the batch in hand
+// behind a circuit breaker and fetches nothing new; the stream keeps the rest
+// until it returns. A message that is not a valid event goes to the
+// dead-letter stream (ads.dlq.<reason>) and is terminated.
 type Archiver struct {
 	js      jetstream.JetStream
+	breaker *breaker.Breaker
 	archive *store.Archive
 	logger  *slog.Logger
 	metrics *Metrics
@@ -49,6 +56,8 @@ func NewArchiver(js jetstream.JetStream, archive *store.Archive, logger *slog.Lo
 		opts.AckWait = 30 * time.Second
 	}
 	return &Archiver{js: js, archive: archive, metrics: metrics, opts: opts,
+		// Three failed inserts in a row open it; a probe goes through every 2s.
+		breaker: breaker.New(3, 1, 2*time.Second),
 		logger: logger.With("component", "archiver")}
 }
 
@@ -88,7 +97,7 @@ func (a *Archiver) Run(ctx context.Context) error {
 		for _, msg := range batch {
 			rec, err := decodeMsg(msg, nil)
 			if err != nil {
-				a.poison(msg, err)
+				a.poison(ctx, msg, err)
 				continue
 			}
 			rows = append(rows, toRow(rec))
@@ -100,9 +109,29 @@ func (a *Archiver) Run(ctx context.Context) error {
 	}
 }
 
-func (a *Archiver) poison(msg jetstream.Msg, err error) {
+// poison sends msg to the dead-letter stream with the reason, then terminates
+// it. If the dead-letter stream does not take it, msg stays unacknowledged and
+// comes back later: a poison message is moved aside, never dropped.
+func (a *Archiver) poison(ctx context.Context, msg jetstream.Msg, err error) {
+	reason := PoisonReason(err)
+	if reason == "" {
+		reason = ReasonDatabase
+	}
 	a.metrics.poison.WithLabelValues("archive").Inc()
-	a.logger.Warn("terminating poison message", "err", err)
+	dl := nats.NewMsg("ads.dlq." + reason)
+	dl.Data = msg.Data()
+	dl.Header.Set(store.HeaderPoisonReason, err.Error())
+	dl.Header.Set(store.HeaderOriginSubject, msg.Subject())
+	if meta, merr := msg.Metadata(); merr == nil {
+		dl.Header.Set(store.HeaderOriginSequence, strconv.FormatUint(meta.Sequence.Stream, 10))
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, perr := a.js.PublishMsg(pctx, dl); perr != nil {
+		a.logger.Error("dead-lettering a poison message failed; it will be redelivered", "err", perr, "poison", err)
+		return
+	}
+	a.logger.Warn("poison message moved to the dead-letter stream", "subject", dl.Subject, "err", err)
 	_ = msg.Term()
 }
 
@@ -125,7 +154,7 @@ func (a *Archiver) archiveBatch(ctx context.Context, rows []store.ArchivedEvent,
 		case err == nil:
 			_ = msgs[i].Ack()
 		case store.IsDataError(err):
-			a.poison(msgs[i], err)
+			a.poison(ctx, msgs[i], err)
 		default:
 			return false
 		}
@@ -149,20 +178,32 @@ const insertTimeout = 5 * time.Second
 func (a *Archiver) insertRetrying(ctx context.Context, rows []store.ArchivedEvent) error {
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), insertTimeout)
-		n, err := a.archive.Insert(ictx, rows)
-		cancel()
+		var inserted int
+		var dataErr error
+		err := a.breaker.Run(func() error {
+			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), insertTimeout)
+			defer cancel()
+			n, err := a.archive.Insert(ictx, rows)
+			if store.IsDataError(err) {
+				dataErr = err // PostgreSQL answered: not a reason to open the breaker
+				return nil
+			}
+			inserted = n
+			return err
+		})
+		if dataErr != nil {
+			return dataErr
+		}
 		if err == nil {
-			a.metrics.archived.Add(float64(n))
+			a.metrics.archived.Add(float64(inserted))
 			if attempt > 1 {
 				a.logger.Info("archive insert succeeded after retries", "attempts", attempt)
 			}
 			return nil
 		}
-		if store.IsDataError(err) {
-			return err
+		if !errors.Is(err, breaker.ErrBreakerOpen) {
+			a.metrics.archiveErrors.Inc()
 		}
-		a.metrics.archiveErrors.Inc()
 		if attempt == 1 || attempt%20 == 0 {
 			a.logger.Warn("archive insert failed; retrying", "err", err, "attempt", attempt, "rows", len(rows))
 		}

@@ -87,3 +87,77 @@ func TestArchiverSurvivesPostgresOutage(t *testing.T) {
 		t.Fatalf("archive holds %d rows after settling, want 250", n)
 	}
 }
+
+// TestArchiverDeadLetters: messages that are not valid events go to
+// ads.dlq.<reason> with the reason and origin in headers, and the events after
+// them are archived.
+func TestArchiverDeadLetters(t *testing.T) {
+	js, _ := setup(t)
+	pg := storetest.Postgres(t)
+	ctx := context.Background()
+	db, err := store.OpenPostgres(ctx, pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := store.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	a := aggregator.NewArchiver(js, store.NewArchive(db), slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), aggregator.ArchiverOptions{})
+	go func() { done <- a.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("archiver: %v", err)
+		}
+	})
+
+	bad := map[string]string{ // body published on ads.events.click.ad-p → reason
+		`not json`:               aggregator.ReasonDecode,
+		`{"ad_id":"other-ad"}`:   aggregator.ReasonSubject,
+		`{"playback_time":-3}`:   aggregator.ReasonInvalid,
+		`{"ip":"fe80::1%eth0"}`:  aggregator.ReasonInvalid,
+		`{"event_id":"$forged"}`: aggregator.ReasonInvalid,
+	}
+	for body := range bad {
+		if _, err := js.Publish(ctx, "ads.events.click.ad-p", []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(t, js, clicks("ad-p", 3, time.Now().UTC(), "p")...)
+	waitRows(t, db, 3)
+
+	dlq, err := js.Stream(ctx, store.DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := dlq.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == uint64(len(bad)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dead-letter stream holds %d messages, want %d", info.State.Msgs, len(bad))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for seq := uint64(1); seq <= uint64(len(bad)); seq++ {
+		m, err := dlq.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, ok := bad[string(m.Data)]
+		if !ok || m.Subject != "ads.dlq."+want {
+			t.Errorf("dead letter %q on %s, want reason %q", m.Data, m.Subject, want)
+		}
+		if m.Header.Get(store.HeaderPoisonReason) == "" || m.Header.Get(store.HeaderOriginSubject) != "ads.events.0.click.ad-p" {
+			t.Errorf("dead letter %q: headers %v", m.Data, m.Header)
+		}
+	}
+}

@@ -12,9 +12,41 @@ import (
 )
 
 // ErrPoison marks a stream message that can never be processed: it does not
-// decode or does not validate. It is skipped (rollups) or terminated (archive)
-// so its partition keeps moving.
+// decode or does not validate. The rollup writers skip it; the archiver sends it
+// to the dead-letter stream and terminates it, so its partition keeps moving.
 var ErrPoison = errors.New("aggregator: poison message")
+
+// Poison reasons, the last token of the dead-letter subject ads.dlq.<reason>.
+const (
+	ReasonMetadata = "metadata" // not a JetStream message
+	ReasonDecode   = "decode"   // not an event's JSON
+	ReasonSubject  = "subject"  // subject not ads.events.<type>.<ad_id>, or the body disagrees
+	ReasonInvalid  = "invalid"  // an event that breaks a rule
+	ReasonDatabase = "database" // PostgreSQL refused it
+)
+
+// poisonError is a poison message with its reason.
+type poisonError struct {
+	reason string
+	err    error
+}
+
+func (e *poisonError) Error() string        { return "aggregator: poison message (" + e.reason + "): " + e.err.Error() }
+func (e *poisonError) Unwrap() error        { return e.err }
+func (e *poisonError) Is(target error) bool { return target == ErrPoison }
+
+func poison(reason string, format string, args ...any) error {
+	return &poisonError{reason: reason, err: fmt.Errorf(format, args...)}
+}
+
+// PoisonReason returns the reason of a poison error, or "" for other errors.
+func PoisonReason(err error) string {
+	var pe *poisonError
+	if errors.As(err, &pe) {
+		return pe.reason
+	}
+	return ""
+}
 
 // consumerMaxFuture is how far past the stream's store time an event may be dated.
 const consumerMaxFuture = time.Hour
@@ -26,15 +58,15 @@ const consumerMaxFuture = time.Hour
 func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 	meta, err := msg.Metadata()
 	if err != nil {
-		return Record{}, fmt.Errorf("%w: metadata: %w", ErrPoison, err)
+		return Record{}, poison(ReasonMetadata, "metadata: %w", err)
 	}
 	ev, err := event.Decode(msg.Data())
 	if err != nil {
-		return Record{}, fmt.Errorf("%w: seq %d: %w", ErrPoison, meta.Sequence.Stream, err)
+		return Record{}, poison(ReasonDecode, "seq %d: %w", meta.Sequence.Stream, err)
 	}
 	typ, adID, ok := splitSubject(msg.Subject())
 	if !ok {
-		return Record{}, fmt.Errorf("%w: seq %d: subject %q is not ads.events.<type>.<ad_id>", ErrPoison, meta.Sequence.Stream, msg.Subject())
+		return Record{}, poison(ReasonSubject, "seq %d: subject %q is not ads.events.<type>.<ad_id>", meta.Sequence.Stream, msg.Subject())
 	}
 	if ev.Type == "" {
 		ev.Type = event.Type(typ)
@@ -43,7 +75,7 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 		ev.AdID = adID
 	}
 	if string(ev.Type) != typ || ev.AdID != adID {
-		return Record{}, fmt.Errorf("%w: seq %d: body (%s, %s) disagrees with subject %q", ErrPoison, meta.Sequence.Stream, ev.Type, ev.AdID, msg.Subject())
+		return Record{}, poison(ReasonSubject, "seq %d: body (%s, %s) disagrees with subject %q", meta.Sequence.Stream, ev.Type, ev.AdID, msg.Subject())
 	}
 	if ev.EventID == "" {
 		ev.EventID = msg.Headers().Get(jetstream.MsgIDHeader)
@@ -63,7 +95,7 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 	// may be for each rollup is the fold's decision. The future bound is wider
 	// than the intake's because the NATS server's clock is not ours.
 	if err := ev.Validate(stored, event.Limits{MaxFuture: consumerMaxFuture}); err != nil {
-		return Record{}, fmt.Errorf("%w: seq %d: %w", ErrPoison, meta.Sequence.Stream, err)
+		return Record{}, poison(ReasonInvalid, "seq %d: %w", meta.Sequence.Stream, err)
 	}
 	if ev.Timestamp.After(stored) {
 		ev.Timestamp = stored // clock skew, as at the intake

@@ -25,6 +25,9 @@ func setup(t *testing.T) (jetstream.JetStream, *store.Rollups) {
 	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
+	if err := store.EnsureDeadLetterStream(ctx, js, time.Hour, 1); err != nil {
+		t.Fatal(err)
+	}
 	rollups, err := store.OpenRollups(ctx, js, testLayout, 1)
 	if err != nil {
 		t.Fatal(err)

@@ -63,6 +63,34 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, opts StreamOption
 	return s, nil
 }
 
+// DeadLetterStream holds the stream messages that can never be processed, on
+// ads.dlq.<reason>, each with its reason and origin in headers.
+const DeadLetterStream = "ADMETRIC_DLQ"
+
+// Headers of a dead-lettered message.
+const (
+	HeaderPoisonReason   = "AdMetric-Poison-Reason"
+	HeaderOriginSubject  = "AdMetric-Origin-Subject"
+	HeaderOriginSequence = "AdMetric-Origin-Sequence"
+)
+
+// EnsureDeadLetterStream creates or updates the dead-letter stream; its
+// messages are kept for maxAge.
+func EnsureDeadLetterStream(ctx context.Context, js jetstream.JetStream, maxAge time.Duration, replicas int) error {
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        DeadLetterStream,
+		Description: "AdMetric: stream messages that are not valid events, on ads.dlq.<reason>",
+		Subjects:    []string{"ads.dlq.>"},
+		Storage:     jetstream.FileStorage,
+		MaxAge:      maxAge,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return fmt.Errorf("store: stream %s: %w", DeadLetterStream, err)
+	}
+	return nil
+}
+
 // ErrConflict is returned by Rollups.Commit when a key changed since it was
 // loaded: another writer is active, or the caller's copy is stale.
 var ErrConflict = errors.New("store: rollup revision conflict")

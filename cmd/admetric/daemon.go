@@ -69,6 +69,10 @@ type daemon struct {
 	workerErr   chan error
 }
 
+// deadLetterMaxAge is how long poison messages wait in ADMETRIC_DLQ for someone
+// to look at them.
+const deadLetterMaxAge = 30 * 24 * time.Hour
+
 // publishTimeout bounds the wait for a PubAck before a request answers 503.
 const publishTimeout = 5 * time.Second
 
@@ -107,6 +111,9 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 		return d, fmt.Errorf("jetstream: %w", err)
 	}
 	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Replicas: cfg.NATSReplicas, Partitions: cfg.Partitions}); err != nil {
+		return d, err
+	}
+	if err := store.EnsureDeadLetterStream(ctx, js, deadLetterMaxAge, cfg.NATSReplicas); err != nil {
 		return d, err
 	}
 	layout := store.NewLayout(store.Retentions{Minute: cfg.MinuteRetention, Hour: cfg.HourRetention, Day: cfg.DayRetention})
