@@ -58,7 +58,7 @@ func NewArchiver(js jetstream.JetStream, archive *store.Archive, logger *slog.Lo
 	return &Archiver{js: js, archive: archive, metrics: metrics, opts: opts,
 		// Three failed inserts in a row open it; a probe goes through every 2s.
 		breaker: breaker.New(3, 1, 2*time.Second),
-		logger: logger.With("component", "archiver")}
+		logger:  logger.With("component", "archiver")}
 }
 
 // Run archives events until ctx ends; the batch in hand is finished first when

@@ -31,7 +31,9 @@ type poisonError struct {
 	err    error
 }
 
-func (e *poisonError) Error() string        { return "aggregator: poison message (" + e.reason + "): " + e.err.Error() }
+func (e *poisonError) Error() string {
+	return "aggregator: poison message (" + e.reason + "): " + e.err.Error()
+}
 func (e *poisonError) Unwrap() error        { return e.err }
 func (e *poisonError) Is(target error) bool { return target == ErrPoison }
 
