@@ -37,7 +37,12 @@ type proc struct {
 // startProc starts bin with env and waits until it logs that it is up.
 func startProc(t *testing.T, bin string, env map[string]string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin)
+	return startProcArgs(t, bin, nil, env)
+}
+
+func startProcArgs(t *testing.T, bin string, args []string, env map[string]string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "LOG_FORMAT=json")
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)

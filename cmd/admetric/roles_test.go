@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
+)
+
+// TestTwoAggregatorProcesses runs the roles apart against one NATS and one
+// PostgreSQL: an `admetric api` process and two `admetric aggregator`
+// processes. Half the events are folded, the aggregator holding the partitions
+// is SIGKILLed, the other takes them over, and the totals are exact.
+func TestTwoAggregatorProcesses(t *testing.T) {
+	const ads, perPhase = 20, 5000
+	bin := buildBinary(t)
+	natsSrv := storetest.NATS(t)
+	pg := storetest.Postgres(t)
+	common := map[string]string{
+		"NATS_URL":     natsSrv.ClientURL(),
+		"DATABASE_URL": pg.DSN(),
+		"VISITOR_SALT": "roles-test-salt-roles-test-salt-0123",
+		"PARTITIONS":   "4",
+		"ADMIN_TOKEN":  testToken,
+		"LOG_LEVEL":    "info",
+	}
+	procEnv := func() map[string]string {
+		env := map[string]string{"HTTP_ADDR": "127.0.0.1:0", "DATA_DIR": t.TempDir()}
+		for k, v := range common {
+			env[k] = v
+		}
+		return env
+	}
+	apiProc := startRole(t, bin, "api", procEnv())
+	c := client{t: t, base: "http://" + apiProc.httpAddr}
+	for i := range ads {
+		body, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("roles-ad-%02d", i), "title": "roles"})
+		if status, resp := c.do(http.MethodPost, "/ads", testToken, "application/json", body); status != http.StatusCreated {
+			t.Fatalf("create ad: %d %v", status, resp)
+		}
+	}
+	// The first aggregator takes every partition; the second waits.
+	first := startRole(t, bin, "aggregator", procEnv())
+	startRole(t, bin, "aggregator", procEnv())
+
+	nc, err := nats.Connect(natsSrv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make(map[string]float64)
+	publishPhase := func(phase int) {
+		for i := range perPhase {
+			ad := fmt.Sprintf("roles-ad-%02d", i%ads)
+			want[ad]++
+			body := fmt.Sprintf(`{"ip":"192.0.2.%d","user_agent":"roles","playback_time":1}`, i%200)
+			if _, err := js.PublishAsync("ads.events.click."+ad, []byte(body), jetstream.WithMsgID(fmt.Sprintf("roles-%d-%d", phase, i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(30 * time.Second):
+			t.Fatal("publishing did not complete")
+		}
+	}
+	waitTotals := func() {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for {
+			_, body := c.do(http.MethodGet, "/ads/analytics?timeframe=1h", "", "", nil)
+			ok := true
+			for _, a := range body["ads"].([]any) {
+				m := a.(map[string]any)
+				if num(m, "clicks") != want[m["ad_id"].(string)] {
+					ok = false
+				}
+			}
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("analytics never matched: %v", body["ads"])
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	publishPhase(1)
+	waitTotals()
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-first.exited
+	first.reaped = true
+	publishPhase(2)
+	waitTotals()
+	time.Sleep(2 * time.Second) // nothing more arrives: no event is counted twice
+	waitTotals()
+
+	// The archive holds each event once (it may still be catching up after the kill).
+	db, err := store.OpenPostgres(context.Background(), pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var rows int
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err := db.NewRaw("SELECT count(*) FROM events").Scan(context.Background(), &rows); err != nil {
+			t.Fatal(err)
+		}
+		if rows == 2*perPhase || time.Now().After(deadline) {
+			break
+		}
+	}
+	if rows != 2*perPhase {
+		t.Fatalf("archive holds %d rows, want %d", rows, 2*perPhase)
+	}
+}
+
+// startRole starts bin with a role subcommand.
+func startRole(t *testing.T, bin, role string, env map[string]string) *proc {
+	t.Helper()
+	return startProcArgs(t, bin, []string{role}, env)
+}
