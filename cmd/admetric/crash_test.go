@@ -172,11 +172,7 @@ func TestCrashRecovery(t *testing.T) {
 			case <-time.After(5 * time.Millisecond):
 			}
 		}
-		if err := p.cmd.Process.Kill(); err != nil {
-			t.Fatal(err)
-		}
-		<-p.exited
-		p.reaped = true
+		p.kill(t)
 		t.Logf("kill %d after %d accepted events", i+1, done.Load())
 		p = startProc(t, bin, env)
 	}

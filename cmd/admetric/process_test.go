@@ -93,6 +93,18 @@ func startProcArgs(t *testing.T, bin string, args []string, env map[string]strin
 	return nil
 }
 
+// kill SIGKILLs the process and waits until it is gone.
+func (p *proc) kill(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-p.exited; err == nil {
+		t.Log("the process exited 0 before the kill")
+	}
+	p.reaped = true
+}
+
 // stop sends sig and returns how long the exit took and the exit error.
 func (p *proc) stop(t *testing.T, sig syscall.Signal) (time.Duration, error) {
 	t.Helper()

@@ -100,11 +100,7 @@ func TestTwoAggregatorProcesses(t *testing.T) {
 
 	publishPhase(1)
 	waitTotals()
-	if err := first.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-first.exited
-	first.reaped = true
+	first.kill(t)
 	publishPhase(2)
 	waitTotals()
 	time.Sleep(2 * time.Second) // nothing more arrives: no event is counted twice
