@@ -92,6 +92,7 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 	// Other publishers skip the intake's clean-up; do it here rather than turn
 	// a long or odd user agent into poison.
 	ev.UserAgent = event.SanitizeUserAgent(ev.UserAgent)
+	ev.IP = event.CanonicalIP(ev.IP)
 	// Bounds are checked against the time the stream stored the message, so a
 	// replay long after does not turn valid events into poison; how old an event
 	// may be for each rollup is the fold's decision. The future bound is wider
@@ -103,12 +104,7 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 		ev.Timestamp = stored // clock skew, as at the intake
 	}
 	rec := Record{Seq: meta.Sequence.Stream, Event: ev}
-	if ev.IP != "" || ev.UserAgent != "" {
-		rec.Visitor = ev.VisitorHash(salt)
-		if rec.Visitor == 0 {
-			rec.Visitor = 1 // 0 means "no visitor"; one hash in 2^64 moves over
-		}
-	}
+	rec.Visitor = visitorOf(&rec.Event, salt)
 	return rec, nil
 }
 

@@ -102,6 +102,7 @@ func (h *Handlers) accept(typ event.Type) gin.HandlerFunc {
 		if ev.IP == "" {
 			ev.IP = c.ClientIP()
 		}
+		ev.IP = event.CanonicalIP(ev.IP)
 		if ev.UserAgent == "" {
 			ev.UserAgent = event.SanitizeUserAgent(c.GetHeader("User-Agent"))
 		}

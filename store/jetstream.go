@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -195,6 +196,8 @@ type Write struct {
 	Key   string
 	Value *Rollup
 	Rev   uint64
+
+	raw []byte // instead of Value: a checkpoint
 }
 
 // Commit stores writes and partition's checkpoint (seq, at revision cpRev) in
@@ -206,28 +209,49 @@ type Write struct {
 // slice that lands alone is harmless, as each rollup's MaxSeq makes the replay
 // skip it). Without, each key is written alone, the checkpoint last.
 func (r *Rollups) Commit(ctx context.Context, u Unit, partition int, writes []Write, seq, cpRev uint64) ([]uint64, uint64, error) {
-	if !r.atomic {
-		return r.commitEach(ctx, u, partition, writes, seq, cpRev)
+	all := append(slices.Clip(writes), Write{Key: CheckpointKey(partition), Rev: cpRev, raw: binary.BigEndian.AppendUint64(nil, seq)})
+	revs, err := r.write(ctx, u, all)
+	if err != nil {
+		return nil, 0, err
 	}
-	msgs := make([]*nats.Msg, 0, len(writes)+1)
+	return revs[:len(writes)], revs[len(writes)], nil
+}
+
+// Replace stores writes in unit's bucket, each guarded by its revision, without
+// touching any checkpoint; see Commit for atomicity. It returns the new revisions.
+func (r *Rollups) Replace(ctx context.Context, u Unit, writes []Write) ([]uint64, error) {
+	return r.write(ctx, u, writes)
+}
+
+func (r *Rollups) write(ctx context.Context, u Unit, writes []Write) ([]uint64, error) {
+	msgs := make([]*nats.Msg, 0, len(writes))
 	for _, w := range writes {
-		data, err := w.Value.MarshalBinary()
-		if err != nil {
-			return nil, 0, err
+		data := w.raw
+		if data == nil {
+			var err error
+			if data, err = w.Value.MarshalBinary(); err != nil {
+				return nil, err
+			}
 		}
 		msgs = append(msgs, expectMsg(r.subject(u, w.Key), data, w.Rev))
 	}
-	msgs = append(msgs, expectMsg(r.subject(u, CheckpointKey(partition)), binary.BigEndian.AppendUint64(nil, seq), cpRev))
 	revs := make([]uint64, 0, len(msgs))
+	if !r.atomic {
+		for i, m := range msgs {
+			ack, err := r.js.PublishMsg(ctx, m)
+			if err != nil {
+				return nil, publishErr(u, writes[i].Key, err)
+			}
+			revs = append(revs, ack.Sequence)
+		}
+		return revs, nil
+	}
 	for len(msgs) > 0 {
 		chunk := msgs[:min(len(msgs), maxAtomicBatch)]
 		msgs = msgs[len(chunk):]
 		ack, err := jetstreamext.PublishMsgBatch(ctx, r.js, chunk)
 		if err != nil {
-			if isRevisionConflict(err) {
-				return nil, 0, fmt.Errorf("%w: %s batch: %w", ErrConflict, u, err)
-			}
-			return nil, 0, fmt.Errorf("store: commit %s batch: %w", u, err)
+			return nil, publishErr(u, "batch", err)
 		}
 		// An atomic batch is stored in one run of sequences.
 		first := ack.Sequence - uint64(len(chunk)) + 1
@@ -235,7 +259,14 @@ func (r *Rollups) Commit(ctx context.Context, u Unit, partition int, writes []Wr
 			revs = append(revs, first+uint64(i))
 		}
 	}
-	return revs[:len(writes)], revs[len(writes)], nil
+	return revs, nil
+}
+
+func publishErr(u Unit, what string, err error) error {
+	if isRevisionConflict(err) {
+		return fmt.Errorf("%w: %s %s: %w", ErrConflict, u, what, err)
+	}
+	return fmt.Errorf("store: write %s %s: %w", u, what, err)
 }
 
 func expectMsg(subject string, data []byte, rev uint64) *nats.Msg {
@@ -243,36 +274,6 @@ func expectMsg(subject string, data []byte, rev uint64) *nats.Msg {
 	m.Data = data
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
 	return m
-}
-
-func (r *Rollups) commitEach(ctx context.Context, u Unit, partition int, writes []Write, seq, cpRev uint64) ([]uint64, uint64, error) {
-	revs := make([]uint64, len(writes))
-	for i, w := range writes {
-		data, err := w.Value.MarshalBinary()
-		if err != nil {
-			return nil, 0, err
-		}
-		if revs[i], err = r.put(ctx, u, w.Key, data, w.Rev); err != nil {
-			return nil, 0, err
-		}
-	}
-	cp, err := r.put(ctx, u, CheckpointKey(partition), binary.BigEndian.AppendUint64(nil, seq), cpRev)
-	if err != nil {
-		return nil, 0, err
-	}
-	return revs, cp, nil
-}
-
-// put writes one key if it is still at rev (0: never written).
-func (r *Rollups) put(ctx context.Context, u Unit, key string, data []byte, rev uint64) (uint64, error) {
-	ack, err := r.js.PublishMsg(ctx, expectMsg(r.subject(u, key), data, rev))
-	if err != nil {
-		if isRevisionConflict(err) {
-			return 0, fmt.Errorf("%w: %s %s", ErrConflict, u, key)
-		}
-		return 0, fmt.Errorf("store: put %s %s: %w", u, key, err)
-	}
-	return ack.Sequence, nil
 }
 
 func isRevisionConflict(err error) bool {

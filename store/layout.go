@@ -119,6 +119,44 @@ func (u Unit) Locate(adID string, t time.Time) (key string, slot int) {
 	return b.String(), slot
 }
 
+// PeriodStart returns the start of the key period of unit u holding t: the
+// hour of a minute key, the UTC day of an hour key, the month of a day key.
+func (u Unit) PeriodStart(t time.Time) time.Time {
+	t = t.UTC()
+	switch u {
+	case Minute:
+		return t.Truncate(time.Hour)
+	case Hour:
+		return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	default:
+		return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+	}
+}
+
+// NextPeriod returns the start of the key period after the one starting at start.
+func (u Unit) NextPeriod(start time.Time) time.Time {
+	switch u {
+	case Minute:
+		return start.Add(time.Hour)
+	case Hour:
+		return start.AddDate(0, 0, 1)
+	default:
+		return start.AddDate(0, 1, 0)
+	}
+}
+
+// SlotStart returns the start of slot i of the key period starting at start.
+func (u Unit) SlotStart(start time.Time, i int) time.Time {
+	switch u {
+	case Minute:
+		return start.Add(time.Duration(i) * time.Minute)
+	case Hour:
+		return start.Add(time.Duration(i) * time.Hour)
+	default:
+		return start.AddDate(0, 0, i)
+	}
+}
+
 // CheckpointKey is the key, in each bucket, holding the highest stream sequence
 // the rollup writer of partition p has committed to that bucket.
 func CheckpointKey(partition int) string {

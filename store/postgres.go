@@ -296,3 +296,48 @@ func Ping(ctx context.Context, db *bun.DB) error {
 	}
 	return nil
 }
+
+// Count returns how many archived events occurred in [from, to).
+func (a *Archive) Count(ctx context.Context, from, to time.Time) (int, error) {
+	n, err := a.db.NewSelect().Model((*ArchivedEvent)(nil)).
+		Where("occurred_at >= ? AND occurred_at < ?", from, to).Count(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("store: count archived events: %w", err)
+	}
+	return int(n), nil
+}
+
+// AdIDs returns the distinct ads with archived events in [from, to).
+func (a *Archive) AdIDs(ctx context.Context, from, to time.Time) ([]string, error) {
+	var ids []string
+	err := a.db.NewSelect().Model((*ArchivedEvent)(nil)).ColumnExpr("DISTINCT ad_id").
+		Where("occurred_at >= ? AND occurred_at < ?", from, to).Order("ad_id").Scan(ctx, &ids)
+	if err != nil {
+		return nil, fmt.Errorf("store: archived ad ids: %w", err)
+	}
+	return ids, nil
+}
+
+// Scan calls fn with every event archived for [from, to), in stream order,
+// reading the rows as it goes rather than all at once. fn's error stops it.
+func (a *Archive) Scan(ctx context.Context, from, to time.Time, fn func(*ArchivedEvent) error) error {
+	rows, err := a.db.NewSelect().Model((*ArchivedEvent)(nil)).
+		Where("occurred_at >= ? AND occurred_at < ?", from, to).Order("stream_seq", "event_id").Rows(ctx)
+	if err != nil {
+		return fmt.Errorf("store: scan archived events: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var ev ArchivedEvent
+		if err := a.db.ScanRow(ctx, rows, &ev); err != nil {
+			return fmt.Errorf("store: scan archived event: %w", err)
+		}
+		if err := fn(&ev); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("store: scan archived events: %w", err)
+	}
+	return nil
+}

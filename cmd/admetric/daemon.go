@@ -64,6 +64,10 @@ type daemon struct {
 	httpLn  net.Listener
 	httpErr chan error
 
+	// For the maintenance commands (rebuild): what the roles use.
+	rollups *store.Rollups
+	salt    []byte
+
 	stopWorkers context.CancelFunc
 	workers     sync.WaitGroup
 	workerErr   chan error
@@ -121,6 +125,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 	if err != nil {
 		return d, err
 	}
+	d.rollups, d.salt = rollups, salt
 
 	if err := d.startPostgres(ctx, dataDir); err != nil {
 		return d, err
@@ -151,6 +156,10 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 			d.goWorker(workCtx, "rollup-writer", w.Run)
 		}
 		d.goWorker(workCtx, "archiver", aggregator.NewArchiver(js, store.NewArchive(d.db), logger, metrics, aggregator.ArchiverOptions{}).Run)
+	}
+
+	if !r.api && !r.aggregator {
+		return d, nil // a maintenance command: no HTTP
 	}
 
 	gin.SetMode(gin.ReleaseMode)
@@ -284,7 +293,12 @@ func (d *daemon) goWorker(ctx context.Context, name string, run func(context.Con
 	}()
 }
 
-func (d *daemon) httpAddr() string { return d.httpLn.Addr().String() }
+func (d *daemon) httpAddr() string {
+	if d.httpLn == nil {
+		return ""
+	}
+	return d.httpLn.Addr().String()
+}
 
 func (d *daemon) natsURL() string {
 	if d.embedded != nil {

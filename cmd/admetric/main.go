@@ -16,13 +16,14 @@ import (
 	"github.com/admetric/admetric/config"
 )
 
-const usage = `usage: admetric [serve | api | aggregator]
+const usage = `usage: admetric [serve | api | aggregator | rebuild --from T --to T]
 
   serve       the whole service in one process (the default)
   api         HTTP only: event intake, ads, analytics
   aggregator  the rollup writers and the archiver only (HTTP serves
               /healthz, /readyz and /metrics); run several to share the
               partitions
+  rebuild     recompute the rollups of a time range from the archive
 
 Configuration is by environment variables (see .env.example); with none set
 it runs an embedded NATS server and a private PostgreSQL under ./data and
@@ -50,6 +51,8 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		r = roleAPI
 	case "aggregator":
 		r = roleAggregator
+	case "rebuild":
+		return runRebuild(ctx, args[1:], lookup, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stderr, usage)
 		return 0

@@ -87,6 +87,18 @@ func (e *Event) SetDerivedID(stream string, seq uint64) {
 	e.derivedID = true
 }
 
+// CanonicalIP returns ip in its canonical text form (lower case, zeros
+// compressed), so that the visitor hash of an address is the same whoever
+// wrote it down, PostgreSQL's inet included. An unparsable ip is returned as is
+// for Validate to reject.
+func CanonicalIP(ip string) string {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	return addr.String()
+}
+
 // SanitizeUserAgent makes a user agent taken from a request header fit the
 // rules: valid UTF-8, no control characters, at most MaxUserAgentLen bytes
 // (cut on a character boundary).

@@ -507,3 +507,19 @@ func TestSanitizeUserAgent(t *testing.T) {
 		}
 	}
 }
+
+func TestCanonicalIP(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"192.0.2.1":        "192.0.2.1",
+		"2001:DB8:0:0::1":  "2001:db8::1",
+		"::FFFF:192.0.2.1": "::ffff:192.0.2.1",
+		"not an address":   "not an address",
+		"":                 "",
+		"fe80::1%eth0":     "fe80::1%eth0",
+	} {
+		if got := CanonicalIP(in); got != want {
+			t.Errorf("CanonicalIP(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
