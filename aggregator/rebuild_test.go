@@ -36,7 +36,12 @@ func TestRebuild(t *testing.T) {
 	done := make(chan error, 1)
 	a := aggregator.NewArchiver(js, archive, slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), aggregator.ArchiverOptions{})
 	go func() { done <- a.Run(runCtx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("archiver: %v", err)
+		}
+	})
 	stop := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 100})
 
 	now := time.Now().UTC()
