@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -452,5 +453,64 @@ func TestBadDatabaseURLExits(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "DATABASE_URL") || strings.Contains(stderr.String(), "panic") {
 		t.Errorf("want an error naming DATABASE_URL and no panic; stderr:\n%s", stderr.String())
+	}
+}
+
+// TestPostgresOutage stops PostgreSQL in the middle of a load: intake and
+// analytics keep working, and once PostgreSQL is back the archive holds every
+// event exactly once.
+func TestPostgresOutage(t *testing.T) {
+	pg := storetest.Postgres(t)
+	env := testEnv(t.TempDir())
+	env["DATABASE_URL"] = pg.DSN()
+	d := startTestDaemon(t, env)
+	c := client{t: t, base: "http://" + d.httpAddr()}
+
+	const perPhase = 1000
+	post := func(phase int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Go(func() {
+				for i := w; i < perPhase; i += 8 {
+					body := fmt.Sprintf(`{"event_id":"pg-%d-%d","ad_id":"coffee-6s","ip":"198.51.100.%d"}`, phase, i, i%250)
+					resp, err := http.Post(c.base+"/ads/impression", "application/json", strings.NewReader(body))
+					if err != nil {
+						t.Errorf("impression: %v", err)
+						return
+					}
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusAccepted {
+						t.Errorf("impression during phase %d: status %d", phase, resp.StatusCode)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	post(1)
+	if err := pg.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	post(2)
+	body, _ := c.analytics("timeframe=1h&ad_id=coffee-6s", func(a map[string]any) bool { return num(a, "impressions") == 2*perPhase })
+	t.Logf("during the outage analytics answer: %v impressions", body["ads"].([]any)[0].(map[string]any)["impressions"])
+	if status, ready := c.do(http.MethodGet, "/readyz", "", "", nil); status != http.StatusServiceUnavailable {
+		t.Errorf("readyz during the outage: %d %v, want 503", status, ready)
+	}
+	if err := pg.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	post(3)
+	var rows, distinct int
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		err := d.db.NewRaw("SELECT count(*), count(DISTINCT event_id) FROM events").Scan(context.Background(), &rows, &distinct)
+		if err == nil && rows == 3*perPhase || time.Now().After(deadline) {
+			break
+		}
+	}
+	if rows != 3*perPhase || distinct != rows {
+		t.Fatalf("archive holds %d rows (%d distinct), want %d", rows, distinct, 3*perPhase)
 	}
 }
