@@ -146,6 +146,7 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 
 	held := make(map[uint64]jetstream.Msg, w.opts.BatchSize)
 	recs := make([]Record, 0, w.opts.BatchSize)
+	verifiedPin := ""
 	for ctx.Err() == nil {
 		if err := w.fetch(cons, held); err != nil {
 			if ctx.Err() != nil {
@@ -158,18 +159,25 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 		if len(held) == 0 {
 			continue
 		}
-		info, err := cons.Info(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				w.logger.Warn("consumer info failed", "err", err)
-				sleep(ctx, time.Second)
+		pin := heldPin(held)
+		if pin == "" || pin != verifiedPin {
+			info, err := cons.Info(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					w.logger.Warn("consumer info failed", "err", err)
+					sleep(ctx, time.Second)
+				}
+				continue
 			}
-			continue
-		}
-		if info.NumAckPending > len(held) {
-			// Another writer (dead, or about to lose the partition) holds events
-			// below ours; they come back to us after AckWait.
-			continue
+			if info.NumAckPending > len(held) {
+				// Another writer (dead, or about to lose the partition) holds
+				// events below ours; they come back to us after AckWait.
+				continue
+			}
+			// Everything pending is ours. While the server keeps the partition
+			// pinned to us no one else receives any, so this holds until the pin
+			// changes.
+			verifiedPin = pin
 		}
 		seqs := make([]uint64, 0, len(held))
 		for seq := range held {
@@ -227,6 +235,20 @@ func (w *RollupWriter) fetch(cons jetstream.Consumer, held map[uint64]jetstream.
 		return err
 	}
 	return nil
+}
+
+// heldPin returns the pin ID all held messages were delivered under, or "" when
+// they differ or carry none.
+func heldPin(held map[uint64]jetstream.Msg) string {
+	pin := ""
+	for _, msg := range held {
+		p := msg.Headers().Get("Nats-Pin-Id")
+		if p == "" || pin != "" && p != pin {
+			return ""
+		}
+		pin = p
+	}
+	return pin
 }
 
 func (w *RollupWriter) lowCheckpoint() uint64 {

@@ -1,0 +1,189 @@
+package aggregator_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/admetric/admetric/aggregator"
+	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkDrain pre-publishes ADMETRIC_BENCH_EVENTS events (default 200,000;
+// 1,000 ads, 50,000 visitors, a third clicks) to a stream of
+// ADMETRIC_BENCH_PARTITIONS partitions (default 4), then, in each iteration and
+// in the same process, drains them twice: with a consumer that does no work but
+// fetch 2,000 and ack once per batch (the ceiling), and with one rollup writer
+// per partition into fresh buckets. It reports both rates and their ratio.
+//
+//	ADMETRIC_BENCH_EVENTS=1000000 go test -run '^$' -bench Drain -benchtime 1x ./aggregator/
+func BenchmarkDrain(b *testing.B) {
+	n := envInt("ADMETRIC_BENCH_EVENTS", 200_000)
+	partitions := envInt("ADMETRIC_BENCH_PARTITIONS", 4)
+	js, _ := storetest.JetStream(b, storetest.NATS(b))
+	ctx := context.Background()
+	stream, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour, Partitions: partitions})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := time.Now().UTC()
+	for i := range n {
+		ev := event.Event{
+			EventID: "bench-" + strconv.Itoa(i), Type: event.Impression, AdID: fmt.Sprintf("ad-%04d", rng.IntN(1000)),
+			Timestamp: now.Add(-time.Duration(rng.IntN(3600)) * time.Second), IP: fmt.Sprintf("10.1.%d.%d", rng.IntN(200), rng.IntN(250)),
+			UserAgent: "bench",
+		}
+		if rng.IntN(3) == 0 {
+			ev.Type, ev.PlaybackTime = event.Click, float64(rng.IntN(30_000))/1000
+		}
+		data, _ := ev.Marshal()
+		if _, err := js.PublishAsync(ev.Subject(), data, jetstream.WithMsgID(ev.EventID)); err != nil {
+			b.Fatal(err)
+		}
+		if i%10_000 == 0 {
+			<-js.PublishAsyncComplete()
+		}
+	}
+	<-js.PublishAsyncComplete()
+	info, err := stream.Info(ctx)
+	if err != nil || info.State.Msgs != uint64(n) {
+		b.Fatalf("stream holds %d messages (%v), want %d", info.State.Msgs, err, n)
+	}
+	last := info.State.LastSeq
+
+	var ceiling, writer float64
+	for iter := 0; b.Loop(); iter++ {
+		ceiling = drainNoop(b, js, last, iter)
+		writer = drainWriters(b, js, partitions, n, last)
+	}
+	b.ReportMetric(ceiling, "ceiling_events/s")
+	b.ReportMetric(writer, "writer_events/s")
+	b.ReportMetric(writer/ceiling, "writer/ceiling")
+}
+
+// drainNoop drains the stream with a consumer that only acks, once per batch.
+func drainNoop(b *testing.B, js jetstream.JetStream, last uint64, iter int) float64 {
+	b.Helper()
+	ctx := context.Background()
+	cons, err := js.CreateOrUpdateConsumer(ctx, store.StreamName, jetstream.ConsumerConfig{
+		Durable: fmt.Sprintf("bench-noop-%d", iter), AckPolicy: jetstream.AckAllPolicy, MaxAckPending: 10_000,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	var count int
+	for {
+		batch, err := cons.Fetch(2000, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var lastMsg jetstream.Msg
+		for msg := range batch.Messages() {
+			lastMsg = msg
+			count++
+		}
+		if lastMsg == nil {
+			b.Fatalf("no-op consumer stalled after %d messages", count)
+		}
+		if err := lastMsg.Ack(); err != nil {
+			b.Fatal(err)
+		}
+		meta, _ := lastMsg.Metadata()
+		if meta.Sequence.Stream >= last {
+			break
+		}
+	}
+	return float64(count) / time.Since(start).Seconds()
+}
+
+// drainWriters drains the stream with one rollup writer per partition into
+// fresh buckets and returns events per second.
+func drainWriters(b *testing.B, js jetstream.JetStream, partitions, n int, last uint64) float64 {
+	b.Helper()
+	ctx := context.Background()
+	for _, res := range testLayout {
+		if err := js.DeleteKeyValue(ctx, res.Bucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			b.Fatal(err)
+		}
+	}
+	for p := range partitions {
+		_ = js.DeleteConsumer(ctx, store.StreamName, aggregator.RollupConsumerName(p))
+	}
+	rollups, err := store.OpenRollups(ctx, js, testLayout, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, partitions)
+	reg := prometheus.NewRegistry()
+	metrics := aggregator.NewMetrics(reg)
+	defer func() {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "admetric_rollup_commit_seconds" {
+				h := mf.GetMetric()[0].GetHistogram()
+				b.Logf("commits: %d taking %.1fs in all", h.GetSampleCount(), h.GetSampleSum())
+			}
+		}
+	}()
+	start := time.Now()
+	for p := range partitions {
+		w := aggregator.NewRollupWriter(js, rollups, slog.New(slog.DiscardHandler), metrics,
+			aggregator.RollupWriterOptions{Partition: p, BatchSize: envInt("ADMETRIC_BENCH_BATCH", 1000), VisitorSalt: []byte("salt")})
+		go func() { done <- w.Run(runCtx) }()
+	}
+	defer func() {
+		cancel()
+		for range partitions {
+			if err := <-done; err != nil {
+				b.Error(err)
+			}
+		}
+	}()
+	for {
+		finished := true
+		for p := range partitions {
+			cons, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(p))
+			if err != nil {
+				finished = false
+				continue
+			}
+			ci, err := cons.Info(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if ci.NumPending > 0 || ci.NumAckPending > 0 || ci.AckFloor.Stream == 0 {
+				finished = false
+			}
+		}
+		if finished {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	if cp, _, err := rollups.Checkpoint(ctx, store.Day, 0); err != nil || cp == 0 || cp > last {
+		b.Fatalf("partition 0 day checkpoint %d (%v) after the drain", cp, err)
+	}
+	return float64(n) / elapsed.Seconds()
+}
