@@ -28,7 +28,7 @@ func envInt(name string, def int) int {
 }
 
 // BenchmarkDrain pre-publishes ADMETRIC_BENCH_EVENTS events (default 200,000;
-// 1,000 ads, 50,000 visitors, a third clicks) to a stream of
+// 1,000 ads, 50,000 visitors, a third clicks, dated within the last minute) to a stream of
 // ADMETRIC_BENCH_PARTITIONS partitions (default 4), then, in each iteration and
 // in the same process, drains them twice: with a consumer that does no work but
 // fetch 2,000 and ack once per batch (the ceiling), and with one rollup writer
@@ -44,12 +44,15 @@ func BenchmarkDrain(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// Live traffic is dated about when it is published; ADMETRIC_BENCH_SPREAD
+	// (seconds, default 60) spreads event times further back to stress late data.
+	spread := envInt("ADMETRIC_BENCH_SPREAD", 60)
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := time.Now().UTC()
 	for i := range n {
 		ev := event.Event{
 			EventID: "bench-" + strconv.Itoa(i), Type: event.Impression, AdID: fmt.Sprintf("ad-%04d", rng.IntN(1000)),
-			Timestamp: now.Add(-time.Duration(rng.IntN(3600)) * time.Second), IP: fmt.Sprintf("10.1.%d.%d", rng.IntN(200), rng.IntN(250)),
+			Timestamp: now.Add(-time.Duration(rng.IntN(spread)) * time.Second), IP: fmt.Sprintf("10.1.%d.%d", rng.IntN(200), rng.IntN(250)),
 			UserAgent: "bench",
 		}
 		if rng.IntN(3) == 0 {
@@ -149,7 +152,7 @@ func drainWriters(b *testing.B, js jetstream.JetStream, partitions, n int, last 
 	start := time.Now()
 	for p := range partitions {
 		w := aggregator.NewRollupWriter(js, rollups, slog.New(slog.DiscardHandler), metrics,
-			aggregator.RollupWriterOptions{Partition: p, BatchSize: envInt("ADMETRIC_BENCH_BATCH", 1000), VisitorSalt: []byte("salt")})
+			aggregator.RollupWriterOptions{Partition: p, BatchSize: envInt("ADMETRIC_BENCH_BATCH", 10_000), VisitorSalt: []byte("salt")})
 		go func() { done <- w.Run(runCtx) }()
 	}
 	defer func() {

@@ -20,11 +20,13 @@ type RollupWriterOptions struct {
 	// Partition is the partition this writer folds: its durable consumer, its
 	// subject filter and its checkpoint key.
 	Partition int
-	// BatchSize bounds the events fetched per commit; default 1000.
+	// BatchSize bounds the events folded per commit; default 10,000.
 	BatchSize int
-	// MaxWait is how long a fetch waits for events; it bounds the lag at low
-	// rates. Default 100ms.
+	// MaxWait is how long one fetch waits for events; default 50ms.
 	MaxWait time.Duration
+	// Linger is how long a batch keeps gathering events after its first one,
+	// unless it fills up first: it bounds the lag at low rates. Default 200ms.
+	Linger time.Duration
 	// AckWait is how long the server waits for an ack before it redelivers: how
 	// soon the events a dead writer held reach the next one. Default 10s.
 	AckWait time.Duration
@@ -90,10 +92,13 @@ const maxCachedRollups = 50_000
 // NewRollupWriter returns a writer; Run starts it.
 func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slog.Logger, metrics *Metrics, opts RollupWriterOptions) *RollupWriter {
 	if opts.BatchSize <= 0 {
-		opts.BatchSize = 1000
+		opts.BatchSize = 10_000
 	}
 	if opts.MaxWait <= 0 {
-		opts.MaxWait = 100 * time.Millisecond
+		opts.MaxWait = 50 * time.Millisecond
+	}
+	if opts.Linger <= 0 {
+		opts.Linger = 200 * time.Millisecond
 	}
 	if opts.AckWait <= 0 {
 		opts.AckWait = 10 * time.Second
@@ -147,6 +152,7 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 	held := make(map[uint64]jetstream.Msg, w.opts.BatchSize)
 	recs := make([]Record, 0, w.opts.BatchSize)
 	verifiedPin := ""
+	var first time.Time // when the batch in hand got its first event
 	for ctx.Err() == nil {
 		if err := w.fetch(cons, held); err != nil {
 			if ctx.Err() != nil {
@@ -157,6 +163,14 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 			continue
 		}
 		if len(held) == 0 {
+			continue
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
+		// Under load, gather up to BatchSize: every commit rewrites each key it
+		// touches, so more events per commit means fewer bytes per event.
+		if len(held) < w.opts.BatchSize && time.Since(first) < w.opts.Linger {
 			continue
 		}
 		pin := heldPin(held)
@@ -211,6 +225,7 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 		}
 		cancel()
 		clear(held)
+		first = time.Time{}
 	}
 	return nil
 }
