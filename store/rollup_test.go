@@ -544,3 +544,27 @@ func FuzzRollupUnmarshal(f *testing.F) {
 		equalRollups(t, &third, &again)
 	})
 }
+
+// BenchmarkRollupCodec encodes and decodes a minute key of 60 slots with a
+// few visitors each, the common case of live traffic.
+func BenchmarkRollupCodec(b *testing.B) {
+	r := NewRollup()
+	for i := range 60 {
+		s := r.Slot(i)
+		s.Impressions, s.Clicks = 10, 3
+		for v := range 5 {
+			s.AddVisitor(uint64(i*1_000_003+v) * 0x9e3779b97f4a7c15)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		data, err := r.MarshalBinary()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var back Rollup
+		if err := back.UnmarshalBinary(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -523,3 +523,18 @@ func TestCanonicalIP(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkDecode(b *testing.B) {
+	body := []byte(`{"event_id":"01a212ca-d34d-7e7c-8ddf-b77c708ee7a3","type":"click","ad_id":"summer-sale-15s","timestamp":"2026-11-25T12:00:00Z","ip":"203.0.113.7","user_agent":"Mozilla/5.0 (X11; Linux x86_64)","playback_time":12.5}`)
+	now := time.Date(2026, 11, 25, 12, 0, 1, 0, time.UTC)
+	b.ReportAllocs()
+	for b.Loop() {
+		ev, err := Decode(body)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := ev.Validate(now, Limits{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
