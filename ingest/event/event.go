@@ -165,12 +165,9 @@ func Decode(data []byte) (Event, error) {
 		return Event{}, fieldErr("", "malformed JSON: expected an object")
 	}
 	var w wire
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
-	if err := dec.Decode(&w); err != nil {
+	// Unmarshal rejects anything after the object too.
+	if err := json.Unmarshal(trimmed, &w); err != nil {
 		return Event{}, jsonError(err)
-	}
-	if dec.InputOffset() != int64(len(trimmed)) {
-		return Event{}, fieldErr("", "malformed JSON: trailing data after the event")
 	}
 	ev := Event{
 		EventID:   w.EventID,
@@ -208,9 +205,11 @@ func parseTimestamp(raw json.RawMessage) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	if raw[0] == '"' {
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return time.Time{}, fieldErr("timestamp", "must be RFC 3339 or Unix milliseconds")
+		s, ok := unquoteSimple(raw)
+		if !ok {
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return time.Time{}, fieldErr("timestamp", "must be RFC 3339 or Unix milliseconds")
+			}
 		}
 		if s == "" {
 			return time.Time{}, nil
@@ -230,6 +229,15 @@ func parseTimestamp(raw json.RawMessage) (time.Time, error) {
 		ms = int64(f)
 	}
 	return time.UnixMilli(ms).UTC(), nil
+}
+
+// unquoteSimple returns the content of a JSON string without escapes, the usual
+// form of a timestamp, sparing a full decode; ok is false when it has escapes.
+func unquoteSimple(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[len(raw)-1] != '"' || bytes.IndexByte(raw[1:len(raw)-1], '\\') >= 0 {
+		return "", false
+	}
+	return string(raw[1 : len(raw)-1]), true
 }
 
 // Limits bound an event's timestamp relative to the receive time.
