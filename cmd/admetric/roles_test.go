@@ -69,6 +69,13 @@ func TestTwoAggregatorProcesses(t *testing.T) {
 			if _, err := js.PublishAsync("ads.events.click."+ad, []byte(body), jetstream.WithMsgID(fmt.Sprintf("roles-%d-%d", phase, i))); err != nil {
 				t.Fatal(err)
 			}
+			if i%1000 == 999 { // stay under the client's bound on acks in flight
+				select {
+				case <-js.PublishAsyncComplete():
+				case <-time.After(30 * time.Second):
+					t.Fatal("publishing stalled")
+				}
+			}
 		}
 		select {
 		case <-js.PublishAsyncComplete():
