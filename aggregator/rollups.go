@@ -28,10 +28,12 @@ type RollupWriterOptions struct {
 	// unless it fills up first: it bounds the lag at low rates. Default 200ms.
 	Linger time.Duration
 	// AckWait is how long the server waits for an ack before it redelivers: how
-	// soon the events a dead writer held reach the next one. Default 10s.
+	// soon the events a dead writer held reach the next one. It must exceed
+	// Linger plus the longest commit. Default 30s.
 	AckWait time.Duration
 	// PinnedTTL is how long a writer that stops fetching keeps its partition
-	// before another takes it over. Default 5s.
+	// before another takes it over. A writer does not fetch while it commits,
+	// so it must exceed the longest commit. Default 10s.
 	PinnedTTL time.Duration
 	// VisitorSalt keys the visitor hash.
 	VisitorSalt []byte
@@ -52,9 +54,10 @@ const rollupGroup = "rollups"
 // consumer pins it to one of them (the pinned-client priority policy), and
 // moves it to another when that one stops fetching. Before folding, a writer
 // makes sure it holds every event of the partition that is delivered and not
-// yet acknowledged (the consumer's NumAckPending): events a dead writer held
-// come back to it after AckWait, and folding waits for them, so the partition
-// is folded in stream order even across a takeover.
+// yet acknowledged (the consumer's NumAckPending, after dropping what is at or
+// below the ack floor: another writer committed that): events a dead writer
+// held come back to it after AckWait, and folding waits for them, so the
+// partition is folded in stream order even across a takeover.
 //
 // For each batch it loads every touched key (from its own cache: it is the only
 // writer of these keys), folds the batch, then commits each bucket's touched
@@ -75,6 +78,7 @@ type RollupWriter struct {
 
 	cache       map[Key]*cachedRollup
 	checkpoints [3]cachedCheckpoint
+	gatedWant   int // events others hold that the gate waits for
 }
 
 type cachedRollup struct {
@@ -101,10 +105,10 @@ func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slo
 		opts.Linger = 200 * time.Millisecond
 	}
 	if opts.AckWait <= 0 {
-		opts.AckWait = 10 * time.Second
+		opts.AckWait = 30 * time.Second
 	}
 	if opts.PinnedTTL <= 0 {
-		opts.PinnedTTL = 5 * time.Second
+		opts.PinnedTTL = 10 * time.Second
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -183,9 +187,23 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 				}
 				continue
 			}
+			// What another writer acked is committed: drop it, so that the
+			// count below compares like with like (with AckAll, pending is
+			// exactly what is delivered and above the ack floor).
+			for seq := range held {
+				if seq <= info.AckFloor.Stream {
+					delete(held, seq)
+				}
+			}
 			if info.NumAckPending > len(held) {
 				// Another writer (dead, or about to lose the partition) holds
-				// events below ours; they come back to us after AckWait.
+				// events we do not; they come back to us after AckWait.
+				w.gatedWant = info.NumAckPending - len(held)
+				continue
+			}
+			w.gatedWant = 0
+			if len(held) == 0 {
+				first = time.Time{}
 				continue
 			}
 			// Everything pending is ours. While the server keeps the partition
@@ -233,7 +251,9 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 // fetch adds to held what one pull brings, keyed by stream sequence so that
 // redeliveries replace the copies they duplicate.
 func (w *RollupWriter) fetch(cons jetstream.Consumer, held map[uint64]jetstream.Msg) error {
-	want := max(w.opts.BatchSize-len(held), 1)
+	// While gated, ask for as many as others hold, so their redeliveries come
+	// in one pull rather than one by one.
+	want := max(w.opts.BatchSize-len(held), w.gatedWant, 1)
 	batch, err := cons.Fetch(want, jetstream.FetchMaxWait(w.opts.MaxWait), jetstream.FetchPriorityGroup(rollupGroup))
 	if err != nil {
 		return err

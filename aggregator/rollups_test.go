@@ -264,3 +264,72 @@ func TestRollupWritersShareAPartition(t *testing.T) {
 		t.Fatalf("%d clicks after settling, want 200", agg.Clicks)
 	}
 }
+
+// TestRollupWriterGateIgnoresWhatOthersAcked: writer C fetches events 1-100
+// and stalls; writer B fetches 101-200 and dies; writer A takes over, receives
+// 1-100 again and 201-300, and then C acks its 100. A must not count C's acked
+// events as its own and fold 201-300 without B's 101-200 (acking those unseen):
+// it waits for B's events to come back and folds them all.
+func TestRollupWriterGateIgnoresWhatOthersAcked(t *testing.T) {
+	ctx := context.Background()
+	srv := storetest.NATS(t)
+	js, _ := storetest.JetStream(t, srv)
+	jsC, _ := storetest.JetStream(t, srv)
+	jsB, _ := storetest.JetStream(t, srv)
+	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour, Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	rollups, err := store.OpenRollups(ctx, js, testLayout, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := aggregator.RollupWriterOptions{AckWait: 3 * time.Second, PinnedTTL: time.Second, BatchSize: 200}
+	// Create the consumer as a writer would, then stop that writer.
+	stop := runWriterWith(t, js, rollups, opts)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(0)); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+	stop()
+	time.Sleep(opts.PinnedTTL + 300*time.Millisecond)
+	now := time.Now().UTC()
+	publish(t, js, clicks("ad-c", 100, now, "c")...)
+	publish(t, js, clicks("ad-b", 100, now, "b")...)
+	publish(t, js, clicks("ad-a", 100, now, "a")...)
+
+	fetch := func(js jetstream.JetStream) []jetstream.Msg {
+		t.Helper()
+		c, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := c.Fetch(100, jetstream.FetchMaxWait(time.Second), jetstream.FetchPriorityGroup("rollups"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []jetstream.Msg
+		for m := range b.Messages() {
+			out = append(out, m)
+		}
+		if len(out) != 100 {
+			t.Fatalf("fetched %d events, want 100", len(out))
+		}
+		return out
+	}
+	t0 := time.Now()
+	cMsgs := fetch(jsC) // C: 1-100, stalls
+	time.Sleep(opts.PinnedTTL + 300*time.Millisecond)
+	fetch(jsB) // B: 101-200, dies
+	time.Sleep(time.Until(t0.Add(opts.AckWait + 100*time.Millisecond)))
+	runWriterWith(t, js, rollups, opts) // A
+	time.Sleep(300 * time.Millisecond)
+	if err := cMsgs[len(cMsgs)-1].DoubleAck(ctx); err != nil { // C acks 1-100
+		t.Fatal(err)
+	}
+	from, to := now.Add(-time.Hour), now.Add(time.Minute)
+	waitClicks(t, rollups, "ad-b", from, to, 100)
+	waitClicks(t, rollups, "ad-a", from, to, 100)
+}
