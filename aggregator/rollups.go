@@ -29,11 +29,13 @@ type RollupWriterOptions struct {
 	Linger time.Duration
 	// AckWait is how long the server waits for an ack before it redelivers: how
 	// soon the events a dead writer held reach the next one. It must exceed
-	// Linger plus the longest commit. Default 30s.
+	// Linger plus the longest commit (commits of 10,000 events took 0.7s on
+	// average, 2 cores shared with the server). Default 10s.
 	AckWait time.Duration
 	// PinnedTTL is how long a writer that stops fetching keeps its partition
 	// before another takes it over. A writer does not fetch while it commits,
-	// so it must exceed the longest commit. Default 10s.
+	// so it should exceed the longest commit; a shorter one only moves the
+	// partition needlessly. Default 5s.
 	PinnedTTL time.Duration
 	// VisitorSalt keys the visitor hash.
 	VisitorSalt []byte
@@ -105,10 +107,10 @@ func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slo
 		opts.Linger = 200 * time.Millisecond
 	}
 	if opts.AckWait <= 0 {
-		opts.AckWait = 30 * time.Second
+		opts.AckWait = 10 * time.Second
 	}
 	if opts.PinnedTTL <= 0 {
-		opts.PinnedTTL = 10 * time.Second
+		opts.PinnedTTL = 5 * time.Second
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
