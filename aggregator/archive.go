@@ -226,5 +226,6 @@ func toRow(r Record) store.ArchivedEvent {
 		UserAgent:  r.Event.UserAgent,
 		PlaybackMS: int64(r.Event.PlaybackMillis()),
 		StreamSeq:  r.Seq,
+		Partition:  r.Partition,
 	}
 }

@@ -3,6 +3,7 @@ package aggregator
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,7 +67,7 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 	if err != nil {
 		return Record{}, poison(ReasonDecode, "seq %d: %w", meta.Sequence.Stream, err)
 	}
-	typ, adID, ok := splitSubject(msg.Subject())
+	partition, typ, adID, ok := splitSubject(msg.Subject())
 	if !ok {
 		return Record{}, poison(ReasonSubject, "seq %d: subject %q is not ads.events.<type>.<ad_id>", meta.Sequence.Stream, msg.Subject())
 	}
@@ -103,24 +104,28 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 	if ev.Timestamp.After(stored) {
 		ev.Timestamp = stored // clock skew, as at the intake
 	}
-	rec := Record{Seq: meta.Sequence.Stream, Event: ev}
+	rec := Record{Seq: meta.Sequence.Stream, Event: ev, Partition: partition}
 	rec.Visitor = visitorOf(&rec.Event, salt)
 	return rec, nil
 }
 
 // splitSubject parses ads.events.<partition>.<type>.<ad_id>, as the stream
-// stores events, or ads.events.<type>.<ad_id>, as they are published.
-func splitSubject(subject string) (typ, adID string, ok bool) {
+// stores events, or ads.events.<type>.<ad_id>, as they are published
+// (partition -1).
+func splitSubject(subject string) (partition int, typ, adID string, ok bool) {
 	rest, found := strings.CutPrefix(subject, event.SubjectPrefix)
 	if !found {
-		return "", "", false
+		return 0, "", "", false
 	}
-	if first, after, found := strings.Cut(rest, "."); found && first != "" && strings.Trim(first, "0123456789") == "" {
-		rest = after
+	partition = -1
+	if first, after, found := strings.Cut(rest, "."); found {
+		if p, err := strconv.Atoi(first); err == nil && p >= 0 {
+			partition, rest = p, after
+		}
 	}
 	typ, adID, found = strings.Cut(rest, ".")
 	if !found || typ == "" || adID == "" || strings.Contains(adID, ".") {
-		return "", "", false
+		return 0, "", "", false
 	}
-	return typ, adID, true
+	return partition, typ, adID, true
 }

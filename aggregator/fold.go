@@ -19,6 +19,8 @@ type Record struct {
 	Seq     uint64
 	Event   event.Event
 	Visitor uint64 // 0: the event carries no visitor identity
+	// Partition is the stream partition the event was stored in; -1 when not known.
+	Partition int
 }
 
 // Key names one rollup value: a key in one resolution's bucket.

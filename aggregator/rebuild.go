@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
@@ -26,16 +25,27 @@ type RebuildResult struct {
 // "keys", done of total.
 type RebuildProgress func(stage string, done, total int)
 
+// ErrArchiveBehind is returned by Rebuild when a rollup holds events the
+// archive has not written yet: rebuilding it would drop them. Retry once the
+// archiver has caught up.
+var ErrArchiveBehind = errors.New("aggregator: the archive is behind the rollups")
+
 // Rebuild recomputes the rollups of [from, to), widened to whole UTC days, from
 // the PostgreSQL archive: every slot of every resolution in the range is
 // replaced by the fold of the archived events that fall in it (slots outside
-// the range are kept). It is idempotent: run twice, it writes the same values.
-// adIDs are ads to clear even when the archive has no event of theirs in the
-// range. Each key is written guarded by its revision and keeps the higher of
-// its MaxSeq and the archive's, so a rollup writer running meanwhile neither
-// loses its own work nor adds the rebuilt events again. Rebuild ranges the
-// rollup writers have caught up on.
-func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive, adIDs []string, salt []byte, from, to, now time.Time, progress RebuildProgress) (RebuildResult, error) {
+// the range are kept). adIDs are ads to clear even when the archive has no
+// event of theirs in the range.
+//
+// A rebuilt key holds exactly the archived events up to the sequence the
+// rollup writer has folded for it: the higher of the key's MaxSeq and its
+// partition's checkpoint in that bucket (so a key lost or wiped comes back).
+// That bound becomes its MaxSeq; later events are left to the writer, and each
+// key is written guarded by its revision, so a writer running meanwhile loses
+// nothing and adds nothing twice. archiveFloor
+// returns the stream sequence up to which the archive is complete; a key
+// holding events above it fails with ErrArchiveBehind. Run twice on an
+// unchanged archive, Rebuild writes the same values.
+func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive, archiveFloor func(context.Context) (uint64, error), adIDs []string, salt []byte, from, to, now time.Time, progress RebuildProgress) (RebuildResult, error) {
 	if progress == nil {
 		progress = func(string, int, int) {}
 	}
@@ -55,31 +65,39 @@ func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive
 	if err != nil {
 		return res, err
 	}
-	fresh := make(map[Key]*store.Rollup)
-	batch := make([]Record, 0, 1000)
-	fold := func() {
-		for _, k := range Touched(layout, batch, now) {
-			if _, ok := fresh[k]; !ok {
-				fresh[k] = store.NewRollup()
+	// The archived events of the range, in stream order, and which of them
+	// each key holds.
+	var recs []Record
+	byKey := make(map[Key][]int)
+	partitionOf := make(map[string]int) // ad → stream partition, from its archived events
+	err = archive.Scan(ctx, from, to, func(row *store.ArchivedEvent) error {
+		rec := recordOf(row, salt)
+		if rec.Partition >= 0 {
+			partitionOf[rec.Event.AdID] = rec.Partition
+		}
+		for _, r := range layout {
+			if holds(r, rec.Event.Timestamp, now) {
+				key, _ := r.Unit.Locate(rec.Event.AdID, rec.Event.Timestamp)
+				k := Key{r.Unit, key}
+				byKey[k] = append(byKey[k], len(recs))
 			}
 		}
-		Fold(layout, fresh, batch, now)
-		res.Events += len(batch)
-		progress("events", res.Events, total)
-		batch = batch[:0]
-	}
-	err = archive.Scan(ctx, from, to, func(row *store.ArchivedEvent) error {
-		batch = append(batch, recordOf(row, salt))
-		if len(batch) == cap(batch) {
-			fold()
+		recs = append(recs, rec)
+		if len(recs)%1000 == 0 {
+			progress("events", len(recs), total)
 		}
 		return nil
 	})
 	if err != nil {
 		return res, err
 	}
-	fold()
+	res.Events = len(recs)
+	progress("events", len(recs), total)
 
+	floor, err := archiveFloor(ctx)
+	if err != nil {
+		return res, err
+	}
 	archived, err := archive.AdIDs(ctx, from, to)
 	if err != nil {
 		return res, err
@@ -97,11 +115,34 @@ func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive
 			}
 		}
 	}
+	type unitPartition struct {
+		u store.Unit
+		p int
+	}
+	checkpoints := make(map[unitPartition]uint64)
+	checkpoint := func(u store.Unit, ad string) (uint64, error) {
+		p, ok := partitionOf[ad]
+		if !ok {
+			return 0, nil
+		}
+		up := unitPartition{u, p}
+		if cp, ok := checkpoints[up]; ok {
+			return cp, nil
+		}
+		cp, _, err := rollups.Checkpoint(ctx, u, p)
+		checkpoints[up] = cp
+		return cp, err
+	}
 	todo := len(ads) * len(periods)
 	for i, ad := range ads {
 		for _, p := range periods {
 			key, _ := p.unit.Locate(ad, p.start)
-			written, err := replaceRange(ctx, rollups, p.unit, key, p.start, from, to, fresh[Key{p.unit, key}])
+			k := Key{p.unit, key}
+			cp, err := checkpoint(p.unit, ad)
+			if err != nil {
+				return res, err
+			}
+			written, err := replaceRange(ctx, rollups, k, p.start, from, to, recs, byKey[k], cp, &floor, archiveFloor)
 			if err != nil {
 				return res, err
 			}
@@ -114,36 +155,47 @@ func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive
 	return res, nil
 }
 
-// replaceRange rewrites the slots of one key that fall in [from, to) with
-// those of rebuilt (nil: none), retrying when the key moves under it. It
-// reports whether it wrote.
-func replaceRange(ctx context.Context, rollups *store.Rollups, u store.Unit, key string, periodStart, from, to time.Time, rebuilt *store.Rollup) (bool, error) {
+// replaceRange rewrites the slots of one key that fall in [from, to) with the
+// fold of the archived events (recs[idx]) the key already holds, retrying when
+// the key moves under it. It reports whether it wrote.
+func replaceRange(ctx context.Context, rollups *store.Rollups, k Key, periodStart, from, to time.Time, recs []Record, idx []int, checkpoint uint64, floor *uint64, archiveFloor func(context.Context) (uint64, error)) (bool, error) {
 	for attempt := 0; ; attempt++ {
-		cur, rev, err := rollups.Load(ctx, u, key)
+		cur, rev, err := rollups.Load(ctx, k.Unit, k.Key)
 		if err != nil {
 			return false, err
 		}
+		bound := max(cur.MaxSeq, checkpoint)
+		if bound > *floor {
+			if *floor, err = archiveFloor(ctx); err != nil {
+				return false, err
+			}
+			if bound > *floor {
+				return false, fmt.Errorf("%w: %s %s holds sequence %d, the archive is complete to %d", ErrArchiveBehind, k.Unit, k.Key, bound, *floor)
+			}
+		}
 		next := store.NewRollup()
-		next.MaxSeq = cur.MaxSeq
+		next.MaxSeq = bound
 		changed := false
 		for i, s := range cur.Slots {
-			if t := u.SlotStart(periodStart, i); !t.Before(from) && t.Before(to) {
+			if t := k.Unit.SlotStart(periodStart, i); !t.Before(from) && t.Before(to) {
 				changed = true // replaced (or dropped) below
 				continue
 			}
 			next.Slots[i] = s
 		}
-		if rebuilt != nil {
-			for _, i := range slices.Sorted(maps.Keys(rebuilt.Slots)) {
-				next.Slots[i] = rebuilt.Slots[i]
-				changed = true
+		for _, j := range idx {
+			r := &recs[j]
+			if r.Seq > bound {
+				break // stream order: the rest is the writer's to fold
 			}
-			next.MaxSeq = max(next.MaxSeq, rebuilt.MaxSeq)
+			_, slot := k.Unit.Locate(r.Event.AdID, r.Event.Timestamp)
+			apply(next.Slot(slot), r)
+			changed = true
 		}
 		if !changed {
 			return false, nil
 		}
-		_, err = rollups.Replace(ctx, u, []store.Write{{Key: key, Value: next, Rev: rev}})
+		_, err = rollups.Replace(ctx, k.Unit, []store.Write{{Key: k.Key, Value: next, Rev: rev}})
 		if err == nil {
 			return true, nil
 		}
@@ -164,7 +216,7 @@ func recordOf(row *store.ArchivedEvent, salt []byte) Record {
 		UserAgent:    row.UserAgent,
 		PlaybackTime: float64(row.PlaybackMS) / 1000,
 	}
-	rec := Record{Seq: row.StreamSeq, Event: ev}
+	rec := Record{Seq: row.StreamSeq, Event: ev, Partition: row.Partition}
 	rec.Visitor = visitorOf(&rec.Event, salt)
 	return rec
 }

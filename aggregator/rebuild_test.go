@@ -3,6 +3,7 @@ package aggregator_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
@@ -89,12 +90,35 @@ func TestRebuild(t *testing.T) {
 		t.Fatal("the falsification did not change the sums")
 	}
 
-	res, err := aggregator.Rebuild(ctx, rollups, archive, []string{"ad-r", "ad-none"}, []byte("salt"), from, to, time.Now(), nil)
+	archiveFloor := func(ctx context.Context) (uint64, error) {
+		cons, err := js.Consumer(ctx, store.StreamName, aggregator.ArchiveConsumerName)
+		if err != nil {
+			return 0, err
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return info.AckFloor.Stream, nil
+	}
+	// An archive that is behind the rollups is refused: rebuilding would drop events.
+	behind := func(context.Context) (uint64, error) { return 1, nil }
+	if _, err := aggregator.Rebuild(ctx, rollups, archive, behind, nil, []byte("salt"), from, to, time.Now(), nil); !errors.Is(err, aggregator.ErrArchiveBehind) {
+		t.Fatalf("rebuild with the archive behind: %v, want ErrArchiveBehind", err)
+	}
+
+	// Events archived but not yet folded (the writer is stopped) are left to the
+	// writer: the rebuild restores what was folded, the writer adds the rest once.
+	late := clicks("ad-r", 7, now, "late")
+	publish(t, js, late...)
+	waitRows(t, db, len(evs)+len(late))
+
+	res, err := aggregator.Rebuild(ctx, rollups, archive, archiveFloor, []string{"ad-r", "ad-none"}, []byte("salt"), from, to, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Events != len(evs) || !res.From.Equal(store.Day.Truncate(from)) || res.Keys == 0 {
-		t.Fatalf("result %+v, want %d events from %s", res, len(evs), store.Day.Truncate(from))
+	if res.Events != len(evs)+len(late) || !res.From.Equal(store.Day.Truncate(from)) || res.Keys == 0 {
+		t.Fatalf("result %+v, want %d events from %s", res, len(evs)+len(late), store.Day.Truncate(from))
 	}
 	got := sum(t, rollups, "ad-r", from, to)
 	if got.Counters != want.Counters || got.UniqueVisitors() != want.UniqueVisitors() {
@@ -118,12 +142,20 @@ func TestRebuild(t *testing.T) {
 		return out
 	}
 	before := snapshot()
-	if _, err := aggregator.Rebuild(ctx, rollups, archive, nil, []byte("salt"), from, to, time.Now(), nil); err != nil {
+	if _, err := aggregator.Rebuild(ctx, rollups, archive, archiveFloor, nil, []byte("salt"), from, to, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	for k, b := range snapshot() {
 		if !bytes.Equal(b, before[k]) {
 			t.Errorf("second rebuild changed %s", k)
 		}
+	}
+
+	// The writer comes back and folds the late events, once.
+	runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 100})
+	after := waitClicks(t, rollups, "ad-r", from, to, wantClicks+uint64(len(late)))
+	time.Sleep(300 * time.Millisecond)
+	if again := sum(t, rollups, "ad-r", from, to); again.Clicks != after.Clicks {
+		t.Fatalf("clicks moved from %d to %d after the writer settled", after.Clicks, again.Clicks)
 	}
 }

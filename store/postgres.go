@@ -267,6 +267,8 @@ type ArchivedEvent struct {
 	UserAgent  string `bun:"user_agent,notnull"`
 	PlaybackMS int64  `bun:"playback_ms,notnull"`
 	StreamSeq  uint64 `bun:"stream_seq,notnull"`
+	// Partition is the stream partition the event was stored in; -1 when not known.
+	Partition int `bun:"partition,notnull"`
 }
 
 // Archive writes the events table. Safe for concurrent use.

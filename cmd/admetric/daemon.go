@@ -65,6 +65,7 @@ type daemon struct {
 	httpErr chan error
 
 	// For the maintenance commands (rebuild): what the roles use.
+	js      jetstream.JetStream
 	rollups *store.Rollups
 	salt    []byte
 
@@ -125,7 +126,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 	if err != nil {
 		return d, err
 	}
-	d.rollups, d.salt = rollups, salt
+	d.js, d.rollups, d.salt = js, rollups, salt
 
 	if err := d.startPostgres(ctx, dataDir); err != nil {
 		return d, err

@@ -102,7 +102,18 @@ func rebuild(ctx context.Context, cfg *config.Config, logger *slog.Logger, out i
 		}
 		_ = bar.Set(done)
 	}
-	res, err := aggregator.Rebuild(ctx, d.rollups, store.NewArchive(d.db), ads, d.salt, from, to, time.Now(), progress)
+	archiveFloor := func(ctx context.Context) (uint64, error) {
+		cons, err := d.js.Consumer(ctx, store.StreamName, aggregator.ArchiveConsumerName)
+		if err != nil {
+			return 0, fmt.Errorf("archive consumer: %w", err)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("archive consumer: %w", err)
+		}
+		return info.AckFloor.Stream, nil
+	}
+	res, err := aggregator.Rebuild(ctx, d.rollups, store.NewArchive(d.db), archiveFloor, ads, d.salt, from, to, time.Now(), progress)
 	if bar != nil {
 		_ = bar.Finish()
 		fmt.Fprintln(out)
