@@ -26,7 +26,7 @@ import (
 const testToken = "e2e-admin-token"
 
 // testDataDir is a DATA_DIR the postgres user can reach: t.TempDir is root-only.
-func testDataDir(t *testing.T) string {
+func testDataDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "admetric-e2e-*")
 	if err != nil {
@@ -54,7 +54,7 @@ func lookupIn(env map[string]string) func(string) (string, bool) {
 }
 
 // startTestDaemon runs the whole service in-process on random ports.
-func startTestDaemon(t *testing.T, env map[string]string) *daemon {
+func startTestDaemon(t testing.TB, env map[string]string) *daemon {
 	t.Helper()
 	cfg, err := config.Load(lookupIn(env))
 	if err != nil {
@@ -76,7 +76,7 @@ func startTestDaemon(t *testing.T, env map[string]string) *daemon {
 	return d
 }
 
-func stopTestDaemon(t *testing.T, d *daemon) {
+func stopTestDaemon(t testing.TB, d *daemon) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -85,7 +85,7 @@ func stopTestDaemon(t *testing.T, d *daemon) {
 	}
 }
 
-type testLogWriter struct{ t *testing.T }
+type testLogWriter struct{ t testing.TB }
 
 func (w testLogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
