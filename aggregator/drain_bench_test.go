@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,7 +29,7 @@ func envInt(name string, def int) int {
 }
 
 // BenchmarkDrain pre-publishes ADMETRIC_BENCH_EVENTS events (default 200,000;
-// 1,000 ads, 50,000 visitors, a third clicks, dated within the last minute) to a stream of
+// ADMETRIC_BENCH_ADS ads (default 1,000), 50,000 visitors, a third clicks, dated within the last minute) to a stream of
 // ADMETRIC_BENCH_PARTITIONS partitions (default 4), then, in each iteration and
 // in the same process, drains them twice: with a consumer that does no work but
 // fetch 2,000 and ack once per batch (the ceiling), and with one rollup writer
@@ -38,6 +39,7 @@ func envInt(name string, def int) int {
 func BenchmarkDrain(b *testing.B) {
 	n := envInt("ADMETRIC_BENCH_EVENTS", 200_000)
 	partitions := envInt("ADMETRIC_BENCH_PARTITIONS", 4)
+	ads := envInt("ADMETRIC_BENCH_ADS", 1000)
 	js, _ := storetest.JetStream(b, storetest.NATS(b))
 	ctx := context.Background()
 	stream, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour, Partitions: partitions})
@@ -51,7 +53,7 @@ func BenchmarkDrain(b *testing.B) {
 	now := time.Now().UTC()
 	for i := range n {
 		ev := event.Event{
-			EventID: "bench-" + strconv.Itoa(i), Type: event.Impression, AdID: fmt.Sprintf("ad-%04d", rng.IntN(1000)),
+			EventID: "bench-" + strconv.Itoa(i), Type: event.Impression, AdID: fmt.Sprintf("ad-%05d", rng.IntN(ads)),
 			Timestamp: now.Add(-time.Duration(rng.IntN(spread)) * time.Second), IP: fmt.Sprintf("10.1.%d.%d", rng.IntN(200), rng.IntN(250)),
 			UserAgent: "bench",
 		}
@@ -81,6 +83,25 @@ func BenchmarkDrain(b *testing.B) {
 	b.ReportMetric(ceiling, "ceiling_events/s")
 	b.ReportMetric(writer, "writer_events/s")
 	b.ReportMetric(writer/ceiling, "writer/ceiling")
+	if peak, err := peakRSS(); err == nil {
+		// The whole test process: the embedded nats-server and the publisher too.
+		b.ReportMetric(float64(peak)/(1<<20), "peak_rss_MiB")
+	}
+}
+
+// peakRSS reads the process's peak resident set size (VmHWM) from /proc.
+func peakRSS() (uint64, error) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmHWM in /proc/self/status")
 }
 
 // drainNoop drains the stream with a consumer that only acks, once per batch.
