@@ -1,0 +1,84 @@
+package ingest_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/admetric/admetric/ingest"
+	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
+)
+
+type knownAds map[string]bool
+
+func (k knownAds) Exists(id string) bool { return k[id] }
+
+// TestIntakeOnRealJetStream: an accepted event is in the stream once, with
+// Nats-Msg-Id = event_id, the IP canonical and a clock-skewed timestamp dated
+// at receive time; a retried event_id is stored once; with NATS gone the
+// answer is 503 with Retry-After, never a 202.
+func TestIntakeOnRealJetStream(t *testing.T) {
+	srv := storetest.NATS(t)
+	js, _ := storetest.JetStream(t, srv)
+	ctx := context.Background()
+	stream, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gin.SetMode(gin.TestMode)
+	r := gin.New()
+	ingest.NewHandlers(ingest.NewPublisher(js, time.Second), knownAds{"ad-1": true}, event.Limits{MaxAge: time.Hour}, slog.New(slog.DiscardHandler)).Register(r)
+	post := func(path, body string) (int, http.Header, map[string]any) {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		var out map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+			t.Fatalf("%s: body %q is not JSON", path, rec.Body.String())
+		}
+		return rec.Code, rec.Header(), out
+	}
+
+	future := time.Now().Add(2 * time.Minute).UTC().Format(time.RFC3339)
+	for range 2 {
+		code, _, body := post("/ads/click", `{"event_id":"e-1","ad_id":"ad-1","ip":"2001:DB8::1","playback_time":2.5,"timestamp":"`+future+`"}`)
+		if code != http.StatusAccepted || body["event_id"] != "e-1" || body["status"] != "accepted" {
+			t.Fatalf("click: %d %v", code, body)
+		}
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("stream holds %d messages after a retried event_id, want 1", info.State.Msgs)
+	}
+	msg, err := stream.GetMsg(ctx, info.State.LastSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := event.Decode(msg.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg.Header.Get("Nats-Msg-Id") != "e-1" || ev.IP != "2001:db8::1" || ev.Type != event.Click || ev.Timestamp.After(time.Now()) {
+		t.Fatalf("stored %+v with headers %v", ev, msg.Header)
+	}
+
+	srv.Shutdown()
+	code, hdr, body := post("/ads/impression", `{"ad_id":"ad-1"}`)
+	if code != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" || body["error"] == "" {
+		t.Fatalf("with NATS down: %d %v %v, want 503 with Retry-After", code, hdr, body)
+	}
+}
