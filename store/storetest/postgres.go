@@ -27,12 +27,15 @@ import (
 // crash tests rely on that.
 //
 // max_wal_size bounds the WAL a busy test can pile up between checkpoints,
-// which matters when the data lives in memory (see Postgres).
+// which matters when the data lives in memory (see Postgres). Dynamic shared
+// memory lives in files of the data directory (mmap) rather than in /dev/shm,
+// where a killed server would leave its segments behind.
 func Settings() map[string]string {
 	return map[string]string{
-		"fsync":            "off",
-		"full_page_writes": "off",
-		"max_wal_size":     "128MB",
+		"fsync":                      "off",
+		"full_page_writes":           "off",
+		"max_wal_size":               "128MB",
+		"dynamic_shared_memory_type": "mmap",
 	}
 }
 
