@@ -37,6 +37,10 @@ type RollupWriterOptions struct {
 	// so it should exceed the longest commit; a shorter one only moves the
 	// partition needlessly. Default 5s.
 	PinnedTTL time.Duration
+	// Members, when set, lets the writer hand its partition to another process
+	// when this one holds more than its share of Partitions.
+	Members    *Members
+	Partitions int
 	// VisitorSalt keys the visitor hash.
 	VisitorSalt []byte
 	// Now returns the current time; default time.Now. Tests move it.
@@ -159,7 +163,19 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 	recs := make([]Record, 0, w.opts.BatchSize)
 	verifiedPin := ""
 	var first time.Time // when the batch in hand got its first event
+	holding := false    // counted in Members as a partition this process holds
+	var lastEvent time.Time
+	letGo := func() {
+		if holding {
+			holding = false
+			w.opts.Members.release()
+		}
+	}
+	defer letGo()
 	for ctx.Err() == nil {
+		if holding && len(held) == 0 && time.Since(lastEvent) > w.opts.PinnedTTL {
+			letGo() // idle, or the server moved the partition
+		}
 		if err := w.fetch(cons, held); err != nil {
 			if ctx.Err() != nil {
 				break
@@ -246,6 +262,22 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 		cancel()
 		clear(held)
 		first = time.Time{}
+		lastEvent = time.Now()
+		if w.opts.Members == nil {
+			continue
+		}
+		if !holding {
+			holding = true
+			w.opts.Members.acquire()
+		}
+		if w.opts.Members.shouldYield(w.opts.Partitions, 2*w.opts.PinnedTTL) {
+			// Stop fetching long enough for the server to unpin us; another
+			// process's writer, waiting on the same partition, is pinned next.
+			w.logger.Info("handing the partition to another aggregator", "live", w.opts.Members.Live())
+			letGo()
+			verifiedPin = ""
+			sleep(ctx, w.opts.PinnedTTL+time.Second)
+		}
 	}
 	return nil
 }

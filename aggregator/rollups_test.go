@@ -333,3 +333,96 @@ func TestRollupWriterGateIgnoresWhatOthersAcked(t *testing.T) {
 	waitClicks(t, rollups, "ad-b", from, to, 100)
 	waitClicks(t, rollups, "ad-a", from, to, 100)
 }
+
+// TestRollupWritersBalance: two aggregator "processes" (each a Members and a
+// writer per partition). The first takes every partition; once the second
+// joins, the first hands partitions over until both fold events, and the
+// totals stay exact.
+func TestRollupWritersBalance(t *testing.T) {
+	const partitions = 4
+	srv := storetest.NATS(t)
+	js, _ := storetest.JetStream(t, srv)
+	ctx := context.Background()
+	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour, Partitions: partitions}); err != nil {
+		t.Fatal(err)
+	}
+	rollups, err := store.OpenRollups(ctx, js, testLayout, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.DiscardHandler)
+	type group struct {
+		reg *prometheus.Registry
+	}
+	start := func(id string) group {
+		t.Helper()
+		gctx, cancel := context.WithCancel(ctx)
+		members, err := aggregator.NewMembers(gctx, js, id, logger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg := prometheus.NewRegistry()
+		metrics := aggregator.NewMetrics(reg)
+		done := make(chan error, partitions+1)
+		go func() { done <- members.Run(gctx) }()
+		for p := range partitions {
+			w := aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{
+				Partition: p, Partitions: partitions, Members: members, PinnedTTL: time.Second, AckWait: 3 * time.Second,
+				BatchSize: 50, Linger: 20 * time.Millisecond, VisitorSalt: []byte("salt"),
+			})
+			go func() { done <- w.Run(gctx) }()
+		}
+		t.Cleanup(func() {
+			cancel()
+			for range partitions + 1 {
+				if err := <-done; err != nil {
+					t.Errorf("%s: %v", id, err)
+				}
+			}
+		})
+		return group{reg: reg}
+	}
+	folded := func(g group) float64 {
+		mfs, _ := g.reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "admetric_rollup_events_folded_total" {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return 0
+	}
+
+	now := time.Now().UTC()
+	var total uint64
+	feed := func(round int) {
+		for ad := range 40 {
+			publish(t, js, clicks(fmt.Sprintf("ad-%02d", ad), 2, now, fmt.Sprintf("r%d-%d", round, ad))...)
+			total += 2
+		}
+	}
+	a := start("a")
+	feed(0)
+	b := start("b")
+	deadline := time.Now().Add(30 * time.Second)
+	for round := 1; folded(b) == 0; round++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second aggregator never got a partition (first folded %v)", folded(a))
+		}
+		feed(round)
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("first folded %v, second %v", folded(a), folded(b))
+	var sumClicks uint64
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		sumClicks = 0
+		for ad := range 40 {
+			sumClicks += sum(t, rollups, fmt.Sprintf("ad-%02d", ad), now.Add(-time.Hour), now.Add(time.Minute)).Clicks
+		}
+		if sumClicks == total || time.Now().After(deadline) {
+			break
+		}
+	}
+	if sumClicks != total {
+		t.Fatalf("%d clicks in the rollups, want %d", sumClicks, total)
+	}
+}

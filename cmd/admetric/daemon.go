@@ -84,7 +84,7 @@ const publishTimeout = 5 * time.Second
 // startDaemon starts every part in dependency order. On error it stops what it
 // had started and returns a nil daemon. The caller calls shutdown.
 func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.Logger) (d *daemon, err error) {
-	d = &daemon{cfg: cfg, role: r, logger: logger, httpErr: make(chan error, 1), workerErr: make(chan error, cfg.Partitions+4)}
+	d = &daemon{cfg: cfg, role: r, logger: logger, httpErr: make(chan error, 1), workerErr: make(chan error, cfg.Partitions+5)}
 	defer func() {
 		if err != nil {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
@@ -152,8 +152,15 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 
 	if r.aggregator {
 		metrics := aggregator.NewMetrics(reg)
+		members, err := aggregator.NewMembers(ctx, js, instanceID(), logger)
+		if err != nil {
+			return d, err
+		}
+		d.goWorker(workCtx, "members", members.Run)
 		for p := range cfg.Partitions {
-			w := aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{Partition: p, VisitorSalt: salt})
+			w := aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{
+				Partition: p, Partitions: cfg.Partitions, Members: members, VisitorSalt: salt,
+			})
 			d.goWorker(workCtx, "rollup-writer", w.Run)
 		}
 		d.goWorker(workCtx, "archiver", aggregator.NewArchiver(js, store.NewArchive(d.db), logger, metrics, aggregator.ArchiverOptions{}).Run)
@@ -360,6 +367,21 @@ func (d *daemon) shutdown(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// instanceID names this process among the aggregators: host, pid and a random
+// suffix, so that a restarted process is a new member.
+func instanceID() string {
+	host, _ := os.Hostname()
+	raw := make([]byte, 4)
+	_, _ = rand.Read(raw)
+	id := fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(raw))
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, id)
 }
 
 // visitorSalt returns VISITOR_SALT or the salt kept in DATA_DIR/visitor_salt,
