@@ -41,14 +41,7 @@ func TestArchiverSurvivesPostgresOutage(t *testing.T) {
 	js, _ := setup(t)
 	pg := storetest.Postgres(t)
 	ctx := context.Background()
-	db, err := store.OpenPostgres(ctx, pg.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if _, err := store.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
+	db := storetest.DB(t, pg)
 
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -95,14 +88,7 @@ func TestArchiverDeadLetters(t *testing.T) {
 	js, _ := setup(t)
 	pg := storetest.Postgres(t)
 	ctx := context.Background()
-	db, err := store.OpenPostgres(ctx, pg.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if _, err := store.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
+	db := storetest.DB(t, pg)
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	a := aggregator.NewArchiver(js, store.NewArchive(db), slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), aggregator.ArchiverOptions{})

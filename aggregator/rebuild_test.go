@@ -24,14 +24,7 @@ func TestRebuild(t *testing.T) {
 	js, rollups := setup(t)
 	pg := storetest.Postgres(t)
 	ctx := context.Background()
-	db, err := store.OpenPostgres(ctx, pg.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if _, err := store.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
+	db := storetest.DB(t, pg)
 	archive := store.NewArchive(db)
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

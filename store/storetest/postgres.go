@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uptrace/bun"
+
 	"github.com/admetric/admetric/store"
 )
 
@@ -224,4 +226,20 @@ func pgChooseRoot() string {
 		return pgShmDir
 	}
 	return os.TempDir()
+}
+
+// DB opens a bun handle on pg, applies the migrations, and closes the handle
+// with t.Cleanup.
+func DB(t testing.TB, pg *store.LocalPostgres) *bun.DB {
+	t.Helper()
+	ctx := context.Background()
+	db, err := store.OpenPostgres(ctx, pg.DSN())
+	if err != nil {
+		t.Fatalf("storetest: %v", err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := store.Migrate(ctx, db); err != nil {
+		t.Fatalf("storetest: %v", err)
+	}
+	return db
 }
