@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
 
@@ -34,6 +35,21 @@ func waitRows(t *testing.T, db *bun.DB, want int) {
 	}
 }
 
+// runArchiver runs an archiver into db until the test ends.
+func runArchiver(t *testing.T, js jetstream.JetStream, db *bun.DB, opts aggregator.ArchiverOptions) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	a := aggregator.NewArchiver(js, store.NewArchive(db), slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), opts)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("archiver: %v", err)
+		}
+	})
+}
+
 // TestArchiverSurvivesPostgresOutage: events published while PostgreSQL is
 // down are archived once it is back, each exactly once, and a message
 // redelivered (here: published twice without a Nats-Msg-Id) adds no row.
@@ -43,17 +59,7 @@ func TestArchiverSurvivesPostgresOutage(t *testing.T) {
 	ctx := context.Background()
 	db := storetest.DB(t, pg)
 
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	a := aggregator.NewArchiver(js, store.NewArchive(db), slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()),
-		aggregator.ArchiverOptions{BatchSize: 50, AckWait: 2 * time.Second})
-	go func() { done <- a.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("archiver: %v", err)
-		}
-	})
+	runArchiver(t, js, db, aggregator.ArchiverOptions{BatchSize: 50, AckWait: 2 * time.Second})
 
 	now := time.Now().UTC()
 	publish(t, js, clicks("ad-x", 100, now, "x")...)
@@ -89,16 +95,7 @@ func TestArchiverDeadLetters(t *testing.T) {
 	pg := storetest.Postgres(t)
 	ctx := context.Background()
 	db := storetest.DB(t, pg)
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	a := aggregator.NewArchiver(js, store.NewArchive(db), slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), aggregator.ArchiverOptions{})
-	go func() { done <- a.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("archiver: %v", err)
-		}
-	})
+	runArchiver(t, js, db, aggregator.ArchiverOptions{})
 
 	bad := map[string]string{ // body published on ads.events.click.ad-p → reason
 		`not json`:               aggregator.ReasonDecode,

@@ -49,12 +49,7 @@ func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive
 	if progress == nil {
 		progress = func(string, int, int) {}
 	}
-	from = store.Day.Truncate(from)
-	if t := store.Day.Truncate(to); t.Before(to) {
-		to = t.AddDate(0, 0, 1)
-	} else {
-		to = t
-	}
+	from, to = store.Day.Truncate(from), store.Day.Ceil(to)
 	res := RebuildResult{From: from, To: to}
 	if !from.Before(to) {
 		return res, fmt.Errorf("aggregator: rebuild: empty range [%s, %s)", from, to)

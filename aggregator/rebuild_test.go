@@ -5,11 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/ingest/event"
@@ -26,16 +23,7 @@ func TestRebuild(t *testing.T) {
 	ctx := context.Background()
 	db := storetest.DB(t, pg)
 	archive := store.NewArchive(db)
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	a := aggregator.NewArchiver(js, archive, slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), aggregator.ArchiverOptions{})
-	go func() { done <- a.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("archiver: %v", err)
-		}
-	})
+	runArchiver(t, js, db, aggregator.ArchiverOptions{})
 	stop := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 100})
 
 	now := time.Now().UTC()

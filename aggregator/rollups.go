@@ -43,8 +43,6 @@ type RollupWriterOptions struct {
 	Partitions int
 	// VisitorSalt keys the visitor hash.
 	VisitorSalt []byte
-	// Now returns the current time; default time.Now. Tests move it.
-	Now func() time.Time
 }
 
 // RollupConsumerName is the durable consumer of partition p's rollup writers.
@@ -116,9 +114,6 @@ func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slo
 	if opts.PinnedTTL <= 0 {
 		opts.PinnedTTL = 5 * time.Second
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
 	return &RollupWriter{
 		js: js, rollups: rollups, opts: opts, metrics: metrics,
 		logger: logger.With("component", "rollup-writer", "partition", opts.Partition),
@@ -147,7 +142,7 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("aggregator: rollup consumer p%d: %w", w.opts.Partition, err)
 	}
-	if _, err := w.loadCheckpoints(ctx); err != nil {
+	if err := w.loadCheckpoints(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -320,6 +315,8 @@ func heldPin(held map[uint64]jetstream.Msg) string {
 	return pin
 }
 
+// lowCheckpoint is the lowest of the bucket checkpoints: every event at or
+// below it is in all three buckets.
 func (w *RollupWriter) lowCheckpoint() uint64 {
 	low := w.checkpoints[0].seq
 	for _, cp := range w.checkpoints[1:] {
@@ -377,7 +374,7 @@ func (w *RollupWriter) commitRetrying(ctx context.Context, stop <-chan struct{},
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
-		if _, err := w.loadCheckpoints(ctx); err != nil {
+		if err := w.loadCheckpoints(ctx); err != nil {
 			continue
 		}
 		// Another writer may have committed some of these meanwhile.
@@ -388,7 +385,7 @@ func (w *RollupWriter) commitRetrying(ctx context.Context, stop <-chan struct{},
 
 func (w *RollupWriter) commit(ctx context.Context, recs []Record, lastSeq uint64) error {
 	began := time.Now()
-	now := w.opts.Now()
+	now := began
 	layout := w.rollups.Layout()
 	keys := Touched(layout, recs, now)
 	values := make(map[Key]*store.Rollup, len(keys))
@@ -441,20 +438,14 @@ func (w *RollupWriter) commit(ctx context.Context, recs []Record, lastSeq uint64
 	return nil
 }
 
-// loadCheckpoints reads each bucket's checkpoint and returns the lowest: the
-// writer resumes after it, and each rollup's MaxSeq skips what a bucket further
-// ahead already holds.
-func (w *RollupWriter) loadCheckpoints(ctx context.Context) (uint64, error) {
-	var low uint64
-	for i, res := range w.rollups.Layout() {
+// loadCheckpoints reads each bucket's checkpoint of the partition.
+func (w *RollupWriter) loadCheckpoints(ctx context.Context) error {
+	for _, res := range w.rollups.Layout() {
 		seq, rev, err := w.rollups.Checkpoint(ctx, res.Unit, w.opts.Partition)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		w.checkpoints[res.Unit] = cachedCheckpoint{seq: seq, rev: rev}
-		if i == 0 || seq < low {
-			low = seq
-		}
 	}
-	return low, nil
+	return nil
 }

@@ -104,7 +104,6 @@ const maxAtomicBatch = 1000
 type Rollups struct {
 	js      jetstream.JetStream
 	layout  Layout
-	kvs     [3]jetstream.KeyValue
 	streams [3]jetstream.Stream
 	atomic  bool
 }
@@ -112,12 +111,13 @@ type Rollups struct {
 // OpenRollups creates or updates the rollup buckets of layout (one per resolution,
 // its TTL the retention, with limit markers so that watchers see expiry) and
 // turns on atomic batch publishing on their streams where the server has it
-// (nats-server 2.12 or later). CreateOrUpdateKeyValue turns it off again, so this
-// runs at every start.
+// (nats-server 2.12 or later). A bucket already configured so is left as it is:
+// CreateOrUpdateKeyValue turns atomic publishing off, which would fail the
+// commits of the writers running in other processes while this one starts.
 func OpenRollups(ctx context.Context, js jetstream.JetStream, layout Layout, replicas int) (*Rollups, error) {
 	r := &Rollups{js: js, layout: layout, atomic: true}
 	for _, res := range layout {
-		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		cfg := jetstream.KeyValueConfig{
 			Bucket:         res.Bucket,
 			Description:    "AdMetric " + res.Unit.String() + " rollups",
 			History:        1,
@@ -126,11 +126,12 @@ func OpenRollups(ctx context.Context, js jetstream.JetStream, layout Layout, rep
 			Storage:        jetstream.FileStorage,
 			Replicas:       max(replicas, 1),
 			LimitMarkerTTL: time.Minute,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("store: rollup bucket %s: %w", res.Bucket, err)
 		}
-		r.kvs[res.Unit] = kv
+		if !bucketConfigured(ctx, js, cfg) {
+			if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+				return nil, fmt.Errorf("store: rollup bucket %s: %w", res.Bucket, err)
+			}
+		}
 		stream, atomic, err := allowAtomicPublish(ctx, js, "KV_"+res.Bucket)
 		if err != nil {
 			return nil, err
@@ -139,6 +140,22 @@ func OpenRollups(ctx context.Context, js jetstream.JetStream, layout Layout, rep
 		r.atomic = r.atomic && atomic
 	}
 	return r, nil
+}
+
+// bucketConfigured reports whether cfg's bucket exists with atomic publishing
+// on and the settings of cfg that OpenRollups owns.
+func bucketConfigured(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) bool {
+	stream, err := js.Stream(ctx, "KV_"+cfg.Bucket)
+	if err != nil {
+		return false
+	}
+	have := stream.CachedInfo().Config
+	return have.AllowAtomicPublish &&
+		have.MaxAge == cfg.TTL &&
+		have.MaxMsgsPerSubject == int64(cfg.History) &&
+		have.MaxMsgSize == cfg.MaxValueSize &&
+		have.Replicas == cfg.Replicas &&
+		have.SubjectDeleteMarkerTTL == cfg.LimitMarkerTTL
 }
 
 // allowAtomicPublish sets AllowAtomicPublish on a stream and reports whether

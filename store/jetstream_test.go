@@ -144,3 +144,51 @@ func TestCommitSplitsLargeBatches(t *testing.T) {
 		t.Fatalf("checkpoint %d rev %d, want 1500 rev %d", seq, rev, cpRev)
 	}
 }
+
+// TestOpenRollupsLeavesConfiguredBucketsAlone: reopening with the same layout
+// sends no stream update (CreateOrUpdateKeyValue would switch atomic publishing
+// off under the writers of other processes), and a changed retention is applied.
+func TestOpenRollupsLeavesConfiguredBucketsAlone(t *testing.T) {
+	js, nc := storetest.JetStream(t, storetest.NATS(t))
+	ctx := context.Background()
+	if _, err := store.OpenRollups(ctx, js, store.NewLayout(testRetentions), 1); err != nil {
+		t.Fatal(err)
+	}
+	updates, err := nc.SubscribeSync("$JS.API.STREAM.UPDATE.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	countUpdates := func() int {
+		t.Helper()
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		n, _, err := updates.Pending()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if _, err := store.OpenRollups(ctx, js, store.NewLayout(testRetentions), 1); err != nil {
+		t.Fatal(err)
+	}
+	if n := countUpdates(); n != 0 {
+		t.Fatalf("reopening an unchanged layout sent %d stream updates, want 0", n)
+	}
+	longer := testRetentions
+	longer.Minute = 96 * time.Hour
+	r, err := store.OpenRollups(ctx, js, store.NewLayout(longer), 1)
+	if err != nil || !r.Atomic() {
+		t.Fatalf("reopen with a new retention: %v, atomic %v", err, r.Atomic())
+	}
+	if n := countUpdates(); n == 0 {
+		t.Fatal("a changed retention sent no stream update")
+	}
+	s, err := js.Stream(ctx, "KV_"+store.MinuteBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.MaxAge; got != 96*time.Hour {
+		t.Fatalf("minute bucket TTL %s after reopening, want 96h", got)
+	}
+}

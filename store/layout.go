@@ -119,30 +119,31 @@ func (u Unit) Locate(adID string, t time.Time) (key string, slot int) {
 	return b.String(), slot
 }
 
+// Ceil returns the start of the first slot of unit u beginning at or after t.
+func (u Unit) Ceil(t time.Time) time.Time {
+	start := u.Truncate(t)
+	if start.Before(t) {
+		return u.Next(start)
+	}
+	return start
+}
+
 // PeriodStart returns the start of the key period of unit u holding t: the
 // hour of a minute key, the UTC day of an hour key, the month of a day key.
 func (u Unit) PeriodStart(t time.Time) time.Time {
-	t = t.UTC()
-	switch u {
-	case Minute:
-		return t.Truncate(time.Hour)
-	case Hour:
-		return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
-	default:
-		return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+	if u < Day {
+		return (u + 1).Truncate(t)
 	}
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
 }
 
 // NextPeriod returns the start of the key period after the one starting at start.
 func (u Unit) NextPeriod(start time.Time) time.Time {
-	switch u {
-	case Minute:
-		return start.Add(time.Hour)
-	case Hour:
-		return start.AddDate(0, 0, 1)
-	default:
-		return start.AddDate(0, 1, 0)
+	if u < Day {
+		return (u + 1).Next(start)
 	}
+	return start.AddDate(0, 1, 0)
 }
 
 // SlotStart returns the start of slot i of the key period starting at start.
@@ -200,12 +201,7 @@ func (l Layout) Tile(from, to, now time.Time) (Tiling, error) {
 	if !from.Before(to) {
 		return Tiling{}, fmt.Errorf("store: empty window [%s, %s)", from, to)
 	}
-	from = Minute.Truncate(from)
-	if t := Minute.Truncate(to); !t.Equal(to.UTC()) {
-		to = t.Add(time.Minute)
-	} else {
-		to = t
-	}
+	from, to = Minute.Truncate(from), Minute.Ceil(to)
 	available := func(u Unit, t time.Time) bool {
 		return !t.Before(now.Add(-l[u].Retention))
 	}

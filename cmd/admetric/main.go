@@ -60,12 +60,10 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		fmt.Fprintf(stderr, "admetric: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
-	cfg, err := config.Load(lookup)
-	if err != nil {
-		fmt.Fprintf(stderr, "admetric: invalid configuration:\n%v\n", err)
+	cfg, logger, ok := loadConfig(lookup, stderr)
+	if !ok {
 		return 2
 	}
-	logger := newLogger(cfg, stderr)
 	logger.Info("starting", "command", cmd, "config", cfg)
 	if err := serve(ctx, cfg, r, logger); err != nil {
 		logger.Error("admetric stopped", "err", err)
@@ -73,6 +71,17 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 	}
 	logger.Info("stopped cleanly")
 	return 0
+}
+
+// loadConfig reads the configuration and builds the logger; on a bad value it
+// says what is wrong on stderr and returns false (exit code 2).
+func loadConfig(lookup func(string) (string, bool), stderr io.Writer) (*config.Config, *slog.Logger, bool) {
+	cfg, err := config.Load(lookup)
+	if err != nil {
+		fmt.Fprintf(stderr, "admetric: invalid configuration:\n%v\n", err)
+		return nil, nil, false
+	}
+	return cfg, newLogger(cfg, stderr), true
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

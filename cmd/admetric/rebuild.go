@@ -61,12 +61,10 @@ func runRebuild(ctx context.Context, args []string, lookup func(string) (string,
 		fmt.Fprintln(stderr, "admetric rebuild: --from must be before --to")
 		return 2
 	}
-	cfg, err := config.Load(lookup)
-	if err != nil {
-		fmt.Fprintf(stderr, "admetric: invalid configuration:\n%v\n", err)
+	cfg, logger, ok := loadConfig(lookup, stderr)
+	if !ok {
 		return 2
 	}
-	logger := newLogger(cfg, stderr)
 	if err := rebuild(ctx, cfg, logger, stderr, from, to); err != nil {
 		logger.Error("rebuild failed", "err", err)
 		return 1

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/store"
@@ -51,15 +50,7 @@ func TestTwoAggregatorProcesses(t *testing.T) {
 	first := startRole(t, bin, "aggregator", procEnv())
 	startRole(t, bin, "aggregator", procEnv())
 
-	nc, err := nats.Connect(natsSrv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, _ := storetest.JetStream(t, natsSrv)
 	want := make(map[string]float64)
 	publishPhase := func(phase int) {
 		for i := range perPhase {
