@@ -70,7 +70,7 @@ func foldTestSnapshot(values map[Key]*store.Rollup) map[Key]foldTestView {
 		for i, s := range r.Slots {
 			sv := foldTestSlotView{Counters: s.Counters}
 			if s.Visitors != nil {
-				sv.Visitors = s.Visitors.Clone().Estimate()
+				sv.Visitors = s.Visitors.Count()
 			}
 			v.Slots[i] = sv
 		}
@@ -208,7 +208,7 @@ func TestFoldVisitorZeroMeansNone(t *testing.T) {
 	for _, u := range []store.Unit{store.Minute, store.Hour, store.Day} {
 		s := foldTestSlot(t, values, u, "a", ts)
 		if s.Visitors != nil {
-			t.Errorf("%v slot has a sketch (estimate %d) though no event had a visitor", u, s.Visitors.Estimate())
+			t.Errorf("%v slot has a sketch (estimate %d) though no event had a visitor", u, s.Visitors.Count())
 		}
 	}
 
@@ -224,7 +224,7 @@ func TestFoldVisitorZeroMeansNone(t *testing.T) {
 		if s.Visitors == nil {
 			t.Fatalf("%v slot has no sketch after visitors", u)
 		}
-		if got := s.Visitors.Clone().Estimate(); got != 2 {
+		if got := s.Visitors.Count(); got != 2 {
 			t.Errorf("%v slot estimates %d visitors, want 2", u, got)
 		}
 	}

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-
-	"github.com/axiomhq/hyperloglog"
 )
 
 // Counters are the additive measures of one rollup slot. Playback time is kept
@@ -49,17 +47,16 @@ func (c *Counters) fields() [10]*uint64 {
 // Slot is one time slot of a rollup: counters and the sketch of its visitors.
 type Slot struct {
 	Counters
-	// Visitors is nil until a visitor is seen. It is a precision-14 sparse
-	// HyperLogLog: exact-ish for small sets, about 0.8% error for large ones.
-	Visitors *hyperloglog.Sketch
+	// Visitors is nil until a visitor is seen.
+	Visitors *Visitors
 }
 
-// AddVisitor records a visitor hash in the slot's sketch.
+// AddVisitor records a visitor hash in the slot's set.
 func (s *Slot) AddVisitor(hash uint64) {
 	if s.Visitors == nil {
-		s.Visitors = hyperloglog.New14()
+		s.Visitors = &Visitors{}
 	}
-	s.Visitors.InsertHash(hash)
+	s.Visitors.Insert(hash)
 }
 
 // Rollup is one KV value: the slots of one ad over one key period (the 60
@@ -85,13 +82,18 @@ func (r *Rollup) Slot(i int) *Slot {
 	return s
 }
 
-const rollupCodecVersion = 1
+// Codec versions: 1 stored every visitor set as a HyperLogLog; 2 stores small
+// sets exactly (see ExactVisitors). Version 1 values still decode.
+const (
+	rollupCodecV1      = 1
+	rollupCodecVersion = 2
+)
 
 // ErrCorruptRollup is returned when a KV value cannot be decoded.
 var ErrCorruptRollup = errors.New("store: corrupt rollup value")
 
 // MarshalBinary encodes the rollup: a version byte, MaxSeq, then each slot in
-// index order with its ten counters and its sketch, all as uvarints.
+// index order with its ten counters as uvarints and its visitor set.
 func (r *Rollup) MarshalBinary() ([]byte, error) {
 	idx := make([]int, 0, len(r.Slots))
 	for i := range r.Slots {
@@ -108,16 +110,10 @@ func (r *Rollup) MarshalBinary() ([]byte, error) {
 		for _, f := range s.fields() {
 			buf = binary.AppendUvarint(buf, *f)
 		}
-		if s.Visitors == nil {
-			buf = binary.AppendUvarint(buf, 0)
-			continue
+		var err error
+		if buf, err = s.Visitors.appendBinary(buf); err != nil {
+			return nil, err
 		}
-		sk, err := s.Visitors.MarshalBinary()
-		if err != nil {
-			return nil, fmt.Errorf("store: marshal sketch: %w", err)
-		}
-		buf = binary.AppendUvarint(buf, uint64(len(sk)))
-		buf = append(buf, sk...)
 	}
 	return buf, nil
 }
@@ -127,9 +123,10 @@ const maxSlots = 1 << 10
 
 // UnmarshalBinary decodes what MarshalBinary produced. Errors wrap ErrCorruptRollup.
 func (r *Rollup) UnmarshalBinary(data []byte) error {
-	if len(data) == 0 || data[0] != rollupCodecVersion {
+	if len(data) == 0 || (data[0] != rollupCodecVersion && data[0] != rollupCodecV1) {
 		return fmt.Errorf("%w: unknown version", ErrCorruptRollup)
 	}
+	v1 := data[0] == rollupCodecV1
 	d := decoder{buf: data[1:]}
 	r.MaxSeq = d.uvarint()
 	n := d.uvarint()
@@ -146,16 +143,20 @@ func (r *Rollup) UnmarshalBinary(data []byte) error {
 		for _, f := range s.fields() {
 			*f = d.uvarint()
 		}
-		skLen := d.uvarint()
-		if d.err != nil || skLen > uint64(len(d.buf)) {
-			return fmt.Errorf("%w: truncated slot %d", ErrCorruptRollup, i)
-		}
-		if skLen > 0 {
-			s.Visitors = hyperloglog.New14()
-			if err := s.Visitors.UnmarshalBinary(d.buf[:skLen]); err != nil {
-				return fmt.Errorf("%w: sketch of slot %d: %w", ErrCorruptRollup, i, err)
+		if v1 {
+			skLen := d.uvarint()
+			if d.err != nil || skLen > uint64(len(d.buf)) {
+				return fmt.Errorf("%w: truncated slot %d", ErrCorruptRollup, i)
 			}
-			d.buf = d.buf[skLen:]
+			if skLen > 0 {
+				s.Visitors = d.sketch(d.buf[:skLen])
+				d.buf = d.buf[skLen:]
+			}
+		} else {
+			s.Visitors = d.visitors()
+		}
+		if d.err != nil {
+			return fmt.Errorf("%w: slot %d: %w", ErrCorruptRollup, i, d.err)
 		}
 		if _, dup := r.Slots[int(i)]; dup {
 			return fmt.Errorf("%w: slot %d appears twice", ErrCorruptRollup, i)
@@ -189,11 +190,11 @@ func (d *decoder) uvarint() uint64 {
 	return v
 }
 
-// Aggregate is the sum of any number of slots: counters add, sketches merge.
-// The zero value is ready to use.
+// Aggregate is the sum of any number of slots: counters add, visitor sets
+// merge. The zero value is ready to use.
 type Aggregate struct {
 	Counters
-	visitors *hyperloglog.Sketch
+	visitors Visitors
 }
 
 // AddSlot folds s into a.
@@ -205,27 +206,15 @@ func (a *Aggregate) AddSlot(s *Slot) error {
 // AddAggregate folds o into a.
 func (a *Aggregate) AddAggregate(o *Aggregate) error {
 	a.Add(&o.Counters)
-	return a.mergeSketch(o.visitors)
+	return a.mergeSketch(&o.visitors)
 }
 
-func (a *Aggregate) mergeSketch(sk *hyperloglog.Sketch) error {
-	if sk == nil {
-		return nil
-	}
-	if a.visitors == nil {
-		a.visitors = sk.Clone()
-		return nil
-	}
-	if err := a.visitors.Merge(sk); err != nil {
-		return fmt.Errorf("store: merge sketch: %w", err)
-	}
-	return nil
+func (a *Aggregate) mergeSketch(v *Visitors) error {
+	return a.visitors.Merge(v)
 }
 
-// UniqueVisitors estimates the distinct visitors across everything added.
+// UniqueVisitors counts the distinct visitors across everything added: exactly
+// up to ExactVisitors, estimated above.
 func (a *Aggregate) UniqueVisitors() uint64 {
-	if a.visitors == nil {
-		return 0
-	}
-	return a.visitors.Estimate()
+	return a.visitors.Count()
 }

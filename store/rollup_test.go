@@ -30,13 +30,8 @@ func rollupTestSlot(c Counters, from, to uint64) *Slot {
 	return s
 }
 
-// rollupTestEstimate estimates a sketch without compacting it (Estimate mutates).
-func rollupTestEstimate(sk *hyperloglog.Sketch) uint64 {
-	if sk == nil {
-		return 0
-	}
-	return sk.Clone().Estimate()
-}
+// rollupTestEstimate counts a visitor set, nil included.
+func rollupTestEstimate(v *Visitors) uint64 { return v.Count() }
 
 // equalRollups fails unless got holds what want holds: the same MaxSeq, slot
 // indices, counters, and sketches with equal estimates. Sketch encodings are not
@@ -185,16 +180,20 @@ func TestRollupCodecGolden(t *testing.T) {
 		130: {Counters: Counters{Clicks: 2}},
 		2:   {Counters: Counters{Impressions: 1, PlaybackCount: 128}},
 	}}
+	r.Slots[2].AddVisitor(0x0102030405060708)
+	r.Slots[2].AddVisitor(0x01)
 	want := []byte{
-		1,          // version
+		2,          // version
 		0xac, 0x02, // MaxSeq 300
 		2,                                     // two slots, in index order
 		2,                                     // slot 2
 		1, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x01, // counters
-		0,          // no sketch
+		1, 2, // two exact visitor hashes, ascending
+		0, 0, 0, 0, 0, 0, 0, 1,
+		1, 2, 3, 4, 5, 6, 7, 8,
 		0x82, 0x01, // slot 130
 		0, 2, 0, 0, 0, 0, 0, 0, 0, 0, // counters
-		0, // no sketch
+		0, // no visitors
 	}
 	for range 3 { // map order must not matter
 		got, err := r.MarshalBinary()
@@ -243,8 +242,18 @@ func TestRollupUnmarshalRejects(t *testing.T) {
 		{"nil", nil},
 		{"empty", []byte{}},
 		{"version 0", append([]byte{0}, valid[1:]...)},
-		{"version 2", append([]byte{2}, valid[1:]...)},
+		{"version 3", append([]byte{3}, valid[1:]...)},
 		{"version only", []byte{1}},
+		{"version 2 only", []byte{2}},
+		{"unknown visitors kind", append(rollupTestCraft(2, 1, 0)[:14], 3)},
+		{"missing visitors kind", rollupTestCraft(2, 1, 0)[:14]},
+		{"empty exact list", append(rollupTestCraft(2, 1, 0)[:14], 1, 0)},
+		{"exact list past end", append(rollupTestCraft(2, 1, 0)[:14], 1, 2, 0, 0, 0, 0, 0, 0, 0, 1)},
+		{"exact list over the limit", append(rollupTestCraft(2, 1, 0)[:14], append([]byte{1, 0x81, 0x08}, make([]byte, 8*1025)...)...)},
+		{"exact hashes out of order", append(rollupTestCraft(2, 1, 0)[:14], 1, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1)},
+		{"exact hashes repeated", append(rollupTestCraft(2, 1, 0)[:14], 1, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2)},
+		{"v2 sketch garbage", append(rollupTestCraft(2, 1, 0)[:14], 2, 8, 9, 9, 9, 9, 9, 9, 9, 9)},
+		{"v2 empty sketch", append(rollupTestCraft(2, 1, 0)[:14], 2, 0)},
 		{"trailing zero byte", append(bytes.Clone(valid), 0)},
 		{"trailing copy", append(bytes.Clone(valid), valid...)},
 		{"slot index 1024", rollupTestCraft(1, 1, maxSlots)},
@@ -488,7 +497,11 @@ func TestAggregatePrecisionMismatch(t *testing.T) {
 	if err := a.AddSlot(rollupTestSlot(Counters{}, 0, 5)); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.AddSlot(&Slot{Visitors: p16}); err == nil {
+	big := rollupTestSlot(Counters{}, 0, ExactVisitors+1) // a sketch, not a list
+	if err := a.AddSlot(big); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AddSlot(&Slot{Visitors: &Visitors{sketch: p16}}); err == nil {
 		t.Error("merging a precision-16 sketch into precision 14 succeeded; want an error")
 	}
 }
@@ -508,6 +521,8 @@ func FuzzRollupUnmarshal(f *testing.F) {
 	f.Add([]byte{2, 0, 0})
 	f.Add(rollupTestCraft(1, 1, maxSlots))
 	f.Add(rollupTestCraft(1, 2, 5, 5))
+	f.Add(rollupTestCraft(2, 1, 7))
+	f.Add(rollupTestV1Sketch(f))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var r Rollup
 		if err := r.UnmarshalBinary(data); err != nil {
