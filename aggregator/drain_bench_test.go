@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -75,12 +76,20 @@ func BenchmarkDrain(b *testing.B) {
 	}
 	last := info.State.LastSeq
 
-	var ceiling, writer float64
+	var ceiling, filtered, writer float64
 	for iter := 0; b.Loop(); iter++ {
-		ceiling = drainNoop(b, js, last, iter)
+		ceiling = drainNoop(b, js, last, iter, []string{""})
+		filters := make([]string, partitions)
+		for p := range filters {
+			filters[p] = store.PartitionFilter(p)
+		}
+		filtered = drainNoop(b, js, last, iter, filters)
 		writer = drainWriters(b, js, partitions, n, last)
 	}
 	b.ReportMetric(ceiling, "ceiling_events/s")
+	// The same no-op drain through one filtered consumer per partition, as the
+	// writers read: what the partitioning itself costs the server.
+	b.ReportMetric(filtered, "partitioned_noop_events/s")
 	b.ReportMetric(writer, "writer_events/s")
 	b.ReportMetric(writer/ceiling, "writer/ceiling")
 	if peak, err := peakRSS(); err == nil {
@@ -104,40 +113,74 @@ func peakRSS() (uint64, error) {
 	return 0, errors.New("no VmHWM in /proc/self/status")
 }
 
-// drainNoop drains the stream with a consumer that only acks, once per batch.
-func drainNoop(b *testing.B, js jetstream.JetStream, last uint64, iter int) float64 {
+// drainNoop drains the stream with one consumer per filter ("" for the whole
+// stream), each only acking once per batch, concurrently; it returns events per
+// second over all of them.
+func drainNoop(b *testing.B, js jetstream.JetStream, last uint64, iter int, filters []string) float64 {
 	b.Helper()
 	ctx := context.Background()
-	cons, err := js.CreateOrUpdateConsumer(ctx, store.StreamName, jetstream.ConsumerConfig{
-		Durable: fmt.Sprintf("bench-noop-%d", iter), AckPolicy: jetstream.AckAllPolicy, MaxAckPending: 10_000,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	start := time.Now()
-	var count int
-	for {
-		batch, err := cons.Fetch(2000, jetstream.FetchMaxWait(time.Second))
+	conses := make([]jetstream.Consumer, len(filters))
+	for i, f := range filters {
+		cons, err := js.CreateOrUpdateConsumer(ctx, store.StreamName, jetstream.ConsumerConfig{
+			Durable: fmt.Sprintf("bench-noop-%d-%d-%d", len(filters), iter, i), FilterSubject: f,
+			AckPolicy: jetstream.AckAllPolicy, MaxAckPending: 10_000,
+		})
 		if err != nil {
 			b.Fatal(err)
 		}
-		var lastMsg jetstream.Msg
-		for msg := range batch.Messages() {
-			lastMsg = msg
-			count++
-		}
-		if lastMsg == nil {
-			b.Fatalf("no-op consumer stalled after %d messages", count)
-		}
-		if err := lastMsg.Ack(); err != nil {
+		conses[i] = cons
+	}
+	start := time.Now()
+	counts := make([]int, len(filters))
+	lastAt := make([]time.Time, len(filters))
+	errs := make(chan error, len(filters))
+	for i, cons := range conses {
+		go func() {
+			for {
+				batch, err := cons.Fetch(2000, jetstream.FetchMaxWait(time.Second))
+				if err != nil {
+					errs <- err
+					return
+				}
+				var lastMsg jetstream.Msg
+				for msg := range batch.Messages() {
+					lastMsg = msg
+					counts[i]++
+				}
+				if lastMsg == nil { // the filter has nothing more
+					errs <- nil
+					return
+				}
+				lastAt[i] = time.Now()
+				if err := lastMsg.Ack(); err != nil {
+					errs <- err
+					return
+				}
+				if meta, _ := lastMsg.Metadata(); meta.Sequence.Stream >= last {
+					errs <- nil
+					return
+				}
+			}
+		}()
+	}
+	for range conses {
+		if err := <-errs; err != nil {
 			b.Fatal(err)
 		}
-		meta, _ := lastMsg.Metadata()
-		if meta.Sequence.Stream >= last {
-			break
+	}
+	// A partition that ran dry waited out one empty fetch; that second is not
+	// the server's cost, so the drain ends at the last delivery.
+	total, end := 0, start
+	for i, c := range counts {
+		total += c
+		if lastAt[i].After(end) {
+			end = lastAt[i]
 		}
 	}
-	return float64(count) / time.Since(start).Seconds()
+	if total != int(last) {
+		b.Fatalf("no-op consumers drained %d messages, want %d", total, last)
+	}
+	return float64(total) / end.Sub(start).Seconds()
 }
 
 // drainWriters drains the stream with one rollup writer per partition into
@@ -170,6 +213,21 @@ func drainWriters(b *testing.B, js jetstream.JetStream, partitions, n int, last 
 			}
 		}
 	}()
+	// ADMETRIC_BENCH_CPUPROFILE names a file for a CPU profile of the writers'
+	// drain alone, without the publishing and the no-op drain around it.
+	if path := os.Getenv("ADMETRIC_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			_ = f.Close()
+		}()
+	}
 	start := time.Now()
 	for p := range partitions {
 		w := aggregator.NewRollupWriter(js, rollups, slog.New(slog.DiscardHandler), metrics,
