@@ -116,6 +116,23 @@ type Config struct {
 	// longest outage the archive can catch up from
 	// (STREAM_MAX_AGE, default 168h, 7 days).
 	StreamMaxAge time.Duration
+	// DuplicateWindow is how long the stream remembers a Nats-Msg-Id to drop a
+	// repeat: it must cover the replay of an event spooled after a publish that
+	// timed out yet was stored (STREAM_DUPLICATE_WINDOW, default 20m). The
+	// server keeps an entry per event in the window.
+	DuplicateWindow time.Duration
+
+	// SpoolMaxBytes bounds the local spool under DATA_DIR/spool that takes
+	// events while NATS is unavailable; a full spool answers 503
+	// (SPOOL_MAX_BYTES, default 1073741824, 1 GiB).
+	SpoolMaxBytes int
+	// PublishTimeout bounds the wait for a PubAck before an event is spooled
+	// (PUBLISH_TIMEOUT, default 2s).
+	PublishTimeout time.Duration
+	// MaxPendingPublishes bounds the events awaiting their PubAck; beyond it
+	// intake answers 503 (MAX_PENDING_PUBLISHES, default 4096).
+	MaxPendingPublishes int
+
 	// ShutdownTimeout bounds a graceful shutdown (SHUTDOWN_TIMEOUT, default 10s).
 	ShutdownTimeout time.Duration
 	// CatalogRefresh is how often the in-memory ad catalog is reloaded from
@@ -179,6 +196,10 @@ func options() []option {
 		intOpt("NATS_REPLICAS", "1", func(c *Config) *int { return &c.NATSReplicas }),
 		intOpt("PARTITIONS", "8", func(c *Config) *int { return &c.Partitions }),
 		durationOpt("STREAM_MAX_AGE", "168h", func(c *Config) *time.Duration { return &c.StreamMaxAge }),
+		durationOpt("STREAM_DUPLICATE_WINDOW", "20m", func(c *Config) *time.Duration { return &c.DuplicateWindow }),
+		intOpt("SPOOL_MAX_BYTES", "1073741824", func(c *Config) *int { return &c.SpoolMaxBytes }),
+		durationOpt("PUBLISH_TIMEOUT", "2s", func(c *Config) *time.Duration { return &c.PublishTimeout }),
+		intOpt("MAX_PENDING_PUBLISHES", "4096", func(c *Config) *int { return &c.MaxPendingPublishes }),
 
 		{
 			name:     "DATABASE_URL",
@@ -446,6 +467,17 @@ func (c *Config) validate() []error {
 		add(checkHostPort("NATS_LISTEN", c.NATSListen))
 	}
 	add(checkPositive("STREAM_MAX_AGE", c.StreamMaxAge))
+	add(checkPositive("STREAM_DUPLICATE_WINDOW", c.DuplicateWindow))
+	if c.StreamMaxAge > 0 && c.DuplicateWindow > c.StreamMaxAge {
+		add(invalidf("STREAM_DUPLICATE_WINDOW", "%s is longer than STREAM_MAX_AGE (%s)", c.DuplicateWindow, c.StreamMaxAge))
+	}
+	if c.SpoolMaxBytes < 1<<20 {
+		add(invalidf("SPOOL_MAX_BYTES", "%d is below the minimum of 1048576 (1 MiB)", c.SpoolMaxBytes))
+	}
+	add(checkPositive("PUBLISH_TIMEOUT", c.PublishTimeout))
+	if c.MaxPendingPublishes < 1 || c.MaxPendingPublishes > 1<<20 {
+		add(invalidf("MAX_PENDING_PUBLISHES", "%d is out of range 1..1048576", c.MaxPendingPublishes))
+	}
 	if c.Partitions < 1 || c.Partitions > 1024 {
 		add(invalidf("PARTITIONS", "%d is out of range 1..1024", c.Partitions))
 	}

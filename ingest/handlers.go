@@ -1,15 +1,18 @@
 // Package ingest is the write side's front door: the HTTP handlers that accept
 // ad events, validate them and publish them to the event stream, answering only
-// once the stream holds the event.
+// once the stream (or, while it is down, the local spool) holds the event.
 package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"mime"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -18,8 +21,12 @@ import (
 	"github.com/admetric/admetric/ingest/event"
 )
 
-// MaxEventBody is the largest body POST /ads/click and /ads/impression read.
-const MaxEventBody = 64 << 10
+// Body limits: one event, and a batch of up to MaxBatchEvents.
+const (
+	MaxEventBody   = 64 << 10
+	MaxBatchBody   = 1 << 20
+	MaxBatchEvents = 1000
+)
 
 // AdLookup says whether an ad exists. Implementations must be fast (in memory)
 // and safe for concurrent use.
@@ -27,9 +34,9 @@ type AdLookup interface {
 	Exists(adID string) bool
 }
 
-// EventPublisher stores an event in the stream; see Publisher.
+// EventPublisher makes an event durable; see Publisher.
 type EventPublisher interface {
-	Publish(ctx context.Context, ev *event.Event) (duplicate bool, err error)
+	Publish(ctx context.Context, ev *event.Event) (Result, error)
 }
 
 // Handlers serve event intake. Build with NewHandlers.
@@ -47,86 +54,212 @@ func NewHandlers(pub EventPublisher, ads AdLookup, limits event.Limits, logger *
 		logger: logger.With("component", "ingest")}
 }
 
-// Register mounts POST /ads/click and POST /ads/impression on r.
+// Register mounts POST /ads/click, /ads/impression and /ads/events on r.
 func (h *Handlers) Register(r gin.IRouter) {
 	r.POST("/ads/click", h.accept(event.Click))
 	r.POST("/ads/impression", h.accept(event.Impression))
+	r.POST("/ads/events", h.acceptBatch)
 }
 
 // accepted is the body of a 202.
 type accepted struct {
 	EventID string `json:"event_id"`
-	Status  string `json:"status"`
+	Status  Status `json:"status"`
+}
+
+// rejection is why one event was turned away: the HTTP status it earns alone,
+// and the field at fault.
+type rejection struct {
+	status int
+	field  string
+	msg    string
 }
 
 func (h *Handlers) accept(typ event.Type) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		if !isJSON(c.GetHeader("Content-Type")) {
-			fail(c, http.StatusUnsupportedMediaType, "", "Content-Type must be application/json")
+		body, ok := readJSONBody(c, MaxEventBody, "64 KiB")
+		if !ok {
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, MaxEventBody))
+		ev, rej := h.prepare(c, body, typ)
+		if rej != nil {
+			fail(c, rej.status, rej.field, rej.msg)
+			return
+		}
+		res, err := h.pub.Publish(c.Request.Context(), &ev)
 		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				fail(c, http.StatusRequestEntityTooLarge, "", "body is larger than 64 KiB")
-				return
-			}
-			fail(c, http.StatusBadRequest, "", "could not read the body")
-			return
-		}
-		ev, err := event.Decode(body)
-		if err != nil {
-			failEvent(c, err)
-			return
-		}
-		now := h.now()
-		if ev.Type == "" {
-			ev.Type = typ
-		} else if ev.Type != typ {
-			fail(c, http.StatusBadRequest, "type", "must be "+string(typ)+" on this endpoint (or left out)")
-			return
-		}
-		if ev.EventID == "" {
-			id, err := uuid.NewV7()
-			if err != nil {
-				h.logger.Error("generating an event ID", "err", err)
-				fail(c, http.StatusServiceUnavailable, "", "could not generate an event ID; retry")
-				return
-			}
-			ev.EventID = id.String()
-		}
-		if ev.Timestamp.IsZero() {
-			ev.Timestamp = now.UTC()
-		}
-		if ev.IP == "" {
-			ev.IP = c.ClientIP()
-		}
-		ev.IP = event.CanonicalIP(ev.IP)
-		if ev.UserAgent == "" {
-			ev.UserAgent = event.SanitizeUserAgent(c.GetHeader("User-Agent"))
-		}
-		if err := ev.Validate(now, h.limits); err != nil {
-			failEvent(c, err)
-			return
-		}
-		// A player clock a little ahead of ours is skew, not the future: the
-		// event happened now, and dated now it shows in the current window.
-		if ev.Timestamp.After(now) {
-			ev.Timestamp = now.UTC()
-		}
-		if !h.ads.Exists(ev.AdID) {
-			fail(c, http.StatusNotFound, "ad_id", "no ad "+ev.AdID)
-			return
-		}
-		if _, err := h.pub.Publish(c.Request.Context(), &ev); err != nil {
-			h.logger.Warn("publish failed", "err", err, "event_id", ev.EventID)
+			status, msg := h.publishFailure(err, ev.EventID)
 			c.Header("Retry-After", "1")
-			fail(c, http.StatusServiceUnavailable, "", "the event store is unavailable; retry with the same event_id")
+			fail(c, status, "", msg)
 			return
 		}
-		c.JSON(http.StatusAccepted, accepted{EventID: ev.EventID, Status: "accepted"})
+		c.JSON(http.StatusAccepted, accepted{EventID: ev.EventID, Status: res.Status})
 	}
+}
+
+// readJSONBody checks the Content-Type and reads at most limit bytes, answering
+// the request itself when it cannot.
+func readJSONBody(c *gin.Context, limit int64, limitText string) ([]byte, bool) {
+	if !isJSON(c.GetHeader("Content-Type")) {
+		fail(c, http.StatusUnsupportedMediaType, "", "Content-Type must be application/json")
+		return nil, false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, limit))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			fail(c, http.StatusRequestEntityTooLarge, "", "body is larger than "+limitText)
+			return nil, false
+		}
+		fail(c, http.StatusBadRequest, "", "could not read the body")
+		return nil, false
+	}
+	return body, true
+}
+
+// prepare decodes and completes one event: the endpoint's type when typ is set
+// (the batch endpoint passes ""), a generated event_id, the receive time, the
+// connection's IP and User-Agent, then validation and the ad's existence.
+func (h *Handlers) prepare(c *gin.Context, raw []byte, typ event.Type) (event.Event, *rejection) {
+	ev, err := event.Decode(raw)
+	if err != nil {
+		return ev, eventRejection(err)
+	}
+	now := h.now()
+	switch {
+	case typ == "":
+	case ev.Type == "":
+		ev.Type = typ
+	case ev.Type != typ:
+		return ev, &rejection{http.StatusBadRequest, "type", "must be " + string(typ) + " on this endpoint (or left out)"}
+	}
+	if ev.EventID == "" {
+		id, err := uuid.NewV7()
+		if err != nil {
+			h.logger.Error("generating an event ID", "err", err)
+			return ev, &rejection{http.StatusServiceUnavailable, "", "could not generate an event ID; retry"}
+		}
+		ev.EventID = id.String()
+	}
+	if ev.Timestamp.IsZero() {
+		ev.Timestamp = now.UTC()
+	}
+	if ev.IP == "" {
+		ev.IP = c.ClientIP()
+	}
+	ev.IP = event.CanonicalIP(ev.IP)
+	if ev.UserAgent == "" {
+		ev.UserAgent = event.SanitizeUserAgent(c.GetHeader("User-Agent"))
+	}
+	if err := ev.Validate(now, h.limits); err != nil {
+		return ev, eventRejection(err)
+	}
+	// A player clock a little ahead of ours is skew, not the future: the
+	// event happened now, and dated now it shows in the current window.
+	if ev.Timestamp.After(now) {
+		ev.Timestamp = now.UTC()
+	}
+	if !h.ads.Exists(ev.AdID) {
+		return ev, &rejection{http.StatusNotFound, "ad_id", "no ad " + ev.AdID}
+	}
+	return ev, nil
+}
+
+// publishFailure maps a publisher error to a status and message, logging the
+// unexpected ones (the expected ones are counted in metrics).
+func (h *Handlers) publishFailure(err error, eventID string) (int, string) {
+	switch {
+	case errors.Is(err, ErrBusy):
+		return http.StatusServiceUnavailable, "too many events in flight; retry with the same event_id"
+	case errors.Is(err, ErrSpoolFull):
+		return http.StatusServiceUnavailable, "the event store is unavailable and the local spool is full; retry with the same event_id"
+	default:
+		h.logger.Warn("publish failed", "err", err, "event_id", eventID)
+		return http.StatusServiceUnavailable, "the event store is unavailable; retry with the same event_id"
+	}
+}
+
+// itemResult is one event's outcome in a batch answer.
+type itemResult struct {
+	Index   int    `json:"index"`
+	EventID string `json:"event_id,omitempty"`
+	Status  string `json:"status"` // accepted, spooled, rejected, or unavailable (retry it)
+	Code    int    `json:"code"`   // the HTTP status the event alone would have got
+	Error   string `json:"error,omitempty"`
+	Field   string `json:"field,omitempty"`
+}
+
+// batchAnswer is the body of POST /ads/events.
+type batchAnswer struct {
+	Accepted    int          `json:"accepted"`
+	Spooled     int          `json:"spooled"`
+	Rejected    int          `json:"rejected"`
+	Unavailable int          `json:"unavailable"`
+	Results     []itemResult `json:"results"`
+}
+
+// acceptBatch takes a JSON array of up to MaxBatchEvents events of any type.
+// Each event stands alone: a bad one is rejected with its field, the others are
+// published concurrently (sharing the connection's pipeline). The answer is 200
+// with a result per item, in order, unless the body itself is unusable.
+func (h *Handlers) acceptBatch(c *gin.Context) {
+	body, ok := readJSONBody(c, MaxBatchBody, "1 MiB")
+	if !ok {
+		return
+	}
+	var raws []json.RawMessage
+	if err := json.Unmarshal(body, &raws); err != nil {
+		fail(c, http.StatusBadRequest, "", "body must be a JSON array of events")
+		return
+	}
+	if len(raws) == 0 {
+		fail(c, http.StatusBadRequest, "", "the batch is empty")
+		return
+	}
+	if len(raws) > MaxBatchEvents {
+		fail(c, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("a batch holds at most %d events, not %d", MaxBatchEvents, len(raws)))
+		return
+	}
+	results := make([]itemResult, len(raws))
+	var wg sync.WaitGroup
+	for i, raw := range raws {
+		ev, rej := h.prepare(c, raw, "")
+		results[i] = itemResult{Index: i, EventID: ev.EventID}
+		if rej != nil {
+			results[i].Status, results[i].Code, results[i].Error, results[i].Field = "rejected", rej.status, rej.msg, rej.field
+			if rej.status >= 500 {
+				results[i].Status = "unavailable"
+			}
+			continue
+		}
+		wg.Go(func() {
+			res, err := h.pub.Publish(c.Request.Context(), &ev)
+			if err != nil {
+				code, msg := h.publishFailure(err, ev.EventID)
+				results[i].Status, results[i].Code, results[i].Error = "unavailable", code, msg
+				return
+			}
+			results[i].Status, results[i].Code = string(res.Status), http.StatusAccepted
+		})
+	}
+	wg.Wait()
+	ans := batchAnswer{Results: results}
+	for _, r := range results {
+		switch r.Status {
+		case string(Accepted):
+			ans.Accepted++
+		case string(Spooled):
+			ans.Spooled++
+		case "rejected":
+			ans.Rejected++
+		default:
+			ans.Unavailable++
+		}
+	}
+	if ans.Unavailable > 0 {
+		c.Header("Retry-After", "1")
+	}
+	c.JSON(http.StatusOK, ans)
 }
 
 func isJSON(contentType string) bool {
@@ -148,11 +281,10 @@ func fail(c *gin.Context, status int, field, msg string) {
 	c.AbortWithStatusJSON(status, errorBody{Error: msg, Field: field})
 }
 
-func failEvent(c *gin.Context, err error) {
+func eventRejection(err error) *rejection {
 	var fe *event.FieldError
 	if errors.As(err, &fe) {
-		fail(c, http.StatusBadRequest, fe.Field, fe.Message)
-		return
+		return &rejection{http.StatusBadRequest, fe.Field, fe.Message}
 	}
-	fail(c, http.StatusBadRequest, "", err.Error())
+	return &rejection{http.StatusBadRequest, "", err.Error()}
 }

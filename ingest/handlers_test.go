@@ -28,7 +28,7 @@ func (k knownAds) Exists(id string) bool { return k[id] }
 // answer is 503 with Retry-After, never a 202.
 func TestIntakeOnRealJetStream(t *testing.T) {
 	srv := storetest.NATS(t)
-	js, _ := storetest.JetStream(t, srv)
+	js, nc := storetest.JetStream(t, srv)
 	ctx := context.Background()
 	stream, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour})
 	if err != nil {
@@ -36,7 +36,11 @@ func TestIntakeOnRealJetStream(t *testing.T) {
 	}
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
-	ingest.NewHandlers(ingest.NewPublisher(js, time.Second), knownAds{"ad-1": true}, event.Limits{MaxAge: time.Hour}, slog.New(slog.DiscardHandler)).Register(r)
+	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest.NewHandlers(pub, knownAds{"ad-1": true}, event.Limits{MaxAge: time.Hour}, slog.New(slog.DiscardHandler)).Register(r)
 	post := func(path, body string) (int, http.Header, map[string]any) {
 		t.Helper()
 		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))

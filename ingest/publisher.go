@@ -4,42 +4,180 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
+	"github.com/eapache/go-resiliency/breaker"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/ingest/spool"
 )
 
-// ErrUnavailable is returned by Publish when the stream did not acknowledge the
-// event: NATS is unreachable, or the publish timed out. The event is not accepted.
-var ErrUnavailable = errors.New("ingest: event stream unavailable")
+// Sentinels callers branch on. Each means the event was not accepted: the
+// client should retry with the same event_id.
+var (
+	// ErrUnavailable: the stream did not acknowledge the event and there is no
+	// spool to fall back on, or the spool failed.
+	ErrUnavailable = errors.New("ingest: event stream unavailable")
+	// ErrBusy: MaxPending publishes are already waiting for their acks.
+	ErrBusy = errors.New("ingest: too many events in flight")
+	// ErrSpoolFull: the stream is unavailable and the spool holds its bound.
+	ErrSpoolFull = errors.New("ingest: event stream unavailable and spool full")
+)
 
-// Publisher publishes validated events to the event stream. Safe for concurrent use.
+// Status says where an accepted event is.
+type Status string
+
+const (
+	// Accepted: the stream acknowledged the event.
+	Accepted Status = "accepted"
+	// Spooled: the stream was unavailable; the event is fsync'd in the local
+	// spool and the replayer publishes it once the stream answers.
+	Spooled Status = "spooled"
+)
+
+// Result is the outcome of an accepted event.
+type Result struct {
+	Status Status
+	// Duplicate is true when the stream already held this event_id (a retried
+	// request): stored once, counted once.
+	Duplicate bool
+}
+
+// PublisherOptions tune a Publisher; zero values pick the defaults.
+type PublisherOptions struct {
+	// Timeout bounds the wait for a PubAck (default 2s); past it the event is
+	// spooled.
+	Timeout time.Duration
+	// MaxPending bounds the publishes awaiting their acks (default 4096); beyond
+	// it Publish answers ErrBusy at once, so memory stays bounded under any load.
+	MaxPending int
+	// Spool receives events the stream did not take. Nil: such events fail
+	// with ErrUnavailable.
+	Spool *spool.Spool
+	// Breaker guards the stream: once open, events go straight to the spool
+	// instead of each waiting out Timeout. Default: open after 5 failures
+	// without a 2s quiet spell, probe again after 2s.
+	Breaker *breaker.Breaker
+	Logger  *slog.Logger
+	Metrics *Metrics
+}
+
+// Publisher publishes validated events to the event stream, pipelined: many
+// concurrent Publish calls share the connection, each waiting only for its own
+// PubAck. Safe for concurrent use.
 type Publisher struct {
+	nc      *nats.Conn
 	js      jetstream.JetStream
-	timeout time.Duration
+	opts    PublisherOptions
+	pending chan struct{}
+	logger  *slog.Logger
 }
 
-// NewPublisher returns a publisher that waits at most timeout for each PubAck.
-func NewPublisher(js jetstream.JetStream, timeout time.Duration) *Publisher {
-	return &Publisher{js: js, timeout: timeout}
+// NewPublisher returns a publisher on nc.
+func NewPublisher(nc *nats.Conn, opts PublisherOptions) (*Publisher, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 2 * time.Second
+	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = 4096
+	}
+	if opts.Breaker == nil {
+		opts.Breaker = breaker.New(5, 1, 2*time.Second)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	// The client's own bound on async publishes sits above ours, so that ours
+	// answers first (with a 503) instead of the client stalling requests.
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(opts.MaxPending+64),
+		jetstream.WithPublishAsyncTimeout(opts.Timeout))
+	if err != nil {
+		return nil, fmt.Errorf("ingest: jetstream: %w", err)
+	}
+	return &Publisher{nc: nc, js: js, opts: opts, pending: make(chan struct{}, opts.MaxPending),
+		logger: opts.Logger.With("component", "publisher")}, nil
 }
 
-// Publish sends ev on its subject with Nats-Msg-Id = ev.EventID and returns once
-// JetStream has stored it. duplicate is true when the stream already held that
-// event ID (a retried request): the event is stored once and counted once.
-// Errors wrap ErrUnavailable when the stream did not answer.
-func (p *Publisher) Publish(ctx context.Context, ev *event.Event) (duplicate bool, err error) {
+var errDisconnected = errors.New("ingest: not connected to NATS")
+
+// Publish stores ev in the stream with Nats-Msg-Id = ev.EventID, or in the
+// spool when the stream does not acknowledge it within Timeout (or the breaker
+// is open). It returns only once the event is durable in one or the other.
+// Errors wrap ErrBusy, ErrSpoolFull or ErrUnavailable; the event is then not
+// accepted, though a publish that timed out may still be stored (a retry with
+// the same event_id is deduplicated by the stream).
+func (p *Publisher) Publish(ctx context.Context, ev *event.Event) (Result, error) {
 	data, err := ev.Marshal()
+	if err != nil {
+		return Result{}, err
+	}
+	select {
+	case p.pending <- struct{}{}:
+	default:
+		p.opts.Metrics.outcome("busy")
+		return Result{}, ErrBusy
+	}
+	defer func() { <-p.pending }()
+
+	msg := &nats.Msg{Subject: ev.Subject(), Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{ev.EventID}}}
+	var dup bool
+	if p.nc.IsConnected() {
+		err = p.opts.Breaker.Run(func() error {
+			var err error
+			dup, err = p.publish(msg)
+			return err
+		})
+	} else {
+		// While reconnecting the client would buffer the message and the
+		// request would wait out Timeout for nothing. The breaker is for a
+		// connection that is up yet does not answer; it would only delay the
+		// first publishes after a reconnect.
+		err = errDisconnected
+	}
+	if err == nil {
+		if dup {
+			p.opts.Metrics.outcome("duplicate")
+		} else {
+			p.opts.Metrics.outcome(string(Accepted))
+		}
+		return Result{Status: Accepted, Duplicate: dup}, nil
+	}
+	if p.opts.Spool == nil {
+		p.opts.Metrics.outcome("unavailable")
+		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if serr := p.opts.Spool.Append(ctx, encodeSpooled(msg.Subject, ev.EventID, data)); serr != nil {
+		if errors.Is(serr, spool.ErrFull) {
+			p.opts.Metrics.outcome("spool_full")
+			return Result{}, fmt.Errorf("%w: %w", ErrSpoolFull, err)
+		}
+		p.opts.Metrics.outcome("unavailable")
+		return Result{}, fmt.Errorf("%w: %w (spool: %w)", ErrUnavailable, err, serr)
+	}
+	p.opts.Metrics.outcome(string(Spooled))
+	return Result{Status: Spooled}, nil
+}
+
+// publish sends msg and waits for its PubAck, at most Timeout. The request's
+// context is deliberately not consulted: once sent, the event may be stored, and
+// the caller must learn which way it went to spool it or not.
+func (p *Publisher) publish(msg *nats.Msg) (duplicate bool, err error) {
+	fut, err := p.js.PublishMsgAsync(msg)
 	if err != nil {
 		return false, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	ack, err := p.js.Publish(ctx, ev.Subject(), data, jetstream.WithMsgID(ev.EventID))
-	if err != nil {
-		return false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	timer := time.NewTimer(p.opts.Timeout)
+	defer timer.Stop()
+	select {
+	case ack := <-fut.Ok():
+		return ack.Duplicate, nil
+	case err := <-fut.Err():
+		return false, err
+	case <-timer.C:
+		return false, fmt.Errorf("ingest: no PubAck within %s", p.opts.Timeout)
 	}
-	return ack.Duplicate, nil
 }

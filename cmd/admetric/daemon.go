@@ -30,6 +30,7 @@ import (
 	"github.com/admetric/admetric/config"
 	"github.com/admetric/admetric/ingest"
 	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/ingest/spool"
 	"github.com/admetric/admetric/store"
 )
 
@@ -59,6 +60,7 @@ type daemon struct {
 	nc       *nats.Conn
 	pg       *store.LocalPostgres
 	db       *bun.DB
+	spool    *spool.Spool
 
 	httpSrv *http.Server
 	httpLn  net.Listener
@@ -77,9 +79,6 @@ type daemon struct {
 // deadLetterMaxAge is how long poison messages wait in ADMETRIC_DLQ for someone
 // to look at them.
 const deadLetterMaxAge = 30 * 24 * time.Hour
-
-// publishTimeout bounds the wait for a PubAck before a request answers 503.
-const publishTimeout = 5 * time.Second
 
 // startDaemon starts every part in dependency order. On error it stops what it
 // had started and returns a nil daemon. The caller calls shutdown.
@@ -115,7 +114,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 	if err != nil {
 		return d, fmt.Errorf("jetstream: %w", err)
 	}
-	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Replicas: cfg.NATSReplicas, Partitions: cfg.Partitions}); err != nil {
+	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Duplicates: cfg.DuplicateWindow, Replicas: cfg.NATSReplicas, Partitions: cfg.Partitions}); err != nil {
 		return d, err
 	}
 	if err := store.EnsureDeadLetterStream(ctx, js, deadLetterMaxAge, cfg.NATSReplicas); err != nil {
@@ -195,7 +194,11 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 		adHandlers.Register(engine)
 		api.NewAnalyticsHandler(rollups, catalog, logger).Register(engine)
 		limits := event.Limits{MaxAge: layout.MaxRetention()}
-		ingest.NewHandlers(ingest.NewPublisher(js, publishTimeout), catalog, limits, logger).Register(engine)
+		pub, err := d.startIntake(workCtx, dataDir, reg)
+		if err != nil {
+			return d, err
+		}
+		ingest.NewHandlers(pub, catalog, limits, logger).Register(engine)
 	}
 	api.RegisterHealth(engine, map[string]api.Check{
 		"nats": func(context.Context) error {
@@ -330,6 +333,36 @@ func (d *daemon) wait(ctx context.Context) error {
 	}
 }
 
+// startIntake opens the spool under dataDir and starts its replayer, and returns
+// the publisher that falls back on it.
+func (d *daemon) startIntake(workCtx context.Context, dataDir string, reg prometheus.Registerer) (*ingest.Publisher, error) {
+	sp, err := spool.Open(filepath.Join(dataDir, "spool"), spool.Options{
+		MaxBytes: int64(d.cfg.SpoolMaxBytes),
+		Logger:   d.logger.With("component", "spool"),
+		Metrics:  spool.NewMetrics(reg),
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.spool = sp
+	if !sp.Empty() {
+		d.logger.Warn("the spool holds events from an earlier run; replaying them", "bytes", sp.Bytes())
+	}
+	metrics := ingest.NewMetrics(reg)
+	pub, err := ingest.NewPublisher(d.nc, ingest.PublisherOptions{
+		Timeout: d.cfg.PublishTimeout, MaxPending: d.cfg.MaxPendingPublishes, Spool: sp, Logger: d.logger, Metrics: metrics,
+	})
+	if err != nil {
+		return nil, err
+	}
+	replayer, err := ingest.NewReplayer(d.nc, sp, d.logger, metrics)
+	if err != nil {
+		return nil, err
+	}
+	d.goWorker(workCtx, "spool-replayer", replayer.Run)
+	return pub, nil
+}
+
 // shutdown stops the parts in order: HTTP (in-flight requests finish), then the
 // consumers (each finishes its batch), then NATS, then PostgreSQL. Parts never
 // started are skipped. Every step shares ctx's deadline.
@@ -348,6 +381,12 @@ func (d *daemon) shutdown(ctx context.Context) error {
 		case <-done:
 		case <-ctx.Done():
 			errs = append(errs, errors.New("consumers did not stop in time"))
+		}
+	}
+	if d.spool != nil {
+		// After HTTP: no request can append any more.
+		if err := d.spool.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("spool: %w", err))
 		}
 	}
 	if d.nc != nil {
