@@ -1,0 +1,463 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/storetest"
+)
+
+// buildNATSServer compiles the nats-server of go.mod (from the module cache,
+// offline) for the tests that run NATS as a child process they can stop.
+func buildNATSServer(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "nats-server")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build nats-server: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// natsProc is nats-server with JetStream running as a child process.
+type natsProc struct {
+	cmd    *exec.Cmd
+	url    string
+	exited chan error
+	reaped bool
+}
+
+// startNATSServer starts bin with JetStream on 127.0.0.1:port, its store in
+// storeDir, and waits until it logs that it is ready.
+func startNATSServer(t *testing.T, bin, port, storeDir string) *natsProc {
+	t.Helper()
+	cmd := exec.Command(bin, "-js", "-sd", storeDir, "-a", "127.0.0.1", "-p", port)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		t.Fatal(err)
+	}
+	pw.Close() // the child holds its own copy: EOF once it exits
+	n := &natsProc{cmd: cmd, url: "nats://127.0.0.1:" + port, exited: make(chan error, 1)}
+	ready := make(chan struct{})
+	var (
+		mu   sync.Mutex
+		tail []string // the last lines, for a start that fails
+	)
+	go func() {
+		defer pr.Close()
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		once := sync.Once{}
+		for sc.Scan() {
+			line := sc.Text()
+			mu.Lock()
+			tail = append(tail, line)
+			if len(tail) > 30 {
+				tail = tail[1:]
+			}
+			mu.Unlock()
+			if strings.Contains(line, "Server is ready") {
+				once.Do(func() { close(ready) })
+			}
+			if strings.Contains(line, "[ERR]") || strings.Contains(line, "[FTL]") {
+				t.Logf("nats-server: %s", line)
+			}
+		}
+		_, _ = io.Copy(io.Discard, pr)
+		n.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if !n.reaped {
+			_ = cmd.Process.Kill()
+			<-n.exited
+		}
+	})
+	select {
+	case <-ready:
+		return n
+	case err := <-n.exited:
+		n.reaped = true
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("nats-server exited before it was ready: %v\n%s", err, strings.Join(tail, "\n"))
+	case <-time.After(time.Minute):
+		t.Fatal("nats-server was not ready within a minute")
+	}
+	return nil
+}
+
+// stop SIGTERMs nats-server and waits until it is gone; it returns when it
+// exited.
+func (n *natsProc) stop(t *testing.T) time.Time {
+	t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-n.exited:
+		n.reaped = true
+		if err != nil {
+			t.Logf("nats-server exited after SIGTERM: %v", err)
+		}
+		return time.Now()
+	case <-time.After(30 * time.Second):
+		t.Fatal("nats-server did not exit within 30 s of SIGTERM")
+	}
+	return time.Time{}
+}
+
+// createCrashAds creates the ads newWorkload spreads its events over.
+func createCrashAds(t *testing.T, c client, ads int) {
+	t.Helper()
+	for i := range ads {
+		body, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("crash-ad-%03d", i), "title": "outage"})
+		if status, resp := c.do(http.MethodPost, "/ads", testToken, "application/json", body); status != http.StatusCreated {
+			t.Fatalf("create ad: %d %v", status, resp)
+		}
+	}
+}
+
+// answer is what one POST of an event got, and when.
+type answer struct {
+	sent, answered time.Time
+	code           int
+	status         string // the body's status: "accepted", "spooled", ...
+	err            error
+}
+
+// postOnce posts the events first..last-1 of w exactly once each (no retry),
+// from workers goroutines, no faster than perSecond in all (0: no bound), and
+// records each answer in answers[i]. answered counts the answers so far.
+func (w *workload) postOnce(t *testing.T, base string, first, last, workers int, perSecond float64, answers []answer, answered *atomic.Int64) {
+	t.Helper()
+	hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	defer hc.CloseIdleConnections()
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := range next {
+				a := &answers[i] // this worker's alone
+				a.sent = time.Now()
+				resp, err := hc.Post(base+w.paths[i], "application/json", bytes.NewReader(w.bodies[i]))
+				if err != nil {
+					a.err = err
+				} else {
+					var body struct {
+						EventID string `json:"event_id"`
+						Status  string `json:"status"`
+					}
+					raw, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					a.code = resp.StatusCode
+					if json.Unmarshal(raw, &body) != nil {
+						a.err = fmt.Errorf("body not JSON: %q", raw)
+					} else if a.status = body.Status; resp.StatusCode == http.StatusAccepted && !strings.Contains(string(w.bodies[i]), `"event_id":"`+body.EventID+`"`) {
+						a.err = fmt.Errorf("answer names event %q: %s", body.EventID, raw)
+					} else if resp.StatusCode != http.StatusAccepted {
+						a.err = fmt.Errorf("%s", raw)
+					}
+				}
+				a.answered = time.Now()
+				answered.Add(1)
+			}
+		})
+	}
+	start := time.Now()
+	for i := first; i < last; i++ {
+		if perSecond > 0 {
+			if d := time.Until(start.Add(time.Duration(float64(i-first) / perSecond * float64(time.Second)))); d > 0 {
+				time.Sleep(d) // pacing, so that the load spans the outage
+			}
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+// checkAnswers fails the test for every answer but 202 "accepted" or
+// "spooled" (the first few in detail) and returns how many of each there were.
+func checkAnswers(t *testing.T, answers []answer) (accepted, spooled int) {
+	t.Helper()
+	bad := 0
+	for i, a := range answers {
+		switch {
+		case a.err == nil && a.code == http.StatusAccepted && a.status == "accepted":
+			accepted++
+		case a.err == nil && a.code == http.StatusAccepted && a.status == "spooled":
+			spooled++
+		default:
+			if bad++; bad <= 10 {
+				t.Errorf("event %d: status %d %q after %s: %v", i, a.code, a.status, a.answered.Sub(a.sent).Round(time.Millisecond), a.err)
+			}
+		}
+	}
+	if bad > 10 {
+		t.Errorf("... %d events in all were not answered 202 accepted or spooled", bad)
+	}
+	return accepted, spooled
+}
+
+// spoolSegments lists the segment files in dataDir/spool.
+func spoolSegments(t *testing.T, dataDir string) []string {
+	t.Helper()
+	segs, err := filepath.Glob(filepath.Join(dataDir, "spool", "*.seg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return segs
+}
+
+// waitSettled waits until the 30-day analytics match w exactly and the spool
+// in dataDir is drained, then until the archive holds exactly one row per
+// event of w. It returns how long the analytics took.
+func waitSettled(t *testing.T, c client, w *workload, dataDir, dsn string, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(timeout)
+	var mismatch string
+	var segs []string
+	for {
+		segs = spoolSegments(t, dataDir)
+		mismatch = checkCrashAnalytics(t, c, w)
+		if mismatch == "" && len(segs) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if mismatch != "" {
+		t.Fatalf("analytics after %s: %s", time.Since(start).Round(time.Millisecond), mismatch)
+	}
+	if len(segs) != 0 {
+		t.Fatalf("the spool still holds %v after %s", segs, time.Since(start).Round(time.Millisecond))
+	}
+	took := time.Since(start)
+
+	db, err := store.OpenPostgres(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	want := len(w.bodies)
+	for {
+		var rows, distinct int
+		if err := db.NewRaw("SELECT count(*), count(DISTINCT event_id) FROM events").Scan(context.Background(), &rows, &distinct); err != nil {
+			t.Fatal(err)
+		}
+		if rows == want && distinct == want {
+			break
+		}
+		if rows > want || time.Now().After(deadline) {
+			t.Fatalf("archive holds %d rows (%d distinct), want %d", rows, distinct, want)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return took
+}
+
+// outageEnv is the environment of admetric against an external nats-server.
+func outageEnv(natsURL, dataDir, dsn string) map[string]string {
+	return map[string]string{
+		"HTTP_ADDR":    "127.0.0.1:0",
+		"NATS_URL":     natsURL,
+		"DATA_DIR":     dataDir,
+		"DATABASE_URL": dsn,
+		"ADMIN_TOKEN":  testToken,
+		"VISITOR_SALT": "outage-test-salt-outage-test-salt-01",
+		"PARTITIONS":   "4",
+		"LOG_LEVEL":    "info", // startProc waits for the info line "admetric is up"
+	}
+}
+
+// TestNATSOutageSpools stops the external nats-server for more than 10 seconds
+// in the middle of a paced load of 24,000 events posted once each, and starts
+// it again on the same port and store. Every POST is answered 202, "accepted"
+// or "spooled"; none sent while NATS was down is answered "accepted"; once
+// NATS is back events are accepted again, the spool drains, each ad's 30-day
+// analytics equal the events exactly, and the archive holds one row per event.
+func TestNATSOutageSpools(t *testing.T) {
+	const (
+		events    = 24_000
+		ads       = 100
+		visitors  = 5_000
+		workers   = 32
+		perSecond = 1_000
+		outageAt  = events / 4 // answers before NATS is stopped
+		minOutage = 10 * time.Second
+	)
+	bin := buildBinary(t)
+	natsBin := buildNATSServer(t)
+	natsPort, natsDir := freePort(t), t.TempDir()
+	ns := startNATSServer(t, natsBin, natsPort, natsDir)
+	pg := storetest.Postgres(t)
+	dataDir := testDataDir(t)
+	p := startProc(t, bin, outageEnv(ns.url, dataDir, pg.DSN()))
+	c := client{t: t, base: "http://" + p.httpAddr}
+	createCrashAds(t, c, ads)
+
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("workload seed %d", seed)
+	w := newWorkload(events, ads, visitors, seed)
+	answers := make([]answer, events)
+	var answered atomic.Int64
+	loadStart := time.Now()
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		w.postOnce(t, c.base, 0, events, workers, perSecond, answers, &answered)
+	}()
+	waitAnswers := func(n int64, what string) {
+		t.Helper()
+		for answered.Load() < n {
+			select {
+			case <-loadDone:
+				t.Fatalf("the load finished before %s", what)
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	waitAnswers(outageAt, "the outage")
+	stopAt := time.Now()
+	downAt := ns.stop(t)
+	t.Logf("nats-server stopped after %d answers (%s after SIGTERM)", answered.Load(), downAt.Sub(stopAt).Round(time.Millisecond))
+	select {
+	case <-loadDone:
+		t.Fatal("the load finished during the outage")
+	case <-time.After(time.Until(downAt.Add(minOutage))):
+	}
+	restartAt := time.Now()
+	answeredAtRestart := answered.Load()
+	startNATSServer(t, natsBin, natsPort, natsDir) // same port and store
+	upAt := time.Now()
+	t.Logf("nats-server down %s (SIGTERM to ready again %s); restarted after %d answers",
+		restartAt.Sub(downAt).Round(time.Millisecond), upAt.Sub(stopAt).Round(time.Millisecond), answeredAtRestart)
+	if answeredAtRestart >= events-workers {
+		t.Fatal("the load was over before NATS came back")
+	}
+	<-loadDone
+	t.Logf("load of %d events took %s", events, time.Since(loadStart).Round(time.Millisecond))
+
+	accepted, spooled := checkAnswers(t, answers)
+	var downSent, downSpooled, downAccepted, afterAccepted, afterSpooled int
+	for _, a := range answers {
+		if a.sent.After(downAt) && a.answered.Before(restartAt) {
+			// Sent once the server was gone, answered before the new one
+			// existed: nobody could have acknowledged it.
+			downSent++
+			switch a.status {
+			case "spooled":
+				downSpooled++
+			case "accepted":
+				downAccepted++
+			}
+		}
+		if a.sent.After(upAt) {
+			switch a.status {
+			case "accepted":
+				afterAccepted++
+			case "spooled":
+				afterSpooled++
+			}
+		}
+	}
+	t.Logf("answers: %d accepted, %d spooled; sent and answered while NATS was down: %d, of which %d spooled; sent after it was back: %d accepted, %d spooled",
+		accepted, spooled, downSent, downSpooled, afterAccepted, afterSpooled)
+	if spooled == 0 || downSpooled == 0 {
+		t.Errorf("no event was spooled (%d in all, %d while NATS was down)", spooled, downSpooled)
+	}
+	if downAccepted > 0 {
+		t.Errorf("%d events sent while NATS was down were answered accepted", downAccepted)
+	}
+	if afterAccepted == 0 {
+		t.Errorf("no event sent after NATS was back was accepted (%d spooled)", afterSpooled)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	took := waitSettled(t, c, w, dataDir, pg.DSN(), 90*time.Second)
+	t.Logf("analytics exact and spool drained %s after the load", took.Round(time.Millisecond))
+}
+
+// TestSpooledEventsSurviveSIGKILL: events spooled while NATS is down survive a
+// SIGKILL of admetric in its spool segments, and the next start on the same
+// DATA_DIR replays them once NATS is back: every event counted and archived
+// exactly once.
+func TestSpooledEventsSurviveSIGKILL(t *testing.T) {
+	const (
+		before  = 20 // posted while NATS is up
+		spooled = 500
+		ads     = 10
+		workers = 8
+	)
+	bin := buildBinary(t)
+	natsBin := buildNATSServer(t)
+	natsPort, natsDir := freePort(t), t.TempDir()
+	ns := startNATSServer(t, natsBin, natsPort, natsDir)
+	pg := storetest.Postgres(t)
+	dataDir := testDataDir(t)
+	env := outageEnv(ns.url, dataDir, pg.DSN())
+	p := startProc(t, bin, env)
+	c := client{t: t, base: "http://" + p.httpAddr}
+	createCrashAds(t, c, ads)
+
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("workload seed %d", seed)
+	w := newWorkload(before+spooled, ads, 200, seed)
+	answers := make([]answer, len(w.bodies))
+	var answered atomic.Int64
+	w.postOnce(t, c.base, 0, before, 1, 0, answers, &answered)
+	if accepted, _ := checkAnswers(t, answers[:before]); accepted != before {
+		t.Fatalf("%d of %d events accepted while NATS was up", accepted, before)
+	}
+
+	ns.stop(t)
+	start := time.Now()
+	w.postOnce(t, c.base, before, before+spooled, workers, 0, answers, &answered)
+	accepted, nSpooled := checkAnswers(t, answers[before:])
+	t.Logf("%d events spooled in %s while NATS was down", nSpooled, time.Since(start).Round(time.Millisecond))
+	if nSpooled != spooled {
+		t.Fatalf("%d of %d events spooled while NATS was down (%d accepted)", nSpooled, spooled, accepted)
+	}
+
+	p.kill(t)
+	segs := spoolSegments(t, dataDir)
+	var size int64
+	for _, s := range segs {
+		if info, err := os.Stat(s); err == nil {
+			size += info.Size()
+		}
+	}
+	t.Logf("after SIGKILL the spool holds %d segments, %d bytes", len(segs), size)
+	if len(segs) == 0 || size == 0 {
+		t.Fatalf("no spool segment with data under %s after the SIGKILL: %v", dataDir, segs)
+	}
+
+	startNATSServer(t, natsBin, natsPort, natsDir) // same port and store
+	p = startProc(t, bin, env)
+	c = client{t: t, base: "http://" + p.httpAddr}
+	took := waitSettled(t, c, w, dataDir, pg.DSN(), 45*time.Second)
+	t.Logf("analytics exact and spool drained %s after the restart", took.Round(time.Millisecond))
+}
