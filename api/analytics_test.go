@@ -65,7 +65,7 @@ func TestAnalyticsWindows(t *testing.T) {
 
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
-	api.NewAnalyticsHandler(rollups, staticCatalog{"a", "b"}, slog.New(slog.DiscardHandler)).Register(r)
+	api.NewAnalyticsHandler(rollups, layout, staticCatalog{"a", "b"}, slog.New(slog.DiscardHandler), api.AnalyticsOptions{}).Register(r)
 	get := func(query string) (int, api.Report) {
 		t.Helper()
 		rec := httptest.NewRecorder()
@@ -108,6 +108,90 @@ func TestAnalyticsWindows(t *testing.T) {
 	for _, q := range []string{"timeframe=2d", "ad_id=x.y", "ad_id=zzz"} {
 		if code, _ := get(q); code/100 != 4 {
 			t.Errorf("%s: status %d, want 4xx", q, code)
+		}
+	}
+
+	// from/to: any range within retention, here the day 2 days ago.
+	day := now.Add(-48 * time.Hour).Truncate(24 * time.Hour)
+	q := "from=" + day.Format(time.RFC3339) + "&to=" + day.Add(24*time.Hour).Format(time.RFC3339) + "&ad_id=a"
+	if code, rep := get(q); code != http.StatusOK || rep.Ads[0].Clicks != 5 || rep.Ads[0].Impressions != 10 ||
+		!rep.From.Equal(day) || !rep.To.Equal(day.Add(24*time.Hour)) || rep.Timeframe != "" {
+		t.Errorf("%s: %d %+v, want the 5 clicks and 10 impressions of that day", q, code, rep)
+	}
+
+	// A daily series over 30 days: the points sum to the whole, and the clicks
+	// land on their days.
+	code, rep := get("timeframe=30d&interval=day&ad_id=a")
+	if code != http.StatusOK || rep.Interval != "day" || rep.TZ != "UTC" {
+		t.Fatalf("daily series: %d %+v", code, rep)
+	}
+	pts := rep.Ads[0].Series
+	if len(pts) != 31 || len(rep.Total.Series) != 31 {
+		t.Fatalf("daily series over 30d has %d points (total %d), want 31 (the window aligned to days)", len(pts), len(rep.Total.Series))
+	}
+	var sum uint64
+	byDay := map[string]uint64{}
+	for i, p := range pts {
+		sum += p.Clicks
+		byDay[p.From.Format(time.DateOnly)] = p.Clicks
+		if i > 0 && !p.From.Equal(pts[i-1].To) {
+			t.Errorf("point %d starts at %s, not where point %d ended (%s)", i, p.From, i-1, pts[i-1].To)
+		}
+	}
+	if sum != rep.Ads[0].Clicks || sum != 15 {
+		t.Errorf("daily points sum to %d clicks, the whole to %d, want 15", sum, rep.Ads[0].Clicks)
+	}
+	if byDay[now.Format(time.DateOnly)] != 3 || byDay[now.Add(-48*time.Hour).Format(time.DateOnly)] != 5 || byDay[now.Add(-20*24*time.Hour).Format(time.DateOnly)] != 7 {
+		t.Errorf("clicks by day %v, want 3 today, 5 two days ago, 7 twenty days ago", byDay)
+	}
+
+	// Hours in a time zone with a half-hour offset still tile exactly.
+	code, rep = get("timeframe=6h&interval=hour&tz=Asia/Kolkata&ad_id=a&ad_id=b")
+	if code != http.StatusOK || rep.TZ != "Asia/Kolkata" || len(rep.Total.Series) < 6 || len(rep.Total.Series) > 7 {
+		t.Fatalf("hourly series in Asia/Kolkata: %d %+v", code, rep)
+	}
+	if rep.Total.Series[0].From.Minute() != 30 {
+		t.Errorf("Kolkata hours start at %s, want half past a UTC hour", rep.Total.Series[0].From)
+	}
+	var total uint64
+	for _, p := range rep.Total.Series {
+		total += p.Clicks
+	}
+	if total != 7 || rep.Total.Clicks != 7 {
+		t.Errorf("hourly total points %d, total %d, want 7", total, rep.Total.Clicks)
+	}
+
+	// Paging: the total covers every ad, the page only some.
+	if code, rep := get("timeframe=1h&limit=1&offset=1"); code != http.StatusOK || rep.TotalAds != 2 || len(rep.Ads) != 1 || rep.Ads[0].AdID != "a" || rep.Total.Clicks != 7 {
+		t.Errorf("second page of one: %d %+v, want ad a and the total of both", code, rep)
+	}
+	if code, rep := get("timeframe=1h&offset=5"); code != http.StatusOK || len(rep.Ads) != 0 || rep.TotalAds != 2 {
+		t.Errorf("page past the end: %d %+v", code, rep)
+	}
+
+	old := now.Add(-10 * 24 * time.Hour).Format(time.RFC3339)
+	for _, tc := range []struct{ query, field string }{
+		{"timeframe=1h&from=" + old + "&to=" + now.Format(time.RFC3339), "timeframe"},
+		{"from=yesterday&to=" + now.Format(time.RFC3339), "from"},
+		{"from=" + old, "to"},
+		{"from=" + now.Format(time.RFC3339) + "&to=" + old, "to"},
+		{"from=1990-01-01T00:00:00Z&to=1990-01-02T00:00:00Z", "from"},
+		{"interval=week", "interval"},
+		{"timeframe=30d&interval=minute", "interval"},
+		{"from=" + old + "&to=" + now.Format(time.RFC3339) + "&interval=minute", "interval"},
+		{"from=" + now.Add(-48*time.Hour).Format(time.RFC3339) + "&to=" + now.Format(time.RFC3339) + "&interval=minute", "interval"}, // 2,880 points
+		{"tz=Mars/Olympus", "tz"},
+		{"tz=Local", "tz"},
+		{"limit=0", "limit"},
+		{"limit=many", "limit"},
+		{"offset=-1", "offset"},
+	} {
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ads/analytics?"+tc.query, nil))
+		var body struct{ Error, Field string }
+		_ = json.Unmarshal(rec.Body.Bytes(), &body)
+		if rec.Code != http.StatusBadRequest || body.Field != tc.field || body.Error == "" {
+			t.Errorf("%s: %d %s, want 400 naming %s", tc.query, rec.Code, rec.Body.String(), tc.field)
 		}
 	}
 }

@@ -192,7 +192,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 			logger.Warn("ad management is disabled: POST, PUT and DELETE /ads answer 403 until ADMIN_TOKEN is set")
 		}
 		adHandlers.Register(engine)
-		api.NewAnalyticsHandler(rollups, catalog, logger).Register(engine)
+		api.NewAnalyticsHandler(rollups, layout, catalog, logger, api.AnalyticsOptions{}).Register(engine)
 		limits := event.Limits{MaxAge: layout.MaxRetention()}
 		pub, err := d.startIntake(workCtx, dataDir, reg)
 		if err != nil {

@@ -12,6 +12,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	// The tz parameter of the analytics takes IANA names; a minimal container
+	// image has no zoneinfo of its own.
+	_ "time/tzdata"
 
 	"github.com/admetric/admetric/config"
 )
