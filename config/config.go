@@ -133,6 +133,17 @@ type Config struct {
 	// intake answers 503 (MAX_PENDING_PUBLISHES, default 4096).
 	MaxPendingPublishes int
 
+	// CacheMaxBytes bounds the in-memory rollup cache that analytics read
+	// through (CACHE_MAX_BYTES, default 268435456, 256 MiB).
+	CacheMaxBytes int
+	// CacheIdle drops rollups from the cache when no query read them for this
+	// long (CACHE_IDLE, default 15m).
+	CacheIdle time.Duration
+	// SnapshotInterval is how often the cached rollups are written to
+	// DATA_DIR/analytics.snapshot, which answers (marked stale) while NATS is
+	// unreachable (SNAPSHOT_INTERVAL, default 10s).
+	SnapshotInterval time.Duration
+
 	// ShutdownTimeout bounds a graceful shutdown (SHUTDOWN_TIMEOUT, default 10s).
 	ShutdownTimeout time.Duration
 	// CatalogRefresh is how often the in-memory ad catalog is reloaded from
@@ -200,6 +211,9 @@ func options() []option {
 		intOpt("SPOOL_MAX_BYTES", "1073741824", func(c *Config) *int { return &c.SpoolMaxBytes }),
 		durationOpt("PUBLISH_TIMEOUT", "2s", func(c *Config) *time.Duration { return &c.PublishTimeout }),
 		intOpt("MAX_PENDING_PUBLISHES", "4096", func(c *Config) *int { return &c.MaxPendingPublishes }),
+		intOpt("CACHE_MAX_BYTES", "268435456", func(c *Config) *int { return &c.CacheMaxBytes }),
+		durationOpt("CACHE_IDLE", "15m", func(c *Config) *time.Duration { return &c.CacheIdle }),
+		durationOpt("SNAPSHOT_INTERVAL", "10s", func(c *Config) *time.Duration { return &c.SnapshotInterval }),
 
 		{
 			name:     "DATABASE_URL",
@@ -475,6 +489,11 @@ func (c *Config) validate() []error {
 		add(invalidf("SPOOL_MAX_BYTES", "%d is below the minimum of 1048576 (1 MiB)", c.SpoolMaxBytes))
 	}
 	add(checkPositive("PUBLISH_TIMEOUT", c.PublishTimeout))
+	if c.CacheMaxBytes < 1<<20 {
+		add(invalidf("CACHE_MAX_BYTES", "%d is below the minimum of 1048576 (1 MiB)", c.CacheMaxBytes))
+	}
+	add(checkPositive("CACHE_IDLE", c.CacheIdle))
+	add(checkPositive("SNAPSHOT_INTERVAL", c.SnapshotInterval))
 	if c.MaxPendingPublishes < 1 || c.MaxPendingPublishes > 1<<20 {
 		add(invalidf("MAX_PENDING_PUBLISHES", "%d is out of range 1..1048576", c.MaxPendingPublishes))
 	}

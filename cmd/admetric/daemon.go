@@ -66,8 +66,10 @@ type daemon struct {
 	httpLn  net.Listener
 	httpErr chan error
 
-	// For the maintenance commands (rebuild): what the roles use.
+	// For the maintenance commands (rebuild): what the roles use. rollups is
+	// nil until NATS is reachable, when the API started without it.
 	js      jetstream.JetStream
+	mu      sync.Mutex
 	rollups *store.Rollups
 	salt    []byte
 
@@ -83,7 +85,7 @@ const deadLetterMaxAge = 30 * 24 * time.Hour
 // startDaemon starts every part in dependency order. On error it stops what it
 // had started and returns a nil daemon. The caller calls shutdown.
 func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.Logger) (d *daemon, err error) {
-	d = &daemon{cfg: cfg, role: r, logger: logger, httpErr: make(chan error, 1), workerErr: make(chan error, cfg.Partitions+5)}
+	d = &daemon{cfg: cfg, role: r, logger: logger, httpErr: make(chan error, 1), workerErr: make(chan error, cfg.Partitions+10)}
 	defer func() {
 		if err != nil {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
@@ -114,18 +116,29 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 	if err != nil {
 		return d, fmt.Errorf("jetstream: %w", err)
 	}
-	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Duplicates: cfg.DuplicateWindow, Replicas: cfg.NATSReplicas, Partitions: cfg.Partitions}); err != nil {
-		return d, err
-	}
-	if err := store.EnsureDeadLetterStream(ctx, js, deadLetterMaxAge, cfg.NATSReplicas); err != nil {
-		return d, err
-	}
 	layout := store.NewLayout(store.Retentions{Minute: cfg.MinuteRetention, Hour: cfg.HourRetention, Day: cfg.DayRetention})
-	rollups, err := store.OpenRollups(ctx, js, layout, cfg.NATSReplicas)
-	if err != nil {
-		return d, err
+	d.js, d.salt = js, salt
+	var rollups *store.Rollups
+	if !cfg.EmbeddedNATS() {
+		// The first connection attempt runs in the background; give it a moment.
+		for i := 0; i < 30 && !d.nc.IsConnected(); i++ {
+			sleepFor(ctx, 100*time.Millisecond)
+		}
 	}
-	d.js, d.rollups, d.salt = js, rollups, salt
+	if d.nc.IsConnected() || !r.api {
+		rollups, err = d.openStreams(ctx, layout)
+	} else {
+		err = errors.New("not connected to NATS_URL")
+	}
+	if err != nil {
+		// The API can start without NATS: intake spools, analytics answer from
+		// the snapshot. Anything else needs the streams.
+		if !r.api || cfg.EmbeddedNATS() || d.nc.IsConnected() {
+			return d, err
+		}
+		logger.Warn("NATS is unreachable: starting without it; intake spools events and analytics answer from the last snapshot until it is back", "err", err)
+	}
+	d.rollups = rollups
 
 	if err := d.startPostgres(ctx, dataDir); err != nil {
 		return d, err
@@ -149,22 +162,28 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 	workCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	d.stopWorkers = stop
 
+	var aggMetrics *aggregator.Metrics
 	if r.aggregator {
-		metrics := aggregator.NewMetrics(reg)
-		members, err := aggregator.NewMembers(ctx, js, instanceID(), logger)
-		if err != nil {
-			return d, err
-		}
-		d.goWorker(workCtx, "members", members.Run)
-		for p := range cfg.Partitions {
-			w := aggregator.NewRollupWriter(js, rollups, logger, metrics, aggregator.RollupWriterOptions{
-				Partition: p, Partitions: cfg.Partitions, Members: members, VisitorSalt: salt,
-			})
-			d.goWorker(workCtx, "rollup-writer", w.Run)
-		}
-		d.goWorker(workCtx, "archiver", aggregator.NewArchiver(js, store.NewArchive(d.db), logger, metrics, aggregator.ArchiverOptions{}).Run)
+		aggMetrics = aggregator.NewMetrics(reg)
 	}
-
+	// What needs the streams starts now, or once NATS is reachable.
+	var analytics *api.AnalyticsHandler
+	snapshots := &snapshotFile{path: filepath.Join(dataDir, "analytics.snapshot"), layout: layout}
+	withStreams := func(ctx context.Context, rollups *store.Rollups) error {
+		if r.aggregator {
+			if err := d.startAggregation(ctx, workCtx, rollups, aggMetrics); err != nil {
+				return err
+			}
+		}
+		if analytics != nil {
+			cache, err := d.startCache(workCtx, rollups, snapshots, reg)
+			if err != nil {
+				return err
+			}
+			analytics.SetLive(cache)
+		}
+		return nil
+	}
 	if !r.api && !r.aggregator {
 		return d, nil // a maintenance command: no HTTP
 	}
@@ -192,13 +211,43 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 			logger.Warn("ad management is disabled: POST, PUT and DELETE /ads answer 403 until ADMIN_TOKEN is set")
 		}
 		adHandlers.Register(engine)
-		api.NewAnalyticsHandler(rollups, layout, catalog, logger, api.AnalyticsOptions{}).Register(engine)
+		analytics = api.NewAnalyticsHandler(nil, layout, catalog, logger, api.AnalyticsOptions{
+			LiveUp:   d.nc.IsConnected,
+			Snapshot: snapshots.latest,
+		})
+		analytics.Register(engine)
 		limits := event.Limits{MaxAge: layout.MaxRetention()}
 		pub, err := d.startIntake(workCtx, dataDir, reg)
 		if err != nil {
 			return d, err
 		}
 		ingest.NewHandlers(pub, catalog, limits, logger).Register(engine)
+	}
+	if rollups != nil {
+		if err := withStreams(ctx, rollups); err != nil {
+			return d, err
+		}
+	} else {
+		d.goWorker(workCtx, "streams", func(ctx context.Context) error {
+			for {
+				if !sleepFor(ctx, 2*time.Second) {
+					return nil
+				}
+				rollups, err := d.openStreams(ctx, layout)
+				if err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					logger.Debug("NATS still unreachable", "err", err)
+					continue
+				}
+				logger.Info("NATS is reachable: streams and rollups open")
+				d.mu.Lock()
+				d.rollups = rollups
+				d.mu.Unlock()
+				return withStreams(ctx, rollups)
+			}
+		})
 	}
 	api.RegisterHealth(engine, map[string]api.Check{
 		"nats": func(context.Context) error {
@@ -224,8 +273,15 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	go func() { d.httpErr <- d.httpSrv.Serve(d.httpLn) }()
+	commits := "unknown until NATS is reachable"
+	if rollups != nil {
+		commits = "per key"
+		if rollups.Atomic() {
+			commits = "atomic batches"
+		}
+	}
 	logger.Info("admetric is up", "http", "http://"+d.httpLn.Addr().String(), "nats", d.natsURL(),
-		"api", r.api, "aggregator", r.aggregator, "partitions", cfg.Partitions, "atomic_commits", rollups.Atomic())
+		"api", r.api, "aggregator", r.aggregator, "partitions", cfg.Partitions, "commits", commits)
 	return d, nil
 }
 
@@ -330,6 +386,110 @@ func (d *daemon) wait(ctx context.Context) error {
 		return fmt.Errorf("http: %w", err)
 	case err := <-d.workerErr:
 		return err
+	}
+}
+
+// openStreams creates or checks the event stream, the dead-letter stream and
+// the rollup buckets. Each try is bounded, so that an unreachable NATS fails
+// it rather than blocking start-up.
+func (d *daemon) openStreams(ctx context.Context, layout store.Layout) (*store.Rollups, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cfg := d.cfg
+	if _, err := store.EnsureStream(ctx, d.js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Duplicates: cfg.DuplicateWindow, Replicas: cfg.NATSReplicas, Partitions: cfg.Partitions}); err != nil {
+		return nil, err
+	}
+	if err := store.EnsureDeadLetterStream(ctx, d.js, deadLetterMaxAge, cfg.NATSReplicas); err != nil {
+		return nil, err
+	}
+	return store.OpenRollups(ctx, d.js, layout, cfg.NATSReplicas)
+}
+
+// startAggregation starts the rollup writers, the archiver and the membership
+// heartbeat as workers under workCtx.
+func (d *daemon) startAggregation(ctx, workCtx context.Context, rollups *store.Rollups, metrics *aggregator.Metrics) error {
+	members, err := aggregator.NewMembers(ctx, d.js, instanceID(), d.logger)
+	if err != nil {
+		return err
+	}
+	d.goWorker(workCtx, "members", members.Run)
+	for p := range d.cfg.Partitions {
+		w := aggregator.NewRollupWriter(d.js, rollups, d.logger, metrics, aggregator.RollupWriterOptions{
+			Partition: p, Partitions: d.cfg.Partitions, Members: members, VisitorSalt: d.salt,
+		})
+		d.goWorker(workCtx, "rollup-writer", w.Run)
+	}
+	d.goWorker(workCtx, "archiver", aggregator.NewArchiver(d.js, store.NewArchive(d.db), d.logger, metrics, aggregator.ArchiverOptions{}).Run)
+	return nil
+}
+
+// startCache puts the rollup cache in front of rollups, warmed from the last
+// snapshot when there is one, and starts its watch and the snapshot writer.
+func (d *daemon) startCache(workCtx context.Context, rollups *store.Rollups, snapshots *snapshotFile, reg prometheus.Registerer) (*store.RollupCache, error) {
+	cache, err := store.NewRollupCache(rollups, store.CacheOptions{
+		MaxBytes: int64(d.cfg.CacheMaxBytes), Idle: d.cfg.CacheIdle, Registerer: reg,
+		Logger: d.logger.With("component", "rollup-cache"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if snap, err := snapshots.latest(); err == nil {
+		cache.Warm(snap.(*store.Snapshot))
+		d.logger.Info("rollup cache warmed from the snapshot", "rollups", snap.(*store.Snapshot).Len(), "as_of", snap.AsOf())
+	}
+	d.goWorker(workCtx, "rollup-cache", cache.Run)
+	d.goWorker(workCtx, "snapshot-writer", func(ctx context.Context) error {
+		for sleepFor(ctx, d.cfg.SnapshotInterval) {
+			if err := cache.WriteSnapshot(snapshots.path); err != nil {
+				d.logger.Warn("writing the analytics snapshot", "err", err)
+			}
+		}
+		// A last one at shutdown, so that a restart without NATS has it.
+		if err := cache.WriteSnapshot(snapshots.path); err != nil {
+			d.logger.Warn("writing the analytics snapshot", "err", err)
+		}
+		return nil
+	})
+	return cache, nil
+}
+
+// snapshotFile reads the analytics snapshot when a query needs it, and again
+// only when the file has changed.
+type snapshotFile struct {
+	path   string
+	layout store.Layout
+
+	mu      sync.Mutex
+	modTime time.Time
+	snap    *store.Snapshot
+}
+
+func (f *snapshotFile) latest() (api.StaleReader, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi, err := os.Stat(f.path)
+	if err != nil {
+		return nil, fmt.Errorf("analytics snapshot: %w", err)
+	}
+	if f.snap == nil || !fi.ModTime().Equal(f.modTime) {
+		snap, err := store.ReadSnapshot(f.path, f.layout)
+		if err != nil {
+			return nil, err
+		}
+		f.snap, f.modTime = snap, fi.ModTime()
+	}
+	return f.snap, nil
+}
+
+// sleepFor waits d or until ctx ends, reporting whether ctx is still live.
+func sleepFor(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

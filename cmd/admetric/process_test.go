@@ -64,7 +64,11 @@ func startProcArgs(t *testing.T, bin string, args []string, env map[string]strin
 				Msg  string `json:"msg"`
 				HTTP string `json:"http"`
 			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "admetric is up" {
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				t.Logf("child: %s", sc.Text()) // not a log line: a configuration error, a panic
+				continue
+			}
+			if line.Msg == "admetric is up" {
 				up <- strings.TrimPrefix(line.HTTP, "http://")
 			}
 			if line.Msg != "" && strings.Contains(sc.Text(), `"level":"ERROR"`) {

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/admetric/admetric/store/storetest"
+)
+
+// TestAnalyticsFromSnapshotWhileNATSDown: with the external nats-server
+// stopped, analytics answer from the snapshot, marked stale with its time;
+// the service also starts without NATS and answers so; once NATS is back the
+// answers are fresh again and include what was spooled meanwhile.
+func TestAnalyticsFromSnapshotWhileNATSDown(t *testing.T) {
+	bin := buildBinary(t)
+	natsBin := buildNATSServer(t)
+	natsPort, natsDir := freePort(t), t.TempDir()
+	ns := startNATSServer(t, natsBin, natsPort, natsDir)
+	pg := storetest.Postgres(t)
+	dataDir := testDataDir(t)
+	env := outageEnv(ns.url, dataDir, pg.DSN())
+	env["SNAPSHOT_INTERVAL"] = "500ms"
+	p := startProc(t, bin, env)
+	c := client{t: t, base: "http://" + p.httpAddr}
+
+	const ad = "coffee-6s" // a demo ad
+	for i := range 7 {
+		if status, body := c.postJSON("/ads/click", map[string]any{"ad_id": ad, "event_id": "snap-" + string(rune('a'+i)), "ip": "192.0.2.1", "playback_time": 2}); status != http.StatusAccepted || body["status"] != "accepted" {
+			t.Fatalf("click %d: %d %v", i, status, body)
+		}
+	}
+	query := "timeframe=24h&ad_id=" + ad
+	fresh, _ := c.analytics(query, func(a map[string]any) bool { return num(a, "clicks") == 7 })
+	if fresh["stale"] != false || fresh["as_of"] != nil {
+		t.Fatalf("with NATS up: stale %v as_of %v", fresh["stale"], fresh["as_of"])
+	}
+	time.Sleep(1500 * time.Millisecond) // a snapshot or two with the 7 clicks
+
+	staleAnswer := func(when string, wantClicks float64) time.Time {
+		t.Helper()
+		status, body := c.do(http.MethodGet, "/ads/analytics?"+query, "", "", nil)
+		if status != http.StatusOK {
+			t.Fatalf("%s: status %d %v", when, status, body)
+		}
+		ads := body["ads"].([]any)
+		if body["stale"] != true || len(ads) != 1 || num(ads[0].(map[string]any), "clicks") != wantClicks {
+			t.Fatalf("%s: stale %v, ads %v; want stale with %v clicks", when, body["stale"], ads, wantClicks)
+		}
+		asOf, err := time.Parse(time.RFC3339Nano, body["as_of"].(string))
+		if err != nil || time.Since(asOf) > time.Minute || asOf.After(time.Now()) {
+			t.Fatalf("%s: as_of %v (%v)", when, body["as_of"], err)
+		}
+		return asOf
+	}
+
+	ns.stop(t)
+	began := time.Now()
+	staleAnswer("NATS down", 7)
+	t.Logf("stale answer %s after NATS stopped", time.Since(began).Round(time.Millisecond))
+	if status, body := c.postJSON("/ads/click", map[string]any{"ad_id": ad, "event_id": "snap-spooled", "ip": "192.0.2.2", "playback_time": 4}); status != http.StatusAccepted || body["status"] != "spooled" {
+		t.Fatalf("click with NATS down: %d %v", status, body)
+	}
+
+	// A restart while NATS is still down: the service starts and answers from
+	// the snapshot it wrote at shutdown.
+	if _, err := p.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	p = startProc(t, bin, env)
+	c = client{t: t, base: "http://" + p.httpAddr}
+	staleAnswer("started without NATS", 7)
+
+	startNATSServer(t, natsBin, natsPort, natsDir)
+	back, took := c.analytics(query, func(a map[string]any) bool { return num(a, "clicks") == 8 })
+	if back["stale"] != false {
+		t.Fatalf("after NATS returned: stale %v", back["stale"])
+	}
+	t.Logf("fresh again, with the spooled click, %s after NATS restarted", took.Round(time.Millisecond))
+}

@@ -1,0 +1,581 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults of CacheOptions.
+const (
+	DefaultCacheMaxBytes = 256 << 20
+	DefaultCacheIdle     = 15 * time.Minute
+)
+
+// The weight of a cache entry estimates the memory it holds: the encoded size
+// of its rollup (a sketch or an exact visitor list takes about as many bytes
+// decoded as encoded), plus cacheSlotOverhead for each decoded slot (the Slot
+// and Visitors structs and the map entry, which the uvarint counters of the
+// encoding understate) and cacheEntryOverhead for the entry itself (the
+// Rollup, its map header, the cache node and the key's header), plus the key.
+const (
+	cacheEntryOverhead = 256
+	cacheSlotOverhead  = 128
+)
+
+// Pauses between attempts to (re-)establish a bucket watch: doubled after each
+// failure up to the maximum, reset once a watch is established.
+const (
+	watchMinPause = 500 * time.Millisecond
+	watchMaxPause = 15 * time.Second
+)
+
+// CacheOptions configure a RollupCache.
+type CacheOptions struct {
+	// MaxBytes bounds the weight of the cached rollups (default
+	// DefaultCacheMaxBytes). The weight of an entry estimates the memory it
+	// holds: its encoded size, plus 128 bytes per slot, plus 256 bytes and the
+	// key's length for the entry itself. Eviction runs asynchronously, so the
+	// cache may briefly exceed the bound while it catches up.
+	MaxBytes int64
+	// Idle drops an entry that has not been read for this long (default
+	// DefaultCacheIdle). Updates from the watch do not count as reads.
+	Idle time.Duration
+	// Registerer, when not nil, gets the cache's metrics:
+	// admetric_rollup_cache_{hits,misses,evictions}_total,
+	// admetric_rollup_cache_bytes and admetric_rollup_cache_entries.
+	Registerer prometheus.Registerer
+	// Logger receives watch errors; nil discards them.
+	Logger *slog.Logger
+}
+
+// RollupCache is an in-memory cache of decoded rollups in front of Rollups,
+// bounded in bytes, dropping entries not read for a while, and kept fresh by
+// watches of the rollup buckets (see Run). It implements the same Sum as
+// Rollups, so it can stand in for it. Safe for concurrent use.
+//
+// Each entry keeps the KV revision it was read at, and an entry is never
+// replaced by an older revision: not by a load that raced a watch update, nor
+// by Warm from an older snapshot. Cached rollups are shared by all readers and
+// never modified; a new revision replaces the whole entry.
+//
+// Without Run, nothing refreshes an entry: start Run with the cache. With it,
+// a write reaches readers as fast as the watch delivers it (well under a
+// second), but while a watch is being re-established (after a server restart
+// the ordered consumer notices in about five seconds) readers get the values
+// it last applied; the watch then resumes where it stood, missing nothing. An
+// entry evicted for size or idleness is forgotten: updates of it are ignored
+// and the next read loads it from KV again.
+type RollupCache struct {
+	r      *Rollups
+	cache  *otter.Cache[cacheKey, *cacheEntry]
+	loader otter.Loader[cacheKey, *cacheEntry]
+	logger *slog.Logger
+
+	hits, misses, evictions prometheus.Counter
+
+	running atomic.Bool
+	mu      sync.Mutex       // guards watch
+	watch   [3]watchPosition // by Unit
+	// afterLoad, when set (by tests), runs after each load from KV has read its
+	// value and before the cache stores it.
+	afterLoad func(u Unit, key string)
+}
+
+// cacheKey names one KV value: a key of one resolution's bucket.
+type cacheKey struct {
+	unit Unit
+	key  string
+}
+
+// cacheEntry is a decoded rollup and the KV revision it was read at (0 for a
+// key that never existed, the marker's revision for a deleted or expired one,
+// whose rollup is empty). Immutable once built.
+type cacheEntry struct {
+	rollup *Rollup
+	rev    uint64
+	weight uint32
+}
+
+// watchPosition is where the watch of one bucket stands.
+type watchPosition struct {
+	// next is the first stream sequence not yet applied: every update below it
+	// to a cached key is reflected in the cache. It starts after the bucket
+	// stream's last sequence as Rollups last saw it (at OpenRollups: no later
+	// than any state a load of this cache can read), moves on as the watch
+	// applies updates, and moves back when Warm adds entries that are only as
+	// fresh as their snapshot.
+	next uint64
+	// epoch counts rewinds, so that a watch started before one does not move
+	// next forward past it.
+	epoch uint64
+	// cancel stops the bucket's current watch, so that it restarts from next.
+	cancel context.CancelFunc
+}
+
+// NewRollupCache returns a cache in front of r. It does not touch the network;
+// call Run to keep it fresh.
+func NewRollupCache(r *Rollups, opts CacheOptions) (*RollupCache, error) {
+	if r == nil {
+		return nil, errors.New("store: NewRollupCache: nil Rollups")
+	}
+	if opts.MaxBytes < 0 || opts.Idle < 0 {
+		return nil, fmt.Errorf("store: NewRollupCache: negative MaxBytes (%d) or Idle (%s)", opts.MaxBytes, opts.Idle)
+	}
+	if opts.MaxBytes == 0 {
+		opts.MaxBytes = DefaultCacheMaxBytes
+	}
+	if opts.Idle == 0 {
+		opts.Idle = DefaultCacheIdle
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	c := &RollupCache{
+		r:      r,
+		logger: logger.With("component", "rollup-cache"),
+		hits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_cache_hits_total", Help: "Rollup keys read by Sum that the rollup cache held.",
+		}),
+		misses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_cache_misses_total", Help: "Rollup keys read by Sum that the rollup cache had to load from KV (concurrent misses of one key share one load).",
+		}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_cache_evictions_total", Help: "Rollup cache entries dropped for the byte bound or for being idle.",
+		}),
+	}
+	c.loader = otter.LoaderFunc[cacheKey, *cacheEntry](c.load)
+	cache, err := otter.New(&otter.Options[cacheKey, *cacheEntry]{
+		MaximumWeight:    uint64(opts.MaxBytes),
+		Weigher:          func(_ cacheKey, e *cacheEntry) uint32 { return e.weight },
+		ExpiryCalculator: idleExpiry{idle: opts.Idle},
+		StatsRecorder:    evictionRecorder{c.evictions},
+		Logger:           otterLogger{c.logger},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: rollup cache: %w", err)
+	}
+	c.cache = cache
+	for u := range c.watch {
+		c.watch[u].next = 1
+		if s := r.streams[u]; s != nil {
+			c.watch[u].next = s.CachedInfo().State.LastSeq + 1
+		}
+	}
+	if opts.Registerer != nil {
+		var registered []prometheus.Collector
+		for _, col := range []prometheus.Collector{
+			c.hits, c.misses, c.evictions,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "admetric_rollup_cache_bytes", Help: "Estimated bytes held by the rollup cache (the weight its byte bound applies to).",
+			}, func() float64 { return float64(c.cache.WeightedSize()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "admetric_rollup_cache_entries", Help: "Approximate number of rollups in the rollup cache.",
+			}, func() float64 { return float64(c.cache.EstimatedSize()) }),
+		} {
+			if err := opts.Registerer.Register(col); err != nil {
+				for _, r := range registered {
+					opts.Registerer.Unregister(r)
+				}
+				c.cache.StopAllGoroutines()
+				return nil, fmt.Errorf("store: rollup cache metrics: %w", err)
+			}
+			registered = append(registered, col)
+		}
+	}
+	return c, nil
+}
+
+// Layout returns the resolutions of the underlying Rollups.
+func (c *RollupCache) Layout() Layout { return c.r.Layout() }
+
+// Sum adds up ad's slots listed in cells, as Rollups.Sum does, reading each
+// key once: from memory when cached, else from KV (concurrent misses of one
+// key load it once), caching what it loaded.
+func (c *RollupCache) Sum(ctx context.Context, adID string, cells []Cell) (*Aggregate, error) {
+	return sumCells(adID, cells, func(k cacheKey) (*Rollup, error) {
+		e, err := c.get(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		return e.rollup, nil
+	})
+}
+
+func (c *RollupCache) get(ctx context.Context, k cacheKey) (*cacheEntry, error) {
+	if e, ok := c.cache.GetIfPresent(k); ok {
+		c.hits.Inc()
+		return e, nil
+	}
+	c.misses.Inc()
+	return c.cache.Get(ctx, k, c.loader)
+}
+
+// load reads k from KV for the cache. otter stores its result only if nothing
+// wrote or invalidated k while it ran (see apply), so a load that read a value
+// the watch has since replaced is discarded and run again.
+func (c *RollupCache) load(ctx context.Context, k cacheKey) (*cacheEntry, error) {
+	v, rev, err := c.r.Load(ctx, k.unit, k.key)
+	if err != nil {
+		return nil, err
+	}
+	// Load does not hand out the encoded value; encoding again gives its size.
+	enc, err := v.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("store: weigh %s %s: %w", k.unit, k.key, err)
+	}
+	if c.afterLoad != nil {
+		c.afterLoad(k.unit, k.key)
+	}
+	return newCacheEntry(k.key, v, rev, len(enc)), nil
+}
+
+func newCacheEntry(key string, v *Rollup, rev uint64, encodedLen int) *cacheEntry {
+	w := uint64(cacheEntryOverhead) + uint64(len(key)) + uint64(encodedLen) + uint64(len(v.Slots))*cacheSlotOverhead
+	return &cacheEntry{rollup: v, rev: rev, weight: uint32(min(w, math.MaxUint32))}
+}
+
+// offer stores e at k unless the cache holds k at e's revision or a newer one,
+// and reports whether it stored it. A write cancels a load of k in flight.
+func (c *RollupCache) offer(k cacheKey, e *cacheEntry) bool {
+	stored := false
+	c.cache.Compute(k, func(old *cacheEntry, found bool) (*cacheEntry, otter.ComputeOp) {
+		if found && old.rev >= e.rev {
+			return old, otter.CancelOp
+		}
+		stored = true
+		return e, otter.WriteOp
+	})
+	return stored
+}
+
+// Warm puts every rollup of s into the cache unless the cache holds a newer
+// revision of it. The snapshot's rollups are only as fresh as the snapshot, so
+// the watches (now, or when Run starts) replay the bucket updates since it was
+// written. Units whose bucket differs from the cache's layout are skipped.
+func (c *RollupCache) Warm(s *Snapshot) {
+	if s == nil {
+		return
+	}
+	layout := c.r.Layout()
+	for k, e := range s.entries {
+		if s.layout[k.unit].Bucket == layout[k.unit].Bucket {
+			c.offer(k, e)
+		}
+	}
+	// After the entries are in: a replay started before could apply an update
+	// to a key that the snapshot then sets back.
+	for u := range layout {
+		if s.layout[u].Bucket == layout[u].Bucket {
+			c.rewind(Unit(u), s.through[u]+1)
+		}
+	}
+}
+
+// Run watches the three rollup buckets until ctx ends, then returns nil. Every
+// update of a cached key replaces its entry (a delete, purge or expiry makes
+// it an empty rollup at the marker's revision); an update of a key being
+// loaded makes that load read again. A watch that fails or ends is
+// re-established from where it stood, after a pause. Run may be called once.
+func (c *RollupCache) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("store: RollupCache.Run called twice")
+	}
+	var wg sync.WaitGroup
+	for _, res := range c.r.Layout() {
+		wg.Go(func() { c.watchBucket(ctx, res.Unit, res.Bucket) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (c *RollupCache) watchBucket(ctx context.Context, u Unit, bucket string) {
+	pause := watchMinPause
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(ctx)
+		start, epoch := c.beginWatch(u, cancel)
+		established, err := c.watchOnce(wctx, u, bucket, start, epoch)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if c.rewound(u, epoch) {
+			continue // Warm moved the start back: restart at once
+		}
+		if established {
+			pause = watchMinPause
+		}
+		c.logger.Warn("rollup bucket watch ended; retrying", "bucket", bucket, "err", err, "pause", pause)
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		pause = min(2*pause, watchMaxPause)
+	}
+}
+
+// watchOnce watches bucket from stream sequence start until ctx ends or the
+// watch fails; established reports that the watch was set up.
+func (c *RollupCache) watchOnce(ctx context.Context, u Unit, bucket string, start, epoch uint64) (established bool, err error) {
+	info, err := c.r.streams[u].Info(ctx)
+	if err != nil {
+		return false, fmt.Errorf("stream info: %w", err)
+	}
+	if last := info.State.LastSeq; start > last+1 {
+		// The stream is behind what the cache has seen: it was recreated, and
+		// the cached revisions of this bucket mean nothing any more.
+		c.logger.Warn("rollup bucket is behind the cache; dropping its entries", "bucket", bucket,
+			"stream_last_seq", last, "cache_next_seq", start)
+		c.dropUnit(u)
+		start = last + 1
+		c.reset(u, epoch, start)
+	}
+	kv, err := c.r.js.KeyValue(ctx, bucket)
+	if err != nil {
+		return false, fmt.Errorf("open bucket: %w", err)
+	}
+	w, err := kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.ResumeFromRevision(start))
+	if err != nil {
+		return false, fmt.Errorf("watch: %w", err)
+	}
+	defer func() {
+		if err := w.Stop(); err != nil && ctx.Err() == nil {
+			c.logger.Debug("stopping rollup bucket watch", "bucket", bucket, "err", err)
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return true, ctx.Err()
+		case ent, ok := <-w.Updates():
+			if !ok {
+				return true, errors.New("watch closed")
+			}
+			if ent == nil {
+				continue
+			}
+			c.apply(u, ent)
+			c.advance(u, epoch, ent.Revision()+1)
+		}
+	}
+}
+
+// apply brings the cache up to date with one update of unit's bucket.
+func (c *RollupCache) apply(u Unit, ent jetstream.KeyValueEntry) {
+	k := cacheKey{unit: u, key: ent.Key()}
+	if _, cached := c.cache.GetEntryQuietly(k); !cached {
+		// Not cached, nothing to update, but a load of k may be in flight with
+		// the value this update replaced: invalidating k makes otter discard
+		// that load's result and load again.
+		c.cache.Invalidate(k)
+		return
+	}
+	var e *cacheEntry
+	switch ent.Operation() {
+	case jetstream.KeyValueDelete, jetstream.KeyValuePurge: // purge covers expiry markers
+		e = newCacheEntry(k.key, NewRollup(), ent.Revision(), 0)
+	default:
+		v := NewRollup()
+		if err := v.UnmarshalBinary(ent.Value()); err != nil {
+			// Drop it: the next read loads it and reports the error.
+			c.logger.Error("undecodable rollup update", "unit", u.String(), "key", k.key, "rev", ent.Revision(), "err", err)
+			c.cache.Invalidate(k)
+			return
+		}
+		e = newCacheEntry(k.key, v, ent.Revision(), len(ent.Value()))
+	}
+	c.cache.Compute(k, func(old *cacheEntry, found bool) (*cacheEntry, otter.ComputeOp) {
+		switch {
+		case !found: // evicted meanwhile: as for a key not cached
+			return nil, otter.InvalidateOp
+		case old.rev >= e.rev:
+			return old, otter.CancelOp
+		default:
+			return e, otter.WriteOp
+		}
+	})
+}
+
+// dropUnit removes every cached key of unit's bucket.
+func (c *RollupCache) dropUnit(u Unit) {
+	for k := range c.cache.Keys() {
+		if k.unit == u {
+			c.cache.Invalidate(k)
+		}
+	}
+}
+
+func (c *RollupCache) beginWatch(u Unit, cancel context.CancelFunc) (start, epoch uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.watch[u].cancel = cancel
+	return c.watch[u].next, c.watch[u].epoch
+}
+
+func (c *RollupCache) rewound(u Unit, epoch uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.watch[u].epoch != epoch
+}
+
+// advance records that the watch of epoch applied every update below next.
+func (c *RollupCache) advance(u Unit, epoch, next uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.watch[u].epoch == epoch && next > c.watch[u].next {
+		c.watch[u].next = next
+	}
+}
+
+// reset sets the position of the watch of epoch to next, backwards allowed.
+func (c *RollupCache) reset(u Unit, epoch, next uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.watch[u].epoch == epoch {
+		c.watch[u].next = next
+	}
+}
+
+// rewind moves the watch of unit's bucket back to next, restarting it if it runs.
+func (c *RollupCache) rewind(u Unit, next uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := &c.watch[u]
+	if next >= w.next {
+		return
+	}
+	w.next = next
+	w.epoch++
+	if w.cancel != nil {
+		w.cancel()
+	}
+}
+
+// through returns, for each unit, the last stream sequence every update up to
+// which is reflected in the cache.
+func (c *RollupCache) through() [3]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out [3]uint64
+	for u, w := range c.watch {
+		out[u] = w.next - 1
+	}
+	return out
+}
+
+// idleExpiry drops an entry Idle after it was created or last read. Unlike
+// otter.ExpiryAccessing, a replacement (a watch update, or Warm over an older
+// revision) keeps the deadline: a key that is written often but never read
+// must still leave.
+type idleExpiry struct{ idle time.Duration }
+
+func (x idleExpiry) ExpireAfterCreate(otter.Entry[cacheKey, *cacheEntry]) time.Duration {
+	return x.idle
+}
+
+func (x idleExpiry) ExpireAfterUpdate(e otter.Entry[cacheKey, *cacheEntry], _ *cacheEntry) time.Duration {
+	return e.ExpiresAfter()
+}
+
+func (x idleExpiry) ExpireAfterRead(otter.Entry[cacheKey, *cacheEntry]) time.Duration { return x.idle }
+
+// evictionRecorder counts otter's evictions (for size and expiry); hits and
+// misses are counted by RollupCache.get, which knows what a read of Sum is.
+type evictionRecorder struct{ evictions prometheus.Counter }
+
+func (r evictionRecorder) RecordHits(int)                  {}
+func (r evictionRecorder) RecordMisses(int)                {}
+func (r evictionRecorder) RecordEviction(uint32)           { r.evictions.Inc() }
+func (r evictionRecorder) RecordLoadSuccess(time.Duration) {}
+func (r evictionRecorder) RecordLoadFailure(time.Duration) {}
+
+// otterLogger routes otter's warnings to the cache's logger.
+type otterLogger struct{ l *slog.Logger }
+
+func (o otterLogger) Warn(ctx context.Context, msg string, err error) {
+	o.l.WarnContext(ctx, msg, "err", err)
+}
+
+func (o otterLogger) Error(ctx context.Context, msg string, err error) {
+	o.l.ErrorContext(ctx, msg, "err", err)
+}
+
+// keySlots is one key a Sum reads and the slots of it that it adds.
+type keySlots struct {
+	k     cacheKey
+	slots []int
+}
+
+// linearKeys is how many distinct keys sumCells finds by a scan before it
+// builds an index: a tiling touches a handful.
+const linearKeys = 8
+
+// sumCells adds up ad's slots in cells, reading each key once through get (a
+// nil rollup counts as empty), in the order Rollups.Sum reads them.
+func sumCells(adID string, cells []Cell, get func(cacheKey) (*Rollup, error)) (*Aggregate, error) {
+	var (
+		keys  []keySlots
+		index map[cacheKey]int
+	)
+	for _, c := range cells {
+		key, slot := c.Unit.Locate(adID, c.Start)
+		k := cacheKey{unit: c.Unit, key: key}
+		i := -1
+		if index != nil {
+			if j, ok := index[k]; ok {
+				i = j
+			}
+		} else {
+			for j := range keys {
+				if keys[j].k == k {
+					i = j
+					break
+				}
+			}
+		}
+		if i < 0 {
+			i = len(keys)
+			keys = append(keys, keySlots{k: k})
+			if index != nil {
+				index[k] = i
+			} else if len(keys) > linearKeys {
+				index = make(map[cacheKey]int, 2*len(keys))
+				for j, ks := range keys {
+					index[ks.k] = j
+				}
+			}
+		}
+		keys[i].slots = append(keys[i].slots, slot)
+	}
+	agg := &Aggregate{}
+	for _, ks := range keys {
+		v, err := get(ks.k)
+		if err != nil {
+			return nil, err
+		}
+		if v == nil {
+			continue
+		}
+		for _, i := range ks.slots {
+			if s, ok := v.Slots[i]; ok {
+				if err := agg.AddSlot(s); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return agg, nil
+}

@@ -1,0 +1,292 @@
+package store
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// ErrCorruptSnapshot is returned by ReadSnapshot for a file that is not a
+// whole snapshot of a known version: damaged, truncated, or something else.
+var ErrCorruptSnapshot = errors.New("store: corrupt rollup snapshot")
+
+// The snapshot file format (version 1). Integers are big-endian unless
+// marked uvarint (encoding/binary's unsigned varint):
+//
+//	magic    8 bytes  "ADMSNAP\n"
+//	version  1 byte   1
+//	written  8 bytes  time written, Unix nanoseconds (int64)
+//	3 times, for the minute, hour and day resolution:
+//	  bucket   uvarint length, then the bucket name
+//	  through  uvarint: every update of the bucket's stream up to this
+//	           sequence is reflected in the records (a watch started after it
+//	           catches up what the snapshot misses)
+//	count    uvarint number of records, then each record:
+//	  unit     1 byte (0 minute, 1 hour, 2 day)
+//	  key      uvarint length, then the KV key
+//	  revision uvarint KV revision (stream sequence) of the value
+//	  value    uvarint length, then the rollup as Rollup.MarshalBinary encodes it
+//	           (a deleted or absent key is an empty rollup)
+//	crc      4 bytes  CRC-32C (Castagnoli) of every byte before it
+//
+// Records are sorted by unit, then key.
+const (
+	snapshotMagic   = "ADMSNAP\n"
+	snapshotVersion = 1
+	// maxSnapshotKey bounds a record's key length, against a damaged length
+	// that the checksum happened to miss.
+	maxSnapshotKey = 1 << 12
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Snapshot is a point-in-time copy of a RollupCache, read back from a file:
+// it answers Sum from memory (when KV is unreachable, say) and Warms a new
+// cache. Read-only and safe for concurrent use.
+type Snapshot struct {
+	asOf    time.Time
+	layout  Layout
+	through [3]uint64
+	entries map[cacheKey]*cacheEntry
+}
+
+// AsOf returns when the snapshot was written.
+func (s *Snapshot) AsOf() time.Time { return s.asOf }
+
+// Layout returns the layout given to ReadSnapshot.
+func (s *Snapshot) Layout() Layout { return s.layout }
+
+// Len returns the number of rollups the snapshot holds.
+func (s *Snapshot) Len() int { return len(s.entries) }
+
+// Sum adds up ad's slots listed in cells from what the snapshot holds, as
+// Rollups.Sum does from KV; a key the snapshot lacks counts as empty.
+func (s *Snapshot) Sum(ctx context.Context, adID string, cells []Cell) (*Aggregate, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return sumCells(adID, cells, func(k cacheKey) (*Rollup, error) {
+		if e, ok := s.entries[k]; ok {
+			return e.rollup, nil
+		}
+		return nil, nil
+	})
+}
+
+// snapshotRecord is one cached rollup on its way to a snapshot file.
+type snapshotRecord struct {
+	k cacheKey
+	e *cacheEntry
+}
+
+// WriteSnapshot writes every cached rollup, with its revision, to path: to a
+// temporary file in the same directory, synced, then renamed over path, and
+// the directory synced. It may run alongside readers and the watch; an entry
+// updated while it runs is written as it was before or after the update.
+func (c *RollupCache) WriteSnapshot(path string) error {
+	// Read before the entries: each entry is at least as fresh as this.
+	through := c.through()
+	var recs []snapshotRecord
+	for k, e := range c.cache.All() {
+		recs = append(recs, snapshotRecord{k: k, e: e})
+	}
+	slices.SortFunc(recs, func(a, b snapshotRecord) int {
+		return cmp.Or(cmp.Compare(a.k.unit, b.k.unit), cmp.Compare(a.k.key, b.k.key))
+	})
+	written := time.Now()
+	err := writeFileAtomic(path, func(w io.Writer) error {
+		return encodeSnapshot(w, written, c.r.Layout(), through, recs)
+	})
+	if err != nil {
+		return fmt.Errorf("store: write snapshot %s: %w", path, err)
+	}
+	return nil
+}
+
+func encodeSnapshot(w io.Writer, written time.Time, layout Layout, through [3]uint64, recs []snapshotRecord) error {
+	buf := make([]byte, 0, 1<<10)
+	buf = append(buf, snapshotMagic...)
+	buf = append(buf, snapshotVersion)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(written.UnixNano()))
+	for u, res := range layout {
+		buf = binary.AppendUvarint(buf, uint64(len(res.Bucket)))
+		buf = append(buf, res.Bucket...)
+		buf = binary.AppendUvarint(buf, through[u])
+	}
+	buf = binary.AppendUvarint(buf, uint64(len(recs)))
+	for _, r := range recs {
+		// Cached rollups are only ever read, so encoding one here is safe
+		// while Sum reads it too.
+		value, err := r.e.rollup.MarshalBinary()
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", r.k.unit, r.k.key, err)
+		}
+		buf = append(buf, byte(r.k.unit))
+		buf = binary.AppendUvarint(buf, uint64(len(r.k.key)))
+		buf = append(buf, r.k.key...)
+		buf = binary.AppendUvarint(buf, r.e.rev)
+		buf = binary.AppendUvarint(buf, uint64(len(value)))
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+		if _, err := w.Write(value); err != nil {
+			return err
+		}
+		buf = buf[:0]
+	}
+	_, err := w.Write(buf)
+	return err
+}
+
+// writeFileAtomic writes path through body, with a trailing CRC-32C of what
+// body wrote: into a temporary file of path's directory that is synced and
+// renamed over path, the directory then synced. On failure path is untouched
+// and the temporary file removed.
+func writeFileAtomic(path string, body func(io.Writer) error) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	crc := crc32.New(castagnoli)
+	bw := bufio.NewWriterSize(io.MultiWriter(f, crc), 1<<16)
+	if err := body(bw); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if _, err := f.Write(binary.BigEndian.AppendUint32(nil, crc.Sum32())); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// ReadSnapshot reads a snapshot that WriteSnapshot wrote. layout is the
+// current one (Snapshot.Layout returns it); records of a resolution whose
+// bucket name differs from layout's are left out. Errors wrap os.ErrNotExist
+// when there is no file, ErrCorruptSnapshot when it is damaged.
+func ReadSnapshot(path string, layout Layout) (*Snapshot, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("store: read snapshot: %w", err)
+	}
+	s, err := decodeSnapshot(data, layout)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrCorruptSnapshot, path, err)
+	}
+	return s, nil
+}
+
+func decodeSnapshot(data []byte, layout Layout) (*Snapshot, error) {
+	head := len(snapshotMagic) + 1
+	if len(data) < head+8+4 || string(data[:len(snapshotMagic)]) != snapshotMagic {
+		return nil, errors.New("not a rollup snapshot")
+	}
+	if v := data[len(snapshotMagic)]; v != snapshotVersion {
+		return nil, fmt.Errorf("unknown version %d", v)
+	}
+	body, sum := data[:len(data)-4], binary.BigEndian.Uint32(data[len(data)-4:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nil, errors.New("checksum mismatch")
+	}
+	s := &Snapshot{
+		asOf:   time.Unix(0, int64(binary.BigEndian.Uint64(body[head:]))),
+		layout: layout,
+	}
+	d := decoder{buf: body[head+8:]}
+	var keep [3]bool
+	for u := range layout {
+		bucket := d.bytes(maxSnapshotKey)
+		s.through[u] = d.uvarint()
+		keep[u] = string(bucket) == layout[u].Bucket
+		if !keep[u] {
+			s.through[u] = 0
+		}
+	}
+	n := d.uvarint()
+	if d.err != nil {
+		return nil, fmt.Errorf("header: %w", d.err)
+	}
+	// A record takes at least 4 bytes: do not trust a count the body cannot hold.
+	if n > uint64(len(d.buf))/4 {
+		return nil, fmt.Errorf("%d records in %d bytes", n, len(d.buf))
+	}
+	s.entries = make(map[cacheKey]*cacheEntry, n)
+	for i := range n {
+		if len(d.buf) == 0 {
+			return nil, fmt.Errorf("record %d: truncated", i)
+		}
+		u := Unit(d.buf[0])
+		d.buf = d.buf[1:]
+		key := string(d.bytes(maxSnapshotKey))
+		rev := d.uvarint()
+		value := d.bytes(len(d.buf))
+		if d.err != nil {
+			return nil, fmt.Errorf("record %d: %w", i, d.err)
+		}
+		if u > Day {
+			return nil, fmt.Errorf("record %d: unit %d", i, u)
+		}
+		k := cacheKey{unit: u, key: key}
+		if _, dup := s.entries[k]; dup {
+			return nil, fmt.Errorf("record %d: %s %s appears twice", i, u, key)
+		}
+		v := NewRollup()
+		if err := v.UnmarshalBinary(value); err != nil {
+			return nil, fmt.Errorf("record %d: %s %s: %w", i, u, key, err)
+		}
+		if keep[u] {
+			s.entries[k] = newCacheEntry(key, v, rev, len(value))
+		}
+	}
+	if len(d.buf) != 0 {
+		return nil, fmt.Errorf("%d trailing bytes", len(d.buf))
+	}
+	return s, nil
+}
+
+// bytes reads a uvarint length of at most limit, then that many bytes.
+func (d *decoder) bytes(limit int) []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(limit) || n > uint64(len(d.buf)) {
+		d.err = fmt.Errorf("length %d out of range", n)
+		return nil
+	}
+	b := d.buf[:n]
+	d.buf = d.buf[n:]
+	return b
+}

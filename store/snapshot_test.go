@@ -1,0 +1,351 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Test hooks for the RollupCache tests of package store_test (cache_test.go),
+// which need a real NATS server from storetest and so cannot be internal.
+
+// SetAfterLoadForTest makes every load from KV call f after it has read the
+// value and before the cache stores it. Call before the cache is used.
+func (c *RollupCache) SetAfterLoadForTest(f func(u Unit, key string)) { c.afterLoad = f }
+
+// RevisionForTest returns the revision the cache holds for key, without
+// counting as a read.
+func (c *RollupCache) RevisionForTest(u Unit, key string) (uint64, bool) {
+	e, ok := c.cache.GetEntryQuietly(cacheKey{unit: u, key: key})
+	if !ok {
+		return 0, false
+	}
+	return e.Value.rev, true
+}
+
+// WatchedThroughForTest returns the stream sequence through which the watch of
+// u's bucket has applied every update.
+func (c *RollupCache) WatchedThroughForTest(u Unit) uint64 { return c.through()[u] }
+
+// CleanUpForTest runs otter's pending maintenance (evictions, expiries).
+func (c *RollupCache) CleanUpForTest() { c.cache.CleanUp() }
+
+// ---
+
+var snapshotTestLayout = NewLayout(Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.Hour, Day: 43800 * time.Hour})
+
+// snapshotTestCache returns a cache over Rollups with no server behind them:
+// only what offer puts in can be read.
+func snapshotTestCache(t *testing.T) *RollupCache {
+	t.Helper()
+	c, err := NewRollupCache(&Rollups{layout: snapshotTestLayout}, CacheOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.cache.StopAllGoroutines() })
+	return c
+}
+
+func snapshotTestOffer(t *testing.T, c *RollupCache, u Unit, key string, v *Rollup, rev uint64) {
+	t.Helper()
+	enc, err := v.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.offer(cacheKey{unit: u, key: key}, newCacheEntry(key, v, rev, len(enc))) {
+		t.Fatalf("offer %s %s rev %d refused", u, key, rev)
+	}
+}
+
+var snapshotTestNow = time.Date(2026, 11, 25, 12, 34, 0, 0, time.UTC)
+
+// snapshotTestFill caches, for each ad, a rollup of every key of the 30-day
+// tiling ending at snapshotTestNow (a few slots with visitors, one above
+// ExactVisitors so that sketches are covered), plus a deleted key, and
+// returns the tiling's cells.
+func snapshotTestFill(t *testing.T, c *RollupCache, ads ...string) []Cell {
+	t.Helper()
+	tl, err := snapshotTestLayout.Tile(snapshotTestNow.Add(-30*24*time.Hour), snapshotTestNow, snapshotTestNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := uint64(100)
+	for a, ad := range ads {
+		values := map[cacheKey]*Rollup{}
+		for i, cell := range tl.Cells {
+			key, slot := cell.Unit.Locate(ad, cell.Start)
+			k := cacheKey{unit: cell.Unit, key: key}
+			if values[k] == nil {
+				values[k] = NewRollup()
+			}
+			from := uint64(a*100000 + i*10)
+			to := from + uint64(i%7)
+			if i == 3 {
+				to = from + 2*ExactVisitors
+			}
+			values[k].Slots[slot] = rollupTestSlot(Counters{Impressions: uint64(10 + i), Clicks: uint64(i % 4), PlaybackMillis: 1500, PlaybackCount: 1}, from, to)
+		}
+		for k, v := range values {
+			rev++
+			snapshotTestOffer(t, c, k.unit, k.key, v, rev)
+		}
+		rev++
+		snapshotTestOffer(t, c, Minute, ad+".2026010100", NewRollup(), rev) // deleted
+	}
+	return tl.Cells
+}
+
+func snapshotTestSum(t *testing.T, r interface {
+	Sum(context.Context, string, []Cell) (*Aggregate, error)
+}, ad string, cells []Cell) (Counters, uint64) {
+	t.Helper()
+	agg, err := r.Sum(context.Background(), ad, cells)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return agg.Counters, agg.UniqueVisitors()
+}
+
+func snapshotTestWrite(t *testing.T, c *RollupCache) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "rollups.snap")
+	if err := c.WriteSnapshot(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestSnapshotRoundTrip(t *testing.T) {
+	t.Parallel()
+	c := snapshotTestCache(t)
+	ads := []string{"ad-a", "ad-b"}
+	cells := snapshotTestFill(t, c, ads...)
+	c.watch[Hour].next = 4242
+	before := time.Now()
+	path := snapshotTestWrite(t, c)
+	after := time.Now()
+
+	s, err := ReadSnapshot(path, snapshotTestLayout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.AsOf().Before(before) || s.AsOf().After(after) {
+		t.Errorf("AsOf %s, want within [%s, %s]", s.AsOf(), before, after)
+	}
+	if s.Layout() != snapshotTestLayout {
+		t.Errorf("Layout = %+v", s.Layout())
+	}
+	if n := c.cache.EstimatedSize(); s.Len() != n {
+		t.Errorf("Len = %d, want %d (the cached entries)", s.Len(), n)
+	}
+	if s.through[Hour] != 4241 {
+		t.Errorf("through[hour] = %d, want 4241", s.through[Hour])
+	}
+	for k, e := range c.cache.All() {
+		got, ok := s.entries[k]
+		if !ok {
+			t.Errorf("%v missing from the snapshot", k)
+			continue
+		}
+		if got.rev != e.rev {
+			t.Errorf("%v: rev %d, want %d", k, got.rev, e.rev)
+		}
+		equalRollups(t, got.rollup, e.rollup)
+	}
+	for _, ad := range ads {
+		wantC, wantV := snapshotTestSum(t, c, ad, cells)
+		gotC, gotV := snapshotTestSum(t, s, ad, cells)
+		if gotC != wantC || gotV != wantV {
+			t.Errorf("%s: snapshot Sum = %+v, %d visitors; cache Sum = %+v, %d", ad, gotC, gotV, wantC, wantV)
+		}
+		if wantC.Impressions == 0 || wantV <= 2*ExactVisitors {
+			t.Errorf("%s: the test data is too thin: %+v, %d visitors", ad, wantC, wantV)
+		}
+	}
+	// An ad the snapshot does not hold sums to nothing (this cache, with no
+	// server behind it, cannot load it).
+	if gotC, gotV := snapshotTestSum(t, s, "ad-absent", cells); gotC != (Counters{}) || gotV != 0 {
+		t.Errorf("absent ad: snapshot Sum = %+v, %d visitors, want nothing", gotC, gotV)
+	}
+}
+
+func TestSnapshotEmptyCache(t *testing.T) {
+	t.Parallel()
+	s, err := ReadSnapshot(snapshotTestWrite(t, snapshotTestCache(t)), snapshotTestLayout)
+	if err != nil || s.Len() != 0 {
+		t.Fatalf("empty snapshot: %v, %d entries", err, s.Len())
+	}
+	agg, err := s.Sum(context.Background(), "ad-a", []Cell{{Unit: Day, Start: snapshotTestNow}})
+	if err != nil || agg.Impressions != 0 {
+		t.Fatalf("Sum of an empty snapshot = %+v, %v", agg, err)
+	}
+}
+
+func TestSnapshotMissing(t *testing.T) {
+	t.Parallel()
+	_, err := ReadSnapshot(filepath.Join(t.TempDir(), "none.snap"), snapshotTestLayout)
+	if !errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrCorruptSnapshot) {
+		t.Fatalf("err = %v, want os.ErrNotExist", err)
+	}
+}
+
+// TestSnapshotCorrupt: any flipped byte, truncation or extension is ErrCorruptSnapshot.
+func TestSnapshotCorrupt(t *testing.T) {
+	t.Parallel()
+	c := snapshotTestCache(t)
+	snapshotTestFill(t, c, "ad-a")
+	path := snapshotTestWrite(t, c)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	check := func(name string, data []byte) {
+		t.Helper()
+		p := filepath.Join(dir, "bad.snap")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadSnapshot(p, snapshotTestLayout); !errors.Is(err, ErrCorruptSnapshot) {
+			t.Errorf("%s: err = %v, want ErrCorruptSnapshot", name, err)
+		}
+	}
+	step := max(1, len(good)/500) // every byte of the header, a sample of the rest
+	for i := 0; i < len(good); i++ {
+		if i > 64 && i%step != 0 && i < len(good)-8 {
+			continue
+		}
+		bad := bytes.Clone(good)
+		bad[i] ^= 0x10
+		check(fmt.Sprintf("byte %d flipped", i), bad)
+	}
+	for _, n := range []int{0, 1, 8, 9, 20, len(good) / 2, len(good) - 4, len(good) - 1} {
+		check(fmt.Sprintf("truncated to %d", n), good[:n])
+	}
+	check("extended", append(bytes.Clone(good), 0))
+	version := bytes.Clone(good)
+	version[len(snapshotMagic)] = 2
+	check("version 2", version)
+}
+
+// TestSnapshotLayoutMismatch: records of a bucket the layout does not name are
+// left out, and Warm skips them.
+func TestSnapshotLayoutMismatch(t *testing.T) {
+	t.Parallel()
+	c := snapshotTestCache(t)
+	snapshotTestOffer(t, c, Minute, "ad-a.2026112512", rollupTestSample(), 5)
+	snapshotTestOffer(t, c, Hour, "ad-a.20261125", rollupTestSample(), 6)
+	other := snapshotTestLayout
+	other[Hour].Bucket = "OTHER_HOUR"
+	s, err := ReadSnapshot(snapshotTestWrite(t, c), other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.entries[cacheKey{Hour, "ad-a.20261125"}]; ok || s.Len() != 1 {
+		t.Fatalf("snapshot read with another hour bucket holds %d entries, the hour key included: %v", s.Len(), ok)
+	}
+}
+
+// TestSnapshotReplacesAtomically: a second write replaces the first and leaves
+// no temporary file; a write that cannot happen leaves the old file alone.
+func TestSnapshotReplacesAtomically(t *testing.T) {
+	t.Parallel()
+	c := snapshotTestCache(t)
+	snapshotTestOffer(t, c, Minute, "ad-a.2026112512", rollupTestSample(), 5)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rollups.snap")
+	if err := c.WriteSnapshot(path); err != nil {
+		t.Fatal(err)
+	}
+	snapshotTestOffer(t, c, Minute, "ad-b.2026112512", rollupTestSample(), 6)
+	if err := c.WriteSnapshot(path); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ReadSnapshot(path, snapshotTestLayout)
+	if err != nil || s.Len() != 2 {
+		t.Fatalf("after the second write: %v, %d entries, want 2", err, s.Len())
+	}
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 1 {
+		t.Fatalf("directory holds %v, want only rollups.snap", names)
+	}
+	if err := c.WriteSnapshot(filepath.Join(dir, "missing", "x.snap")); err == nil {
+		t.Fatal("writing into a missing directory succeeded")
+	}
+}
+
+// TestRollupCacheOfferKeepsNewer: the insert path never replaces a revision
+// with an older (or the same) one, whoever calls it.
+func TestRollupCacheOfferKeepsNewer(t *testing.T) {
+	t.Parallel()
+	c := snapshotTestCache(t)
+	k := cacheKey{Minute, "ad-a.2026112512"}
+	newer, older := NewRollup(), NewRollup()
+	newer.Slot(1).Clicks, older.Slot(1).Clicks = 2, 1
+	tests := []struct {
+		name  string
+		rev   uint64
+		v     *Rollup
+		store bool
+	}{
+		{"first", 10, newer, true},
+		{"older", 9, older, false},
+		{"same revision", 10, older, false},
+		{"deleted at an older revision", 3, NewRollup(), false},
+	}
+	for _, tt := range tests {
+		if got := c.offer(k, newCacheEntry(k.key, tt.v, tt.rev, 10)); got != tt.store {
+			t.Errorf("%s: stored = %v, want %v", tt.name, got, tt.store)
+		}
+		if rev, _ := c.RevisionForTest(k.unit, k.key); rev != 10 {
+			t.Fatalf("%s: cache holds rev %d, want 10", tt.name, rev)
+		}
+	}
+	if agg, _ := c.Sum(context.Background(), "ad-a", []Cell{{Unit: Minute, Start: time.Date(2026, 11, 25, 12, 1, 0, 0, time.UTC)}}); agg.Clicks != 2 {
+		t.Fatalf("Sum reads %d clicks, want the newer 2", agg.Clicks)
+	}
+}
+
+// TestSumCellsManyKeys: with more keys than the linear scan handles, the
+// index gives the same sums, each key read once.
+func TestSumCellsManyKeys(t *testing.T) {
+	t.Parallel()
+	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	var cells []Cell
+	for h := range 3 * linearKeys {
+		for _, m := range []int{0, 30, 59} {
+			cells = append(cells, Cell{Unit: Minute, Start: start.Add(time.Duration(h)*time.Hour + time.Duration(m)*time.Minute)})
+		}
+	}
+	reads := map[cacheKey]int{}
+	agg, err := sumCells("ad", cells, func(k cacheKey) (*Rollup, error) {
+		reads[k]++
+		v := NewRollup()
+		for _, m := range []int{0, 30, 31} {
+			v.Slot(m).Impressions = 1
+		}
+		return v, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if agg.Impressions != uint64(2*3*linearKeys) {
+		t.Errorf("impressions %d, want %d", agg.Impressions, 2*3*linearKeys)
+	}
+	if len(reads) != 3*linearKeys {
+		t.Errorf("%d keys read, want %d", len(reads), 3*linearKeys)
+	}
+	for k, n := range reads {
+		if n != 1 {
+			t.Errorf("%v read %d times", k, n)
+		}
+	}
+}
