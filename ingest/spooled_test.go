@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"encoding/json"
 	"testing"
 )
 
@@ -48,4 +49,17 @@ func FuzzDecodeSpooled(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestAppendAcceptedDecodes(t *testing.T) {
+	t.Parallel()
+	for _, id := range []string{"e-1", `quote"and\backslash`, "0193b1f0-7c1a-7cc0-9b1e-3f8a4d2c1e00", "~!@#$%^&*()_+{}|:<>?"} {
+		for _, st := range []Status{Accepted, Spooled} {
+			b := appendAccepted(nil, id, st)
+			var got accepted
+			if err := json.Unmarshal(b, &got); err != nil || got != (accepted{EventID: id, Status: st}) {
+				t.Errorf("appendAccepted(%q, %q) = %s: decodes to %+v (%v)", id, st, b, got, err)
+			}
+		}
+	}
 }

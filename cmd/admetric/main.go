@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	// The tz parameter of the analytics takes IANA names; a minimal container
 	// image has no zoneinfo of its own.
@@ -42,6 +43,7 @@ func main() {
 
 // run is main without the process globals, so tests can drive it.
 func run(ctx context.Context, args []string, lookup func(string) (string, bool), stderr io.Writer) int {
+	tuneGC(lookup)
 	cmd := "serve"
 	if len(args) > 0 {
 		cmd = args[0]
@@ -74,6 +76,21 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 	}
 	logger.Info("stopped cleanly")
 	return 0
+}
+
+// defaultGOGC is the garbage collector's target when GOGC is not set. The
+// service's live heap is small and its allocation rate high (a few KiB per
+// event), so Go's default of 100 collects thousands of times a second under
+// load and the collections show in the tail: POST /ads/click at 5,000/s had a
+// p99 of 22 ms at 100 and 4 ms at 400 (BenchmarkIngest). The price is a heap
+// up to five times the live one; GOMEMLIMIT bounds it where memory is tight.
+const defaultGOGC = 400
+
+// tuneGC applies defaultGOGC unless the GOGC variable says otherwise.
+func tuneGC(lookup func(string) (string, bool)) {
+	if _, set := lookup("GOGC"); !set {
+		debug.SetGCPercent(defaultGOGC)
+	}
 }
 
 // loadConfig reads the configuration and builds the logger; on a bad value it
