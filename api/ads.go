@@ -15,18 +15,23 @@ import (
 	"github.com/admetric/admetric/store"
 )
 
-// AdCatalog is the in-memory set of known ads that intake checks; the ad
-// handlers keep it current for this process.
+// AdCatalog is the in-memory copy of the ads table (*store.Catalog): intake
+// checks ads against it and GET /ads is served from it, so both keep working
+// while PostgreSQL is down. The ad handlers keep it current for this process.
+// Implementations are safe for concurrent use.
 type AdCatalog interface {
-	Add(id string)
+	Put(ad store.Ad)
 	Remove(id string)
 	Exists(id string) bool
+	Get(id string) (store.Ad, bool)
+	// IDs returns every ad ID, sorted; the caller owns the slice.
 	IDs() []string
+	// List returns a page of ads ordered by ID and how many there are.
+	List(limit, offset int) ([]store.Ad, int)
 }
 
 // AdStore is the ads table.
 type AdStore interface {
-	List(ctx context.Context, limit, offset int) ([]store.Ad, int, error)
 	Get(ctx context.Context, id string) (*store.Ad, error)
 	Create(ctx context.Context, ad *store.Ad) error
 	Update(ctx context.Context, ad *store.Ad) error
@@ -105,14 +110,7 @@ func (h *AdHandlers) list(c *gin.Context) {
 	if !ok {
 		return
 	}
-	ads, total, err := h.ads.List(c.Request.Context(), limit, offset)
-	if err != nil {
-		h.storeFailed(c, err)
-		return
-	}
-	if ads == nil {
-		ads = []store.Ad{}
-	}
+	ads, total := h.catalog.List(limit, offset)
 	c.JSON(http.StatusOK, adList{Ads: ads, Total: total, Limit: limit, Offset: offset})
 }
 
@@ -132,11 +130,18 @@ func intParam(c *gin.Context, name string, def, lo, hi int) (int, bool) {
 }
 
 func (h *AdHandlers) get(c *gin.Context) {
-	ad, err := h.ads.Get(c.Request.Context(), c.Param("id"))
+	id := c.Param("id")
+	if ad, ok := h.catalog.Get(id); ok {
+		c.JSON(http.StatusOK, ad)
+		return
+	}
+	// Not here yet: another process may have created it since the last refresh.
+	ad, err := h.ads.Get(c.Request.Context(), id)
 	if err != nil {
 		h.storeFailed(c, err)
 		return
 	}
+	h.catalog.Put(*ad)
 	c.JSON(http.StatusOK, ad)
 }
 
@@ -213,7 +218,7 @@ func (h *AdHandlers) create(c *gin.Context) {
 		h.storeFailed(c, err)
 		return
 	}
-	h.catalog.Add(ad.ID)
+	h.catalog.Put(*ad)
 	c.Header("Location", "/ads/"+ad.ID)
 	c.JSON(http.StatusCreated, ad)
 }
@@ -233,6 +238,7 @@ func (h *AdHandlers) update(c *gin.Context) {
 		h.storeFailed(c, err)
 		return
 	}
+	h.catalog.Put(*ad)
 	c.JSON(http.StatusOK, ad)
 }
 

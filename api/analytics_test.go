@@ -19,10 +19,12 @@ import (
 
 type staticCatalog []string
 
-func (s staticCatalog) Add(string)            {}
-func (s staticCatalog) Remove(string)         {}
-func (s staticCatalog) Exists(id string) bool { return slices.Contains(s, id) }
-func (s staticCatalog) IDs() []string         { return slices.Clone(s) }
+func (s staticCatalog) Put(store.Ad)                    {}
+func (s staticCatalog) Remove(string)                   {}
+func (s staticCatalog) Exists(id string) bool           { return slices.Contains(s, id) }
+func (s staticCatalog) IDs() []string                   { return slices.Clone(s) }
+func (s staticCatalog) Get(string) (store.Ad, bool)     { return store.Ad{}, false }
+func (s staticCatalog) List(int, int) ([]store.Ad, int) { return nil, 0 }
 
 // TestAnalyticsWindows writes rollups straight into the buckets and reads them
 // back through GET /ads/analytics: each timeframe sums exactly the slots in

@@ -8,33 +8,36 @@ import (
 	"time"
 )
 
-// Catalog is the in-memory set of known ad IDs that event intake checks against,
-// so that validating an event costs no database round trip and keeps working
-// while PostgreSQL is down. It is refreshed from the ads table; the ad handlers
-// of this process also update it at once. Safe for concurrent use.
+// Catalog is the in-memory copy of the ads table. Event intake checks ads
+// against it, so that validating an event costs no database round trip, and
+// GET /ads is served from it, so both keep working while PostgreSQL is down. It
+// is refreshed from the table; the ad handlers of this process also update it
+// at once. Safe for concurrent use.
 type Catalog struct {
 	ads    *Ads
 	logger *slog.Logger
 
-	mu  sync.RWMutex
-	ids map[string]struct{}
-	// changed records Add (true) and Remove (false) calls made while a refresh
-	// is reading the table, so the refresh does not undo them; nil otherwise.
-	changed map[string]bool
+	mu     sync.RWMutex
+	byID   map[string]Ad
+	sorted []string // the IDs of byID in order; nil when it must be rebuilt
+	// changed records Put (the ad) and Remove (nil) calls made while a
+	// refresh is reading the table, so the refresh does not undo them; nil
+	// otherwise.
+	changed map[string]*Ad
 }
 
 // NewCatalog returns an empty catalog loading from ads.
 func NewCatalog(ads *Ads, logger *slog.Logger) *Catalog {
-	return &Catalog{ads: ads, logger: logger, ids: make(map[string]struct{})}
+	return &Catalog{ads: ads, logger: logger, byID: make(map[string]Ad)}
 }
 
-// Refresh reloads every ad ID from PostgreSQL. Adds and removes made while it
+// Refresh reloads every ad from PostgreSQL. Puts and removes made while it
 // reads are applied on top of what it read. Refreshes must not overlap.
 func (c *Catalog) Refresh(ctx context.Context) error {
 	c.mu.Lock()
-	c.changed = make(map[string]bool)
+	c.changed = make(map[string]*Ad)
 	c.mu.Unlock()
-	ids, err := c.ads.IDs(ctx)
+	ads, err := c.ads.All(ctx)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	changed := c.changed
@@ -42,18 +45,18 @@ func (c *Catalog) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	next := make(map[string]struct{}, len(ids))
-	for _, id := range ids {
-		next[id] = struct{}{}
+	next := make(map[string]Ad, len(ads))
+	for _, ad := range ads {
+		next[ad.ID] = ad
 	}
-	for id, added := range changed {
-		if added {
-			next[id] = struct{}{}
+	for id, ad := range changed {
+		if ad != nil {
+			next[id] = *ad
 		} else {
 			delete(next, id)
 		}
 	}
-	c.ids = next
+	c.byID, c.sorted = next, nil
 	return nil
 }
 
@@ -77,17 +80,28 @@ func (c *Catalog) Run(ctx context.Context, every time.Duration) error {
 // Exists reports whether id is a known ad.
 func (c *Catalog) Exists(id string) bool {
 	c.mu.RLock()
-	_, ok := c.ids[id]
+	_, ok := c.byID[id]
 	c.mu.RUnlock()
 	return ok
 }
 
-// Add records a newly created ad.
-func (c *Catalog) Add(id string) {
+// Get returns the ad with id, if known.
+func (c *Catalog) Get(id string) (Ad, bool) {
+	c.mu.RLock()
+	ad, ok := c.byID[id]
+	c.mu.RUnlock()
+	return ad, ok
+}
+
+// Put records a created or updated ad.
+func (c *Catalog) Put(ad Ad) {
 	c.mu.Lock()
-	c.ids[id] = struct{}{}
+	if _, known := c.byID[ad.ID]; !known {
+		c.sorted = nil
+	}
+	c.byID[ad.ID] = ad
 	if c.changed != nil {
-		c.changed[id] = true
+		c.changed[ad.ID] = &ad
 	}
 	c.mu.Unlock()
 }
@@ -95,21 +109,53 @@ func (c *Catalog) Add(id string) {
 // Remove forgets a deleted ad.
 func (c *Catalog) Remove(id string) {
 	c.mu.Lock()
-	delete(c.ids, id)
+	delete(c.byID, id)
+	c.sorted = nil
 	if c.changed != nil {
-		c.changed[id] = false
+		c.changed[id] = nil
 	}
 	c.mu.Unlock()
 }
 
-// IDs returns the known ad IDs, sorted.
+// IDs returns the known ad IDs, sorted. The caller owns the slice.
 func (c *Catalog) IDs() []string {
+	return slices.Clone(c.order())
+}
+
+// List returns the ads ordered by ID after the first offset, at most limit,
+// and how many there are in all.
+func (c *Catalog) List(limit, offset int) ([]Ad, int) {
+	ids := c.order()
+	lo := min(offset, len(ids))
+	page := ids[lo:min(lo+limit, len(ids))]
+	out := make([]Ad, 0, len(page))
 	c.mu.RLock()
-	out := make([]string, 0, len(c.ids))
-	for id := range c.ids {
-		out = append(out, id)
+	for _, id := range page {
+		if ad, ok := c.byID[id]; ok { // removed since order() read it: skip
+			out = append(out, ad)
+		}
 	}
 	c.mu.RUnlock()
-	slices.Sort(out)
-	return out
+	return out, len(ids)
+}
+
+// order returns the sorted IDs, rebuilding them after a change. The slice is
+// shared: callers must not modify it.
+func (c *Catalog) order() []string {
+	c.mu.RLock()
+	sorted := c.sorted
+	c.mu.RUnlock()
+	if sorted != nil {
+		return sorted
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sorted == nil {
+		c.sorted = make([]string, 0, len(c.byID))
+		for id := range c.byID {
+			c.sorted = append(c.sorted, id)
+		}
+		slices.Sort(c.sorted)
+	}
+	return c.sorted
 }

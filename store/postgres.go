@@ -122,16 +122,6 @@ type Ads struct{ db *bun.DB }
 // NewAds returns the ads queries on db.
 func NewAds(db *bun.DB) *Ads { return &Ads{db: db} }
 
-// List returns ads ordered by ID, after the first offset, at most limit, and the total count.
-func (a *Ads) List(ctx context.Context, limit, offset int) ([]Ad, int, error) {
-	var ads []Ad
-	total, err := a.db.NewSelect().Model(&ads).Order("id").Limit(int64(limit)).Offset(int64(offset)).ScanAndCount(ctx)
-	if err != nil {
-		return nil, 0, fmt.Errorf("store: list ads: %w", err)
-	}
-	return ads, int(total), nil
-}
-
 // IDs returns every ad ID.
 func (a *Ads) IDs(ctx context.Context) ([]string, error) {
 	var ids []string
@@ -139,6 +129,15 @@ func (a *Ads) IDs(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("store: ad ids: %w", err)
 	}
 	return ids, nil
+}
+
+// All returns every ad, ordered by ID.
+func (a *Ads) All(ctx context.Context) ([]Ad, error) {
+	var ads []Ad
+	if err := a.db.NewSelect().Model(&ads).Order("id").Scan(ctx); err != nil {
+		return nil, fmt.Errorf("store: all ads: %w", err)
+	}
+	return ads, nil
 }
 
 // Get returns one ad, or ErrNotFound.

@@ -506,6 +506,13 @@ func TestPostgresOutage(t *testing.T) {
 	if status, ready := c.do(http.MethodGet, "/readyz", "", "", nil); status != http.StatusServiceUnavailable {
 		t.Errorf("readyz during the outage: %d %v, want 503", status, ready)
 	}
+	// The ads are served from the in-memory catalog.
+	if status, list := c.do(http.MethodGet, "/ads?limit=2", "", "", nil); status != http.StatusOK || len(list["ads"].([]any)) != 2 || num(list, "total") < 4 {
+		t.Errorf("GET /ads during the outage: %d %v, want 2 of the demo ads and their total", status, list)
+	}
+	if status, ad := c.do(http.MethodGet, "/ads/coffee-6s", "", "", nil); status != http.StatusOK || ad["id"] != "coffee-6s" || ad["title"] == "" {
+		t.Errorf("GET /ads/coffee-6s during the outage: %d %v", status, ad)
+	}
 	if err := pg.Restart(context.Background()); err != nil {
 		t.Fatal(err)
 	}
