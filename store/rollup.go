@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/axiomhq/hyperloglog"
 )
 
 // Counters are the additive measures of one rollup slot. Playback time is kept
@@ -191,30 +193,96 @@ func (d *decoder) uvarint() uint64 {
 }
 
 // Aggregate is the sum of any number of slots: counters add, visitor sets
-// merge. The zero value is ready to use.
+// merge. The zero value is ready to use; an Aggregate is not safe for
+// concurrent use.
+//
+// While every set added is an exact list, the members are gathered unsorted in
+// one buffer and sorted once when counted: a 30-day window merges a couple of
+// hundred slots, and merging sorted lists pairwise would copy the growing union
+// at every step. The count stays exact up to maxExactAggregate distinct
+// visitors (beyond ExactVisitors, as a union of exact sets is exact too); past
+// that, or once a sketch is added, it is a HyperLogLog estimate.
 type Aggregate struct {
 	Counters
-	visitors Visitors
+	hashes []uint64 // members of exact sets, unsorted, with repeats
+	sorted int      // hashes[:sorted] is sorted and distinct
+	sketch *hyperloglog.Sketch
 }
+
+// maxExactAggregate bounds the distinct members an Aggregate keeps (512 KiB).
+const maxExactAggregate = 64 << 10
 
 // AddSlot folds s into a.
 func (a *Aggregate) AddSlot(s *Slot) error {
 	a.Add(&s.Counters)
-	return a.mergeSketch(s.Visitors)
+	if s.Visitors == nil {
+		return nil
+	}
+	return a.merge(s.Visitors.exact, s.Visitors.sketch)
 }
 
-// AddAggregate folds o into a.
+// AddAggregate folds o into a; o is not changed.
 func (a *Aggregate) AddAggregate(o *Aggregate) error {
 	a.Add(&o.Counters)
-	return a.mergeSketch(&o.visitors)
+	return a.merge(o.hashes, o.sketch)
 }
 
-func (a *Aggregate) mergeSketch(v *Visitors) error {
-	return a.visitors.Merge(v)
+// merge adds the members of an exact list or a sketch (one of them set).
+func (a *Aggregate) merge(exact []uint64, sk *hyperloglog.Sketch) error {
+	switch {
+	case a.sketch == nil && sk == nil:
+		a.hashes = append(a.hashes, exact...)
+		if len(a.hashes) > 2*maxExactAggregate {
+			a.compact()
+		}
+		return nil
+	case a.sketch == nil:
+		a.toSketch(sk.Clone())
+		return nil
+	case sk == nil:
+		for _, h := range exact {
+			a.sketch.InsertHash(h)
+		}
+		return nil
+	default:
+		if err := a.sketch.Merge(sk); err != nil {
+			return fmt.Errorf("store: merge sketch: %w", err)
+		}
+		return nil
+	}
+}
+
+// compact sorts and dedupes the gathered members, and moves them to a sketch
+// when there are too many to keep.
+func (a *Aggregate) compact() {
+	if a.sorted == len(a.hashes) {
+		return
+	}
+	slices.Sort(a.hashes)
+	a.hashes = slices.Compact(a.hashes)
+	a.sorted = len(a.hashes)
+	if len(a.hashes) > maxExactAggregate {
+		a.toSketch(hyperloglog.New14())
+	}
+}
+
+// toSketch makes sk hold a's members and become a's set.
+func (a *Aggregate) toSketch(sk *hyperloglog.Sketch) {
+	for _, h := range a.hashes {
+		sk.InsertHash(h)
+	}
+	a.sketch, a.hashes, a.sorted = sk, nil, 0
 }
 
 // UniqueVisitors counts the distinct visitors across everything added: exactly
-// up to ExactVisitors, estimated above.
+// while only exact sets were added (up to 65,536 visitors), estimated beyond.
 func (a *Aggregate) UniqueVisitors() uint64 {
-	return a.visitors.Count()
+	if a.sketch != nil {
+		return a.sketch.Clone().Estimate()
+	}
+	a.compact()
+	if a.sketch != nil {
+		return a.sketch.Clone().Estimate()
+	}
+	return uint64(len(a.hashes))
 }
