@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestBatchEndpoint: each item of POST /ads/events stands alone; the good ones
@@ -49,16 +50,21 @@ func TestBatchEndpoint(t *testing.T) {
 	for i, w := range want {
 		r := results[i].(map[string]any)
 		field, _ := r["field"].(string)
-		if r["index"] != float64(i) || r["status"] != w.status || r["code"] != float64(w.code) || field != w.field {
+		status := r["status"]
+		if status == "spooled" && w.status == "accepted" {
+			status = "accepted" // a PubAck slower than the timeout on a loaded machine: durable all the same
+		}
+		if r["index"] != float64(i) || status != w.status || r["code"] != float64(w.code) || field != w.field {
 			t.Errorf("item %d: %v, want status %s code %d field %q", i, r, w.status, w.code, w.field)
 		}
 		if w.status == "rejected" && r["error"] == "" {
 			t.Errorf("item %d: rejected without a message", i)
 		}
 	}
-	if body["accepted"] != float64(4) || body["rejected"] != float64(4) || body["spooled"] != float64(0) || body["unavailable"] != float64(0) {
+	if num(body, "accepted")+num(body, "spooled") != 4 || body["rejected"] != float64(4) || body["unavailable"] != float64(0) {
 		t.Errorf("summary %v", body)
 	}
+	waitFor(t, "the spool to drain", 30*time.Second, in.spool.Empty)
 	ids := streamIDs(t, in.stream)
 	if len(ids) != 3 || ids["b-1"] != 1 || ids["b-2"] != 1 {
 		t.Errorf("stream holds %v, want b-1, b-2 and one generated ID, once each", ids)
@@ -72,9 +78,10 @@ func TestBatchEndpoint(t *testing.T) {
 		return "[" + strings.Join(items, ",") + "]"
 	}
 	code, _, body = in.post(t, "/ads/events", many(1000))
-	if code != http.StatusOK || body["accepted"] != float64(1000) {
-		t.Fatalf("1000 events: %d accepted %v", code, body["accepted"])
+	if code != http.StatusOK || num(body, "accepted")+num(body, "spooled") != 1000 {
+		t.Fatalf("1000 events: %d, %v accepted and %v spooled", code, body["accepted"], body["spooled"])
 	}
+	waitFor(t, "the spool to drain", 30*time.Second, in.spool.Empty)
 
 	tests := []struct {
 		name, contentType, body string
@@ -98,6 +105,7 @@ func TestBatchEndpoint(t *testing.T) {
 			}
 		})
 	}
+	waitFor(t, "the spool to drain", 30*time.Second, in.spool.Empty)
 	if ids := streamIDs(t, in.stream); len(ids) != 1003 {
 		t.Errorf("stream holds %d events after the refused bodies, want 1003", len(ids))
 	}
@@ -142,4 +150,9 @@ func TestForwardedForOnlyFromTrustedProxies(t *testing.T) {
 			t.Errorf("%s: stored ip %q, want %q", tc.id, got[tc.id], tc.want)
 		}
 	}
+}
+
+func num(m map[string]any, k string) float64 {
+	v, _ := m[k].(float64)
+	return v
 }
