@@ -332,6 +332,25 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 			fail(c, http.StatusBadRequest, "interval", fmt.Sprintf("the series would have more than %d points; use a coarser interval or a shorter window", MaxPoints))
 			return
 		}
+		// A point's edges must fall where rollups fine enough to cut there
+		// still exist; else the tiling would widen the point into its
+		// neighbours (e.g. hours at :30 in Asia/Kolkata need minutes).
+		for _, p := range pts {
+			for _, edge := range p {
+				u := store.Day
+				switch {
+				case !store.Hour.Truncate(edge).Equal(edge):
+					u = store.Minute
+				case !store.Day.Truncate(edge).Equal(edge):
+					u = store.Hour
+				}
+				if edge.Before(now.Add(-h.layout[u].Retention)) && edge.Before(now) {
+					fail(c, http.StatusBadRequest, "tz", fmt.Sprintf("%s points in %s start at %s, where %s rollups (kept %s) have expired; use a later from, or a time zone whose offset is whole hours",
+						q.intervalName, q.loc, edge.Format(time.RFC3339), u, h.layout[u].Retention))
+					return
+				}
+			}
+		}
 		from, to = pts[0][0], pts[len(pts)-1][1]
 	}
 	whole, err := h.layout.Tile(from, to, now)
