@@ -212,7 +212,7 @@ func awBenchSQLOneAd(b *testing.B, ctx context.Context, db *bun.DB, workMem, ad 
 	b.Helper()
 	start := time.Now()
 	tx := awBenchTx(b, ctx, db, workMem)
-	defer tx.Rollback()
+	defer func() { _ = tx.Rollback() }()
 	row := tx.QueryRowContext(ctx, "SELECT "+awBenchSelect+" FROM events WHERE ad_id = ? AND occurred_at >= ? AND occurred_at < ?", ad, from, to)
 	f, err := awBenchScan(row.Scan)
 	if err != nil {
@@ -225,7 +225,7 @@ func awBenchSQLAllAds(b *testing.B, ctx context.Context, db *bun.DB, workMem str
 	b.Helper()
 	start := time.Now()
 	tx := awBenchTx(b, ctx, db, workMem)
-	defer tx.Rollback()
+	defer func() { _ = tx.Rollback() }()
 	rows, err := tx.QueryContext(ctx, "SELECT ad_id, "+awBenchSelect+" FROM events WHERE occurred_at >= ? AND occurred_at < ? GROUP BY ad_id", from, to)
 	if err != nil {
 		b.Fatal(err)

@@ -58,7 +58,7 @@ func awSQLFigures(ctx context.Context, db *bun.DB, windows [][2]time.Time, ads [
 	if err != nil {
 		return nil, err
 	}
-	defer tx.Rollback()
+	defer func() { _ = tx.Rollback() }()
 	if _, err := tx.ExecContext(ctx, "SET LOCAL work_mem = '64MB'"); err != nil {
 		return nil, err
 	}

@@ -423,7 +423,7 @@ func (s *Spool) write(b *batch) error {
 		seg.size += int64(n)
 		s.diskBytes += int64(n)
 		if n > 0 {
-			s.sealLocked()
+			_ = s.sealLocked() // a close error is logged there; the segment is sealed either way
 		}
 		s.mu.Unlock()
 		return err
@@ -439,11 +439,11 @@ func (s *Spool) write(b *batch) error {
 		// After a failed fsync the page cache no longer tells what is on disk;
 		// never write to this file again.
 		s.log.Error("spool: fsync failed; sealing the segment", "segment", seg.name, "err", serr)
-		s.sealLocked()
+		_ = s.sealLocked() // a close error is logged there
 		return fmt.Errorf("spool: fsync %s: %w", seg.name, serr)
 	}
 	if seg.size >= s.segmentBytes {
-		s.sealLocked()
+		_ = s.sealLocked() // a close error is logged there; the records are fsync'd already
 	}
 	return nil
 }
