@@ -433,9 +433,9 @@ func (d *daemon) startCache(workCtx context.Context, rollups *store.Rollups, sna
 	if err != nil {
 		return nil, err
 	}
-	if snap, err := snapshots.latest(); err == nil {
-		cache.Warm(snap.(*store.Snapshot))
-		d.logger.Info("rollup cache warmed from the snapshot", "rollups", snap.(*store.Snapshot).Len(), "as_of", snap.AsOf())
+	if snap, err := snapshots.read(); err == nil {
+		cache.Warm(snap)
+		d.logger.Info("rollup cache warmed from the snapshot", "rollups", snap.Len(), "as_of", snap.AsOf())
 	}
 	d.goWorker(workCtx, "rollup-cache", cache.Run)
 	d.goWorker(workCtx, "snapshot-writer", func(ctx context.Context) error {
@@ -464,7 +464,16 @@ type snapshotFile struct {
 	snap    *store.Snapshot
 }
 
+// latest is read as the analytics handler's fallback.
 func (f *snapshotFile) latest() (api.StaleReader, error) {
+	snap, err := f.read()
+	if err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+func (f *snapshotFile) read() (*store.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fi, err := os.Stat(f.path)
