@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,6 +65,9 @@ import (
 // and ceiling_rate_errors from the constant rate. vegeta's text
 // summary of every run is logged; add -v to see them all, as without it go test
 // keeps only the first lines of a benchmark's log.
+//
+// ADMETRIC_BENCH_CPUPROFILE names a file for a CPU profile of this process
+// (the service with its embedded NATS) during the service's saturation run.
 //
 // The cost of NATS_SYNC_ALWAYS (the embedded server fsyncs every write) is the
 // difference between two runs, the default and one with
@@ -132,7 +136,9 @@ func BenchmarkIngest(b *testing.B) {
 		sWarm := vg.attack("service-warmup", serviceURL, adID, fmt.Sprintf("s%d-w", i), warmRate+1, time.Second, rateArgs(warmRate))
 		drain("the warm-up")
 		sWarm.check("202")
+		stopProfile := startCPUProfile(b, os.Getenv("ADMETRIC_BENCH_CPUPROFILE"))
 		sSat := vg.attack("service-saturation", serviceURL, adID, fmt.Sprintf("s%d-s", i), satTargets, duration, saturationArgs)
+		stopProfile()
 		sSat.check("202", "503")
 		drain("saturation")
 		sRate := vg.attack("service-rate", serviceURL, adID, fmt.Sprintf("s%d-r", i), rateTargets, duration, rateArgs(rate))
@@ -167,6 +173,29 @@ func BenchmarkIngest(b *testing.B) {
 		b.ReportMetric(float64(sRate.report.StatusCodes["503"]), "service_rate_503s")
 		b.ReportMetric(float64(sRate.report.StatusCodes["0"]), "service_rate_errors")
 		b.ReportMetric(float64(cRate.report.StatusCodes["0"]), "ceiling_rate_errors")
+	}
+}
+
+// startCPUProfile writes a CPU profile of this process (the service, not
+// vegeta) to path until the returned func is called; with an empty path it
+// does nothing.
+func startCPUProfile(b *testing.B, path string) (stop func()) {
+	b.Helper()
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
 	}
 }
 
