@@ -389,20 +389,15 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 	for _, u := range whole.Units() {
 		rep.Resolutions = append(rep.Resolutions, u.String())
 	}
-	totals := make([]store.Aggregate, len(windows))
 	ads := make([]Metrics, len(q.ids))
+	order := make([]int, len(q.ids))
 	for i, id := range q.ids {
-		for w := range windows {
-			if err := totals[w].AddAggregate(aggs[i][w]); err != nil {
-				h.logger.Error("adding up ads", "err", err)
-				fail(c, http.StatusInternalServerError, "", "could not add up the rollups")
-				return
-			}
-		}
 		ads[i] = metricsOf(id, aggs[i][0])
 		ads[i].Series = series(pts, aggs[i][1:])
+		order[i] = i
 	}
-	slices.SortStableFunc(ads, func(a, b Metrics) int {
+	slices.SortFunc(order, func(i, j int) int {
+		a, b := &ads[i], &ads[j]
 		switch {
 		case a.Clicks > b.Clicks:
 			return -1
@@ -411,6 +406,22 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 		}
 		return strings.Compare(a.AdID, b.AdID)
 	})
+	// The totals add the ads in that order: the most visited first, whose
+	// visitors are likely a dense sketch already, which the rest then go into
+	// without sorting.
+	totals := make([]store.Aggregate, len(windows))
+	sorted := make([]Metrics, len(ads))
+	for k, i := range order {
+		for w := range windows {
+			if err := totals[w].AddAggregate(aggs[i][w]); err != nil {
+				h.logger.Error("adding up ads", "err", err)
+				fail(c, http.StatusInternalServerError, "", "could not add up the rollups")
+				return
+			}
+		}
+		sorted[k] = ads[i]
+	}
+	ads = sorted
 	lo := min(q.offset, len(ads))
 	rep.Ads = ads[lo:min(lo+q.limit, len(ads))]
 	rep.Total = metricsOf("", &totals[0])
@@ -495,6 +506,9 @@ func sumAll(ctx context.Context, r RollupReader, ids []string, windows [][]store
 						cancel(fmt.Errorf("ad %s: %w", ids[i], err))
 						break
 					}
+					// Counting sorts and merges the ad's visitor sets: do it
+					// here, in parallel, rather than when the answer is built.
+					agg.UniqueVisitors()
 					row[w] = agg
 				}
 				aggs[i] = row

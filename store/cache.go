@@ -41,11 +41,13 @@ const (
 
 // CacheOptions configure a RollupCache.
 type CacheOptions struct {
-	// MaxBytes bounds the weight of the cached rollups (default
-	// DefaultCacheMaxBytes). The weight of an entry estimates the memory it
-	// holds: its encoded size, plus 128 bytes per slot, plus 256 bytes and the
-	// key's length for the entry itself. Eviction runs asynchronously, so the
-	// cache may briefly exceed the bound while it catches up.
+	// MaxBytes bounds the weight of what the cache holds (default
+	// DefaultCacheMaxBytes): three quarters of it for the rollups, one
+	// quarter for range sums (see RollupCache). The weight of a rollup
+	// estimates the memory it holds: its encoded size, plus 128 bytes per
+	// slot, plus 256 bytes and the key's length for the entry itself; a range
+	// sum weighs its visitor list or sketch. Eviction runs asynchronously, so
+	// the cache may briefly exceed the bound while it catches up.
 	MaxBytes int64
 	// Idle drops an entry that has not been read for this long (default
 	// DefaultCacheIdle). Updates from the watch do not count as reads.
@@ -75,13 +77,23 @@ type CacheOptions struct {
 // it last applied; the watch then resumes where it stood, missing nothing. An
 // entry evicted for size or idleness is forgotten: updates of it are ignored
 // and the next read loads it from KV again.
+//
+// Sum also keeps range sums: the sealed Aggregate of a run of two or more
+// slots of one key at the revision it read, so that the next Sum over the
+// same run of an unchanged key adds one aggregate instead of merging every
+// slot's visitor set again. A 30-day window reads about 190 slots in 7 keys;
+// only its edge keys change as the window moves on, and only the current
+// hour's key as events arrive. A range sum is used only at the revision of
+// the cached rollup it was made from.
 type RollupCache struct {
 	r      *Rollups
 	cache  *otter.Cache[cacheKey, *cacheEntry]
 	loader otter.Loader[cacheKey, *cacheEntry]
+	ranges *otter.Cache[rangeKey, *rangeSum]
 	logger *slog.Logger
 
 	hits, misses, evictions prometheus.Counter
+	rangeHits, rangeMisses  prometheus.Counter
 
 	running atomic.Bool
 	mu      sync.Mutex       // guards watch
@@ -102,6 +114,20 @@ type cacheKey struct {
 // whose rollup is empty). Immutable once built.
 type cacheEntry struct {
 	rollup *Rollup
+	rev    uint64
+	weight uint32
+}
+
+// rangeKey names the sum of slots lo through hi of one rollup.
+type rangeKey struct {
+	k      cacheKey
+	lo, hi int
+}
+
+// rangeSum is a sealed range sum and the revision of the rollup it was
+// summed from. Immutable once built.
+type rangeSum struct {
+	agg    *Aggregate
 	rev    uint64
 	weight uint32
 }
@@ -153,16 +179,34 @@ func NewRollupCache(r *Rollups, opts CacheOptions) (*RollupCache, error) {
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "admetric_rollup_cache_evictions_total", Help: "Rollup cache entries dropped for the byte bound or for being idle.",
 		}),
+		rangeHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_cache_range_hits_total", Help: "Runs of slots of one rollup that Sum added from a range sum it kept.",
+		}),
+		rangeMisses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_cache_range_misses_total", Help: "Runs of slots of one rollup that Sum summed slot by slot (and kept the sum of).",
+		}),
 	}
+	rangeBytes := opts.MaxBytes / 4
+	ranges, err := otter.New(&otter.Options[rangeKey, *rangeSum]{
+		MaximumWeight:    uint64(max(rangeBytes, 1)),
+		Weigher:          func(_ rangeKey, s *rangeSum) uint32 { return s.weight },
+		ExpiryCalculator: otter.ExpiryAccessing[rangeKey, *rangeSum](opts.Idle),
+		Logger:           otterLogger{c.logger},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: rollup cache: %w", err)
+	}
+	c.ranges = ranges
 	c.loader = otter.LoaderFunc[cacheKey, *cacheEntry](c.load)
 	cache, err := otter.New(&otter.Options[cacheKey, *cacheEntry]{
-		MaximumWeight:    uint64(opts.MaxBytes),
+		MaximumWeight:    uint64(opts.MaxBytes - rangeBytes),
 		Weigher:          func(_ cacheKey, e *cacheEntry) uint32 { return e.weight },
 		ExpiryCalculator: idleExpiry{idle: opts.Idle},
 		StatsRecorder:    evictionRecorder{c.evictions},
 		Logger:           otterLogger{c.logger},
 	})
 	if err != nil {
+		c.ranges.StopAllGoroutines()
 		return nil, fmt.Errorf("store: rollup cache: %w", err)
 	}
 	c.cache = cache
@@ -175,10 +219,10 @@ func NewRollupCache(r *Rollups, opts CacheOptions) (*RollupCache, error) {
 	if opts.Registerer != nil {
 		var registered []prometheus.Collector
 		for _, col := range []prometheus.Collector{
-			c.hits, c.misses, c.evictions,
+			c.hits, c.misses, c.evictions, c.rangeHits, c.rangeMisses,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "admetric_rollup_cache_bytes", Help: "Estimated bytes held by the rollup cache (the weight its byte bound applies to).",
-			}, func() float64 { return float64(c.cache.WeightedSize()) }),
+				Name: "admetric_rollup_cache_bytes", Help: "Estimated bytes held by the rollup cache, rollups and range sums (the weight its byte bound applies to).",
+			}, func() float64 { return float64(c.cache.WeightedSize() + c.ranges.WeightedSize()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "admetric_rollup_cache_entries", Help: "Approximate number of rollups in the rollup cache.",
 			}, func() float64 { return float64(c.cache.EstimatedSize()) }),
@@ -188,6 +232,7 @@ func NewRollupCache(r *Rollups, opts CacheOptions) (*RollupCache, error) {
 					opts.Registerer.Unregister(r)
 				}
 				c.cache.StopAllGoroutines()
+				c.ranges.StopAllGoroutines()
 				return nil, fmt.Errorf("store: rollup cache metrics: %w", err)
 			}
 			registered = append(registered, col)
@@ -201,15 +246,76 @@ func (c *RollupCache) Layout() Layout { return c.r.Layout() }
 
 // Sum adds up ad's slots listed in cells, as Rollups.Sum does, reading each
 // key once: from memory when cached, else from KV (concurrent misses of one
-// key load it once), caching what it loaded.
+// key load it once), caching what it loaded. A run of two or more consecutive
+// slots of one key is added from its range sum when the cache keeps one for
+// the rollup's revision, else summed and kept.
 func (c *RollupCache) Sum(ctx context.Context, adID string, cells []Cell) (*Aggregate, error) {
-	return sumCells(adID, cells, func(k cacheKey) (*Rollup, error) {
+	agg := &Aggregate{}
+	for _, ks := range groupCells(cells) {
+		k := cacheKey{unit: ks.unit, key: ks.unit.key(adID, ks.period)}
 		e, err := c.get(ctx, k)
 		if err != nil {
 			return nil, err
 		}
-		return e.rollup, nil
+		lo, hi, ok := slotRun(ks.slots)
+		if !ok {
+			if err := addSlots(agg, e.rollup, ks.slots); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		sum, err := c.rangeSum(k, e, lo, hi)
+		if err != nil {
+			return nil, err
+		}
+		if err := agg.AddAggregate(sum); err != nil {
+			return nil, err
+		}
+	}
+	return agg, nil
+}
+
+// slotRun reports whether slots are two or more consecutive slots, and which.
+func slotRun(slots []int) (lo, hi int, ok bool) {
+	if len(slots) < 2 {
+		return 0, 0, false
+	}
+	for i, s := range slots {
+		if s != slots[0]+i {
+			return 0, 0, false
+		}
+	}
+	return slots[0], slots[len(slots)-1], true
+}
+
+// rangeSum returns the sealed sum of slots lo through hi of e, the cached
+// rollup of k: kept from an earlier Sum at e's revision, or summed now and
+// kept unless a sum from a newer revision is there already. The result is
+// shared: only read it.
+func (c *RollupCache) rangeSum(k cacheKey, e *cacheEntry, lo, hi int) (*Aggregate, error) {
+	rk := rangeKey{k: k, lo: lo, hi: hi}
+	if s, ok := c.ranges.GetIfPresent(rk); ok && s.rev == e.rev {
+		c.rangeHits.Inc()
+		return s.agg, nil
+	}
+	c.rangeMisses.Inc()
+	agg := &Aggregate{}
+	for i := lo; i <= hi; i++ {
+		if s, ok := e.rollup.Slots[i]; ok {
+			if err := agg.AddSlot(s); err != nil {
+				return nil, err
+			}
+		}
+	}
+	w := uint64(agg.seal()) + uint64(len(k.key)) + 64
+	s := &rangeSum{agg: agg, rev: e.rev, weight: uint32(min(w, math.MaxUint32))}
+	c.ranges.Compute(rk, func(old *rangeSum, found bool) (*rangeSum, otter.ComputeOp) {
+		if found && old.rev >= s.rev {
+			return old, otter.CancelOp
+		}
+		return s, otter.WriteOp
 	})
+	return agg, nil
 }
 
 func (c *RollupCache) get(ctx context.Context, k cacheKey) (*cacheEntry, error) {
@@ -409,11 +515,17 @@ func (c *RollupCache) apply(u Unit, ent jetstream.KeyValueEntry) {
 	})
 }
 
-// dropUnit removes every cached key of unit's bucket.
+// dropUnit removes every cached key of unit's bucket, and the range sums of
+// them: a bucket made anew numbers its revisions from 1 again.
 func (c *RollupCache) dropUnit(u Unit) {
 	for k := range c.cache.Keys() {
 		if k.unit == u {
 			c.cache.Invalidate(k)
+		}
+	}
+	for k := range c.ranges.Keys() {
+		if k.k.unit == u {
+			c.ranges.Invalidate(k)
 		}
 	}
 }
@@ -513,34 +625,40 @@ func (o otterLogger) Error(ctx context.Context, msg string, err error) {
 	o.l.ErrorContext(ctx, msg, "err", err)
 }
 
-// keySlots is one key a Sum reads and the slots of it that it adds.
+// keySlots is one key a Sum reads and the slots of it that it adds, in the
+// order the cells list them.
 type keySlots struct {
-	k     cacheKey
-	slots []int
+	unit   Unit
+	period int64 // as Unit.period returns it
+	slots  []int
 }
 
-// linearKeys is how many distinct keys sumCells finds by a scan before it
+// linearKeys is how many distinct keys groupCells finds by a scan before it
 // builds an index: a tiling touches a handful.
 const linearKeys = 8
 
-// sumCells adds up ad's slots in cells, reading each key once through get (a
-// nil rollup counts as empty), in the order Rollups.Sum reads them.
-func sumCells(adID string, cells []Cell, get func(cacheKey) (*Rollup, error)) (*Aggregate, error) {
+// groupCells groups cells by the key holding them, in the order of each key's
+// first cell. It builds no key strings: a query groups the same cells for
+// every ad.
+func groupCells(cells []Cell) []keySlots {
+	type keyID struct {
+		unit   Unit
+		period int64
+	}
 	var (
 		keys  []keySlots
-		index map[cacheKey]int
+		index map[keyID]int
 	)
 	for _, c := range cells {
-		key, slot := c.Unit.Locate(adID, c.Start)
-		k := cacheKey{unit: c.Unit, key: key}
+		period, slot := c.Unit.period(c.Start)
 		i := -1
 		if index != nil {
-			if j, ok := index[k]; ok {
+			if j, ok := index[keyID{c.Unit, period}]; ok {
 				i = j
 			}
 		} else {
 			for j := range keys {
-				if keys[j].k == k {
+				if keys[j].unit == c.Unit && keys[j].period == period {
 					i = j
 					break
 				}
@@ -548,33 +666,47 @@ func sumCells(adID string, cells []Cell, get func(cacheKey) (*Rollup, error)) (*
 		}
 		if i < 0 {
 			i = len(keys)
-			keys = append(keys, keySlots{k: k})
+			keys = append(keys, keySlots{unit: c.Unit, period: period})
 			if index != nil {
-				index[k] = i
+				index[keyID{c.Unit, period}] = i
 			} else if len(keys) > linearKeys {
-				index = make(map[cacheKey]int, 2*len(keys))
+				index = make(map[keyID]int, 2*len(keys))
 				for j, ks := range keys {
-					index[ks.k] = j
+					index[keyID{ks.unit, ks.period}] = j
 				}
 			}
 		}
 		keys[i].slots = append(keys[i].slots, slot)
 	}
+	return keys
+}
+
+// addSlots folds v's slots listed in slots into agg; a nil v is empty.
+func addSlots(agg *Aggregate, v *Rollup, slots []int) error {
+	if v == nil {
+		return nil
+	}
+	for _, i := range slots {
+		if s, ok := v.Slots[i]; ok {
+			if err := agg.AddSlot(s); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// sumCells adds up ad's slots in cells, reading each key once through get (a
+// nil rollup counts as empty), in the order Rollups.Sum reads them.
+func sumCells(adID string, cells []Cell, get func(cacheKey) (*Rollup, error)) (*Aggregate, error) {
 	agg := &Aggregate{}
-	for _, ks := range keys {
-		v, err := get(ks.k)
+	for _, ks := range groupCells(cells) {
+		v, err := get(cacheKey{unit: ks.unit, key: ks.unit.key(adID, ks.period)})
 		if err != nil {
 			return nil, err
 		}
-		if v == nil {
-			continue
-		}
-		for _, i := range ks.slots {
-			if s, ok := v.Slots[i]; ok {
-				if err := agg.AddSlot(s); err != nil {
-					return nil, err
-				}
-			}
+		if err := addSlots(agg, v, ks.slots); err != nil {
+			return nil, err
 		}
 	}
 	return agg, nil

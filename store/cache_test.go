@@ -293,6 +293,92 @@ func TestRollupCacheFreshness(t *testing.T) {
 	}
 }
 
+// TestRollupCacheRangeSums: a run of slots read again at the same revision
+// comes from its range sum; a rewrite of the key makes the next Sum sum the
+// new value; many readers share one range sum (run with -race). Every answer
+// equals Rollups.Sum's.
+func TestRollupCacheRangeSums(t *testing.T) {
+	env := newCacheTestEnv(t, store.CacheOptions{})
+	runCache(t, env.c)
+	hour := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	key, _ := store.Minute.Locate("ad-a", hour)
+	minutes := func(from, to int) []store.Cell {
+		var cells []store.Cell
+		for m := from; m < to; m++ {
+			cells = append(cells, store.Cell{Unit: store.Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
+		}
+		return cells
+	}
+	write := func(clicks uint64, visitorsFrom uint64) uint64 {
+		v := store.NewRollup()
+		for m := range 60 {
+			s := v.Slot(m)
+			s.Clicks = clicks
+			n := uint64(30)
+			if m%20 == 0 {
+				n = store.ExactVisitors + 200 // a sketch
+			}
+			for i := range n {
+				s.AddVisitor(cacheTestHash(visitorsFrom + uint64(m)*40 + i))
+			}
+		}
+		return put(t, env.r, store.Minute, key, v)
+	}
+	write(1, 0)
+	whole, part := minutes(0, 60), minutes(10, 25)
+	check := func(cells []store.Cell) sumResult {
+		t.Helper()
+		want := sumOf(t, env.r, "ad-a", cells)
+		if got := sumOf(t, env.c, "ad-a", cells); got != want {
+			t.Fatalf("cache %+v, KV %+v", got, want)
+		}
+		return want
+	}
+	check(whole)
+	check(part)
+	if m := metricValue(t, env.reg, "admetric_rollup_cache_range_misses_total"); m != 2 {
+		t.Errorf("%v range misses, want 2 (one per run of slots)", m)
+	}
+	for range 3 {
+		check(whole)
+		check(part)
+	}
+	if h := metricValue(t, env.reg, "admetric_rollup_cache_range_hits_total"); h != 6 {
+		t.Errorf("%v range hits, want 6", h)
+	}
+
+	rev := write(2, 1_000_000)
+	eventually(t, time.Second, "the rewrite", func() bool {
+		got, _ := env.c.RevisionForTest(store.Minute, key)
+		return got == rev
+	})
+	if got := check(whole); got.Clicks != 120 {
+		t.Fatalf("clicks %d after the rewrite, want 120", got.Clicks)
+	}
+	if m := metricValue(t, env.reg, "admetric_rollup_cache_range_misses_total"); m != 3 {
+		t.Errorf("%v range misses, want 3: the rewrite invalidates the range sum", m)
+	}
+
+	want := sumOf(t, env.r, "ad-a", part)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 20 {
+				agg, err := env.c.Sum(context.Background(), "ad-a", part)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if got := (sumResult{agg.Counters, agg.UniqueVisitors()}); got != want {
+					t.Errorf("concurrent Sum %+v, want %+v", got, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
 // TestRollupCacheDeleteAndPurge: a deleted or purged key reads as empty once
 // the watch sees it, cached at the marker's revision.
 func TestRollupCacheDeleteAndPurge(t *testing.T) {
@@ -751,7 +837,8 @@ func TestSnapshotWarmWithNATSDown(t *testing.T) {
 	}
 }
 
-// BenchmarkCacheSum: the 30-day Sum of one ad from a warm cache ("cache"),
+// BenchmarkCacheSum: the 30-day Sum of one ad, and the count of its unique
+// visitors, from a warm cache ("cache"),
 // and straight from KV ("kv"), over rollups whose visitor sets are all small
 // ("exact") or where every tenth slot holds a sketch ("sketches"): merging
 // sketches into the aggregate costs the same both ways.
@@ -783,9 +870,11 @@ func BenchmarkCacheSum(b *testing.B) {
 					}
 					b.ReportAllocs()
 					for b.Loop() {
-						if _, err := via.s.Sum(ctx, ad, cells); err != nil {
+						agg, err := via.s.Sum(ctx, ad, cells)
+						if err != nil {
 							b.Fatal(err)
 						}
+						agg.UniqueVisitors()
 					}
 				})
 			}

@@ -320,33 +320,8 @@ func (r *Rollups) Checkpoint(ctx context.Context, u Unit, partition int) (seq, r
 
 // Sum adds up ad's slots listed in cells. Each key is read once.
 func (r *Rollups) Sum(ctx context.Context, adID string, cells []Cell) (*Aggregate, error) {
-	type keyRef struct {
-		u   Unit
-		key string
-	}
-	wanted := make(map[keyRef][]int)
-	var order []keyRef
-	for _, c := range cells {
-		key, slot := c.Unit.Locate(adID, c.Start)
-		k := keyRef{c.Unit, key}
-		if _, ok := wanted[k]; !ok {
-			order = append(order, k)
-		}
-		wanted[k] = append(wanted[k], slot)
-	}
-	agg := &Aggregate{}
-	for _, k := range order {
-		v, _, err := r.Load(ctx, k.u, k.key)
-		if err != nil {
-			return nil, err
-		}
-		for _, i := range wanted[k] {
-			if s, ok := v.Slots[i]; ok {
-				if err := agg.AddSlot(s); err != nil {
-					return nil, err
-				}
-			}
-		}
-	}
-	return agg, nil
+	return sumCells(adID, cells, func(k cacheKey) (*Rollup, error) {
+		v, _, err := r.Load(ctx, k.unit, k.key)
+		return v, err
+	})
 }

@@ -3,7 +3,6 @@ package store
 import (
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -100,23 +99,45 @@ func (u Unit) Next(t time.Time) time.Time {
 // YYYYMMDD (hour bucket) or YYYYMM (day bucket); ad IDs never hold a dot, and
 // the period is all digits, so no key collides with the checkpoint keys.
 func (u Unit) Locate(adID string, t time.Time) (key string, slot int) {
-	t = t.UTC()
-	var b strings.Builder
-	b.Grow(len(adID) + 11)
-	b.WriteString(adID)
-	b.WriteByte('.')
+	p, slot := u.period(t)
+	return u.key(adID, p), slot
+}
+
+// period returns the key period of unit u holding t as the number its key
+// spells (YYYYMMDDHH, YYYYMMDD or YYYYMM), and the slot index of t in it.
+// A query locates a couple of hundred cells per ad, so this avoids
+// time.Format.
+func (u Unit) period(t time.Time) (period int64, slot int) {
+	y, m, d := t.UTC().Date()
+	ym := int64(y)*100 + int64(m)
 	switch u {
 	case Minute:
-		b.WriteString(t.Format("2006010215"))
-		slot = t.Minute()
+		h, mi, _ := t.UTC().Clock()
+		return (ym*100+int64(d))*100 + int64(h), mi
 	case Hour:
-		b.WriteString(t.Format("20060102"))
-		slot = t.Hour()
+		return ym*100 + int64(d), t.UTC().Hour()
 	default:
-		b.WriteString(t.Format("200601"))
-		slot = t.Day() - 1
+		return ym, d - 1
 	}
-	return b.String(), slot
+}
+
+// key returns the key of ad's rollup for a period as period returns it.
+func (u Unit) key(adID string, period int64) string {
+	width := 6 // YYYYMM
+	switch u {
+	case Minute:
+		width = 10
+	case Hour:
+		width = 8
+	}
+	b := make([]byte, len(adID)+1+width)
+	copy(b, adID)
+	b[len(adID)] = '.'
+	for i := len(b) - 1; i > len(adID); i-- {
+		b[i] = byte('0' + period%10)
+		period /= 10
+	}
+	return string(b)
 }
 
 // Ceil returns the start of the first slot of unit u beginning at or after t.

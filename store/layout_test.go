@@ -140,11 +140,11 @@ func TestLocate(t *testing.T) {
 func TestLocateAgreesWithTruncate(t *testing.T) {
 	t.Parallel()
 	// Every instant of a slot maps to the same (key, slot), and the slot after
-	// it to a different one.
+	// it to a different one; the key spells the period as time.Format does.
 	rng := rand.New(rand.NewPCG(1, 2))
-	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for range 2000 {
-		at := base.Add(time.Duration(rng.Int64N(int64(400 * 24 * time.Hour))))
+	base := time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)
+	for range 5000 {
+		at := base.Add(time.Duration(rng.Int64N(int64(80 * 365 * 24 * time.Hour))))
 		for _, u := range []Unit{Minute, Hour, Day} {
 			start := u.Truncate(at)
 			k1, s1 := u.Locate("a", at)
@@ -153,6 +153,9 @@ func TestLocateAgreesWithTruncate(t *testing.T) {
 			k4, s4 := u.Locate("a", u.Next(start))
 			if k1 != k2 || s1 != s2 || k1 != k3 || s1 != s3 {
 				t.Fatalf("%v at %v: (%s,%d) (%s,%d) (%s,%d) differ within one slot", u, at, k1, s1, k2, s2, k3, s3)
+			}
+			if want := "a." + at.UTC().Format(map[Unit]string{Minute: "2006010215", Hour: "20060102", Day: "200601"}[u]); k1 != want {
+				t.Fatalf("%v at %v: key %s, want %s as time.Format spells it", u, at, k1, want)
 			}
 			if k1 == k4 && s1 == s4 {
 				t.Fatalf("%v at %v: the next slot has the same (key, slot) %s/%d", u, at, k1, s1)

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"slices"
+	"sync"
 	"testing"
 
 	"github.com/axiomhq/hyperloglog"
@@ -441,26 +443,271 @@ func TestAggregateUniqueVisitors(t *testing.T) {
 	}
 }
 
-func TestAggregateDoesNotAliasSlots(t *testing.T) {
+// TestAggregateOrderIndependent: however the slots are split between exact
+// lists and sketches, in whatever order they are added, directly or through
+// a sealed aggregate, the count equals that of one set holding every member.
+// This covers each way gathered members reach a sketch: one by one, through
+// a sparse batch, through a dense batch, and a dense sketch started by an
+// aggregate past maxExactAggregate members.
+func TestAggregateOrderIndependent(t *testing.T) {
 	t.Parallel()
-	s1 := rollupTestSlot(Counters{}, 0, 100)
-	s2 := rollupTestSlot(Counters{}, 100, 200)
-	var a Aggregate
-	if err := a.AddSlot(s1); err != nil {
-		t.Fatal(err)
+	exactSlots := func(from, to, per uint64) [][2]uint64 {
+		var r [][2]uint64
+		for i := from; i < to; i += per {
+			r = append(r, [2]uint64{i, min(i+per, to)})
+		}
+		return r
 	}
-	if err := a.AddSlot(s2); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name   string
+		ranges [][2]uint64 // one slot per range of hash indices
+	}{
+		{"sketch and a few exact", append([][2]uint64{{0, 1500}}, exactSlots(1400, 1500+100, 50)...)},
+		{"sketch and a sparse batch", append([][2]uint64{{0, 2000}}, exactSlots(1000, 7000, 900)...)},
+		{"sketch and a dense batch", append([][2]uint64{{0, 2000}}, exactSlots(1000, 31000, 1000)...)},
+		{"two sketches and exact between", append([][2]uint64{{0, 1100}, {50000, 52000}}, exactSlots(900, 4000, 700)...)},
+		{"exact past the aggregate's bound", exactSlots(0, 70000, 1000)},
+		{"exact past twice the bound", exactSlots(0, 140000, 1000)},
 	}
-	if got := rollupTestEstimate(s1.Visitors); got < 99 || got > 101 {
-		t.Errorf("merging into the aggregate changed the first slot's sketch: estimate %d", got)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var one Visitors // every member in one set, as the fold builds them
+			slots := make([]*Slot, len(tc.ranges))
+			for i, rg := range tc.ranges {
+				slots[i] = rollupTestSlot(Counters{Clicks: 1}, rg[0], rg[1])
+				for h := rg[0]; h < rg[1]; h++ {
+					one.Insert(rollupTestHash(h))
+				}
+			}
+			want := one.Count()
+			sum := func(order []int, via int) uint64 {
+				t.Helper()
+				var a Aggregate
+				parts := []*Aggregate{&a}
+				if via > 0 { // through sealed partial sums, as range sums are
+					parts = make([]*Aggregate, via)
+					for i := range parts {
+						parts[i] = &Aggregate{}
+					}
+				}
+				for i, j := range order {
+					if err := parts[i%len(parts)].AddSlot(slots[j]); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if via > 0 {
+					for _, p := range parts {
+						p.seal()
+						if err := a.AddAggregate(p); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				if a.Clicks != uint64(len(slots)) {
+					t.Fatalf("clicks %d, want %d", a.Clicks, len(slots))
+				}
+				return a.UniqueVisitors()
+			}
+			forward := make([]int, len(slots))
+			for i := range forward {
+				forward[i] = i
+			}
+			backward := slices.Clone(forward)
+			slices.Reverse(backward)
+			for _, c := range []struct {
+				name  string
+				order []int
+				via   int
+			}{{"forward", forward, 0}, {"backward", backward, 0}, {"forward via 3 sealed", forward, 3}, {"backward via 2 sealed", backward, 2}} {
+				if got := sum(c.order, c.via); got != want {
+					t.Errorf("%s: %d unique visitors, want %d as one set counts them", c.name, got, want)
+				}
+			}
+			t.Logf("%d unique visitors", want)
+		})
 	}
-	before := a.UniqueVisitors()
-	for i := uint64(1000); i < 1500; i++ {
-		s1.AddVisitor(rollupTestHash(i))
+}
+
+// TestAggregateSealKnowsDense: seal reads from the sketch's encoding whether
+// it is dense, which decides how members later go into an aggregate it is
+// added to.
+func TestAggregateSealKnowsDense(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		members uint64
+		dense   bool
+	}{{500, false}, {3000, false}, {40000, true}} {
+		var a Aggregate
+		for i := uint64(0); i < tc.members; i += 1000 {
+			if err := a.AddSlot(rollupTestSlot(Counters{}, i, min(i+1500, tc.members))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if a.sketch != nil {
+			a.dense = !tc.dense // seal must find out, not keep what it had
+		}
+		if w := a.seal(); w <= 128 {
+			t.Errorf("%d members: weight %d", tc.members, w)
+		}
+		if tc.members <= ExactVisitors {
+			if a.sketch != nil {
+				t.Errorf("%d members: a sketch, want an exact list", tc.members)
+			}
+		} else if a.dense != tc.dense {
+			t.Errorf("%d members: dense %v after seal, want %v", tc.members, a.dense, tc.dense)
+		}
 	}
-	if after := a.UniqueVisitors(); after != before {
-		t.Errorf("adding to a slot after merging changed the aggregate: %d -> %d", before, after)
+}
+
+// TestAggregateSealedIsShareable: adding one sealed aggregate to many
+// aggregates at once, some exact and some holding a sparse or dense sketch
+// (which use its sparse form, built by whichever comes first), leaves it
+// unchanged and counts as adding it alone does (run with -race).
+func TestAggregateSealedIsShareable(t *testing.T) {
+	t.Parallel()
+	own := []uint64{0, 100, ExactVisitors + 200, 30000} // the members each adder has of its own
+	for _, members := range []uint64{500, 5000, 40000} {
+		sealedOf := func() *Aggregate {
+			var a Aggregate
+			for i := uint64(0); i < members; i += 250 {
+				if err := a.AddSlot(rollupTestSlot(Counters{Impressions: 1}, i, min(i+300, members))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			a.seal()
+			return &a
+		}
+		sum := func(shared *Aggregate, g int) (uint64, error) {
+			var a Aggregate
+			n := own[g%len(own)]
+			for i := uint64(0); i < n; i += 1000 {
+				if err := a.AddSlot(rollupTestSlot(Counters{}, 1_000_000+i, 1_000_000+min(i+1000, n))); err != nil {
+					return 0, err
+				}
+			}
+			if n > ExactVisitors {
+				if err := a.AddSlot(rollupTestSlot(Counters{}, 1_000_000, 1_000_000+n)); err != nil { // one slot: a sketch
+					return 0, err
+				}
+			}
+			if err := a.AddAggregate(shared); err != nil {
+				return 0, err
+			}
+			return a.UniqueVisitors(), nil
+		}
+		want := make([]uint64, 8)
+		for g := range want {
+			var err error
+			if want[g], err = sum(sealedOf(), g); err != nil {
+				t.Fatal(err)
+			}
+		}
+		shared := sealedOf()
+		got := make([]uint64, len(want))
+		var wg sync.WaitGroup
+		for g := range got {
+			wg.Go(func() {
+				var err error
+				if got[g], err = sum(shared, g); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		for g := range got {
+			if got[g] != want[g] {
+				t.Errorf("%d shared members, adder %d: %d unique visitors, want %d as when added alone", members, g, got[g], want[g])
+			}
+		}
+		if c := shared.UniqueVisitors(); math.Abs(float64(c)-float64(members)) > 0.02*float64(members) {
+			t.Errorf("the shared aggregate counts %d, want about %d", c, members)
+		}
+	}
+}
+
+func TestUnionOfSortedLists(t *testing.T) {
+	t.Parallel()
+	lists := func(spec ...[2]uint64) []run {
+		var runs []run
+		for _, sp := range spec {
+			var h []uint64
+			for i := sp[0]; i < sp[1]; i++ {
+				h = append(h, i*3)
+			}
+			runs = append(runs, run{hashes: h})
+		}
+		return runs
+	}
+	var many [][2]uint64
+	for i := range uint64(20) {
+		many = append(many, [2]uint64{i * 10, i*10 + 15})
+	}
+	tests := []struct {
+		name string
+		runs []run
+		want int
+	}{
+		{"none", nil, 0},
+		{"empty lists", lists([2]uint64{0, 0}, [2]uint64{5, 5}), 0},
+		{"one", lists([2]uint64{0, 7}), 7},
+		{"disjoint", lists([2]uint64{0, 5}, [2]uint64{5, 9}), 9},
+		{"same", lists([2]uint64{0, 5}, [2]uint64{0, 5}, [2]uint64{0, 5}), 5},
+		{"overlapping eight", lists([2]uint64{0, 10}, [2]uint64{5, 15}, [2]uint64{0, 1}, [2]uint64{14, 30}, [2]uint64{2, 3}, [2]uint64{29, 31}, [2]uint64{0, 0}, [2]uint64{40, 41}), 32},
+		{"twenty", lists(many...), 205},
+	}
+	for _, tc := range tests {
+		if got := unionLen(tc.runs); got != tc.want {
+			t.Errorf("%s: unionLen %d, want %d", tc.name, got, tc.want)
+		}
+		u := unionOf(tc.runs)
+		if len(u) != tc.want || !slices.IsSorted(u) || len(slices.Compact(slices.Clone(u))) != len(u) {
+			t.Errorf("%s: unionOf gave %d members (sorted %v), want %d distinct sorted", tc.name, len(u), slices.IsSorted(u), tc.want)
+		}
+	}
+}
+
+// TestAggregateDoesNotWriteSlots: an aggregate refers to the lists of the
+// slots added (they must not change while it is in use) and never writes
+// them, whatever it counts.
+func TestAggregateDoesNotWriteSlots(t *testing.T) {
+	t.Parallel()
+	slots := []*Slot{
+		rollupTestSlot(Counters{}, 0, 100),
+		rollupTestSlot(Counters{}, 50, 200),
+		rollupTestSlot(Counters{}, 100, 100+ExactVisitors+1), // a sketch
+	}
+	before := make([][]byte, len(slots))
+	for i, s := range slots {
+		var err error
+		if before[i], err = s.Visitors.appendBinary(nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var exact, withSketch Aggregate
+	for _, s := range slots[:2] {
+		if err := exact.AddSlot(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range slots {
+		if err := withSketch.AddSlot(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := exact.UniqueVisitors(); got != 200 {
+		t.Errorf("exact: %d unique visitors, want 200", got)
+	}
+	withSketch.UniqueVisitors()
+	exact.seal()
+	for i, s := range slots {
+		after, err := s.Visitors.appendBinary(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(before[i], after) {
+			t.Errorf("slot %d changed by being added to an aggregate", i)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,6 +47,8 @@ const awBenchWorkMem = "256MB"
 // the same server, because the service's pool gives up reading after 5 s.
 // It reports the latencies, the speed-ups (SQL p50 with the server's
 // work_mem / API p50) and the rollup cache's size from /metrics.
+// ADMETRIC_BENCH_CPUPROFILE names a file for a CPU profile of the service
+// while it answers the API requests.
 //
 //	go test -run '^$' -bench AnalyticsVsSQL -benchtime 1x -timeout 30m ./cmd/admetric/
 func BenchmarkAnalyticsVsSQL(b *testing.B) {
@@ -125,6 +128,7 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 			from.Format(time.RFC3339), to.Format(time.RFC3339), top, rep.Ads[0].Impressions, rep.Ads[0].Clicks, rep.Ads[0].UniqueVisitors,
 			allRep.TotalAds, allRep.Total.Impressions, allRep.Total.UniqueVisitors)
 
+		stopProfile := startCPUProfile(b, os.Getenv("ADMETRIC_BENCH_CPUPROFILE"))
 		oneAd := make([]time.Duration, oneAdRequests)
 		for i := range oneAd {
 			oneAd[i] = get(oneAdQuery)
@@ -133,6 +137,7 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 		for i := range allAds {
 			allAds[i] = get(allAdsQuery)
 		}
+		stopProfile()
 		var sqlOneAd, sqlAllAds, sqlOneAdWM, sqlAllAdsWM []time.Duration
 		for range sqlRuns {
 			_, took := awBenchSQLOneAd(b, ctx, db, "", top, from, to)
@@ -164,7 +169,22 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 		b.ReportMetric(cacheEntries, "cache_entries")
 		b.Logf("%d + %d API requests, %d + %d SQL runs; sql p99: one ad %.1f ms, all ads %.1f ms",
 			oneAdRequests, allAdsRequests, sqlRuns, sqlRuns, p(sqlOneAd, 0.99), p(sqlAllAds, 0.99))
+		b.Logf("slowest API answers: one ad %v; all ads %v", slowest(oneAd, 5), slowest(allAds, 5))
 	}
+}
+
+// slowest returns the n longest of lat, longest first, and where each came.
+func slowest(lat []time.Duration, n int) []string {
+	idx := make([]int, len(lat))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return int(lat[b] - lat[a]) })
+	var out []string
+	for _, i := range idx[:min(n, len(idx))] {
+		out = append(out, fmt.Sprintf("#%d %.1fms", i, float64(lat[i])/1e6))
+	}
+	return out
 }
 
 // awBenchSelect is the SQL equivalent of one ad's (or, grouped, every ad's)
