@@ -491,7 +491,16 @@ func TestAnalyticsMatchSQL(t *testing.T) {
 		c.t = t
 		defer func() { c.t = outer }()
 		c.check(url.Values{"interval": {"hour"}, "tz": {"Asia/Kolkata"}, "timeframe": {"24h"}}, nil)
-		c.check(url.Values{"interval": {"day"}, "tz": {"Asia/Kolkata"}, "from": {rfc(now.Add(-60 * time.Hour))}, "to": {rfc(now)}}, nil)
+		// Day points start at local midnight on or before from: the first
+		// midnight after now-70h keeps every edge within the 72 hours
+		// whatever the time of day.
+		kolkata, err := time.LoadLocation("Asia/Kolkata")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := now.Add(-70 * time.Hour).In(kolkata)
+		midnight := time.Date(f.Year(), f.Month(), f.Day()+1, 0, 0, 0, 0, kolkata)
+		c.check(url.Values{"interval": {"day"}, "tz": {"Asia/Kolkata"}, "from": {rfc(midnight)}, "to": {rfc(now)}}, nil)
 		c.flush()
 		for _, q := range []url.Values{
 			{"interval": {"hour"}, "tz": {"Asia/Kolkata"}, "from": {rfc(now.Add(-5 * 24 * time.Hour))}, "to": {rfc(now.Add(-4 * 24 * time.Hour))}},
