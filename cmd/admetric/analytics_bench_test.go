@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,7 +49,8 @@ const awBenchWorkMem = "256MB"
 // It reports the latencies, the speed-ups (SQL p50 with the server's
 // work_mem / API p50) and the rollup cache's size from /metrics.
 // ADMETRIC_BENCH_CPUPROFILE names a file for a CPU profile of the service
-// while it answers the API requests.
+// while it answers the API requests; ADMETRIC_BENCH_MEMPROFILE one for the
+// allocations of the whole run up to their end.
 //
 //	go test -run '^$' -bench AnalyticsVsSQL -benchtime 1x -timeout 30m ./cmd/admetric/
 func BenchmarkAnalyticsVsSQL(b *testing.B) {
@@ -138,6 +140,9 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 			allAds[i] = get(allAdsQuery)
 		}
 		stopProfile()
+		if path := os.Getenv("ADMETRIC_BENCH_MEMPROFILE"); path != "" {
+			writeAllocsProfile(b, path)
+		}
 		var sqlOneAd, sqlAllAds, sqlOneAdWM, sqlAllAdsWM []time.Duration
 		for range sqlRuns {
 			_, took := awBenchSQLOneAd(b, ctx, db, "", top, from, to)
@@ -170,6 +175,19 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 		b.Logf("%d + %d API requests, %d + %d SQL runs; sql p99: one ad %.1f ms, all ads %.1f ms",
 			oneAdRequests, allAdsRequests, sqlRuns, sqlRuns, p(sqlOneAd, 0.99), p(sqlAllAds, 0.99))
 		b.Logf("slowest API answers: one ad %v; all ads %v", slowest(oneAd, 5), slowest(allAds, 5))
+	}
+}
+
+// writeAllocsProfile writes the allocations of this process so far to path.
+func writeAllocsProfile(b *testing.B, path string) {
+	b.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
 	}
 }
 
