@@ -134,7 +134,8 @@ type Config struct {
 	MaxPendingPublishes int
 
 	// CacheMaxBytes bounds the in-memory rollup cache that analytics read
-	// through (CACHE_MAX_BYTES, default 268435456, 256 MiB).
+	// through, its rollups and range sums (CACHE_MAX_BYTES, default
+	// 268435456, 256 MiB).
 	CacheMaxBytes int
 	// CacheIdle drops rollups from the cache when no query read them for this
 	// long (CACHE_IDLE, default 15m).
