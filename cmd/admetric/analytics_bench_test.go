@@ -36,8 +36,8 @@ const awBenchWorkMem = "256MB"
 // (logging how long that took).
 //
 // After one warming pass of each query it measures, one request at a time over
-// one keep-alive connection, ADMETRIC_BENCH_REQUESTS requests (default 300 for
-// one ad, 50 for all ads) of GET /ads/analytics?timeframe=30d&ad_id=<the most
+// one keep-alive connection, ADMETRIC_BENCH_REQUESTS requests (default 1,000
+// for one ad, 200 for all ads) of GET /ads/analytics?timeframe=30d&ad_id=<the most
 // popular ad> and GET /ads/analytics?timeframe=30d&limit=10000, and
 // ADMETRIC_BENCH_SQL_RUNS runs (default 20) of each SQL equivalent over the
 // same window: counts by type, the click playback sum and
@@ -55,7 +55,8 @@ const awBenchWorkMem = "256MB"
 //	go test -run '^$' -bench AnalyticsVsSQL -benchtime 1x -timeout 30m ./cmd/admetric/
 func BenchmarkAnalyticsVsSQL(b *testing.B) {
 	nEvents := envInt("ADMETRIC_BENCH_EVENTS", 1_000_000)
-	oneAdRequests, allAdsRequests := 300, 50
+	// Enough that p99 is not just the slowest answer or two.
+	oneAdRequests, allAdsRequests := 1000, 200
 	if n := envInt("ADMETRIC_BENCH_REQUESTS", 0); n > 0 {
 		oneAdRequests, allAdsRequests = n, n
 	}
