@@ -406,9 +406,9 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 		}
 		return strings.Compare(a.AdID, b.AdID)
 	})
-	// The totals add the ads in that order: the most visited first, whose
-	// visitors are likely a dense sketch already, which the rest then go into
-	// without sorting.
+	// The totals add the ads in that order: the most clicked first, whose
+	// visitors are the likeliest to be a dense sketch already (from a range
+	// sum), which the rest then go into without sorting.
 	totals := make([]store.Aggregate, len(windows))
 	sorted := make([]Metrics, len(ads))
 	for k, i := range order {

@@ -98,6 +98,10 @@ type RollupCache struct {
 	running atomic.Bool
 	mu      sync.Mutex       // guards watch
 	watch   [3]watchPosition // by Unit
+	// gens counts, by Unit, the times dropUnit emptied the cache of a
+	// bucket: a bucket made anew numbers its revisions from 1 again, so a
+	// revision names a value only within one generation.
+	gens [3]atomic.Uint64
 	// afterLoad, when set (by tests), runs after each load from KV has read its
 	// value and before the cache stores it.
 	afterLoad func(u Unit, key string)
@@ -115,13 +119,16 @@ type cacheKey struct {
 type cacheEntry struct {
 	rollup *Rollup
 	rev    uint64
+	gen    uint64 // the generation of its unit when it was read (see RollupCache.gens)
 	weight uint32
 }
 
-// rangeKey names the sum of slots lo through hi of one rollup.
+// rangeKey names the sum of slots lo through hi of one rollup, as the
+// bucket of generation gen holds it.
 type rangeKey struct {
 	k      cacheKey
 	lo, hi int
+	gen    uint64
 }
 
 // rangeSum is a sealed range sum and the revision of the rollup it was
@@ -293,7 +300,7 @@ func slotRun(slots []int) (lo, hi int, ok bool) {
 // kept unless a sum from a newer revision is there already. The result is
 // shared: only read it.
 func (c *RollupCache) rangeSum(k cacheKey, e *cacheEntry, lo, hi int) (*Aggregate, error) {
-	rk := rangeKey{k: k, lo: lo, hi: hi}
+	rk := rangeKey{k: k, lo: lo, hi: hi, gen: e.gen}
 	if s, ok := c.ranges.GetIfPresent(rk); ok && s.rev == e.rev {
 		c.rangeHits.Inc()
 		return s.agg, nil
@@ -331,6 +338,7 @@ func (c *RollupCache) get(ctx context.Context, k cacheKey) (*cacheEntry, error) 
 // wrote or invalidated k while it ran (see apply), so a load that read a value
 // the watch has since replaced is discarded and run again.
 func (c *RollupCache) load(ctx context.Context, k cacheKey) (*cacheEntry, error) {
+	gen := c.gens[k.unit].Load() // a dropUnit after this discards the load
 	v, rev, err := c.r.Load(ctx, k.unit, k.key)
 	if err != nil {
 		return nil, err
@@ -343,7 +351,9 @@ func (c *RollupCache) load(ctx context.Context, k cacheKey) (*cacheEntry, error)
 	if c.afterLoad != nil {
 		c.afterLoad(k.unit, k.key)
 	}
-	return newCacheEntry(k.key, v, rev, len(enc)), nil
+	e := newCacheEntry(k.key, v, rev, len(enc))
+	e.gen = gen
+	return e, nil
 }
 
 func newCacheEntry(key string, v *Rollup, rev uint64, encodedLen int) *cacheEntry {
@@ -376,7 +386,9 @@ func (c *RollupCache) Warm(s *Snapshot) {
 	layout := c.r.Layout()
 	for k, e := range s.entries {
 		if s.layout[k.unit].Bucket == layout[k.unit].Bucket {
-			c.offer(k, e)
+			fresh := *e // the snapshot's entry is its own; this one is of the current generation
+			fresh.gen = c.gens[k.unit].Load()
+			c.offer(k, &fresh)
 		}
 	}
 	// After the entries are in: a replay started before could apply an update
@@ -503,6 +515,7 @@ func (c *RollupCache) apply(u Unit, ent jetstream.KeyValueEntry) {
 		}
 		e = newCacheEntry(k.key, v, ent.Revision(), len(ent.Value()))
 	}
+	e.gen = c.gens[u].Load()
 	c.cache.Compute(k, func(old *cacheEntry, found bool) (*cacheEntry, otter.ComputeOp) {
 		switch {
 		case !found: // evicted meanwhile: as for a key not cached
@@ -516,8 +529,11 @@ func (c *RollupCache) apply(u Unit, ent jetstream.KeyValueEntry) {
 }
 
 // dropUnit removes every cached key of unit's bucket, and the range sums of
-// them: a bucket made anew numbers its revisions from 1 again.
+// them: a bucket made anew numbers its revisions from 1 again. The
+// generation moves on first, so that a range sum of an entry read before
+// this, stored after it, is under a key no later entry looks up.
 func (c *RollupCache) dropUnit(u Unit) {
+	c.gens[u].Add(1)
 	for k := range c.cache.Keys() {
 		if k.unit == u {
 			c.cache.Invalidate(k)

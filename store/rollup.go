@@ -372,10 +372,10 @@ func sparseSketchOf(hashes []uint64) *hyperloglog.Sketch {
 	return sk
 }
 
-// sparseForm returns the members of a sealed exact aggregate as a sparse
-// sketch, built on the first call: a sparse sketch merges another sparse
-// sketch at about the cost of sorting its entries, but takes a list of
-// hashes only by inserting them. Safe for concurrent use: concurrent first
+// sparseForm returns the members of a sealed exact aggregate as a sketch
+// (sparse unless they are too many), built on the first call: a sparse
+// sketch merges another sketch at about the cost of sorting its entries, but
+// takes a list of hashes only by inserting them. Safe for concurrent use: concurrent first
 // calls may each build one, and one is kept.
 func (a *Aggregate) sparseForm() *hyperloglog.Sketch {
 	if sk := a.sparse.Load(); sk != nil {
@@ -383,6 +383,8 @@ func (a *Aggregate) sparseForm() *hyperloglog.Sketch {
 	}
 	sk := sparseSketchOf(a.hashes)
 	sk.Estimate() // merges the insert buffer, so that readers only read
+	// A clone holds exactly its entries: the merges left spare capacity.
+	sk = sk.Clone()
 	if a.sparse.CompareAndSwap(nil, sk) {
 		return sk
 	}
@@ -478,6 +480,10 @@ func (a *Aggregate) UniqueVisitors() uint64 {
 // reads it and adding it costs the least. It returns an estimate of the
 // bytes a holds. Nothing may be added to a sealed aggregate.
 func (a *Aggregate) seal() (weight int) {
+	if a.sketch == nil && len(a.runs) > 8 {
+		// Counting would build this union only to count it.
+		a.runs = []run{{hashes: unionOf(a.runs)}}
+	}
 	a.UniqueVisitors() // settles, and merges a sparse sketch's insert buffer
 	if a.sketch == nil {
 		a.hashes = slices.Clip(unionOf(a.runs)) // a slot's own list when there is one
@@ -490,8 +496,10 @@ func (a *Aggregate) seal() (weight int) {
 		weight += 4 * len(a.hashes)
 	}
 	if a.sketch != nil {
-		// The encoding says whether the sketch is dense, and its length is
-		// about the sketch's size in memory.
+		// A clone holds exactly its entries (merges leave spare capacity),
+		// so that the encoding's length is about its size in memory; the
+		// encoding also says whether it is dense.
+		a.sketch = a.sketch.Clone()
 		b, err := a.sketch.MarshalBinary()
 		if err != nil || len(b) < 4 {
 			return weight + 1<<14

@@ -233,6 +233,15 @@ func TestRollupUnmarshalRejects(t *testing.T) {
 	badSketch = append(badSketch, 8, 9, 9, 9, 9, 9, 9, 9, 9)
 	overlong := append([]byte{1}, bytes.Repeat([]byte{0xff}, 10)...)
 	overlong = append(overlong, 0x7f, 0)
+	// A slot whose sketch is precision 16: it would not merge with the rest.
+	p16 := hyperloglog.New16()
+	for i := range uint64(2000) {
+		p16.InsertHash(rollupTestHash(i))
+	}
+	wrongPrecision, err := (&Rollup{Slots: map[int]*Slot{0: {Counters: Counters{Clicks: 1}, Visitors: &Visitors{sketch: p16}}}}).MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	if err := new(Rollup).UnmarshalBinary(rollupTestCraft(1, 1, maxSlots-1)); err != nil {
 		t.Fatalf("slot index %d rejected: %v", maxSlots-1, err)
@@ -266,6 +275,7 @@ func TestRollupUnmarshalRejects(t *testing.T) {
 		{"overlong MaxSeq uvarint", overlong},
 		{"sketch garbage", badSketch},
 		{"sketch length past end", append(rollupTestCraft(1, 1, 0)[:14], 0x05, 1, 1)},
+		{"sketch of precision 16", wrongPrecision},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

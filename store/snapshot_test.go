@@ -47,7 +47,10 @@ func snapshotTestCache(t *testing.T) *RollupCache {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.cache.StopAllGoroutines() })
+	t.Cleanup(func() {
+		c.cache.StopAllGoroutines()
+		c.ranges.StopAllGoroutines()
+	})
 	return c
 }
 
@@ -57,7 +60,9 @@ func snapshotTestOffer(t *testing.T, c *RollupCache, u Unit, key string, v *Roll
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.offer(cacheKey{unit: u, key: key}, newCacheEntry(key, v, rev, len(enc))) {
+	e := newCacheEntry(key, v, rev, len(enc))
+	e.gen = c.gens[u].Load() // as a load or the watch would
+	if !c.offer(cacheKey{unit: u, key: key}, e) {
 		t.Fatalf("offer %s %s rev %d refused", u, key, rev)
 	}
 }
@@ -347,5 +352,56 @@ func TestSumCellsManyKeys(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%v read %d times", k, n)
 		}
+	}
+}
+
+// TestRangeSumsAcrossBucketGenerations: after a bucket is dropped (made anew,
+// its revisions numbered from 1 again), a key at the same revision as before
+// is summed from its new value, not from a range sum of the old one, even one
+// stored after the drop by a Sum that read the old entry before it.
+func TestRangeSumsAcrossBucketGenerations(t *testing.T) {
+	t.Parallel()
+	c := snapshotTestCache(t)
+	hour := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	key, _ := Minute.Locate("ad", hour)
+	var cells []Cell
+	for m := range 60 {
+		cells = append(cells, Cell{Unit: Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
+	}
+	rollup := func(clicks uint64) *Rollup {
+		v := NewRollup()
+		for m := range 60 {
+			v.Slot(m).Clicks = clicks
+		}
+		return v
+	}
+	clicks := func() uint64 {
+		t.Helper()
+		agg, err := c.Sum(context.Background(), "ad", cells)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return agg.Clicks
+	}
+	snapshotTestOffer(t, c, Minute, key, rollup(1), 5)
+	if got := clicks(); got != 60 {
+		t.Fatalf("clicks %d, want 60", got)
+	}
+	if got := clicks(); got != 60 { // from the range sum
+		t.Fatalf("clicks %d, want 60 again", got)
+	}
+	// A Sum that read the old entry before the drop stores its range sum
+	// after it.
+	old, ok := c.cache.GetIfPresent(cacheKey{unit: Minute, key: key})
+	if !ok {
+		t.Fatal("the old entry is not cached")
+	}
+	c.dropUnit(Minute)
+	if _, err := c.rangeSum(cacheKey{unit: Minute, key: key}, old, 0, 59); err != nil {
+		t.Fatal(err)
+	}
+	snapshotTestOffer(t, c, Minute, key, rollup(2), 5)
+	if got := clicks(); got != 120 {
+		t.Fatalf("clicks %d after the bucket was made anew, want 120 from the new value", got)
 	}
 }

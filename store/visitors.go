@@ -217,5 +217,12 @@ func (d *decoder) sketch(b []byte) *Visitors {
 		d.err = fmt.Errorf("sketch: %w", err)
 		return nil
 	}
+	// Every set is precision 14, and sets of other precisions do not merge:
+	// refuse one here rather than lose visitors when counting. Byte 1 of
+	// the encoding (version, p, b, sparse) is the precision.
+	if b[1] != 14 {
+		d.err = fmt.Errorf("sketch of precision %d, want 14", b[1])
+		return nil
+	}
 	return &Visitors{sketch: sk}
 }
