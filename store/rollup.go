@@ -309,11 +309,7 @@ func (a *Aggregate) settle() {
 		return
 	}
 	if a.dense {
-		for _, r := range a.runs {
-			for _, h := range r.hashes {
-				a.sketch.InsertHash(h)
-			}
-		}
+		insertRuns(a.sketch, a.runs)
 		a.runs = nil
 		return
 	}
@@ -331,23 +327,24 @@ func (a *Aggregate) settle() {
 	a.runs = nil
 	switch n := unionLen(rest); {
 	case n <= sparseBatch:
-		for _, r := range rest {
-			for _, h := range r.hashes {
-				a.sketch.InsertHash(h)
-			}
-		}
+		insertRuns(a.sketch, rest)
 	case n > 1<<14:
 		// Past 16,384 members (the sketch's m) the union is dense anyway.
 		batch := hyperloglog.NewNoSparse()
-		for _, r := range rest {
-			for _, h := range r.hashes {
-				batch.InsertHash(h)
-			}
-		}
+		insertRuns(batch, rest)
 		_ = a.sketch.Merge(batch)
 		a.dense = true
 	default:
 		_ = a.sketch.Merge(sparseSketchOf(unionOf(rest)))
+	}
+}
+
+// insertRuns inserts the members of runs into sk one by one.
+func insertRuns(sk *hyperloglog.Sketch, runs []run) {
+	for _, r := range runs {
+		for _, h := range r.hashes {
+			sk.InsertHash(h)
+		}
 	}
 }
 
