@@ -83,8 +83,8 @@ type CacheOptions struct {
 // same run of an unchanged key adds one aggregate instead of merging every
 // slot's visitor set again. A 30-day window reads about 190 slots in 7 keys;
 // only its edge keys change as the window moves on, and only the current
-// hour's key as events arrive. A range sum is used only at the revision of
-// the cached rollup it was made from.
+// hour's key as events arrive. A range sum is used only at the revision (and
+// bucket generation) of the cached rollup it was made from.
 type RollupCache struct {
 	r      *Rollups
 	cache  *otter.Cache[cacheKey, *cacheEntry]
