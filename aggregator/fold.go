@@ -98,6 +98,8 @@ func Fold(layout store.Layout, values map[Key]*store.Rollup, recs []Record, now 
 	return st
 }
 
+// apply folds r into s. Every event moves a counter: the rollup cache tells
+// an unchanged slot by its counters (store.RollupCache's range sums).
 func apply(s *store.Slot, r *Record) {
 	switch r.Event.Type {
 	case event.Impression:

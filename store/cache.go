@@ -121,6 +121,61 @@ type cacheEntry struct {
 	rev    uint64
 	gen    uint64 // the generation of its unit when it was read (see RollupCache.gens)
 	weight uint32
+	// slotRevs[i] is the revision since which slot i has not changed, as
+	// far as the watch saw the key's updates (see carrySlotRevs); nil when
+	// it saw none, and every slot counts as of rev.
+	slotRevs []uint64
+}
+
+// slotCapacity is how many slots a key of each unit has.
+var slotCapacity = [3]int{Minute: 60, Hour: 24, Day: 31}
+
+// rangeRev returns the revision since which none of slots lo through hi of
+// e has changed: the revision a range sum of them is valid for.
+func (e *cacheEntry) rangeRev(lo, hi int) uint64 {
+	if e.slotRevs == nil || hi >= len(e.slotRevs) {
+		return e.rev
+	}
+	var r uint64
+	for _, sr := range e.slotRevs[lo : hi+1] {
+		r = max(r, sr)
+	}
+	return r
+}
+
+// carrySlotRevs sets, on e, the newer value of old's key, the revision since
+// which each slot has not changed: old's for a slot whose counters are the
+// same in both (every event the fold adds moves a counter, so a slot with
+// the same counters holds the same visitors too), e's own for the rest. A
+// key of the current hour, day or month gets a new revision with every
+// commit, but only its current slot changes: the range sums of the others
+// stay valid.
+func carrySlotRevs(u Unit, old, e *cacheEntry) {
+	n := slotCapacity[u]
+	for i := range e.rollup.Slots {
+		if i >= n {
+			return // not a key this layout writes: every slot as of e.rev
+		}
+	}
+	for i := range old.rollup.Slots {
+		if i >= n {
+			return
+		}
+	}
+	revs := make([]uint64, n)
+	for i := range revs {
+		was, wasOK := old.rollup.Slots[i]
+		now, nowOK := e.rollup.Slots[i]
+		switch {
+		case wasOK != nowOK || (nowOK && was.Counters != now.Counters):
+			revs[i] = e.rev
+		case old.slotRevs != nil:
+			revs[i] = old.slotRevs[i]
+		default:
+			revs[i] = old.rev
+		}
+	}
+	e.slotRevs = revs
 }
 
 // rangeKey names the sum of slots lo through hi of one rollup, as the
@@ -131,8 +186,8 @@ type rangeKey struct {
 	gen    uint64
 }
 
-// rangeSum is a sealed range sum and the revision of the rollup it was
-// summed from. Immutable once built.
+// rangeSum is a sealed range sum and the revision since which its slots had
+// not changed when it was summed (cacheEntry.rangeRev). Immutable once built.
 type rangeSum struct {
 	agg    *Aggregate
 	rev    uint64
@@ -296,12 +351,13 @@ func slotRun(slots []int) (lo, hi int, ok bool) {
 }
 
 // rangeSum returns the sealed sum of slots lo through hi of e, the cached
-// rollup of k: kept from an earlier Sum at e's revision, or summed now and
-// kept unless a sum from a newer revision is there already. The result is
-// shared: only read it.
+// rollup of k: kept from an earlier Sum of the same slots unchanged since,
+// or summed now and kept unless a sum of newer slots is there already. The
+// result is shared: only read it.
 func (c *RollupCache) rangeSum(k cacheKey, e *cacheEntry, lo, hi int) (*Aggregate, error) {
 	rk := rangeKey{k: k, lo: lo, hi: hi, gen: e.gen}
-	if s, ok := c.ranges.GetIfPresent(rk); ok && s.rev == e.rev {
+	rev := e.rangeRev(lo, hi)
+	if s, ok := c.ranges.GetIfPresent(rk); ok && s.rev == rev {
 		c.rangeHits.Inc()
 		return s.agg, nil
 	}
@@ -315,7 +371,7 @@ func (c *RollupCache) rangeSum(k cacheKey, e *cacheEntry, lo, hi int) (*Aggregat
 		}
 	}
 	w := uint64(agg.seal()) + uint64(len(k.key)) + 64
-	s := &rangeSum{agg: agg, rev: e.rev, weight: uint32(min(w, math.MaxUint32))}
+	s := &rangeSum{agg: agg, rev: rev, weight: uint32(min(w, math.MaxUint32))}
 	c.ranges.Compute(rk, func(old *rangeSum, found bool) (*rangeSum, otter.ComputeOp) {
 		if found && old.rev >= s.rev {
 			return old, otter.CancelOp
@@ -523,6 +579,9 @@ func (c *RollupCache) apply(u Unit, ent jetstream.KeyValueEntry) {
 		case old.rev >= e.rev:
 			return old, otter.CancelOp
 		default:
+			if old.gen == e.gen {
+				carrySlotRevs(u, old, e)
+			}
 			return e, otter.WriteOp
 		}
 	})

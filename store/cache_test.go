@@ -379,6 +379,84 @@ func TestRollupCacheRangeSums(t *testing.T) {
 	wg.Wait()
 }
 
+// TestRollupCacheRangeSumsSurviveOtherSlots: a key of the current period
+// gets a new revision with every commit, but only its current slot changes;
+// a range sum of its other slots stays in use until one of them changes.
+func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
+	env := newCacheTestEnv(t, store.CacheOptions{})
+	runCache(t, env.c)
+	hour := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	key, _ := store.Minute.Locate("ad-a", hour)
+	cellsOf := func(from, to int) []store.Cell {
+		var cells []store.Cell
+		for m := from; m < to; m++ {
+			cells = append(cells, store.Cell{Unit: store.Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
+		}
+		return cells
+	}
+	v := store.NewRollup()
+	for m := range 50 {
+		s := v.Slot(m)
+		s.Impressions = 3
+		n := uint64(20)
+		if m == 15 {
+			n = store.ExactVisitors + 100 // a sketch
+		}
+		for i := range n {
+			s.AddVisitor(cacheTestHash(uint64(m)<<20 | i))
+		}
+	}
+	write := func() {
+		t.Helper()
+		rev := put(t, env.r, store.Minute, key, v)
+		if _, cached := env.c.RevisionForTest(store.Minute, key); !cached {
+			return // the first read loads it
+		}
+		eventually(t, time.Second, "the watch applying the write", func() bool {
+			got, _ := env.c.RevisionForTest(store.Minute, key)
+			return got == rev
+		})
+	}
+	counts := func() (hits, misses float64) {
+		return metricValue(t, env.reg, "admetric_rollup_cache_range_hits_total"), metricValue(t, env.reg, "admetric_rollup_cache_range_misses_total")
+	}
+	part := cellsOf(10, 30)
+	check := func(step string, wantHit bool) {
+		t.Helper()
+		h0, m0 := counts()
+		want := sumOf(t, env.r, "ad-a", part)
+		if got := sumOf(t, env.c, "ad-a", part); got != want {
+			t.Fatalf("%s: cache %+v, KV %+v", step, got, want)
+		}
+		h1, m1 := counts()
+		if hit := h1 == h0+1 && m1 == m0; hit != wantHit {
+			t.Errorf("%s: range hit %v (hits %v->%v, misses %v->%v), want %v", step, hit, h0, h1, m0, m1, wantHit)
+		}
+	}
+	write()
+	check("first read", false)
+	check("read again", true)
+
+	// The current minute moves on: slot 50 is new, 49 counts more.
+	v.Slot(50).Clicks = 1
+	v.Slot(49).Impressions++
+	v.Slot(49).AddVisitor(cacheTestHash(1 << 40))
+	write()
+	check("after writes to slots outside the run", true)
+
+	// A late event lands inside the run.
+	v.Slot(15).Clicks++
+	v.Slot(15).AddVisitor(cacheTestHash(1 << 41))
+	write()
+	check("after a write to a slot inside the run", false)
+	check("read again after it", true)
+
+	// A slot of the run that was empty gets its first event.
+	v.Slot(29).Starts = 1
+	write()
+	check("after a first event in an empty slot of the run", false)
+}
+
 // TestRollupCacheDeleteAndPurge: a deleted or purged key reads as empty once
 // the watch sees it, cached at the marker's revision.
 func TestRollupCacheDeleteAndPurge(t *testing.T) {
