@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,9 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 	"github.com/uptrace/bun/driver/pgdriver"
+
+	"github.com/admetric/admetric/ingest/event"
 )
 
 // awBenchWorkMem is the work_mem of the second set of SQL runs: enough for
@@ -48,6 +53,11 @@ const awBenchWorkMem = "256MB"
 // the same server, because the service's pool gives up reading after 5 s.
 // It reports the latencies, the speed-ups (SQL p50 with the server's
 // work_mem / API p50) and the rollup cache's size from /metrics.
+// With ADMETRIC_BENCH_LIVE_RATE=n, n events a second (Zipf over the ads,
+// timestamped now) are published while the API requests run, as in
+// production: the keys of the current hour, day and month then change with
+// every commit of the rollup writers.
+//
 // ADMETRIC_BENCH_CPUPROFILE names a file for a CPU profile of the service
 // while it answers the API requests; ADMETRIC_BENCH_MEMPROFILE one for the
 // allocations of the whole run up to their end.
@@ -61,6 +71,7 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 		oneAdRequests, allAdsRequests = n, n
 	}
 	sqlRuns := envInt("ADMETRIC_BENCH_SQL_RUNS", 20)
+	liveRate := envInt("ADMETRIC_BENCH_LIVE_RATE", 0)
 
 	env := testEnv(testDataDir(b))
 	env["LOG_LEVEL"] = "error"
@@ -131,6 +142,7 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 			from.Format(time.RFC3339), to.Format(time.RFC3339), top, rep.Ads[0].Impressions, rep.Ads[0].Clicks, rep.Ads[0].UniqueVisitors,
 			allRep.TotalAds, allRep.Total.Impressions, allRep.Total.UniqueVisitors)
 
+		stopLive := startLiveLoad(b, d.natsURL(), w.ads, liveRate)
 		stopProfile := startCPUProfile(b, os.Getenv("ADMETRIC_BENCH_CPUPROFILE"))
 		oneAd := make([]time.Duration, oneAdRequests)
 		for i := range oneAd {
@@ -141,6 +153,9 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 			allAds[i] = get(allAdsQuery)
 		}
 		stopProfile()
+		if n := stopLive(); liveRate > 0 {
+			b.Logf("live load: %d events published during the API requests (%d/s asked)", n, liveRate)
+		}
 		if path := os.Getenv("ADMETRIC_BENCH_MEMPROFILE"); path != "" {
 			writeAllocsProfile(b, path)
 		}
@@ -176,6 +191,74 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 		b.Logf("%d + %d API requests, %d + %d SQL runs; sql p99: one ad %.1f ms, all ads %.1f ms",
 			oneAdRequests, allAdsRequests, sqlRuns, sqlRuns, p(sqlOneAd, 0.99), p(sqlAllAds, 0.99))
 		b.Logf("slowest API answers: one ad %v; all ads %v", slowest(oneAd, 5), slowest(allAds, 5))
+	}
+}
+
+// startLiveLoad publishes rate events a second to the stream, spread over
+// ads with Zipf popularity and timestamped now, until the returned func is
+// called; it returns how many were published. With rate 0 it does nothing.
+func startLiveLoad(b *testing.B, natsURL string, ads []string, rate int) (stop func() int) {
+	b.Helper()
+	if rate <= 0 {
+		return func() int { return 0 }
+	}
+	nc, err := nats.Connect(natsURL, nats.Name("analytics-live-load"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	published := make(chan int, 1)
+	go func() {
+		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+		zipf := rand.NewZipf(rng, 1.1, 1, uint64(len(ads)-1))
+		const tick = 10 * time.Millisecond
+		perTick := max(rate/int(time.Second/tick), 1)
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		n := 0
+		for {
+			select {
+			case <-done:
+				published <- n
+				return
+			case <-t.C:
+			}
+			for range perTick {
+				ev := event.Event{
+					EventID: fmt.Sprintf("live-%d-%d", time.Now().UnixNano(), n), AdID: ads[zipf.Uint64()],
+					Type: event.Impression, Timestamp: time.Now().UTC(),
+					IP: fmt.Sprintf("10.9.%d.%d", rng.IntN(256), rng.IntN(256)), UserAgent: "live-load",
+				}
+				if rng.IntN(4) == 0 {
+					ev.Type = event.Click
+				}
+				data, err := ev.Marshal()
+				if err != nil {
+					b.Error(err)
+					continue
+				}
+				if _, err := js.PublishAsync(ev.Subject(), data, jetstream.WithMsgID(ev.EventID)); err != nil {
+					b.Errorf("live load: %v", err)
+					continue
+				}
+				n++
+			}
+		}
+	}()
+	return func() int {
+		close(done)
+		n := <-published
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(30 * time.Second):
+			b.Errorf("live load: %d publishes unacknowledged", js.PublishAsyncPending())
+		}
+		nc.Close()
+		return n
 	}
 }
 
