@@ -143,6 +143,12 @@ func (e *cacheEntry) rangeRev(lo, hi int) uint64 {
 	return r
 }
 
+// changedLast reports whether slot i changed in e's revision, as far as the
+// watch saw the key's updates.
+func (e *cacheEntry) changedLast(i int) bool {
+	return i < len(e.slotRevs) && e.slotRevs[i] == e.rev
+}
+
 // carrySlotRevs sets, on e, the newer value of old's key, the revision since
 // which each slot has not changed: old's for a slot whose counters are the
 // same in both (every event the fold adds moves a counter, so a slot with
@@ -326,12 +332,25 @@ func (c *RollupCache) Sum(ctx context.Context, adID string, cells []Cell) (*Aggr
 			}
 			continue
 		}
+		// The last slot of a run that changed in the key's newest revision
+		// is likely the one being written (the current minute): it would
+		// make the run's sum stale at every commit, so it is added on its
+		// own and the slots before it keep their sum.
+		live := hi-lo >= 2 && e.changedLast(hi)
+		if live {
+			hi--
+		}
 		sum, err := c.rangeSum(k, e, lo, hi)
 		if err != nil {
 			return nil, err
 		}
 		if err := agg.AddAggregate(sum); err != nil {
 			return nil, err
+		}
+		if live {
+			if err := addSlots(agg, e.rollup, []int{hi + 1}); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return agg, nil

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"sync"
@@ -451,10 +452,18 @@ func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
 	check("after a write to a slot inside the run", false)
 	check("read again after it", true)
 
-	// A slot of the run that was empty gets its first event.
+	// A slot of the run that was empty gets its first event: the run's last
+	// slot, as the current minute is. From then on it is added on its own,
+	// and the slots before it keep their sum while it takes events.
 	v.Slot(29).Starts = 1
 	write()
-	check("after a first event in an empty slot of the run", false)
+	check("after a first event in the run's last slot", false)
+	for i := range 3 {
+		v.Slot(29).Starts++
+		v.Slot(29).AddVisitor(cacheTestHash(1<<42 | uint64(i)))
+		write()
+		check(fmt.Sprintf("after event %d more in the run's last slot", i+1), true)
+	}
 }
 
 // TestRollupCacheDeleteAndPurge: a deleted or purged key reads as empty once
