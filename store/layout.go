@@ -121,7 +121,9 @@ func (u Unit) period(t time.Time) (period int64, slot int) {
 	}
 }
 
-// key returns the key of ad's rollup for a period as period returns it.
+// key returns the key of ad's rollup for a period as period returns it. The
+// year has four digits, as time.Format spells the years events can have
+// (their timestamps are bounded by the retention).
 func (u Unit) key(adID string, period int64) string {
 	width := 6 // YYYYMM
 	switch u {
