@@ -127,9 +127,6 @@ type cacheEntry struct {
 	slotRevs []uint64
 }
 
-// slotCapacity is how many slots a key of each unit has.
-var slotCapacity = [3]int{Minute: 60, Hour: 24, Day: 31}
-
 // rangeRev returns the revision since which none of slots lo through hi of
 // e has changed: the revision a range sum of them is valid for.
 func (e *cacheEntry) rangeRev(lo, hi int) uint64 {
@@ -157,7 +154,7 @@ func (e *cacheEntry) changedLast(i int) bool {
 // commit, but only its current slot changes: the range sums of the others
 // stay valid.
 func carrySlotRevs(u Unit, old, e *cacheEntry) {
-	n := slotCapacity[u]
+	n := u.slotsPerKey()
 	for i := range e.rollup.Slots {
 		if i >= n {
 			return // not a key this layout writes: every slot as of e.rev
@@ -732,8 +729,8 @@ type keySlots struct {
 const linearKeys = 8
 
 // groupCells groups cells by the key holding them, in the order of each key's
-// first cell. It builds no key strings: a query groups the same cells for
-// every ad.
+// first cell. It builds no key strings, only one per key found: a query
+// groups its couple of hundred cells again for every ad.
 func groupCells(cells []Cell) []keySlots {
 	type keyID struct {
 		unit   Unit

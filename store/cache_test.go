@@ -294,6 +294,15 @@ func TestRollupCacheFreshness(t *testing.T) {
 	}
 }
 
+// minuteCells returns the cells of minutes [from, to) of hour.
+func minuteCells(hour time.Time, from, to int) []store.Cell {
+	var cells []store.Cell
+	for m := from; m < to; m++ {
+		cells = append(cells, store.Cell{Unit: store.Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
+	}
+	return cells
+}
+
 // TestRollupCacheRangeSums: a run of slots read again at the same revision
 // comes from its range sum; a rewrite of the key makes the next Sum sum the
 // new value; many readers share one range sum (run with -race). Every answer
@@ -303,13 +312,6 @@ func TestRollupCacheRangeSums(t *testing.T) {
 	runCache(t, env.c)
 	hour := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	key, _ := store.Minute.Locate("ad-a", hour)
-	minutes := func(from, to int) []store.Cell {
-		var cells []store.Cell
-		for m := from; m < to; m++ {
-			cells = append(cells, store.Cell{Unit: store.Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
-		}
-		return cells
-	}
 	write := func(clicks uint64, visitorsFrom uint64) uint64 {
 		v := store.NewRollup()
 		for m := range 60 {
@@ -326,7 +328,7 @@ func TestRollupCacheRangeSums(t *testing.T) {
 		return put(t, env.r, store.Minute, key, v)
 	}
 	write(1, 0)
-	whole, part := minutes(0, 60), minutes(10, 25)
+	whole, part := minuteCells(hour, 0, 60), minuteCells(hour, 10, 25)
 	check := func(cells []store.Cell) sumResult {
 		t.Helper()
 		want := sumOf(t, env.r, "ad-a", cells)
@@ -388,13 +390,6 @@ func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
 	runCache(t, env.c)
 	hour := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	key, _ := store.Minute.Locate("ad-a", hour)
-	cellsOf := func(from, to int) []store.Cell {
-		var cells []store.Cell
-		for m := from; m < to; m++ {
-			cells = append(cells, store.Cell{Unit: store.Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
-		}
-		return cells
-	}
 	v := store.NewRollup()
 	for m := range 50 {
 		s := v.Slot(m)
@@ -421,7 +416,7 @@ func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
 	counts := func() (hits, misses float64) {
 		return metricValue(t, env.reg, "admetric_rollup_cache_range_hits_total"), metricValue(t, env.reg, "admetric_rollup_cache_range_misses_total")
 	}
-	part := cellsOf(10, 30)
+	part := minuteCells(hour, 10, 30)
 	check := func(step string, wantHit bool) {
 		t.Helper()
 		h0, m0 := counts()

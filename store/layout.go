@@ -103,6 +103,19 @@ func (u Unit) Locate(adID string, t time.Time) (key string, slot int) {
 	return u.key(adID, p), slot
 }
 
+// slotsPerKey is how many slots a key of unit u has: the minutes of an hour,
+// the hours of a day, the days of the longest month.
+func (u Unit) slotsPerKey() int {
+	switch u {
+	case Minute:
+		return 60
+	case Hour:
+		return 24
+	default:
+		return 31
+	}
+}
+
 // period returns the key period of unit u holding t as the number its key
 // spells (YYYYMMDDHH, YYYYMMDD or YYYYMM), and the slot index of t in it.
 // A query locates a couple of hundred cells per ad, so this avoids

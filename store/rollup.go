@@ -477,13 +477,14 @@ func (a *Aggregate) UniqueVisitors() uint64 {
 // reads it and adding it costs the least. It returns an estimate of the
 // bytes a holds. Nothing may be added to a sealed aggregate.
 func (a *Aggregate) seal() (weight int) {
-	if a.sketch == nil && len(a.runs) > 8 {
-		// Counting would build this union only to count it.
+	if a.sketch == nil {
+		// Built once, the union is then counted by its length (it is a
+		// slot's own list when there is one).
 		a.runs = []run{{hashes: unionOf(a.runs)}}
 	}
 	a.UniqueVisitors() // settles, and merges a sparse sketch's insert buffer
 	if a.sketch == nil {
-		a.hashes = slices.Clip(unionOf(a.runs)) // a slot's own list when there is one
+		a.hashes = slices.Clip(a.runs[0].hashes)
 		a.runs = nil
 	}
 	a.sealed = true
