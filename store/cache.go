@@ -79,12 +79,13 @@ type CacheOptions struct {
 // and the next read loads it from KV again.
 //
 // Sum also keeps range sums: the sealed Aggregate of a run of two or more
-// slots of one key at the revision it read, so that the next Sum over the
-// same run of an unchanged key adds one aggregate instead of merging every
-// slot's visitor set again. A 30-day window reads about 190 slots in 7 keys;
-// only its edge keys change as the window moves on, and only the current
-// hour's key as events arrive. A range sum is used only at the revision (and
-// bucket generation) of the cached rollup it was made from.
+// slots of one key, so that the next Sum over the same run adds one
+// aggregate instead of merging every slot's visitor set again. A 30-day
+// window reads about 190 slots in 7 keys; only its edge runs change as the
+// window moves on. A range sum is used only while none of its slots has
+// changed since it was summed, within one bucket generation: the watch
+// tells which slots an update changed (see carrySlotRevs), so the sum of the
+// past days of this month stays in use while today's slot takes events.
 type RollupCache struct {
 	r      *Rollups
 	cache  *otter.Cache[cacheKey, *cacheEntry]
