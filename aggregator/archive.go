@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
 )
 
 // ArchiveConsumerName is the durable consumer that feeds the PostgreSQL archive.
@@ -38,14 +39,14 @@ type ArchiverOptions struct {
 type Archiver struct {
 	js      jetstream.JetStream
 	breaker *breaker.Breaker
-	archive *store.Archive
+	archive *postgres.Archive
 	logger  *slog.Logger
 	metrics *Metrics
 	opts    ArchiverOptions
 }
 
 // NewArchiver returns an archiver; Run starts it.
-func NewArchiver(js jetstream.JetStream, archive *store.Archive, logger *slog.Logger, metrics *Metrics, opts ArchiverOptions) *Archiver {
+func NewArchiver(js jetstream.JetStream, archive *postgres.Archive, logger *slog.Logger, metrics *Metrics, opts ArchiverOptions) *Archiver {
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 500
 	}
@@ -83,7 +84,7 @@ func (a *Archiver) Run(ctx context.Context) error {
 	a.logger.Info("archiver started")
 
 	batch := make([]jetstream.Msg, 0, a.opts.BatchSize)
-	rows := make([]store.ArchivedEvent, 0, a.opts.BatchSize)
+	rows := make([]postgres.ArchivedEvent, 0, a.opts.BatchSize)
 	msgs := make([]jetstream.Msg, 0, a.opts.BatchSize)
 	for {
 		batch, err = nextBatch(ctx, it, batch[:0], a.opts.BatchSize, a.opts.Linger)
@@ -139,13 +140,13 @@ func (a *Archiver) poison(ctx context.Context, msg jetstream.Msg, err error) {
 // unavailable. A batch that PostgreSQL refuses for its data (a row no
 // validation foresaw) is inserted row by row so that only the bad rows are
 // terminated. It returns false when ctx ended first.
-func (a *Archiver) archiveBatch(ctx context.Context, rows []store.ArchivedEvent, msgs []jetstream.Msg) bool {
+func (a *Archiver) archiveBatch(ctx context.Context, rows []postgres.ArchivedEvent, msgs []jetstream.Msg) bool {
 	err := a.insertRetrying(ctx, rows)
 	if err == nil {
 		ackAll(msgs)
 		return true
 	}
-	if !store.IsDataError(err) {
+	if !postgres.IsDataError(err) {
 		return false
 	}
 	for i := range rows {
@@ -153,7 +154,7 @@ func (a *Archiver) archiveBatch(ctx context.Context, rows []store.ArchivedEvent,
 		switch {
 		case err == nil:
 			_ = msgs[i].Ack()
-		case store.IsDataError(err):
+		case postgres.IsDataError(err):
 			a.poison(ctx, msgs[i], err)
 		default:
 			return false
@@ -174,8 +175,8 @@ func ackAll(msgs []jetstream.Msg) {
 const insertTimeout = 5 * time.Second
 
 // insertRetrying inserts until it succeeds, PostgreSQL refuses the data
-// (store.IsDataError), or ctx ends (ctx.Err()).
-func (a *Archiver) insertRetrying(ctx context.Context, rows []store.ArchivedEvent) error {
+// (postgres.IsDataError), or ctx ends (ctx.Err()).
+func (a *Archiver) insertRetrying(ctx context.Context, rows []postgres.ArchivedEvent) error {
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		var inserted int
@@ -184,7 +185,7 @@ func (a *Archiver) insertRetrying(ctx context.Context, rows []store.ArchivedEven
 			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), insertTimeout)
 			defer cancel()
 			n, err := a.archive.Insert(ictx, rows)
-			if store.IsDataError(err) {
+			if postgres.IsDataError(err) {
 				dataErr = err // PostgreSQL answered: not a reason to open the breaker
 				return nil
 			}
@@ -216,8 +217,8 @@ func (a *Archiver) insertRetrying(ctx context.Context, rows []store.ArchivedEven
 	}
 }
 
-func toRow(r Record) store.ArchivedEvent {
-	return store.ArchivedEvent{
+func toRow(r Record) postgres.ArchivedEvent {
+	return postgres.ArchivedEvent{
 		EventID:    r.Event.EventID,
 		Type:       string(r.Event.Type),
 		AdID:       r.Event.AdID,

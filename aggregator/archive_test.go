@@ -12,12 +12,13 @@ import (
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
 
 func countRows(t *testing.T, db *bun.DB) int {
 	t.Helper()
-	n, err := db.NewSelect().Model((*store.ArchivedEvent)(nil)).Count(context.Background())
+	n, err := db.NewSelect().Model((*postgres.ArchivedEvent)(nil)).Count(context.Background())
 	if err != nil {
 		return -1 // the server is down; the caller waits
 	}
@@ -40,7 +41,7 @@ func runArchiver(t *testing.T, js jetstream.JetStream, db *bun.DB, opts aggregat
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	a := aggregator.NewArchiver(js, store.NewArchive(db), slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), opts)
+	a := aggregator.NewArchiver(js, postgres.NewArchive(db), slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), opts)
 	go func() { done <- a.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()

@@ -19,6 +19,7 @@ import (
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/rollup"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -43,10 +44,7 @@ func BenchmarkDrain(b *testing.B) {
 	ads := envInt("ADMETRIC_BENCH_ADS", 1000)
 	js, _ := storetest.JetStream(b, storetest.NATS(b))
 	ctx := context.Background()
-	stream, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour, Partitions: partitions})
-	if err != nil {
-		b.Fatal(err)
-	}
+	stream := storetest.EventStream(b, js, partitions)
 	// Live traffic is dated about when it is published; ADMETRIC_BENCH_SPREAD
 	// (seconds, default 60) spreads event times further back to stress late data.
 	spread := envInt("ADMETRIC_BENCH_SPREAD", 60)
@@ -196,7 +194,7 @@ func drainWriters(b *testing.B, js jetstream.JetStream, partitions, n int, last 
 	for p := range partitions {
 		_ = js.DeleteConsumer(ctx, store.StreamName, aggregator.RollupConsumerName(p))
 	}
-	rollups, err := store.OpenRollups(ctx, js, testLayout, 1)
+	rollups, err := store.CreateOrUpdateRollups(ctx, js, testLayout, 1)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -264,7 +262,7 @@ func drainWriters(b *testing.B, js jetstream.JetStream, partitions, n int, last 
 		time.Sleep(50 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
-	if cp, _, err := rollups.Checkpoint(ctx, store.Day, 0); err != nil || cp == 0 || cp > last {
+	if cp, _, err := rollups.Checkpoint(ctx, rollup.Day, 0); err != nil || cp == 0 || cp > last {
 		b.Fatalf("partition 0 day checkpoint %d (%v) after the drain", cp, err)
 	}
 	return float64(n) / elapsed.Seconds()

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/admetric/admetric/ingest/event"
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/rollup"
 )
 
 // Record is one event read from the stream, with its stream sequence and its
@@ -25,12 +25,12 @@ type Record struct {
 
 // Key names one rollup value: a key in one resolution's bucket.
 type Key struct {
-	Unit store.Unit
+	Unit rollup.Unit
 	Key  string
 }
 
 // Touched lists, without repeats, the rollup keys that Fold will read for recs.
-func Touched(layout store.Layout, recs []Record, now time.Time) []Key {
+func Touched(layout rollup.Layout, recs []Record, now time.Time) []Key {
 	seen := make(map[Key]struct{}, len(recs))
 	var keys []Key
 	for i := range recs {
@@ -50,7 +50,7 @@ func Touched(layout store.Layout, recs []Record, now time.Time) []Key {
 }
 
 // holds reports whether res still keeps data for time t.
-func holds(res store.Resolution, t, now time.Time) bool {
+func holds(res rollup.Resolution, t, now time.Time) bool {
 	return !t.Before(now.Add(-res.Retention))
 }
 
@@ -71,7 +71,7 @@ type FoldStats struct {
 // goes to its event-time slot in every resolution that still holds that time;
 // a rollup skips any event at or below its MaxSeq, so folding a batch again
 // after a partial commit counts nothing twice.
-func Fold(layout store.Layout, values map[Key]*store.Rollup, recs []Record, now time.Time) FoldStats {
+func Fold(layout rollup.Layout, values map[Key]*rollup.Rollup, recs []Record, now time.Time) FoldStats {
 	var st FoldStats
 	for i := range recs {
 		r := &recs[i]
@@ -99,8 +99,8 @@ func Fold(layout store.Layout, values map[Key]*store.Rollup, recs []Record, now 
 }
 
 // apply folds r into s. Every event moves a counter: the rollup cache tells
-// an unchanged slot by its counters (store.RollupCache's range sums).
-func apply(s *store.Slot, r *Record) {
+// an unchanged slot by its counters (rollupcache.Cache's range sums).
+func apply(s *rollup.Slot, r *Record) {
 	switch r.Event.Type {
 	case event.Impression:
 		s.Impressions++

@@ -9,11 +9,12 @@ import (
 	"time"
 
 	"github.com/admetric/admetric/ingest/event"
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/rollup"
+	"github.com/admetric/admetric/store/rollup/rolluptest"
 )
 
 // foldTestLayout has the retentions of DESIGN.md section 5.
-var foldTestLayout = store.NewLayout(store.Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.Hour, Day: 43800 * time.Hour})
+var foldTestLayout = rolluptest.Layout
 
 // foldTestNow is the fold's "now": unaligned on purpose.
 var foldTestNow = time.Date(2026, 11, 25, 12, 34, 56, 0, time.UTC)
@@ -39,13 +40,13 @@ func foldTestRec(seq uint64, typ event.Type, adID string, ts time.Time, playback
 
 // foldTestValues returns values holding a fresh rollup for every key Touched
 // lists for recs, keeping any already in have (which may be nil).
-func foldTestValues(have map[Key]*store.Rollup, recs []Record) map[Key]*store.Rollup {
+func foldTestValues(have map[Key]*rollup.Rollup, recs []Record) map[Key]*rollup.Rollup {
 	if have == nil {
-		have = make(map[Key]*store.Rollup)
+		have = make(map[Key]*rollup.Rollup)
 	}
 	for _, k := range Touched(foldTestLayout, recs, foldTestNow) {
 		if _, ok := have[k]; !ok {
-			have[k] = store.NewRollup()
+			have[k] = rollup.New()
 		}
 	}
 	return have
@@ -53,7 +54,7 @@ func foldTestValues(have map[Key]*store.Rollup, recs []Record) map[Key]*store.Ro
 
 // foldTestSlotView is what a slot holds, comparable with ==.
 type foldTestSlotView struct {
-	store.Counters
+	rollup.Counters
 	Visitors uint64
 }
 
@@ -63,7 +64,7 @@ type foldTestView struct {
 }
 
 // foldTestSnapshot captures the content of values for comparison.
-func foldTestSnapshot(values map[Key]*store.Rollup) map[Key]foldTestView {
+func foldTestSnapshot(values map[Key]*rollup.Rollup) map[Key]foldTestView {
 	out := make(map[Key]foldTestView, len(values))
 	for k, r := range values {
 		v := foldTestView{MaxSeq: r.MaxSeq, Slots: make(map[int]foldTestSlotView, len(r.Slots))}
@@ -102,7 +103,7 @@ func foldTestEqualSnapshots(t *testing.T, got, want map[Key]foldTestView) {
 }
 
 // foldTestSlot returns the slot of adID at ts in unit u, failing if absent.
-func foldTestSlot(t *testing.T, values map[Key]*store.Rollup, u store.Unit, adID string, ts time.Time) *store.Slot {
+func foldTestSlot(t *testing.T, values map[Key]*rollup.Rollup, u rollup.Unit, adID string, ts time.Time) *rollup.Slot {
 	t.Helper()
 	k, i := u.Locate(adID, ts)
 	r, ok := values[Key{u, k}]
@@ -121,16 +122,16 @@ func TestFoldCountsEachType(t *testing.T) {
 	ts := time.Date(2026, 11, 25, 12, 10, 30, 0, time.UTC)
 	tests := []struct {
 		typ  event.Type
-		want store.Counters
+		want rollup.Counters
 	}{
-		{event.Impression, store.Counters{Impressions: 1}},
-		{event.Click, store.Counters{Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}},
-		{event.Start, store.Counters{Starts: 1}},
-		{event.FirstQuartile, store.Counters{FirstQuartiles: 1}},
-		{event.Midpoint, store.Counters{Midpoints: 1}},
-		{event.ThirdQuartile, store.Counters{ThirdQuartiles: 1}},
-		{event.Complete, store.Counters{Completes: 1}},
-		{event.Skip, store.Counters{Skips: 1}},
+		{event.Impression, rollup.Counters{Impressions: 1}},
+		{event.Click, rollup.Counters{Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}},
+		{event.Start, rollup.Counters{Starts: 1}},
+		{event.FirstQuartile, rollup.Counters{FirstQuartiles: 1}},
+		{event.Midpoint, rollup.Counters{Midpoints: 1}},
+		{event.ThirdQuartile, rollup.Counters{ThirdQuartiles: 1}},
+		{event.Complete, rollup.Counters{Completes: 1}},
+		{event.Skip, rollup.Counters{Skips: 1}},
 	}
 	if len(tests) != len(event.Types) {
 		t.Fatalf("table covers %d types, event.Types has %d", len(tests), len(event.Types))
@@ -145,7 +146,7 @@ func TestFoldCountsEachType(t *testing.T) {
 			if want := (FoldStats{Applied: 3}); st != want {
 				t.Errorf("stats = %+v, want %+v", st, want)
 			}
-			for _, u := range []store.Unit{store.Minute, store.Hour, store.Day} {
+			for _, u := range []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day} {
 				s := foldTestSlot(t, values, u, "ad-1", ts)
 				if s.Counters != tc.want {
 					t.Errorf("%v slot counters = %+v, want %+v", u, s.Counters, tc.want)
@@ -176,22 +177,22 @@ func TestFoldPlacesInEveryResolution(t *testing.T) {
 	}
 
 	want := map[Key]foldTestView{
-		{store.Minute, "a.2026112512"}: {MaxSeq: 5, Slots: map[int]foldTestSlotView{
-			10: {store.Counters{Impressions: 2, Clicks: 2, PlaybackMillis: 12750, PlaybackCount: 2}, 2},
-			11: {store.Counters{Impressions: 1}, 1},
+		{rollup.Minute, "a.2026112512"}: {MaxSeq: 5, Slots: map[int]foldTestSlotView{
+			10: {rollup.Counters{Impressions: 2, Clicks: 2, PlaybackMillis: 12750, PlaybackCount: 2}, 2},
+			11: {rollup.Counters{Impressions: 1}, 1},
 		}},
-		{store.Hour, "a.20261125"}: {MaxSeq: 5, Slots: map[int]foldTestSlotView{
-			12: {store.Counters{Impressions: 3, Clicks: 2, PlaybackMillis: 12750, PlaybackCount: 2}, 3},
+		{rollup.Hour, "a.20261125"}: {MaxSeq: 5, Slots: map[int]foldTestSlotView{
+			12: {rollup.Counters{Impressions: 3, Clicks: 2, PlaybackMillis: 12750, PlaybackCount: 2}, 3},
 		}},
-		{store.Day, "a.202611"}: {MaxSeq: 7, Slots: map[int]foldTestSlotView{
-			24: {store.Counters{Impressions: 3, Clicks: 2, PlaybackMillis: 12750, PlaybackCount: 2}, 3},
-			23: {store.Counters{Completes: 1}, 1},
+		{rollup.Day, "a.202611"}: {MaxSeq: 7, Slots: map[int]foldTestSlotView{
+			24: {rollup.Counters{Impressions: 3, Clicks: 2, PlaybackMillis: 12750, PlaybackCount: 2}, 3},
+			23: {rollup.Counters{Completes: 1}, 1},
 		}},
-		{store.Minute, "a.2026112423"}: {MaxSeq: 7, Slots: map[int]foldTestSlotView{59: {store.Counters{Completes: 1}, 1}}},
-		{store.Hour, "a.20261124"}:     {MaxSeq: 7, Slots: map[int]foldTestSlotView{23: {store.Counters{Completes: 1}, 1}}},
-		{store.Minute, "b.2026112512"}: {MaxSeq: 6, Slots: map[int]foldTestSlotView{10: {store.Counters{Impressions: 1}, 1}}},
-		{store.Hour, "b.20261125"}:     {MaxSeq: 6, Slots: map[int]foldTestSlotView{12: {store.Counters{Impressions: 1}, 1}}},
-		{store.Day, "b.202611"}:        {MaxSeq: 6, Slots: map[int]foldTestSlotView{24: {store.Counters{Impressions: 1}, 1}}},
+		{rollup.Minute, "a.2026112423"}: {MaxSeq: 7, Slots: map[int]foldTestSlotView{59: {rollup.Counters{Completes: 1}, 1}}},
+		{rollup.Hour, "a.20261124"}:     {MaxSeq: 7, Slots: map[int]foldTestSlotView{23: {rollup.Counters{Completes: 1}, 1}}},
+		{rollup.Minute, "b.2026112512"}: {MaxSeq: 6, Slots: map[int]foldTestSlotView{10: {rollup.Counters{Impressions: 1}, 1}}},
+		{rollup.Hour, "b.20261125"}:     {MaxSeq: 6, Slots: map[int]foldTestSlotView{12: {rollup.Counters{Impressions: 1}, 1}}},
+		{rollup.Day, "b.202611"}:        {MaxSeq: 6, Slots: map[int]foldTestSlotView{24: {rollup.Counters{Impressions: 1}, 1}}},
 	}
 	foldTestEqualSnapshots(t, foldTestSnapshot(values), want)
 }
@@ -205,7 +206,7 @@ func TestFoldVisitorZeroMeansNone(t *testing.T) {
 	}
 	values := foldTestValues(nil, recs)
 	Fold(foldTestLayout, values, recs, foldTestNow)
-	for _, u := range []store.Unit{store.Minute, store.Hour, store.Day} {
+	for _, u := range []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day} {
 		s := foldTestSlot(t, values, u, "a", ts)
 		if s.Visitors != nil {
 			t.Errorf("%v slot has a sketch (estimate %d) though no event had a visitor", u, s.Visitors.Count())
@@ -219,7 +220,7 @@ func TestFoldVisitorZeroMeansNone(t *testing.T) {
 		foldTestRec(6, event.Impression, "a", ts, 0, foldTestVisitor(1<<63)),
 	}
 	Fold(foldTestLayout, values, more, foldTestNow)
-	for _, u := range []store.Unit{store.Minute, store.Hour, store.Day} {
+	for _, u := range []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day} {
 		s := foldTestSlot(t, values, u, "a", ts)
 		if s.Visitors == nil {
 			t.Fatalf("%v slot has no sketch after visitors", u)
@@ -235,18 +236,18 @@ func TestFoldRetention(t *testing.T) {
 	tests := []struct {
 		name  string
 		ts    time.Time
-		units []store.Unit // the resolutions that receive the event
+		units []rollup.Unit // the resolutions that receive the event
 	}{
-		{"now", foldTestNow, []store.Unit{store.Minute, store.Hour, store.Day}},
-		{"in the future", foldTestNow.Add(4 * time.Minute), []store.Unit{store.Minute, store.Hour, store.Day}},
-		{"exactly the minute retention", foldTestNow.Add(-72 * time.Hour), []store.Unit{store.Minute, store.Hour, store.Day}},
-		{"just past the minute retention", foldTestNow.Add(-72*time.Hour - time.Nanosecond), []store.Unit{store.Hour, store.Day}},
-		{"80 hours old", foldTestNow.Add(-80 * time.Hour), []store.Unit{store.Hour, store.Day}},
-		{"99 days old", foldTestNow.Add(-99 * 24 * time.Hour), []store.Unit{store.Hour, store.Day}},
-		{"exactly the hour retention", foldTestNow.Add(-2400 * time.Hour), []store.Unit{store.Hour, store.Day}},
-		{"just past the hour retention", foldTestNow.Add(-2400*time.Hour - time.Nanosecond), []store.Unit{store.Day}},
-		{"200 days old", foldTestNow.Add(-200 * 24 * time.Hour), []store.Unit{store.Day}},
-		{"exactly the day retention", foldTestNow.Add(-43800 * time.Hour), []store.Unit{store.Day}},
+		{"now", foldTestNow, []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day}},
+		{"in the future", foldTestNow.Add(4 * time.Minute), []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day}},
+		{"exactly the minute retention", foldTestNow.Add(-72 * time.Hour), []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day}},
+		{"just past the minute retention", foldTestNow.Add(-72*time.Hour - time.Nanosecond), []rollup.Unit{rollup.Hour, rollup.Day}},
+		{"80 hours old", foldTestNow.Add(-80 * time.Hour), []rollup.Unit{rollup.Hour, rollup.Day}},
+		{"99 days old", foldTestNow.Add(-99 * 24 * time.Hour), []rollup.Unit{rollup.Hour, rollup.Day}},
+		{"exactly the hour retention", foldTestNow.Add(-2400 * time.Hour), []rollup.Unit{rollup.Hour, rollup.Day}},
+		{"just past the hour retention", foldTestNow.Add(-2400*time.Hour - time.Nanosecond), []rollup.Unit{rollup.Day}},
+		{"200 days old", foldTestNow.Add(-200 * 24 * time.Hour), []rollup.Unit{rollup.Day}},
+		{"exactly the day retention", foldTestNow.Add(-43800 * time.Hour), []rollup.Unit{rollup.Day}},
 		{"just past the day retention", foldTestNow.Add(-43800*time.Hour - time.Nanosecond), nil},
 		{"ten years old", foldTestNow.AddDate(-10, 0, 0), nil},
 	}
@@ -328,7 +329,7 @@ func foldTestSameKeys(a, b []Key) bool {
 func TestTouchedDistinct(t *testing.T) {
 	t.Parallel()
 	at := func(d, h, m int) time.Time { return time.Date(2026, 11, d, h, m, 0, 0, time.UTC) }
-	k := func(u store.Unit, key string) Key { return Key{u, key} }
+	k := func(u rollup.Unit, key string) Key { return Key{u, key} }
 	tests := []struct {
 		name string
 		recs []Record
@@ -339,22 +340,22 @@ func TestTouchedDistinct(t *testing.T) {
 			foldTestRec(1, event.Impression, "a", at(25, 12, 1), 0, 0),
 			foldTestRec(2, event.Click, "a", at(25, 12, 1), 0, 0),
 			foldTestRec(3, event.Impression, "a", at(25, 12, 1), 0, 0),
-		}, []Key{k(store.Minute, "a.2026112512"), k(store.Hour, "a.20261125"), k(store.Day, "a.202611")}},
+		}, []Key{k(rollup.Minute, "a.2026112512"), k(rollup.Hour, "a.20261125"), k(rollup.Day, "a.202611")}},
 		{"minutes of one hour share a key", []Record{
 			foldTestRec(1, event.Impression, "a", at(25, 12, 1), 0, 0),
 			foldTestRec(2, event.Impression, "a", at(25, 12, 59), 0, 0),
-		}, []Key{k(store.Minute, "a.2026112512"), k(store.Hour, "a.20261125"), k(store.Day, "a.202611")}},
+		}, []Key{k(rollup.Minute, "a.2026112512"), k(rollup.Hour, "a.20261125"), k(rollup.Day, "a.202611")}},
 		{"two hours of one day", []Record{
 			foldTestRec(1, event.Impression, "a", at(25, 11, 1), 0, 0),
 			foldTestRec(2, event.Impression, "a", at(25, 12, 1), 0, 0),
-		}, []Key{k(store.Minute, "a.2026112511"), k(store.Minute, "a.2026112512"), k(store.Hour, "a.20261125"), k(store.Day, "a.202611")}},
+		}, []Key{k(rollup.Minute, "a.2026112511"), k(rollup.Minute, "a.2026112512"), k(rollup.Hour, "a.20261125"), k(rollup.Day, "a.202611")}},
 		{"two ads", []Record{
 			foldTestRec(1, event.Impression, "a", at(25, 12, 1), 0, 0),
 			foldTestRec(2, event.Impression, "b", at(25, 12, 1), 0, 0),
 			foldTestRec(3, event.Impression, "a", at(25, 12, 2), 0, 0),
 		}, []Key{
-			k(store.Minute, "a.2026112512"), k(store.Hour, "a.20261125"), k(store.Day, "a.202611"),
-			k(store.Minute, "b.2026112512"), k(store.Hour, "b.20261125"), k(store.Day, "b.202611"),
+			k(rollup.Minute, "a.2026112512"), k(rollup.Hour, "a.20261125"), k(rollup.Day, "a.202611"),
+			k(rollup.Minute, "b.2026112512"), k(rollup.Hour, "b.20261125"), k(rollup.Day, "b.202611"),
 		}},
 	}
 	for _, tc := range tests {
@@ -450,17 +451,17 @@ func TestFoldPartialCommit(t *testing.T) {
 
 	// What the store holds after the crash: committed minute values (through
 	// the codec, as the KV would give them back), nothing else.
-	stored := make(map[Key]*store.Rollup)
+	stored := make(map[Key]*rollup.Rollup)
 	minuteApplied := 0
 	for k, r := range crashed {
-		if k.Unit != store.Minute {
+		if k.Unit != rollup.Minute {
 			continue
 		}
 		enc, err := r.MarshalBinary()
 		if err != nil {
 			t.Fatal(err)
 		}
-		dec := store.NewRollup()
+		dec := rollup.New()
 		if err := dec.UnmarshalBinary(enc); err != nil {
 			t.Fatal(err)
 		}

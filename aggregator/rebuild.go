@@ -9,6 +9,8 @@ import (
 
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
+	"github.com/admetric/admetric/store/rollup"
 )
 
 // RebuildResult says what Rebuild did.
@@ -45,11 +47,11 @@ var ErrArchiveBehind = errors.New("aggregator: the archive is behind the rollups
 // returns the stream sequence up to which the archive is complete; a key
 // holding events above it fails with ErrArchiveBehind. Run twice on an
 // unchanged archive, Rebuild writes the same values.
-func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive, archiveFloor func(context.Context) (uint64, error), adIDs []string, salt []byte, from, to, now time.Time, progress RebuildProgress) (RebuildResult, error) {
+func Rebuild(ctx context.Context, rollups *store.Rollups, archive *postgres.Archive, archiveFloor func(context.Context) (uint64, error), adIDs []string, salt []byte, from, to, now time.Time, progress RebuildProgress) (RebuildResult, error) {
 	if progress == nil {
 		progress = func(string, int, int) {}
 	}
-	from, to = store.Day.Truncate(from), store.Day.Ceil(to)
+	from, to = rollup.Day.Truncate(from), rollup.Day.Ceil(to)
 	res := RebuildResult{From: from, To: to}
 	if !from.Before(to) {
 		return res, fmt.Errorf("aggregator: rebuild: empty range [%s, %s)", from, to)
@@ -65,7 +67,7 @@ func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive
 	var recs []Record
 	byKey := make(map[Key][]int)
 	partitionOf := make(map[string]int) // ad → stream partition, from its archived events
-	err = archive.Scan(ctx, from, to, func(row *store.ArchivedEvent) error {
+	err = archive.Scan(ctx, from, to, func(row *postgres.ArchivedEvent) error {
 		rec := recordOf(row, salt)
 		if rec.Partition >= 0 {
 			partitionOf[rec.Event.AdID] = rec.Partition
@@ -99,7 +101,7 @@ func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive
 	}
 	ads := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(adIDs), archived...))))
 	type period struct {
-		unit  store.Unit
+		unit  rollup.Unit
 		start time.Time
 	}
 	var periods []period
@@ -111,11 +113,11 @@ func Rebuild(ctx context.Context, rollups *store.Rollups, archive *store.Archive
 		}
 	}
 	type unitPartition struct {
-		u store.Unit
+		u rollup.Unit
 		p int
 	}
 	checkpoints := make(map[unitPartition]uint64)
-	checkpoint := func(u store.Unit, ad string) (uint64, error) {
+	checkpoint := func(u rollup.Unit, ad string) (uint64, error) {
 		p, ok := partitionOf[ad]
 		if !ok {
 			return 0, nil
@@ -168,7 +170,7 @@ func replaceRange(ctx context.Context, rollups *store.Rollups, k Key, periodStar
 				return false, fmt.Errorf("%w: %s %s holds sequence %d, the archive is complete to %d", ErrArchiveBehind, k.Unit, k.Key, bound, *floor)
 			}
 		}
-		next := store.NewRollup()
+		next := rollup.New()
 		next.MaxSeq = bound
 		changed := false
 		for i, s := range cur.Slots {
@@ -201,7 +203,7 @@ func replaceRange(ctx context.Context, rollups *store.Rollups, k Key, periodStar
 }
 
 // recordOf turns an archived row back into the Record the fold takes.
-func recordOf(row *store.ArchivedEvent, salt []byte) Record {
+func recordOf(row *postgres.ArchivedEvent, salt []byte) Record {
 	ev := event.Event{
 		EventID:      row.EventID,
 		Type:         event.Type(row.Type),

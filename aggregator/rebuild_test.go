@@ -11,6 +11,8 @@ import (
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
+	"github.com/admetric/admetric/store/rollup"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -22,7 +24,7 @@ func TestRebuild(t *testing.T) {
 	pg := storetest.Postgres(t)
 	ctx := context.Background()
 	db := storetest.DB(t, pg)
-	archive := store.NewArchive(db)
+	archive := postgres.NewArchive(db)
 	runArchiver(t, js, db, aggregator.ArchiverOptions{})
 	stop := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 100})
 
@@ -50,7 +52,7 @@ func TestRebuild(t *testing.T) {
 	stop()
 
 	// Wipe some keys and falsify others, in every resolution.
-	for _, u := range []store.Unit{store.Minute, store.Hour, store.Day} {
+	for _, u := range []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day} {
 		for day := range 4 {
 			key, slot := u.Locate("ad-r", now.Add(-time.Duration(day)*24*time.Hour))
 			v, rev, err := rollups.Load(ctx, u, key)
@@ -58,7 +60,7 @@ func TestRebuild(t *testing.T) {
 				t.Fatal(err)
 			}
 			if day%2 == 0 {
-				v = store.NewRollup()
+				v = rollup.New()
 			} else if s, ok := v.Slots[slot]; ok {
 				s.Clicks += 1000
 			}
@@ -98,8 +100,8 @@ func TestRebuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Events != len(evs)+len(late) || !res.From.Equal(store.Day.Truncate(from)) || res.Keys == 0 {
-		t.Fatalf("result %+v, want %d events from %s", res, len(evs)+len(late), store.Day.Truncate(from))
+	if res.Events != len(evs)+len(late) || !res.From.Equal(rollup.Day.Truncate(from)) || res.Keys == 0 {
+		t.Fatalf("result %+v, want %d events from %s", res, len(evs)+len(late), rollup.Day.Truncate(from))
 	}
 	got := sum(t, rollups, "ad-r", from, to)
 	if got.Counters != want.Counters || got.UniqueVisitors() != want.UniqueVisitors() {
@@ -109,7 +111,7 @@ func TestRebuild(t *testing.T) {
 	// Idempotent: a second rebuild writes the same bytes.
 	snapshot := func() map[string][]byte {
 		out := make(map[string][]byte)
-		for _, u := range []store.Unit{store.Minute, store.Hour, store.Day} {
+		for _, u := range []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day} {
 			for day := range 4 {
 				key, _ := u.Locate("ad-r", now.Add(-time.Duration(day)*24*time.Hour))
 				v, _, err := rollups.Load(ctx, u, key)

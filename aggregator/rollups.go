@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/rollup"
 )
 
 // RollupWriterOptions configure a RollupWriter. Zero values take the defaults.
@@ -86,7 +87,7 @@ type RollupWriter struct {
 }
 
 type cachedRollup struct {
-	v   *store.Rollup
+	v   *rollup.Rollup
 	rev uint64
 }
 
@@ -388,7 +389,7 @@ func (w *RollupWriter) commit(ctx context.Context, recs []Record, lastSeq uint64
 	now := began
 	layout := w.rollups.Layout()
 	keys := Touched(layout, recs, now)
-	values := make(map[Key]*store.Rollup, len(keys))
+	values := make(map[Key]*rollup.Rollup, len(keys))
 	for _, k := range keys {
 		c, ok := w.cache[k]
 		if !ok {

@@ -13,22 +13,22 @@ import (
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/rollup"
+	"github.com/admetric/admetric/store/rollup/rolluptest"
 	"github.com/admetric/admetric/store/storetest"
 )
 
-var testLayout = store.NewLayout(store.Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.Hour, Day: 43800 * time.Hour})
+var testLayout = rolluptest.Layout
 
 func setup(t *testing.T) (jetstream.JetStream, *store.Rollups) {
 	t.Helper()
 	js, _ := storetest.JetStream(t, storetest.NATS(t))
 	ctx := context.Background()
-	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour}); err != nil {
+	storetest.EventStream(t, js, 1)
+	if err := store.CreateOrUpdateDeadLetterStream(ctx, js, time.Hour, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.EnsureDeadLetterStream(ctx, js, time.Hour, 1); err != nil {
-		t.Fatal(err)
-	}
-	rollups, err := store.OpenRollups(ctx, js, testLayout, 1)
+	rollups, err := store.CreateOrUpdateRollups(ctx, js, testLayout, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func runWriterWith(t *testing.T, js jetstream.JetStream, rollups *store.Rollups,
 	return stop
 }
 
-func sum(t *testing.T, rollups *store.Rollups, adID string, from, to time.Time) *store.Aggregate {
+func sum(t *testing.T, rollups *store.Rollups, adID string, from, to time.Time) *rollup.Aggregate {
 	t.Helper()
 	tiling, err := rollups.Layout().Tile(from, to, time.Now())
 	if err != nil {
@@ -92,7 +92,7 @@ func sum(t *testing.T, rollups *store.Rollups, adID string, from, to time.Time) 
 	return agg
 }
 
-func waitClicks(t *testing.T, rollups *store.Rollups, adID string, from, to time.Time, want uint64) *store.Aggregate {
+func waitClicks(t *testing.T, rollups *store.Rollups, adID string, from, to time.Time, want uint64) *rollup.Aggregate {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -276,10 +276,8 @@ func TestRollupWriterGateIgnoresWhatOthersAcked(t *testing.T) {
 	js, _ := storetest.JetStream(t, srv)
 	jsC, _ := storetest.JetStream(t, srv)
 	jsB, _ := storetest.JetStream(t, srv)
-	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour, Partitions: 1}); err != nil {
-		t.Fatal(err)
-	}
-	rollups, err := store.OpenRollups(ctx, js, testLayout, 1)
+	storetest.EventStream(t, js, 1)
+	rollups, err := store.CreateOrUpdateRollups(ctx, js, testLayout, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,10 +341,8 @@ func TestRollupWritersBalance(t *testing.T) {
 	srv := storetest.NATS(t)
 	js, _ := storetest.JetStream(t, srv)
 	ctx := context.Background()
-	if _, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour, Partitions: partitions}); err != nil {
-		t.Fatal(err)
-	}
-	rollups, err := store.OpenRollups(ctx, js, testLayout, 1)
+	storetest.EventStream(t, js, partitions)
+	rollups, err := store.CreateOrUpdateRollups(ctx, js, testLayout, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

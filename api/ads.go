@@ -12,29 +12,31 @@ import (
 
 	"github.com/gin-gonic/gin"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/api/respond"
+	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/store/postgres"
 )
 
-// AdCatalog is the in-memory copy of the ads table (*store.Catalog): intake
+// AdCatalog is the in-memory copy of the ads table (*api.Catalog): intake
 // checks ads against it and GET /ads is served from it, so both keep working
 // while PostgreSQL is down. The ad handlers keep it current for this process.
 // Implementations are safe for concurrent use.
 type AdCatalog interface {
-	Put(ad store.Ad)
+	Put(ad postgres.Ad)
 	Remove(id string)
 	Exists(id string) bool
-	Get(id string) (store.Ad, bool)
+	Get(id string) (postgres.Ad, bool)
 	// IDs returns every ad ID, sorted; the caller owns the slice.
 	IDs() []string
 	// List returns a page of ads ordered by ID and how many there are.
-	List(limit, offset int) ([]store.Ad, int)
+	List(limit, offset int) ([]postgres.Ad, int)
 }
 
 // AdStore is the ads table.
 type AdStore interface {
-	Get(ctx context.Context, id string) (*store.Ad, error)
-	Create(ctx context.Context, ad *store.Ad) error
-	Update(ctx context.Context, ad *store.Ad) error
+	Get(ctx context.Context, id string) (*postgres.Ad, error)
+	Create(ctx context.Context, ad *postgres.Ad) error
+	Update(ctx context.Context, ad *postgres.Ad) error
 	Delete(ctx context.Context, id string) error
 }
 
@@ -76,24 +78,24 @@ func (h *AdHandlers) Register(r gin.IRouter) {
 // first so the comparison is constant-time whatever the lengths.
 func (h *AdHandlers) requireAdmin(c *gin.Context) {
 	if h.tokenHash == nil {
-		fail(c, http.StatusForbidden, "", "ad management is disabled: the server has no ADMIN_TOKEN")
+		respond.Error(c, http.StatusForbidden, "", "ad management is disabled: the server has no ADMIN_TOKEN")
 		return
 	}
 	token, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
 	sum := sha256.Sum256([]byte(token))
 	if !ok || subtle.ConstantTimeCompare(sum[:], h.tokenHash) != 1 {
 		c.Header("WWW-Authenticate", `Bearer realm="admetric"`)
-		fail(c, http.StatusUnauthorized, "Authorization", "a valid admin bearer token is required")
+		respond.Error(c, http.StatusUnauthorized, "Authorization", "a valid admin bearer token is required")
 		return
 	}
 	c.Next()
 }
 
 type adList struct {
-	Ads    []store.Ad `json:"ads"`
-	Total  int        `json:"total"`
-	Limit  int        `json:"limit"`
-	Offset int        `json:"offset"`
+	Ads    []postgres.Ad `json:"ads"`
+	Total  int           `json:"total"`
+	Limit  int           `json:"limit"`
+	Offset int           `json:"offset"`
 }
 
 const (
@@ -123,7 +125,7 @@ func intParam(c *gin.Context, name string, def, lo, hi int) (int, bool) {
 	}
 	v, err := strconv.Atoi(raw)
 	if err != nil || v < lo || v > hi {
-		fail(c, http.StatusBadRequest, name, "must be an integer from "+strconv.Itoa(lo)+" to "+strconv.Itoa(hi))
+		respond.Error(c, http.StatusBadRequest, name, "must be an integer from "+strconv.Itoa(lo)+" to "+strconv.Itoa(hi))
 		return 0, false
 	}
 	return v, true
@@ -166,38 +168,38 @@ func (h *AdHandlers) decodeAd(c *gin.Context) (*adInput, bool) {
 	if err := c.ShouldBindJSON(&in); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			fail(c, http.StatusRequestEntityTooLarge, "", "body is larger than 64 KiB")
+			respond.Error(c, http.StatusRequestEntityTooLarge, "", "body is larger than 64 KiB")
 			return nil, false
 		}
-		fail(c, http.StatusBadRequest, "", "malformed JSON: "+err.Error())
+		respond.Error(c, http.StatusBadRequest, "", "malformed JSON: "+err.Error())
 		return nil, false
 	}
 	in.Title = strings.TrimSpace(in.Title)
 	switch {
 	case in.Title == "":
-		fail(c, http.StatusBadRequest, "title", "is required")
+		respond.Error(c, http.StatusBadRequest, "title", "is required")
 		return nil, false
 	case len(in.Title) > 200:
-		fail(c, http.StatusBadRequest, "title", "must be at most 200 bytes")
+		respond.Error(c, http.StatusBadRequest, "title", "must be at most 200 bytes")
 		return nil, false
 	case len(in.Advertiser) > 200:
-		fail(c, http.StatusBadRequest, "advertiser", "must be at most 200 bytes")
+		respond.Error(c, http.StatusBadRequest, "advertiser", "must be at most 200 bytes")
 		return nil, false
 	case len(in.VideoURL) > 2048:
-		fail(c, http.StatusBadRequest, "video_url", "must be at most 2048 bytes")
+		respond.Error(c, http.StatusBadRequest, "video_url", "must be at most 2048 bytes")
 		return nil, false
 	case len(in.ClickURL) > 2048:
-		fail(c, http.StatusBadRequest, "click_url", "must be at most 2048 bytes")
+		respond.Error(c, http.StatusBadRequest, "click_url", "must be at most 2048 bytes")
 		return nil, false
 	case in.DurationSeconds != nil && (*in.DurationSeconds < 0 || *in.DurationSeconds > 86400):
-		fail(c, http.StatusBadRequest, "duration_seconds", "must be from 0 to 86400")
+		respond.Error(c, http.StatusBadRequest, "duration_seconds", "must be from 0 to 86400")
 		return nil, false
 	}
 	return &in, true
 }
 
-func (in *adInput) ad(id string) *store.Ad {
-	ad := &store.Ad{ID: id, Title: in.Title, Advertiser: in.Advertiser, VideoURL: in.VideoURL, ClickURL: in.ClickURL}
+func (in *adInput) ad(id string) *postgres.Ad {
+	ad := &postgres.Ad{ID: id, Title: in.Title, Advertiser: in.Advertiser, VideoURL: in.VideoURL, ClickURL: in.ClickURL}
 	if in.DurationSeconds != nil {
 		ad.DurationSeconds = *in.DurationSeconds
 	}
@@ -209,8 +211,12 @@ func (h *AdHandlers) create(c *gin.Context) {
 	if !ok {
 		return
 	}
+	if err := event.ValidateAdID(in.ID); err != nil {
+		respond.Error(c, http.StatusBadRequest, "id", fieldMessage(err))
+		return
+	}
 	if _, taken := reservedAdIDs[in.ID]; taken {
-		fail(c, http.StatusBadRequest, "id", "is reserved: /ads/"+in.ID+" is a route of its own")
+		respond.Error(c, http.StatusBadRequest, "id", "is reserved: /ads/"+in.ID+" is a route of its own")
 		return
 	}
 	ad := in.ad(in.ID)
@@ -230,7 +236,7 @@ func (h *AdHandlers) update(c *gin.Context) {
 	}
 	id := c.Param("id")
 	if in.ID != "" && in.ID != id {
-		fail(c, http.StatusBadRequest, "id", "differs from the ID in the path; an ad's ID cannot change")
+		respond.Error(c, http.StatusBadRequest, "id", "differs from the ID in the path; an ad's ID cannot change")
 		return
 	}
 	ad := in.ad(id)
@@ -256,17 +262,15 @@ func (h *AdHandlers) delete(c *gin.Context) {
 // server's fault.
 func (h *AdHandlers) storeFailed(c *gin.Context, err error) {
 	switch {
-	case errors.Is(err, store.ErrNotFound):
-		fail(c, http.StatusNotFound, "id", "no such ad")
-	case errors.Is(err, store.ErrExists):
-		fail(c, http.StatusConflict, "id", "an ad with this ID exists")
-	case errors.Is(err, store.ErrInvalidAdID):
-		fail(c, http.StatusBadRequest, "id", strings.TrimPrefix(err.Error(), store.ErrInvalidAdID.Error()+": "))
+	case errors.Is(err, postgres.ErrNotFound):
+		respond.Error(c, http.StatusNotFound, "id", "no such ad")
+	case errors.Is(err, postgres.ErrExists):
+		respond.Error(c, http.StatusConflict, "id", "an ad with this ID exists")
 	case errors.Is(err, context.Canceled):
 		c.Abort()
 	default:
 		h.logger.Error("ads query failed", "err", err)
 		c.Header("Retry-After", "5")
-		fail(c, http.StatusServiceUnavailable, "", "the ads database is unavailable")
+		respond.Error(c, http.StatusServiceUnavailable, "", "the ads database is unavailable")
 	}
 }

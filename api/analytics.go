@@ -17,14 +17,16 @@ import (
 	"github.com/eapache/go-resiliency/breaker"
 	"github.com/gin-gonic/gin"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/api/respond"
+	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/store/rollup"
 )
 
-// RollupReader sums an ad's rollup slots; *store.Rollups, *store.RollupCache
-// and *store.Snapshot implement it. Implementations are safe for concurrent use.
+// RollupReader sums an ad's rollup slots; *store.Rollups, *rollupcache.Cache
+// and *rollupcache.Snapshot implement it. Implementations are safe for concurrent use.
 type RollupReader interface {
-	Layout() store.Layout
-	Sum(ctx context.Context, adID string, cells []store.Cell) (*store.Aggregate, error)
+	Layout() rollup.Layout
+	Sum(ctx context.Context, adID string, cells []rollup.Cell) (*rollup.Aggregate, error)
 }
 
 // StaleReader is a RollupReader over a copy of the rollups taken at AsOf.
@@ -52,7 +54,7 @@ type AnalyticsOptions struct {
 // AnalyticsHandler serves GET /ads/analytics from the rollups.
 type AnalyticsHandler struct {
 	live    atomic.Pointer[RollupReader]
-	layout  store.Layout
+	layout  rollup.Layout
 	catalog AdCatalog
 	opts    AnalyticsOptions
 	logger  *slog.Logger
@@ -62,7 +64,7 @@ type AnalyticsHandler struct {
 // NewAnalyticsHandler returns the analytics handler. live may be nil while the
 // rollups are not reachable yet (SetLive supplies them later); layout gives the
 // retention of each resolution.
-func NewAnalyticsHandler(live RollupReader, layout store.Layout, catalog AdCatalog, logger *slog.Logger, opts AnalyticsOptions) *AnalyticsHandler {
+func NewAnalyticsHandler(live RollupReader, layout rollup.Layout, catalog AdCatalog, logger *slog.Logger, opts AnalyticsOptions) *AnalyticsHandler {
 	if opts.Breaker == nil {
 		opts.Breaker = breaker.New(3, 1, 5*time.Second)
 	}
@@ -166,7 +168,7 @@ type Report struct {
 type query struct {
 	timeframe     string
 	from, to      time.Time // requested, before alignment
-	interval      store.Unit
+	interval      rollup.Unit
 	hasInterval   bool
 	intervalName  string
 	loc           *time.Location
@@ -213,7 +215,7 @@ func (h *AnalyticsHandler) parse(c *gin.Context, now time.Time) (query, *queryEr
 		if oldest := now.Add(-h.layout.MaxRetention()); q.from.Before(oldest) {
 			return q, badQuery("from", fmt.Sprintf("must be within the retention of the rollups (%s ago, %s)", h.layout.MaxRetention(), oldest.Format(time.RFC3339)))
 		}
-		if limit := store.Minute.Ceil(now).Add(time.Minute); q.to.After(limit) {
+		if limit := rollup.Minute.Ceil(now).Add(time.Minute); q.to.After(limit) {
 			q.to = limit // the future holds nothing yet
 		}
 		if !q.from.Before(q.to) {
@@ -230,17 +232,17 @@ func (h *AnalyticsHandler) parse(c *gin.Context, now time.Time) (query, *queryEr
 		// The window ends with the current minute included, and is exactly as
 		// long as the timeframe: 1h at 13:00:20 is [12:01, 13:01).
 		q.timeframe = tf
-		q.to = store.Minute.Truncate(now).Add(time.Minute)
+		q.to = rollup.Minute.Truncate(now).Add(time.Minute)
 		q.from = q.to.Add(-d)
 	}
 	if iv := c.Query("interval"); iv != "" {
-		units := map[string]store.Unit{intervalMinute: store.Minute, intervalHour: store.Hour, intervalDay: store.Day}
+		units := map[string]rollup.Unit{intervalMinute: rollup.Minute, intervalHour: rollup.Hour, intervalDay: rollup.Day}
 		u, ok := units[iv]
 		if !ok {
 			return q, badQuery("interval", queryErrorPrefix+"minute, hour or day")
 		}
 		q.interval, q.hasInterval, q.intervalName = u, true, iv
-		if u != store.Day && q.from.Before(now.Add(-h.layout[u].Retention)) {
+		if u != rollup.Day && q.from.Before(now.Add(-h.layout[u].Retention)) {
 			return q, badQuery("interval", fmt.Sprintf("%s points reach back %s only; use a coarser interval or a later from", iv, h.layout[u].Retention))
 		}
 	}
@@ -253,8 +255,8 @@ func (h *AnalyticsHandler) parse(c *gin.Context, now time.Time) (query, *queryEr
 	}
 	q.ids = c.QueryArray("ad_id")
 	for _, id := range q.ids {
-		if err := store.ValidateAdID(id); err != nil {
-			return q, badQuery("ad_id", strings.TrimPrefix(err.Error(), store.ErrInvalidAdID.Error()+": "))
+		if err := event.ValidateAdID(id); err != nil {
+			return q, badQuery("ad_id", fieldMessage(err))
 		}
 		if !h.catalog.Exists(id) {
 			return q, &queryError{http.StatusNotFound, "ad_id", "no ad " + id}
@@ -283,13 +285,13 @@ func boundedInt(c *gin.Context, name string, def, lo, hi int) (int, error) {
 // points splits [from, to) into intervals of unit u, aligned in loc: days
 // start at local midnight (23 or 25 hours long across DST changes), hours and
 // minutes at the local hour and minute.
-func points(from, to time.Time, u store.Unit, loc *time.Location) [][2]time.Time {
+func points(from, to time.Time, u rollup.Unit, loc *time.Location) [][2]time.Time {
 	floor := func(t time.Time) time.Time {
 		t = t.In(loc)
 		switch u {
-		case store.Day:
+		case rollup.Day:
 			return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, loc)
-		case store.Hour:
+		case rollup.Hour:
 			return t.Truncate(time.Minute).Add(-time.Duration(t.Minute()) * time.Minute)
 		default:
 			return t.Truncate(time.Minute)
@@ -297,10 +299,10 @@ func points(from, to time.Time, u store.Unit, loc *time.Location) [][2]time.Time
 	}
 	next := func(t time.Time) time.Time {
 		switch u {
-		case store.Day:
+		case rollup.Day:
 			t = t.In(loc)
 			return time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, loc)
-		case store.Hour:
+		case rollup.Hour:
 			return t.Add(time.Hour)
 		default:
 			return t.Add(time.Minute)
@@ -320,7 +322,7 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 	now := h.now().UTC()
 	q, qerr := h.parse(c, now)
 	if qerr != nil {
-		fail(c, qerr.status, qerr.field, qerr.msg)
+		respond.Error(c, qerr.status, qerr.field, qerr.msg)
 		return
 	}
 	// The windows to sum: the whole, then each point of the series.
@@ -329,7 +331,7 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 	if q.hasInterval {
 		pts = points(q.from, q.to, q.interval, q.loc)
 		if len(pts) > MaxPoints {
-			fail(c, http.StatusBadRequest, "interval", fmt.Sprintf("the series would have more than %d points; use a coarser interval or a shorter window", MaxPoints))
+			respond.Error(c, http.StatusBadRequest, "interval", fmt.Sprintf("the series would have more than %d points; use a coarser interval or a shorter window", MaxPoints))
 			return
 		}
 		// A point's edges must fall where rollups fine enough to cut there
@@ -337,15 +339,15 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 		// neighbours (e.g. hours at :30 in Asia/Kolkata need minutes).
 		for _, p := range pts {
 			for _, edge := range p {
-				u := store.Day
+				u := rollup.Day
 				switch {
-				case !store.Hour.Truncate(edge).Equal(edge):
-					u = store.Minute
-				case !store.Day.Truncate(edge).Equal(edge):
-					u = store.Hour
+				case !rollup.Hour.Truncate(edge).Equal(edge):
+					u = rollup.Minute
+				case !rollup.Day.Truncate(edge).Equal(edge):
+					u = rollup.Hour
 				}
 				if edge.Before(now.Add(-h.layout[u].Retention)) && edge.Before(now) {
-					fail(c, http.StatusBadRequest, "tz", fmt.Sprintf("%s points in %s start at %s, where %s rollups (kept %s) have expired; use a later from, or a time zone whose offset is whole hours",
+					respond.Error(c, http.StatusBadRequest, "tz", fmt.Sprintf("%s points in %s start at %s, where %s rollups (kept %s) have expired; use a later from, or a time zone whose offset is whole hours",
 						q.intervalName, q.loc, edge.Format(time.RFC3339), u, h.layout[u].Retention))
 					return
 				}
@@ -356,15 +358,15 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 	whole, err := h.layout.Tile(from, to, now)
 	if err != nil {
 		h.logger.Error("tiling the window", "err", err)
-		fail(c, http.StatusInternalServerError, "", "could not plan the query")
+		respond.Error(c, http.StatusInternalServerError, "", "could not plan the query")
 		return
 	}
-	windows := [][]store.Cell{whole.Cells}
+	windows := [][]rollup.Cell{whole.Cells}
 	for _, p := range pts {
 		tl, err := h.layout.Tile(p[0], p[1], now)
 		if err != nil {
 			h.logger.Error("tiling a point", "err", err)
-			fail(c, http.StatusInternalServerError, "", "could not plan the query")
+			respond.Error(c, http.StatusInternalServerError, "", "could not plan the query")
 			return
 		}
 		windows = append(windows, tl.Cells)
@@ -377,7 +379,7 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 			return
 		}
 		c.Header("Retry-After", "5")
-		fail(c, http.StatusServiceUnavailable, "", "rollups are unavailable and there is no snapshot to answer from")
+		respond.Error(c, http.StatusServiceUnavailable, "", "rollups are unavailable and there is no snapshot to answer from")
 		return
 	}
 
@@ -409,13 +411,13 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 	// The totals add the ads in that order: the most clicked first, whose
 	// visitors are the likeliest to be a dense sketch already (from a range
 	// sum), which the rest then go into without sorting.
-	totals := make([]store.Aggregate, len(windows))
+	totals := make([]rollup.Aggregate, len(windows))
 	sorted := make([]Metrics, len(ads))
 	for k, i := range order {
 		for w := range windows {
 			if err := totals[w].AddAggregate(aggs[i][w]); err != nil {
 				h.logger.Error("adding up ads", "err", err)
-				fail(c, http.StatusInternalServerError, "", "could not add up the rollups")
+				respond.Error(c, http.StatusInternalServerError, "", "could not add up the rollups")
 				return
 			}
 		}
@@ -425,7 +427,7 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 	lo := min(q.offset, len(ads))
 	rep.Ads = ads[lo:min(lo+q.limit, len(ads))]
 	rep.Total = metricsOf("", &totals[0])
-	tp := make([]*store.Aggregate, len(pts))
+	tp := make([]*rollup.Aggregate, len(pts))
 	for i := range pts {
 		tp[i] = &totals[i+1]
 	}
@@ -433,7 +435,7 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 	c.JSON(http.StatusOK, rep)
 }
 
-func series(pts [][2]time.Time, aggs []*store.Aggregate) []Point {
+func series(pts [][2]time.Time, aggs []*rollup.Aggregate) []Point {
 	if len(pts) == 0 {
 		return nil
 	}
@@ -446,7 +448,7 @@ func series(pts [][2]time.Time, aggs []*store.Aggregate) []Point {
 
 // read sums every window for every ad from the live rollups, or, when they are
 // unreachable or the breaker is open, from the latest snapshot (stale).
-func (h *AnalyticsHandler) read(ctx context.Context, ids []string, windows [][]store.Cell) (aggs [][]*store.Aggregate, stale bool, asOf time.Time, err error) {
+func (h *AnalyticsHandler) read(ctx context.Context, ids []string, windows [][]rollup.Cell) (aggs [][]*rollup.Aggregate, stale bool, asOf time.Time, err error) {
 	if live := h.live.Load(); live != nil && (h.opts.LiveUp == nil || h.opts.LiveUp()) {
 		err = h.opts.Breaker.Run(func() error {
 			rctx, cancel := context.WithTimeout(ctx, h.opts.ReadTimeout)
@@ -490,16 +492,16 @@ const sumReaders = 8
 
 // sumAll sums each ad's windows, reading several ads at once; the first error
 // stops the rest. The result is indexed [ad][window].
-func sumAll(ctx context.Context, r RollupReader, ids []string, windows [][]store.Cell) ([][]*store.Aggregate, error) {
+func sumAll(ctx context.Context, r RollupReader, ids []string, windows [][]rollup.Cell) ([][]*rollup.Aggregate, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	aggs := make([][]*store.Aggregate, len(ids))
+	aggs := make([][]*rollup.Aggregate, len(ids))
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range min(sumReaders, len(ids)) {
 		wg.Go(func() {
 			for i := range next {
-				row := make([]*store.Aggregate, len(windows))
+				row := make([]*rollup.Aggregate, len(windows))
 				for w, cells := range windows {
 					agg, err := r.Sum(ctx, ids[i], cells)
 					if err != nil {
@@ -529,7 +531,7 @@ func sumAll(ctx context.Context, r RollupReader, ids []string, windows [][]store
 	return aggs, nil
 }
 
-func metricsOf(adID string, a *store.Aggregate) Metrics {
+func metricsOf(adID string, a *rollup.Aggregate) Metrics {
 	m := Metrics{
 		AdID:           adID,
 		Impressions:    a.Impressions,

@@ -14,17 +14,19 @@ import (
 
 	"github.com/admetric/admetric/api"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
+	"github.com/admetric/admetric/store/rollup/rolluptest"
 	"github.com/admetric/admetric/store/storetest"
 )
 
 type staticCatalog []string
 
-func (s staticCatalog) Put(store.Ad)                    {}
-func (s staticCatalog) Remove(string)                   {}
-func (s staticCatalog) Exists(id string) bool           { return slices.Contains(s, id) }
-func (s staticCatalog) IDs() []string                   { return slices.Clone(s) }
-func (s staticCatalog) Get(string) (store.Ad, bool)     { return store.Ad{}, false }
-func (s staticCatalog) List(int, int) ([]store.Ad, int) { return nil, 0 }
+func (s staticCatalog) Put(postgres.Ad)                    {}
+func (s staticCatalog) Remove(string)                      {}
+func (s staticCatalog) Exists(id string) bool              { return slices.Contains(s, id) }
+func (s staticCatalog) IDs() []string                      { return slices.Clone(s) }
+func (s staticCatalog) Get(string) (postgres.Ad, bool)     { return postgres.Ad{}, false }
+func (s staticCatalog) List(int, int) ([]postgres.Ad, int) { return nil, 0 }
 
 // TestAnalyticsWindows writes rollups straight into the buckets and reads them
 // back through GET /ads/analytics: each timeframe sums exactly the slots in
@@ -32,8 +34,8 @@ func (s staticCatalog) List(int, int) ([]store.Ad, int) { return nil, 0 }
 func TestAnalyticsWindows(t *testing.T) {
 	js, _ := storetest.JetStream(t, storetest.NATS(t))
 	ctx := context.Background()
-	layout := store.NewLayout(store.Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.Hour, Day: 43800 * time.Hour})
-	rollups, err := store.OpenRollups(ctx, js, layout, 1)
+	layout := rolluptest.Layout
+	rollups, err := store.CreateOrUpdateRollups(ctx, js, layout, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/admetric/admetric/ingest"
 	"github.com/admetric/admetric/ingest/event"
-	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -30,10 +29,7 @@ func TestIntakeOnRealJetStream(t *testing.T) {
 	srv := storetest.NATS(t)
 	js, nc := storetest.JetStream(t, srv)
 	ctx := context.Background()
-	stream, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := storetest.EventStream(t, js, 1)
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
 	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: time.Second})

@@ -20,7 +20,8 @@ import (
 	"github.com/admetric/admetric/ingest"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/ingest/spool"
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/devserver"
+	"github.com/admetric/admetric/store/storetest"
 )
 
 // restartableNATS is an embedded server on a fixed port and store directory,
@@ -29,7 +30,7 @@ type restartableNATS struct {
 	t    *testing.T
 	dir  string
 	addr string
-	srv  *store.EmbeddedNATS
+	srv  *devserver.NATS
 }
 
 func startRestartableNATS(t *testing.T) *restartableNATS {
@@ -49,7 +50,7 @@ func (r *restartableNATS) start() {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := store.StartEmbeddedNATS(ctx, store.EmbeddedNATSOptions{StoreDir: r.dir, Listen: r.addr, Logger: slog.New(slog.DiscardHandler)})
+	srv, err := devserver.StartNATS(ctx, devserver.NATSOptions{StoreDir: r.dir, Listen: r.addr, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -85,10 +86,7 @@ func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream, err := store.EnsureStream(ctx, js, store.StreamOptions{MaxAge: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := storetest.EventStream(t, js, 1)
 	sp, err := spool.Open(t.TempDir(), spool.Options{MaxBytes: spoolBytes, SegmentBytes: 16 << 10})
 	if err != nil {
 		t.Fatal(err)

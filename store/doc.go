@@ -1,12 +1,10 @@
-// Package store owns what AdMetric keeps and the servers it keeps it in:
+// Package store is AdMetric's JetStream storage: the event stream and the
+// dead-letter stream (stream.go), every subject they and the buckets use
+// (subjects.go), and the rollup KV buckets (Rollups: create or update, load,
+// commit with a checkpoint, replace, watch, last sequence).
 //
-//   - PostgreSQL: the bun models, the embedded SQL migrations, the ads queries
-//     (Ads), the in-memory ad catalog (Catalog) and the events archive (Archive);
-//   - NATS JetStream: the event stream (EnsureStream) and the rollup buckets,
-//     their key layout (Layout, Unit.Locate, Layout.Tile) and value codec (Rollup);
-//   - the servers used in development and tests: an embedded nats-server
-//     (StartEmbeddedNATS) and a private PostgreSQL run from the machine's
-//     binaries (StartLocalPostgres). Package storetest starts them for tests.
-//
-// It imports nothing of the module but the event schema (ingest/event).
+// What it stores is defined elsewhere: the rollup values, their key layout
+// and algebra in store/rollup (pure, no I/O); the PostgreSQL tables in
+// store/postgres. The servers used in development and tests are in
+// store/devserver, and store/storetest starts them for tests.
 package store

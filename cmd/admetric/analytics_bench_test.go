@@ -92,7 +92,7 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 	b.Logf("ingest: published to JetStream in %s (%.0f events/s); then archived in PostgreSQL %s and counted by the rollups %s later",
 		published.Round(time.Millisecond), float64(len(w.events))/published.Seconds(), archived.Round(time.Millisecond), folded.Round(time.Millisecond))
 	top := w.ads[0]
-	// d.db's driver gives up reading after 5 s (store.OpenPostgres), less
+	// d.db's driver gives up reading after 5 s (postgres.Open), less
 	// than SQL over a million rows can take: the SQL runs on a second pool to
 	// the same server whose reads may take 10 minutes.
 	if d.pg == nil {

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -195,7 +195,7 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatalf("analytics after the crashes: %s", mismatch)
 	}
 
-	db, err := store.OpenPostgres(context.Background(), pg.DSN())
+	db, err := postgres.Open(context.Background(), pg.DSN())
 	if err != nil {
 		t.Fatal(err)
 	}

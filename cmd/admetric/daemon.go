@@ -27,11 +27,15 @@ import (
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/api"
+	"github.com/admetric/admetric/api/rollupcache"
 	"github.com/admetric/admetric/config"
 	"github.com/admetric/admetric/ingest"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/ingest/spool"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/devserver"
+	"github.com/admetric/admetric/store/postgres"
+	"github.com/admetric/admetric/store/rollup"
 )
 
 // role is what a process runs: the whole service, or one side of it.
@@ -56,9 +60,9 @@ type daemon struct {
 	role   role
 	logger *slog.Logger
 
-	embedded *store.EmbeddedNATS
+	embedded *devserver.NATS
 	nc       *nats.Conn
-	pg       *store.LocalPostgres
+	pg       *devserver.Postgres
 	db       *bun.DB
 	spool    *spool.Spool
 
@@ -116,7 +120,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 	if err != nil {
 		return d, fmt.Errorf("jetstream: %w", err)
 	}
-	layout := store.NewLayout(store.Retentions{Minute: cfg.MinuteRetention, Hour: cfg.HourRetention, Day: cfg.DayRetention})
+	layout := rollup.NewLayout(rollup.Retentions{Minute: cfg.MinuteRetention, Hour: cfg.HourRetention, Day: cfg.DayRetention})
 	d.js, d.salt = js, salt
 	var rollups *store.Rollups
 	if !cfg.EmbeddedNATS() {
@@ -143,14 +147,14 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 	if err := d.startPostgres(ctx, dataDir); err != nil {
 		return d, err
 	}
-	applied, err := store.Migrate(ctx, d.db)
+	applied, err := postgres.Migrate(ctx, d.db)
 	if err != nil {
 		return d, err
 	}
 	if len(applied) > 0 {
 		logger.Info("database migrated", "applied", applied)
 	}
-	ads := store.NewAds(d.db)
+	ads := postgres.NewAds(d.db)
 	if n, err := ads.SeedDemoAds(ctx); err != nil {
 		return d, err
 	} else if n > 0 {
@@ -201,7 +205,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 	})
 
 	if r.api {
-		catalog := store.NewCatalog(ads, logger.With("component", "catalog"))
+		catalog := api.NewCatalog(ads, logger.With("component", "catalog"))
 		if err := catalog.Refresh(ctx); err != nil {
 			return d, err
 		}
@@ -256,7 +260,7 @@ func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.L
 			}
 			return nil
 		},
-		"postgres": func(ctx context.Context) error { return store.Ping(ctx, d.db) },
+		"postgres": func(ctx context.Context) error { return postgres.Ping(ctx, d.db) },
 	})
 	engine.GET("/metrics", gin.WrapH(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 
@@ -305,7 +309,7 @@ func (d *daemon) startNATS(ctx context.Context, dataDir string) error {
 		d.nc = nc
 		return nil
 	}
-	emb, err := store.StartEmbeddedNATS(ctx, store.EmbeddedNATSOptions{
+	emb, err := devserver.StartNATS(ctx, devserver.NATSOptions{
 		StoreDir:   filepath.Join(dataDir, "nats"),
 		Listen:     d.cfg.NATSListen,
 		SyncAlways: d.cfg.NATSSyncAlways,
@@ -322,7 +326,7 @@ func (d *daemon) startNATS(ctx context.Context, dataDir string) error {
 func (d *daemon) startPostgres(ctx context.Context, dataDir string) error {
 	dsn := d.cfg.PostgresDSN()
 	if d.cfg.LocalPostgres() {
-		pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{
+		pg, err := devserver.StartPostgres(ctx, devserver.PostgresOptions{
 			Dir:    filepath.Join(dataDir, "pg"),
 			Logger: d.logger,
 		})
@@ -333,7 +337,7 @@ func (d *daemon) startPostgres(ctx context.Context, dataDir string) error {
 		dsn = pg.DSN()
 		d.logger.Info("private postgres started", "dir", filepath.Join(dataDir, "pg"))
 	}
-	db, err := store.OpenPostgres(ctx, dsn)
+	db, err := postgres.Open(ctx, dsn)
 	if err != nil {
 		if !d.cfg.LocalPostgres() {
 			source := "DB_*"
@@ -392,17 +396,17 @@ func (d *daemon) wait(ctx context.Context) error {
 // openStreams creates or checks the event stream, the dead-letter stream and
 // the rollup buckets. Each try is bounded, so that an unreachable NATS fails
 // it rather than blocking start-up.
-func (d *daemon) openStreams(ctx context.Context, layout store.Layout) (*store.Rollups, error) {
+func (d *daemon) openStreams(ctx context.Context, layout rollup.Layout) (*store.Rollups, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cfg := d.cfg
-	if _, err := store.EnsureStream(ctx, d.js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Duplicates: cfg.DuplicateWindow, Replicas: cfg.NATSReplicas, Partitions: cfg.Partitions}); err != nil {
+	if _, err := store.CreateOrUpdateEventStream(ctx, d.js, store.StreamOptions{MaxAge: cfg.StreamMaxAge, Duplicates: cfg.DuplicateWindow, Replicas: cfg.NATSReplicas, Partitions: cfg.Partitions}); err != nil {
 		return nil, err
 	}
-	if err := store.EnsureDeadLetterStream(ctx, d.js, deadLetterMaxAge, cfg.NATSReplicas); err != nil {
+	if err := store.CreateOrUpdateDeadLetterStream(ctx, d.js, deadLetterMaxAge, cfg.NATSReplicas); err != nil {
 		return nil, err
 	}
-	return store.OpenRollups(ctx, d.js, layout, cfg.NATSReplicas)
+	return store.CreateOrUpdateRollups(ctx, d.js, layout, cfg.NATSReplicas)
 }
 
 // startAggregation starts the rollup writers, the archiver and the membership
@@ -419,14 +423,14 @@ func (d *daemon) startAggregation(ctx, workCtx context.Context, rollups *store.R
 		})
 		d.goWorker(workCtx, "rollup-writer", w.Run)
 	}
-	d.goWorker(workCtx, "archiver", aggregator.NewArchiver(d.js, store.NewArchive(d.db), d.logger, metrics, aggregator.ArchiverOptions{}).Run)
+	d.goWorker(workCtx, "archiver", aggregator.NewArchiver(d.js, postgres.NewArchive(d.db), d.logger, metrics, aggregator.ArchiverOptions{}).Run)
 	return nil
 }
 
 // startCache puts the rollup cache in front of rollups, warmed from the last
 // snapshot when there is one, and starts its watch and the snapshot writer.
-func (d *daemon) startCache(workCtx context.Context, rollups *store.Rollups, snapshots *snapshotFile, reg prometheus.Registerer) (*store.RollupCache, error) {
-	cache, err := store.NewRollupCache(rollups, store.CacheOptions{
+func (d *daemon) startCache(workCtx context.Context, rollups *store.Rollups, snapshots *snapshotFile, reg prometheus.Registerer) (*rollupcache.Cache, error) {
+	cache, err := rollupcache.New(rollups, rollupcache.Options{
 		MaxBytes: int64(d.cfg.CacheMaxBytes), Idle: d.cfg.CacheIdle, Registerer: reg,
 		Logger: d.logger.With("component", "rollup-cache"),
 	})
@@ -457,11 +461,11 @@ func (d *daemon) startCache(workCtx context.Context, rollups *store.Rollups, sna
 // only when the file has changed.
 type snapshotFile struct {
 	path   string
-	layout store.Layout
+	layout rollup.Layout
 
 	mu      sync.Mutex
 	modTime time.Time
-	snap    *store.Snapshot
+	snap    *rollupcache.Snapshot
 }
 
 // latest is read as the analytics handler's fallback.
@@ -473,7 +477,7 @@ func (f *snapshotFile) latest() (api.StaleReader, error) {
 	return snap, nil
 }
 
-func (f *snapshotFile) read() (*store.Snapshot, error) {
+func (f *snapshotFile) read() (*rollupcache.Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fi, err := os.Stat(f.path)
@@ -481,7 +485,7 @@ func (f *snapshotFile) read() (*store.Snapshot, error) {
 		return nil, fmt.Errorf("analytics snapshot: %w", err)
 	}
 	if f.snap == nil || !fi.ModTime().Equal(f.modTime) {
-		snap, err := store.ReadSnapshot(f.path, f.layout)
+		snap, err := rollupcache.ReadSnapshot(f.path, f.layout)
 		if err != nil {
 			return nil, err
 		}

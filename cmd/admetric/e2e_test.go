@@ -20,7 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/config"
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -353,7 +353,7 @@ func waitArchived(t *testing.T, d *daemon, adID string, want int64) {
 	var n int64
 	for time.Now().Before(deadline) {
 		var err error
-		n, err = d.db.NewSelect().Model((*store.ArchivedEvent)(nil)).Where("ad_id = ?", adID).Count(context.Background())
+		n, err = d.db.NewSelect().Model((*postgres.ArchivedEvent)(nil)).Where("ad_id = ?", adID).Count(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}

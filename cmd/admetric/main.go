@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
 	// The tz parameter of the analytics takes IANA names; a minimal container
 	// image has no zoneinfo of its own.
 	_ "time/tzdata"

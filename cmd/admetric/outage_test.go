@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -257,7 +257,7 @@ func waitSettled(t *testing.T, c client, w *workload, dataDir, dsn string, timeo
 	}
 	took := time.Since(start)
 
-	db, err := store.OpenPostgres(context.Background(), dsn)
+	db, err := postgres.Open(context.Background(), dsn)
 	if err != nil {
 		t.Fatal(err)
 	}

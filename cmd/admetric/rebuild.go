@@ -14,6 +14,7 @@ import (
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/config"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
 )
 
 const rebuildUsage = `usage: admetric rebuild --from TIME --to TIME
@@ -82,7 +83,7 @@ func rebuild(ctx context.Context, cfg *config.Config, logger *slog.Logger, out i
 		defer cancel()
 		err = errors.Join(err, d.shutdown(sctx))
 	}()
-	ads, err := store.NewAds(d.db).IDs(ctx)
+	ads, err := postgres.NewAds(d.db).IDs(ctx)
 	if err != nil {
 		return err
 	}
@@ -111,7 +112,7 @@ func rebuild(ctx context.Context, cfg *config.Config, logger *slog.Logger, out i
 		}
 		return info.AckFloor.Stream, nil
 	}
-	res, err := aggregator.Rebuild(ctx, d.rollups, store.NewArchive(d.db), archiveFloor, ads, d.salt, from, to, time.Now(), progress)
+	res, err := aggregator.Rebuild(ctx, d.rollups, postgres.NewArchive(d.db), archiveFloor, ads, d.salt, from, to, time.Now(), progress)
 	if bar != nil {
 		_ = bar.Finish()
 		fmt.Fprintln(out)

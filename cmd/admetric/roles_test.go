@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -105,7 +105,7 @@ func TestTwoAggregatorProcesses(t *testing.T) {
 	waitTotals()
 
 	// The archive holds each event once (it may still be catching up after the kill).
-	db, err := store.OpenPostgres(context.Background(), pg.DSN())
+	db, err := postgres.Open(context.Background(), pg.DSN())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,16 +9,17 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/devserver"
 )
 
 // NATS starts an embedded nats-server with JetStream for the test, its store in
 // t.TempDir(), listening on a free port of 127.0.0.1, and shuts it down with
 // t.Cleanup. It never skips: if it cannot start, t.Fatal with the reason.
-func NATS(t testing.TB) *store.EmbeddedNATS {
+func NATS(t testing.TB) *devserver.NATS {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := store.StartEmbeddedNATS(ctx, store.EmbeddedNATSOptions{
+	srv, err := devserver.StartNATS(ctx, devserver.NATSOptions{
 		StoreDir: t.TempDir(),
 		Listen:   "127.0.0.1:0",
 	})
@@ -31,7 +32,7 @@ func NATS(t testing.TB) *store.EmbeddedNATS {
 
 // JetStream connects to srv in-process and returns the JetStream context; the
 // connection is closed with t.Cleanup.
-func JetStream(t testing.TB, srv *store.EmbeddedNATS) (jetstream.JetStream, *nats.Conn) {
+func JetStream(t testing.TB, srv *devserver.NATS) (jetstream.JetStream, *nats.Conn) {
 	t.Helper()
 	nc, err := srv.Connect(t.Name())
 	if err != nil {
@@ -43,4 +44,20 @@ func JetStream(t testing.TB, srv *store.EmbeddedNATS) (jetstream.JetStream, *nat
 		t.Fatalf("storetest: jetstream: %v", err)
 	}
 	return js, nc
+}
+
+// EventStream creates the event stream on js with partitions partitions,
+// keeping events for an hour with a two-minute duplicate window (the
+// server's default), and returns it. It fails t on error.
+func EventStream(t testing.TB, js jetstream.JetStream, partitions int) jetstream.Stream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := store.CreateOrUpdateEventStream(ctx, js, store.StreamOptions{
+		MaxAge: time.Hour, Duplicates: 2 * time.Minute, Replicas: 1, Partitions: partitions,
+	})
+	if err != nil {
+		t.Fatalf("storetest: %v", err)
+	}
+	return s
 }

@@ -19,7 +19,8 @@ import (
 
 	"github.com/uptrace/bun"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/devserver"
+	"github.com/admetric/admetric/store/postgres"
 )
 
 // Settings returns the server settings of every Postgres (a new map each time):
@@ -84,7 +85,7 @@ func pgDataRoot() string {
 }
 
 // TempDir returns a fresh empty directory, removed at cleanup, in which
-// store.StartLocalPostgres can make a data directory. Unlike t.TempDir, it is
+// devserver.StartPostgres can make a data directory. Unlike t.TempDir, it is
 // reachable by the postgres user that runs the server when the tests run as
 // root. It is in the same place as the directories of Postgres.
 func TempDir(t testing.TB) string {
@@ -122,7 +123,7 @@ func TempDir(t testing.TB) string {
 // remove it when the test process exits, so the first call of each process
 // removes the templates and data directories (admetric-pg-<pid>-*) left by
 // processes that are no longer running.
-func Postgres(t testing.TB) *store.LocalPostgres {
+func Postgres(t testing.TB) *devserver.Postgres {
 	t.Helper()
 	pgTemplate.once.Do(func() {
 		pgTemplate.dir, pgTemplate.err = pgMakeTemplate(pgDataRoot())
@@ -140,7 +141,7 @@ func Postgres(t testing.TB) *store.LocalPostgres {
 
 	ctx, cancel := context.WithTimeout(context.Background(), pgStartTimeout)
 	defer cancel()
-	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings()})
+	pg, err := devserver.StartPostgres(ctx, devserver.PostgresOptions{Dir: dir, Settings: Settings()})
 	if err != nil {
 		t.Fatalf("storetest: %v", err)
 	}
@@ -164,7 +165,7 @@ func pgMakeTemplate(parent string) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pgStartTimeout)
 	defer cancel()
-	pg, err := store.StartLocalPostgres(ctx, store.LocalPostgresOptions{Dir: dir, Settings: Settings()})
+	pg, err := devserver.StartPostgres(ctx, devserver.PostgresOptions{Dir: dir, Settings: Settings()})
 	if err == nil {
 		err = pg.Stop(ctx)
 	}
@@ -230,15 +231,15 @@ func pgChooseRoot() string {
 
 // DB opens a bun handle on pg, applies the migrations, and closes the handle
 // with t.Cleanup.
-func DB(t testing.TB, pg *store.LocalPostgres) *bun.DB {
+func DB(t testing.TB, pg *devserver.Postgres) *bun.DB {
 	t.Helper()
 	ctx := context.Background()
-	db, err := store.OpenPostgres(ctx, pg.DSN())
+	db, err := postgres.Open(ctx, pg.DSN())
 	if err != nil {
 		t.Fatalf("storetest: %v", err)
 	}
 	t.Cleanup(func() { db.Close() })
-	if _, err := store.Migrate(ctx, db); err != nil {
+	if _, err := postgres.Migrate(ctx, db); err != nil {
 		t.Fatalf("storetest: %v", err)
 	}
 	return db

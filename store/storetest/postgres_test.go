@@ -11,7 +11,7 @@ import (
 
 	"github.com/uptrace/bun/driver/pgdriver"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/devserver"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -127,7 +127,7 @@ func TestPostgresKill(t *testing.T) {
 
 // The cleanup stops the server and removes its data directory.
 func TestPostgresCleanup(t *testing.T) {
-	var pg *store.LocalPostgres
+	var pg *devserver.Postgres
 	if !t.Run("inner", func(t *testing.T) {
 		pg = storetest.Postgres(t)
 		if err := openDB(t, pg.DSN()).Ping(); err != nil {
@@ -199,7 +199,7 @@ func BenchmarkPostgresNoTemplate(b *testing.B) {
 			b.Fatal(err)
 		}
 		t0 := time.Now()
-		pg, err := store.StartLocalPostgres(context.Background(), store.LocalPostgresOptions{Dir: dir, Settings: storetest.Settings()})
+		pg, err := devserver.StartPostgres(context.Background(), devserver.PostgresOptions{Dir: dir, Settings: storetest.Settings()})
 		if err != nil {
 			b.Fatal(err)
 		}

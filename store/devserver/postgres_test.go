@@ -1,4 +1,4 @@
-package store_test
+package devserver_test
 
 import (
 	"bufio"
@@ -24,7 +24,7 @@ import (
 
 	"github.com/uptrace/bun/driver/pgdriver"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/devserver"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -41,7 +41,7 @@ func dataDir(t *testing.T) string {
 }
 
 // startPG starts a server on a fresh directory and stops it at cleanup.
-func startPG(t *testing.T, opts store.LocalPostgresOptions) *store.LocalPostgres {
+func startPG(t *testing.T, opts devserver.PostgresOptions) *devserver.Postgres {
 	t.Helper()
 	if opts.Dir == "" {
 		opts.Dir = dataDir(t)
@@ -51,7 +51,7 @@ func startPG(t *testing.T, opts store.LocalPostgresOptions) *store.LocalPostgres
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pg, err := store.StartLocalPostgres(ctx, opts)
+	pg, err := devserver.StartPostgres(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func assertRefused(t *testing.T, dsn string) {
 }
 
 func TestLocalPostgresStartQueryStopRestart(t *testing.T) {
-	pg := startPG(t, store.LocalPostgresOptions{})
+	pg := startPG(t, devserver.PostgresOptions{})
 	dsn := pg.DSN()
 	u, err := url.Parse(dsn)
 	if err != nil {
@@ -191,7 +191,7 @@ func TestLocalPostgresStartQueryStopRestart(t *testing.T) {
 
 func TestLocalPostgresKillRestart(t *testing.T) {
 	dir := dataDir(t)
-	pg := startPG(t, store.LocalPostgresOptions{Dir: dir, Database: "crash"})
+	pg := startPG(t, devserver.PostgresOptions{Dir: dir, Database: "crash"})
 	db := openDB(t, pg.DSN())
 	exec1(t, db, "CREATE TABLE things (id serial PRIMARY KEY, name text NOT NULL)")
 	exec1(t, db, "INSERT INTO things (name) VALUES ('before-kill')")
@@ -224,7 +224,7 @@ func TestLocalPostgresKillRestart(t *testing.T) {
 // never was a postgres) does not prevent a start.
 func TestLocalPostgresStalePidFile(t *testing.T) {
 	dir := dataDir(t)
-	pg := startPG(t, store.LocalPostgresOptions{Dir: dir})
+	pg := startPG(t, devserver.PostgresOptions{Dir: dir})
 	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -251,8 +251,8 @@ func TestLocalPostgresStalePidFile(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// StartLocalPostgres on the same, now initialised, directory.
-	pg2 := startPG(t, store.LocalPostgresOptions{Dir: dir, Database: "other"})
+	// StartPostgres on the same, now initialised, directory.
+	pg2 := startPG(t, devserver.PostgresOptions{Dir: dir, Database: "other"})
 	db := openDB(t, pg2.DSN())
 	if err := db.Ping(); err != nil {
 		t.Fatal(err)
@@ -260,7 +260,7 @@ func TestLocalPostgresStalePidFile(t *testing.T) {
 }
 
 func TestLocalPostgresTwoServers(t *testing.T) {
-	// One on a port chosen by us, one on a port chosen by StartLocalPostgres.
+	// One on a port chosen by us, one on a port chosen by StartPostgres.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -269,9 +269,9 @@ func TestLocalPostgresTwoServers(t *testing.T) {
 	l.Close()
 
 	var wg sync.WaitGroup
-	var a, b *store.LocalPostgres
-	wg.Go(func() { a = startPG(t, store.LocalPostgresOptions{Port: fixed}) })
-	wg.Go(func() { b = startPG(t, store.LocalPostgresOptions{}) })
+	var a, b *devserver.Postgres
+	wg.Go(func() { a = startPG(t, devserver.PostgresOptions{Port: fixed}) })
+	wg.Go(func() { b = startPG(t, devserver.PostgresOptions{}) })
 	wg.Wait()
 	if a == nil || b == nil {
 		t.FailNow()
@@ -337,7 +337,7 @@ func TestLocalPostgresStopDeadline(t *testing.T) {
 func TestLocalPostgresLogger(t *testing.T) {
 	var buf syncBuffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	pg := startPG(t, store.LocalPostgresOptions{Logger: logger})
+	pg := startPG(t, devserver.PostgresOptions{Logger: logger})
 	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +351,7 @@ func TestLocalPostgresLogger(t *testing.T) {
 
 func TestLocalPostgresBadSetting(t *testing.T) {
 	dir := dataDir(t)
-	_, err := store.StartLocalPostgres(ctxTimeout(t, time.Minute), store.LocalPostgresOptions{
+	_, err := devserver.StartPostgres(ctxTimeout(t, time.Minute), devserver.PostgresOptions{
 		Dir:      dir,
 		Settings: map[string]string{"fsync": "off", "no_such_setting": "1"},
 	})
@@ -359,11 +359,11 @@ func TestLocalPostgresBadSetting(t *testing.T) {
 		t.Fatal("started with an unknown setting")
 	}
 	msg := err.Error()
-	if !strings.HasPrefix(msg, "store: local postgres: ") || !strings.Contains(msg, "no_such_setting") {
+	if !strings.HasPrefix(msg, "devserver: postgres: ") || !strings.Contains(msg, "no_such_setting") {
 		t.Fatalf("error does not carry the server output: %v", err)
 	}
 
-	_, err = store.StartLocalPostgres(ctxTimeout(t, time.Minute), store.LocalPostgresOptions{
+	_, err = devserver.StartPostgres(ctxTimeout(t, time.Minute), devserver.PostgresOptions{
 		Dir:      dir,
 		Settings: map[string]string{"port": "5432"},
 	})
@@ -377,7 +377,7 @@ func TestLocalPostgresNotADataDir(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "junk"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := store.StartLocalPostgres(ctxTimeout(t, time.Minute), store.LocalPostgresOptions{Dir: dir})
+	_, err := devserver.StartPostgres(ctxTimeout(t, time.Minute), devserver.PostgresOptions{Dir: dir})
 	if err == nil || !strings.Contains(err.Error(), "PG_VERSION") {
 		t.Fatalf("err = %v, want a complaint about a non-empty non-data directory", err)
 	}
@@ -387,7 +387,7 @@ func TestLocalPostgresNotADataDir(t *testing.T) {
 // is refused with advice; as another user it simply works.
 func TestLocalPostgresUnreachableDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pgdata")
-	pg, err := store.StartLocalPostgres(ctxTimeout(t, time.Minute), store.LocalPostgresOptions{
+	pg, err := devserver.StartPostgres(ctxTimeout(t, time.Minute), devserver.PostgresOptions{
 		Dir:      dir,
 		Settings: testSettings,
 	})
@@ -415,7 +415,7 @@ func TestLocalPostgresUnreachableDir(t *testing.T) {
 // backup) is handed to the postgres user.
 func TestLocalPostgresChownsDataDir(t *testing.T) {
 	dir := dataDir(t)
-	pg := startPG(t, store.LocalPostgresOptions{Dir: dir})
+	pg := startPG(t, devserver.PostgresOptions{Dir: dir})
 	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +435,7 @@ func TestLocalPostgresChownsDataDir(t *testing.T) {
 		}
 		uid, _ = strconv.Atoi(u.Uid)
 	}
-	pg2 := startPG(t, store.LocalPostgresOptions{Dir: dir})
+	pg2 := startPG(t, devserver.PostgresOptions{Dir: dir})
 	if err := openDB(t, pg2.DSN()).Ping(); err != nil {
 		t.Fatal(err)
 	}
@@ -564,7 +564,7 @@ func setSubreaper(t *testing.T, on bool) {
 }
 
 func parentDeathHelper(dir string) {
-	pg, err := store.StartLocalPostgres(context.Background(), store.LocalPostgresOptions{Dir: dir, Settings: testSettings})
+	pg, err := devserver.StartPostgres(context.Background(), devserver.PostgresOptions{Dir: dir, Settings: testSettings})
 	if err != nil {
 		fmt.Println("ERROR", err)
 		os.Exit(1)

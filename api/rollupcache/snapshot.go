@@ -1,4 +1,4 @@
-package store
+package rollupcache
 
 import (
 	"bufio"
@@ -12,12 +12,15 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
+
+	"github.com/admetric/admetric/store/rollup"
 )
 
 // ErrCorruptSnapshot is returned by ReadSnapshot for a file that is not a
 // whole snapshot of a known version: damaged, truncated, or something else.
-var ErrCorruptSnapshot = errors.New("store: corrupt rollup snapshot")
+var ErrCorruptSnapshot = errors.New("rollupcache: corrupt rollup snapshot")
 
 // The snapshot file format (version 1). Integers are big-endian unless
 // marked uvarint (encoding/binary's unsigned varint):
@@ -34,7 +37,7 @@ var ErrCorruptSnapshot = errors.New("store: corrupt rollup snapshot")
 //	  unit     1 byte (0 minute, 1 hour, 2 day)
 //	  key      uvarint length, then the KV key
 //	  revision uvarint KV revision (stream sequence) of the value
-//	  value    uvarint length, then the rollup as Rollup.MarshalBinary encodes it
+//	  value    uvarint length, then the rollup as rollup.Rollup.MarshalBinary encodes it
 //	           (a deleted or absent key is an empty rollup)
 //	crc      4 bytes  CRC-32C (Castagnoli) of every byte before it
 //
@@ -49,12 +52,12 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Snapshot is a point-in-time copy of a RollupCache, read back from a file:
+// Snapshot is a point-in-time copy of a Cache, read back from a file:
 // it answers Sum from memory (when KV is unreachable, say) and Warms a new
 // cache. Read-only and safe for concurrent use.
 type Snapshot struct {
 	asOf    time.Time
-	layout  Layout
+	layout  rollup.Layout
 	through [3]uint64
 	entries map[cacheKey]*cacheEntry
 }
@@ -63,20 +66,20 @@ type Snapshot struct {
 func (s *Snapshot) AsOf() time.Time { return s.asOf }
 
 // Layout returns the layout given to ReadSnapshot.
-func (s *Snapshot) Layout() Layout { return s.layout }
+func (s *Snapshot) Layout() rollup.Layout { return s.layout }
 
 // Len returns the number of rollups the snapshot holds.
 func (s *Snapshot) Len() int { return len(s.entries) }
 
 // Sum adds up ad's slots listed in cells from what the snapshot holds, as
 // Rollups.Sum does from KV; a key the snapshot lacks counts as empty.
-func (s *Snapshot) Sum(ctx context.Context, adID string, cells []Cell) (*Aggregate, error) {
+func (s *Snapshot) Sum(ctx context.Context, adID string, cells []rollup.Cell) (*rollup.Aggregate, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return sumCells(adID, cells, func(k cacheKey) (*Rollup, error) {
-		if e, ok := s.entries[k]; ok {
-			return e.rollup, nil
+	return rollup.Sum(adID, cells, func(u rollup.Unit, key string) (*rollup.Rollup, error) {
+		if e, ok := s.entries[cacheKey{unit: u, key: key}]; ok {
+			return e.value, nil
 		}
 		return nil, nil
 	})
@@ -92,7 +95,7 @@ type snapshotRecord struct {
 // temporary file in the same directory, synced, then renamed over path, and
 // the directory synced. It may run alongside readers and the watch; an entry
 // updated while it runs is written as it was before or after the update.
-func (c *RollupCache) WriteSnapshot(path string) error {
+func (c *Cache) WriteSnapshot(path string) error {
 	// Read before the entries: each entry is at least as fresh as this.
 	through := c.through()
 	var recs []snapshotRecord
@@ -107,12 +110,12 @@ func (c *RollupCache) WriteSnapshot(path string) error {
 		return encodeSnapshot(w, written, c.r.Layout(), through, recs)
 	})
 	if err != nil {
-		return fmt.Errorf("store: write snapshot %s: %w", path, err)
+		return fmt.Errorf("rollupcache: write snapshot %s: %w", path, err)
 	}
 	return nil
 }
 
-func encodeSnapshot(w io.Writer, written time.Time, layout Layout, through [3]uint64, recs []snapshotRecord) error {
+func encodeSnapshot(w io.Writer, written time.Time, layout rollup.Layout, through [3]uint64, recs []snapshotRecord) error {
 	buf := make([]byte, 0, 1<<10)
 	buf = append(buf, snapshotMagic...)
 	buf = append(buf, snapshotVersion)
@@ -126,7 +129,7 @@ func encodeSnapshot(w io.Writer, written time.Time, layout Layout, through [3]ui
 	for _, r := range recs {
 		// Cached rollups are only ever read, so encoding one here is safe
 		// while Sum reads it too.
-		value, err := r.e.rollup.MarshalBinary()
+		value, err := r.e.value.MarshalBinary()
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", r.k.unit, r.k.key, err)
 		}
@@ -196,10 +199,10 @@ func writeFileAtomic(path string, body func(io.Writer) error) (err error) {
 // current one (Snapshot.Layout returns it); records of a resolution whose
 // bucket name differs from layout's are left out. Errors wrap os.ErrNotExist
 // when there is no file, ErrCorruptSnapshot when it is damaged.
-func ReadSnapshot(path string, layout Layout) (*Snapshot, error) {
+func ReadSnapshot(path string, layout rollup.Layout) (*Snapshot, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("store: read snapshot: %w", err)
+		return nil, fmt.Errorf("rollupcache: read snapshot: %w", err)
 	}
 	s, err := decodeSnapshot(data, layout)
 	if err != nil {
@@ -208,7 +211,7 @@ func ReadSnapshot(path string, layout Layout) (*Snapshot, error) {
 	return s, nil
 }
 
-func decodeSnapshot(data []byte, layout Layout) (*Snapshot, error) {
+func decodeSnapshot(data []byte, layout rollup.Layout) (*Snapshot, error) {
 	head := len(snapshotMagic) + 1
 	if len(data) < head+8+4 || string(data[:len(snapshotMagic)]) != snapshotMagic {
 		return nil, errors.New("not a rollup snapshot")
@@ -247,7 +250,7 @@ func decodeSnapshot(data []byte, layout Layout) (*Snapshot, error) {
 		if len(d.buf) == 0 {
 			return nil, fmt.Errorf("record %d: truncated", i)
 		}
-		u := Unit(d.buf[0])
+		u := rollup.Unit(d.buf[0])
 		d.buf = d.buf[1:]
 		key := string(d.bytes(maxSnapshotKey))
 		rev := d.uvarint()
@@ -255,14 +258,14 @@ func decodeSnapshot(data []byte, layout Layout) (*Snapshot, error) {
 		if d.err != nil {
 			return nil, fmt.Errorf("record %d: %w", i, d.err)
 		}
-		if u > Day {
+		if u > rollup.Day {
 			return nil, fmt.Errorf("record %d: unit %d", i, u)
 		}
 		k := cacheKey{unit: u, key: key}
 		if _, dup := s.entries[k]; dup {
 			return nil, fmt.Errorf("record %d: %s %s appears twice", i, u, key)
 		}
-		v := NewRollup()
+		v := rollup.New()
 		if err := v.UnmarshalBinary(value); err != nil {
 			return nil, fmt.Errorf("record %d: %s %s: %w", i, u, key, err)
 		}
@@ -289,4 +292,84 @@ func (d *decoder) bytes(limit int) []byte {
 	b := d.buf[:n]
 	d.buf = d.buf[n:]
 	return b
+}
+
+// decoder reads the snapshot's fields; the first failure sticks in err and
+// every later read returns zero.
+type decoder struct {
+	buf []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.buf)
+	if n <= 0 {
+		d.err = errors.New("bad uvarint")
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+// WriteSnapshots writes a snapshot to path every interval until ctx ends,
+// then a last one, so that a restart without NATS has the freshest; it
+// returns nil. A failed write is logged and tried again at the next tick.
+func (c *Cache) WriteSnapshots(ctx context.Context, path string, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := c.WriteSnapshot(path); err != nil {
+				c.logger.Warn("writing the last analytics snapshot", "err", err)
+			}
+			return nil
+		case <-t.C:
+			if err := c.WriteSnapshot(path); err != nil {
+				c.logger.Warn("writing the analytics snapshot", "err", err)
+			}
+		}
+	}
+}
+
+// SnapshotFile reads the snapshot file at a path when asked, and again only
+// once the file has changed. Safe for concurrent use.
+type SnapshotFile struct {
+	path   string
+	layout rollup.Layout
+
+	mu      sync.Mutex
+	modTime time.Time
+	snap    *Snapshot
+}
+
+// NewSnapshotFile returns the reader of the snapshot file at path, for the
+// current layout (see ReadSnapshot). It reads nothing yet.
+func NewSnapshotFile(path string, layout rollup.Layout) *SnapshotFile {
+	return &SnapshotFile{path: path, layout: layout}
+}
+
+// Path returns the file's path.
+func (f *SnapshotFile) Path() string { return f.path }
+
+// Read returns the snapshot in the file, read again if the file changed
+// since the last Read. Errors are ReadSnapshot's.
+func (f *SnapshotFile) Read() (*Snapshot, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi, err := os.Stat(f.path)
+	if err != nil {
+		return nil, fmt.Errorf("rollupcache: read snapshot: %w", err)
+	}
+	if f.snap == nil || !fi.ModTime().Equal(f.modTime) {
+		snap, err := ReadSnapshot(f.path, f.layout)
+		if err != nil {
+			return nil, err
+		}
+		f.snap, f.modTime = snap, fi.ModTime()
+	}
+	return f.snap, nil
 }

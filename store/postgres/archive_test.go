@@ -1,11 +1,11 @@
-package store_test
+package postgres_test
 
 import (
 	"context"
 	"testing"
 	"time"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -15,20 +15,20 @@ import (
 func TestArchiveInsert(t *testing.T) {
 	pg := storetest.Postgres(t)
 	ctx := context.Background()
-	db, err := store.OpenPostgres(ctx, pg.DSN())
+	db, err := postgres.Open(ctx, pg.DSN())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	if _, err := store.Migrate(ctx, db); err != nil {
+	if _, err := postgres.Migrate(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	if applied, err := store.Migrate(ctx, db); err != nil || len(applied) != 0 {
+	if applied, err := postgres.Migrate(ctx, db); err != nil || len(applied) != 0 {
 		t.Fatalf("second Migrate applied %v, %v; want nothing", applied, err)
 	}
-	archive := store.NewArchive(db)
+	archive := postgres.NewArchive(db)
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	rows := []store.ArchivedEvent{
+	rows := []postgres.ArchivedEvent{
 		{EventID: "a", Type: "click", AdID: "ad", OccurredAt: at, IP: "192.0.2.1", PlaybackMS: 1500, StreamSeq: 1},
 		{EventID: "b", Type: "impression", AdID: "ad", OccurredAt: at, StreamSeq: 2},
 	}
@@ -39,15 +39,15 @@ func TestArchiveInsert(t *testing.T) {
 		t.Fatalf("Insert again = %d, %v; want 0 new rows", n, err)
 	}
 	var ip *string
-	if err := db.NewSelect().Model((*store.ArchivedEvent)(nil)).Column("ip").Where("event_id = 'b'").Scan(ctx, &ip); err != nil || ip != nil {
+	if err := db.NewSelect().Model((*postgres.ArchivedEvent)(nil)).Column("ip").Where("event_id = 'b'").Scan(ctx, &ip); err != nil || ip != nil {
 		t.Fatalf("event without ip: stored %v, %v; want NULL", ip, err)
 	}
 
-	_, err = archive.Insert(ctx, []store.ArchivedEvent{{EventID: "c", Type: "click", AdID: "ad", OccurredAt: at, IP: "not-an-ip", StreamSeq: 3}})
-	if err == nil || !store.IsDataError(err) {
-		t.Fatalf("bad inet: err %v, IsDataError %v; want a data error", err, store.IsDataError(err))
+	_, err = archive.Insert(ctx, []postgres.ArchivedEvent{{EventID: "c", Type: "click", AdID: "ad", OccurredAt: at, IP: "not-an-ip", StreamSeq: 3}})
+	if err == nil || !postgres.IsDataError(err) {
+		t.Fatalf("bad inet: err %v, IsDataError %v; want a data error", err, postgres.IsDataError(err))
 	}
-	if store.IsDataError(context.DeadlineExceeded) {
+	if postgres.IsDataError(context.DeadlineExceeded) {
 		t.Fatal("a timeout is not a data error")
 	}
 }

@@ -1,4 +1,4 @@
-package store
+package rollup
 
 import (
 	"bytes"
@@ -80,7 +80,7 @@ func rollupTestRoundTrip(t *testing.T, r *Rollup) *Rollup {
 
 // rollupTestSample is a rollup exercising every part of the encoding.
 func rollupTestSample() *Rollup {
-	r := NewRollup()
+	r := New()
 	r.MaxSeq = 123456789
 	r.Slots[0] = rollupTestSlot(Counters{Impressions: 1}, 0, 0)
 	r.Slots[7] = rollupTestSlot(Counters{
@@ -102,11 +102,11 @@ func TestRollupCodecRoundTrip(t *testing.T) {
 		name string
 		r    func() *Rollup
 	}{
-		{"empty", NewRollup},
+		{"empty", New},
 		{"zero value", func() *Rollup { return &Rollup{} }},
 		{"max seq only", func() *Rollup { return &Rollup{Slots: map[int]*Slot{}, MaxSeq: math.MaxUint64} }},
 		{"counters without sketches", func() *Rollup {
-			r := NewRollup()
+			r := New()
 			r.MaxSeq = 42
 			r.Slots[0] = rollupTestSlot(Counters{Impressions: 3, Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}, 0, 0)
 			r.Slots[59] = rollupTestSlot(Counters{Starts: 2, Completes: 1, Skips: 1}, 0, 0)
@@ -114,31 +114,31 @@ func TestRollupCodecRoundTrip(t *testing.T) {
 			return r
 		}},
 		{"empty slot", func() *Rollup {
-			r := NewRollup()
+			r := New()
 			r.Slot(5)
 			return r
 		}},
 		{"sketch of 10", func() *Rollup {
-			r := NewRollup()
+			r := New()
 			r.MaxSeq = 7
 			r.Slots[3] = rollupTestSlot(Counters{Impressions: 10}, 0, 10)
 			return r
 		}},
 		{"sketch of 5000", func() *Rollup {
-			r := NewRollup()
+			r := New()
 			r.MaxSeq = 5000
 			r.Slots[23] = rollupTestSlot(Counters{Impressions: 5000}, 0, 5000)
 			return r
 		}},
 		{"dense sketch of 50000", func() *Rollup {
-			r := NewRollup()
+			r := New()
 			r.MaxSeq = 50000
 			r.Slots[30] = rollupTestSlot(Counters{Impressions: 50000}, 0, 50000)
 			return r
 		}},
 		{"sample", rollupTestSample},
 		{"all 60 minutes", func() *Rollup {
-			r := NewRollup()
+			r := New()
 			for i := range 60 {
 				r.Slots[i] = rollupTestSlot(Counters{Impressions: uint64(i), Clicks: uint64(i) / 10}, uint64(i*10), uint64(i*10+i%3))
 			}
@@ -164,7 +164,7 @@ func TestRollupCodecRoundTrip(t *testing.T) {
 func TestRollupCodecSketchEstimates(t *testing.T) {
 	t.Parallel()
 	for _, n := range []uint64{10, 5000} {
-		r := NewRollup()
+		r := New()
 		r.Slots[0] = rollupTestSlot(Counters{}, 0, n)
 		got := rollupTestRoundTrip(t, r)
 		est := rollupTestEstimate(got.Slots[0].Visitors)
@@ -285,8 +285,8 @@ func TestRollupUnmarshalRejects(t *testing.T) {
 			if err == nil {
 				t.Fatalf("UnmarshalBinary(% x) = nil, want an error", tc.data)
 			}
-			if !errors.Is(err, ErrCorruptRollup) {
-				t.Errorf("error %v does not wrap ErrCorruptRollup", err)
+			if !errors.Is(err, ErrCorrupt) {
+				t.Errorf("error %v does not wrap ErrCorrupt", err)
 			}
 		})
 	}
@@ -316,8 +316,8 @@ func TestRollupUnmarshalTruncated(t *testing.T) {
 			if err == nil {
 				t.Fatalf("prefix of %d of %d bytes decoded without error", n, len(enc))
 			}
-			if !errors.Is(err, ErrCorruptRollup) {
-				t.Fatalf("prefix of %d bytes: error %v does not wrap ErrCorruptRollup", n, err)
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("prefix of %d bytes: error %v does not wrap ErrCorrupt", n, err)
 			}
 		}
 		for n := 0; n < len(enc); n += step {
@@ -335,7 +335,7 @@ func TestRollupUnmarshalTruncated(t *testing.T) {
 
 func TestRollupSlot(t *testing.T) {
 	t.Parallel()
-	r := NewRollup()
+	r := New()
 	s := r.Slot(4)
 	s.Clicks++
 	if again := r.Slot(4); again != s || again.Clicks != 1 {
@@ -508,7 +508,7 @@ func TestAggregateOrderIndependent(t *testing.T) {
 				}
 				if via > 0 {
 					for _, p := range parts {
-						p.seal()
+						p.Seal()
 						if err := a.AddAggregate(p); err != nil {
 							t.Fatal(err)
 						}
@@ -557,7 +557,7 @@ func TestAggregateSealKnowsDense(t *testing.T) {
 		if a.sketch != nil {
 			a.dense = !tc.dense // seal must find out, not keep what it had
 		}
-		if w := a.seal(); w <= 128 {
+		if w := a.Seal(); w <= 128 {
 			t.Errorf("%d members: weight %d", tc.members, w)
 		}
 		if tc.members <= ExactVisitors {
@@ -585,7 +585,7 @@ func TestAggregateSealedIsShareable(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			a.seal()
+			a.Seal()
 			return &a
 		}
 		sum := func(shared *Aggregate, g int) (uint64, error) {
@@ -709,7 +709,7 @@ func TestAggregateDoesNotWriteSlots(t *testing.T) {
 		t.Errorf("exact: %d unique visitors, want 200", got)
 	}
 	withSketch.UniqueVisitors()
-	exact.seal()
+	exact.Seal()
 	for i, s := range slots {
 		after, err := s.Visitors.appendBinary(nil)
 		if err != nil {
@@ -724,7 +724,7 @@ func TestAggregateDoesNotWriteSlots(t *testing.T) {
 func TestAggregateAfterCodec(t *testing.T) {
 	t.Parallel()
 	// Unique visitors over decoded rollups equal those over the originals.
-	r := NewRollup()
+	r := New()
 	for i := range 24 {
 		r.Slots[i] = rollupTestSlot(Counters{Impressions: 1}, uint64(i*50), uint64(i*50+120))
 	}
@@ -763,10 +763,10 @@ func TestAggregatePrecisionMismatch(t *testing.T) {
 	}
 }
 
-// FuzzRollupUnmarshal checks that any input either fails with ErrCorruptRollup
+// FuzzRollupUnmarshal checks that any input either fails with ErrCorrupt
 // or decodes into a rollup that encodes and decodes to the same content.
 func FuzzRollupUnmarshal(f *testing.F) {
-	for _, r := range []*Rollup{NewRollup(), rollupTestSample(), {MaxSeq: 1, Slots: map[int]*Slot{1023: {}}}} {
+	for _, r := range []*Rollup{New(), rollupTestSample(), {MaxSeq: 1, Slots: map[int]*Slot{1023: {}}}} {
 		b, err := r.MarshalBinary()
 		if err != nil {
 			f.Fatal(err)
@@ -783,8 +783,8 @@ func FuzzRollupUnmarshal(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var r Rollup
 		if err := r.UnmarshalBinary(data); err != nil {
-			if !errors.Is(err, ErrCorruptRollup) {
-				t.Fatalf("error %v does not wrap ErrCorruptRollup", err)
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v does not wrap ErrCorrupt", err)
 			}
 			return
 		}
@@ -820,7 +820,7 @@ func FuzzRollupUnmarshal(f *testing.F) {
 // BenchmarkRollupCodec encodes and decodes a minute key of 60 slots with a
 // few visitors each, the common case of live traffic.
 func BenchmarkRollupCodec(b *testing.B) {
-	r := NewRollup()
+	r := New()
 	for i := range 60 {
 		s := r.Slot(i)
 		s.Impressions, s.Clicks = 10, 3

@@ -1,4 +1,4 @@
-package store
+package api
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/admetric/admetric/store/postgres"
 )
 
 // Catalog is the in-memory copy of the ads table. Event intake checks ads
@@ -14,28 +16,28 @@ import (
 // is refreshed from the table; the ad handlers of this process also update it
 // at once. Safe for concurrent use.
 type Catalog struct {
-	ads    *Ads
+	ads    *postgres.Ads
 	logger *slog.Logger
 
 	mu     sync.RWMutex
-	byID   map[string]Ad
+	byID   map[string]postgres.Ad
 	sorted []string // the IDs of byID in order; nil when it must be rebuilt
 	// changed records Put (the ad) and Remove (nil) calls made while a
 	// refresh is reading the table, so the refresh does not undo them; nil
 	// otherwise.
-	changed map[string]*Ad
+	changed map[string]*postgres.Ad
 }
 
 // NewCatalog returns an empty catalog loading from ads.
-func NewCatalog(ads *Ads, logger *slog.Logger) *Catalog {
-	return &Catalog{ads: ads, logger: logger, byID: make(map[string]Ad)}
+func NewCatalog(ads *postgres.Ads, logger *slog.Logger) *Catalog {
+	return &Catalog{ads: ads, logger: logger, byID: make(map[string]postgres.Ad)}
 }
 
 // Refresh reloads every ad from PostgreSQL. Puts and removes made while it
 // reads are applied on top of what it read. Refreshes must not overlap.
 func (c *Catalog) Refresh(ctx context.Context) error {
 	c.mu.Lock()
-	c.changed = make(map[string]*Ad)
+	c.changed = make(map[string]*postgres.Ad)
 	c.mu.Unlock()
 	ads, err := c.ads.All(ctx)
 	c.mu.Lock()
@@ -45,7 +47,7 @@ func (c *Catalog) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	next := make(map[string]Ad, len(ads))
+	next := make(map[string]postgres.Ad, len(ads))
 	for _, ad := range ads {
 		next[ad.ID] = ad
 	}
@@ -86,7 +88,7 @@ func (c *Catalog) Exists(id string) bool {
 }
 
 // Get returns the ad with id, if known.
-func (c *Catalog) Get(id string) (Ad, bool) {
+func (c *Catalog) Get(id string) (postgres.Ad, bool) {
 	c.mu.RLock()
 	ad, ok := c.byID[id]
 	c.mu.RUnlock()
@@ -94,7 +96,7 @@ func (c *Catalog) Get(id string) (Ad, bool) {
 }
 
 // Put records a created or updated ad.
-func (c *Catalog) Put(ad Ad) {
+func (c *Catalog) Put(ad postgres.Ad) {
 	c.mu.Lock()
 	if _, known := c.byID[ad.ID]; !known {
 		c.sorted = nil
@@ -124,11 +126,11 @@ func (c *Catalog) IDs() []string {
 
 // List returns the ads ordered by ID after the first offset, at most limit,
 // and how many there are in all.
-func (c *Catalog) List(limit, offset int) ([]Ad, int) {
+func (c *Catalog) List(limit, offset int) ([]postgres.Ad, int) {
 	ids := c.order()
 	lo := min(offset, len(ids))
 	page := ids[lo:min(lo+limit, len(ids))]
-	out := make([]Ad, 0, len(page))
+	out := make([]postgres.Ad, 0, len(page))
 	c.mu.RLock()
 	for _, id := range page {
 		if ad, ok := c.byID[id]; ok { // removed since order() read it: skip

@@ -1,4 +1,4 @@
-package store
+package rollupcache
 
 import (
 	"context"
@@ -10,21 +10,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/admetric/admetric/store/rollup"
+
 	"github.com/maypok86/otter/v2"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Defaults of CacheOptions.
-const (
-	DefaultCacheMaxBytes = 256 << 20
-	DefaultCacheIdle     = 15 * time.Minute
-)
-
 // The weight of a cache entry estimates the memory it holds: the encoded size
 // of its rollup (a sketch or an exact visitor list takes about as many bytes
-// decoded as encoded), plus cacheSlotOverhead for each decoded slot (the Slot
-// and Visitors structs and the map entry, which the uvarint counters of the
+// decoded as encoded), plus cacheSlotOverhead for each decoded slot (the rollup.Slot
+// and rollup.Visitors structs and the map entry, which the uvarint counters of the
 // encoding understate) and cacheEntryOverhead for the entry itself (the
 // Rollup, its map header, the cache node and the key's header), plus the key.
 const (
@@ -39,18 +35,34 @@ const (
 	watchMaxPause = 15 * time.Second
 )
 
-// CacheOptions configure a RollupCache.
-type CacheOptions struct {
-	// MaxBytes bounds the weight of what the cache holds (default
-	// DefaultCacheMaxBytes): three quarters of it for the rollups, one
-	// quarter for range sums (see RollupCache). The weight of a rollup
+// Source is the rollup buckets the cache reads through and watches
+// (*store.Rollups). Implementations are safe for concurrent use.
+type Source interface {
+	Layout() rollup.Layout
+	// Load returns the rollup at key in unit's bucket and its revision.
+	Load(ctx context.Context, u rollup.Unit, key string) (*rollup.Rollup, uint64, error)
+	// LastSeqAtOpen is a sequence of unit's bucket stream no later than
+	// any value Load can return.
+	LastSeqAtOpen(u rollup.Unit) uint64
+	// LastSeq is the last sequence of unit's bucket stream now.
+	LastSeq(ctx context.Context, u rollup.Unit) (uint64, error)
+	// Watch delivers the updates of unit's bucket from sequence from on.
+	Watch(ctx context.Context, u rollup.Unit, from uint64) (jetstream.KeyWatcher, error)
+}
+
+// Options configure a Cache.
+type Options struct {
+	// MaxBytes bounds the weight of what the cache holds (required; the
+	// service's is CACHE_MAX_BYTES): three quarters of it for the rollups, one
+	// quarter for range sums (see Cache). The weight of a rollup
 	// estimates the memory it holds: its encoded size, plus 128 bytes per
 	// slot, plus 256 bytes and the key's length for the entry itself; a range
 	// sum weighs its visitor list or sketch. Eviction runs asynchronously, so
 	// the cache may briefly exceed the bound while it catches up.
 	MaxBytes int64
-	// Idle drops an entry that has not been read for this long (default
-	// DefaultCacheIdle). Updates from the watch do not count as reads.
+	// Idle drops an entry that has not been read for this long (required;
+	// the service's is CACHE_IDLE). Updates from the watch do not count as
+	// reads.
 	Idle time.Duration
 	// Registerer, when not nil, gets the cache's metrics:
 	// admetric_rollup_cache_{hits,misses,evictions}_total,
@@ -60,7 +72,7 @@ type CacheOptions struct {
 	Logger *slog.Logger
 }
 
-// RollupCache is an in-memory cache of decoded rollups in front of Rollups,
+// Cache is an in-memory cache of decoded rollups in front of Rollups,
 // bounded in bytes, dropping entries not read for a while, and kept fresh by
 // watches of the rollup buckets (see Run). It implements the same Sum as
 // Rollups, so it can stand in for it. Safe for concurrent use.
@@ -78,7 +90,7 @@ type CacheOptions struct {
 // entry evicted for size or idleness is forgotten: updates of it are ignored
 // and the next read loads it from KV again.
 //
-// Sum also keeps range sums: the sealed Aggregate of a run of two or more
+// Sum also keeps range sums: the sealed rollup.Aggregate of a run of two or more
 // slots of one key, so that the next Sum over the same run adds one
 // aggregate instead of merging every slot's visitor set again. A 30-day
 // window reads about 190 slots in 7 keys; only its edge runs change as the
@@ -86,8 +98,8 @@ type CacheOptions struct {
 // changed since it was summed, within one bucket generation: the watch
 // tells which slots an update changed (see carrySlotRevs), so the sum of the
 // past days of this month stays in use while today's slot takes events.
-type RollupCache struct {
-	r      *Rollups
+type Cache struct {
+	r      Source
 	cache  *otter.Cache[cacheKey, *cacheEntry]
 	loader otter.Loader[cacheKey, *cacheEntry]
 	ranges *otter.Cache[rangeKey, *rangeSum]
@@ -98,19 +110,19 @@ type RollupCache struct {
 
 	running atomic.Bool
 	mu      sync.Mutex       // guards watch
-	watch   [3]watchPosition // by Unit
-	// gens counts, by Unit, the times dropUnit emptied the cache of a
+	watch   [3]watchPosition // by rollup.Unit
+	// gens counts, by rollup.Unit, the times dropUnit emptied the cache of a
 	// bucket: a bucket made anew numbers its revisions from 1 again, so a
 	// revision names a value only within one generation.
 	gens [3]atomic.Uint64
 	// afterLoad, when set (by tests), runs after each load from KV has read its
 	// value and before the cache stores it.
-	afterLoad func(u Unit, key string)
+	afterLoad func(u rollup.Unit, key string)
 }
 
 // cacheKey names one KV value: a key of one resolution's bucket.
 type cacheKey struct {
-	unit Unit
+	unit rollup.Unit
 	key  string
 }
 
@@ -118,9 +130,9 @@ type cacheKey struct {
 // key that never existed, the marker's revision for a deleted or expired one,
 // whose rollup is empty). Immutable once built.
 type cacheEntry struct {
-	rollup *Rollup
+	value  *rollup.Rollup
 	rev    uint64
-	gen    uint64 // the generation of its unit when it was read (see RollupCache.gens)
+	gen    uint64 // the generation of its unit when it was read (see Cache.gens)
 	weight uint32
 	// slotRevs[i] is the revision since which slot i has not changed, as
 	// far as the watch saw the key's updates (see carrySlotRevs); nil when
@@ -154,22 +166,22 @@ func (e *cacheEntry) changedLast(i int) bool {
 // key of the current hour, day or month gets a new revision with every
 // commit, but only its current slot changes: the range sums of the others
 // stay valid.
-func carrySlotRevs(u Unit, old, e *cacheEntry) {
-	n := u.slotsPerKey()
-	for i := range e.rollup.Slots {
+func carrySlotRevs(u rollup.Unit, old, e *cacheEntry) {
+	n := u.SlotsPerKey()
+	for i := range e.value.Slots {
 		if i >= n {
 			return // not a key this layout writes: every slot as of e.rev
 		}
 	}
-	for i := range old.rollup.Slots {
+	for i := range old.value.Slots {
 		if i >= n {
 			return
 		}
 	}
 	revs := make([]uint64, n)
 	for i := range revs {
-		was, wasOK := old.rollup.Slots[i]
-		now, nowOK := e.rollup.Slots[i]
+		was, wasOK := old.value.Slots[i]
+		now, nowOK := e.value.Slots[i]
 		switch {
 		case wasOK != nowOK || (nowOK && was.Counters != now.Counters):
 			revs[i] = e.rev
@@ -193,7 +205,7 @@ type rangeKey struct {
 // rangeSum is a sealed range sum and the revision since which its slots had
 // not changed when it was summed (cacheEntry.rangeRev). Immutable once built.
 type rangeSum struct {
-	agg    *Aggregate
+	agg    *rollup.Aggregate
 	rev    uint64
 	weight uint32
 }
@@ -214,36 +226,30 @@ type watchPosition struct {
 	cancel context.CancelFunc
 }
 
-// NewRollupCache returns a cache in front of r. It does not touch the network;
+// New returns a cache in front of r. It does not touch the network;
 // call Run to keep it fresh.
-func NewRollupCache(r *Rollups, opts CacheOptions) (*RollupCache, error) {
+func New(r Source, opts Options) (*Cache, error) {
 	if r == nil {
-		return nil, errors.New("store: NewRollupCache: nil Rollups")
+		return nil, errors.New("rollupcache: New: nil Rollups")
 	}
-	if opts.MaxBytes < 0 || opts.Idle < 0 {
-		return nil, fmt.Errorf("store: NewRollupCache: negative MaxBytes (%d) or Idle (%s)", opts.MaxBytes, opts.Idle)
-	}
-	if opts.MaxBytes == 0 {
-		opts.MaxBytes = DefaultCacheMaxBytes
-	}
-	if opts.Idle == 0 {
-		opts.Idle = DefaultCacheIdle
+	if opts.MaxBytes <= 0 || opts.Idle <= 0 {
+		return nil, fmt.Errorf("rollupcache: New: MaxBytes (%d) and Idle (%s) must be positive", opts.MaxBytes, opts.Idle)
 	}
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	c := &RollupCache{
+	c := &Cache{
 		r:      r,
 		logger: logger.With("component", "rollup-cache"),
 		hits: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "admetric_rollup_cache_hits_total", Help: "Rollup keys read by Sum that the rollup cache held.",
+			Name: "admetric_rollup_cache_hits_total", Help: "rollup.Rollup keys read by Sum that the rollup cache held.",
 		}),
 		misses: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "admetric_rollup_cache_misses_total", Help: "Rollup keys read by Sum that the rollup cache had to load from KV (concurrent misses of one key share one load).",
+			Name: "admetric_rollup_cache_misses_total", Help: "rollup.Rollup keys read by Sum that the rollup cache had to load from KV (concurrent misses of one key share one load).",
 		}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "admetric_rollup_cache_evictions_total", Help: "Rollup cache entries dropped for the byte bound or for being idle.",
+			Name: "admetric_rollup_cache_evictions_total", Help: "rollup.Rollup cache entries dropped for the byte bound or for being idle.",
 		}),
 		rangeHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "admetric_rollup_cache_range_hits_total", Help: "Runs of slots of one rollup that Sum added from a range sum it kept.",
@@ -260,7 +266,7 @@ func NewRollupCache(r *Rollups, opts CacheOptions) (*RollupCache, error) {
 		Logger:           otterLogger{c.logger},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store: rollup cache: %w", err)
+		return nil, fmt.Errorf("rollupcache: rollup cache: %w", err)
 	}
 	c.ranges = ranges
 	c.loader = otter.LoaderFunc[cacheKey, *cacheEntry](c.load)
@@ -273,14 +279,11 @@ func NewRollupCache(r *Rollups, opts CacheOptions) (*RollupCache, error) {
 	})
 	if err != nil {
 		c.ranges.StopAllGoroutines()
-		return nil, fmt.Errorf("store: rollup cache: %w", err)
+		return nil, fmt.Errorf("rollupcache: rollup cache: %w", err)
 	}
 	c.cache = cache
 	for u := range c.watch {
-		c.watch[u].next = 1
-		if s := r.streams[u]; s != nil {
-			c.watch[u].next = s.CachedInfo().State.LastSeq + 1
-		}
+		c.watch[u].next = r.LastSeqAtOpen(rollup.Unit(u)) + 1
 	}
 	if opts.Registerer != nil {
 		var registered []prometheus.Collector
@@ -299,7 +302,7 @@ func NewRollupCache(r *Rollups, opts CacheOptions) (*RollupCache, error) {
 				}
 				c.cache.StopAllGoroutines()
 				c.ranges.StopAllGoroutines()
-				return nil, fmt.Errorf("store: rollup cache metrics: %w", err)
+				return nil, fmt.Errorf("rollupcache: rollup cache metrics: %w", err)
 			}
 			registered = append(registered, col)
 		}
@@ -308,24 +311,24 @@ func NewRollupCache(r *Rollups, opts CacheOptions) (*RollupCache, error) {
 }
 
 // Layout returns the resolutions of the underlying Rollups.
-func (c *RollupCache) Layout() Layout { return c.r.Layout() }
+func (c *Cache) Layout() rollup.Layout { return c.r.Layout() }
 
 // Sum adds up ad's slots listed in cells, as Rollups.Sum does, reading each
 // key once: from memory when cached, else from KV (concurrent misses of one
 // key load it once), caching what it loaded. A run of two or more consecutive
 // slots of one key is added from its range sum when the cache keeps one for
 // the rollup's revision, else summed and kept.
-func (c *RollupCache) Sum(ctx context.Context, adID string, cells []Cell) (*Aggregate, error) {
-	agg := &Aggregate{}
-	for _, ks := range groupCells(cells) {
-		k := cacheKey{unit: ks.unit, key: ks.unit.key(adID, ks.period)}
+func (c *Cache) Sum(ctx context.Context, adID string, cells []rollup.Cell) (*rollup.Aggregate, error) {
+	agg := &rollup.Aggregate{}
+	for _, ks := range rollup.GroupCells(cells) {
+		k := cacheKey{unit: ks.Unit, key: ks.Key(adID)}
 		e, err := c.get(ctx, k)
 		if err != nil {
 			return nil, err
 		}
-		lo, hi, ok := slotRun(ks.slots)
+		lo, hi, ok := slotRun(ks.Slots)
 		if !ok {
-			if err := addSlots(agg, e.rollup, ks.slots); err != nil {
+			if err := agg.AddSlots(e.value, ks.Slots); err != nil {
 				return nil, err
 			}
 			continue
@@ -346,7 +349,7 @@ func (c *RollupCache) Sum(ctx context.Context, adID string, cells []Cell) (*Aggr
 			return nil, err
 		}
 		if live {
-			if err := addSlots(agg, e.rollup, []int{hi + 1}); err != nil {
+			if err := agg.AddSlots(e.value, []int{hi + 1}); err != nil {
 				return nil, err
 			}
 		}
@@ -371,7 +374,7 @@ func slotRun(slots []int) (lo, hi int, ok bool) {
 // rollup of k: kept from an earlier Sum of the same slots unchanged since,
 // or summed now and kept unless a sum of newer slots is there already. The
 // result is shared: only read it.
-func (c *RollupCache) rangeSum(k cacheKey, e *cacheEntry, lo, hi int) (*Aggregate, error) {
+func (c *Cache) rangeSum(k cacheKey, e *cacheEntry, lo, hi int) (*rollup.Aggregate, error) {
 	rk := rangeKey{k: k, lo: lo, hi: hi, gen: e.gen}
 	rev := e.rangeRev(lo, hi)
 	if s, ok := c.ranges.GetIfPresent(rk); ok && s.rev == rev {
@@ -379,15 +382,15 @@ func (c *RollupCache) rangeSum(k cacheKey, e *cacheEntry, lo, hi int) (*Aggregat
 		return s.agg, nil
 	}
 	c.rangeMisses.Inc()
-	agg := &Aggregate{}
+	agg := &rollup.Aggregate{}
 	for i := lo; i <= hi; i++ {
-		if s, ok := e.rollup.Slots[i]; ok {
+		if s, ok := e.value.Slots[i]; ok {
 			if err := agg.AddSlot(s); err != nil {
 				return nil, err
 			}
 		}
 	}
-	w := uint64(agg.seal()) + uint64(len(k.key)) + 64
+	w := uint64(agg.Seal()) + uint64(len(k.key)) + 64
 	s := &rangeSum{agg: agg, rev: rev, weight: uint32(min(w, math.MaxUint32))}
 	c.ranges.Compute(rk, func(old *rangeSum, found bool) (*rangeSum, otter.ComputeOp) {
 		if found && old.rev >= s.rev {
@@ -398,7 +401,7 @@ func (c *RollupCache) rangeSum(k cacheKey, e *cacheEntry, lo, hi int) (*Aggregat
 	return agg, nil
 }
 
-func (c *RollupCache) get(ctx context.Context, k cacheKey) (*cacheEntry, error) {
+func (c *Cache) get(ctx context.Context, k cacheKey) (*cacheEntry, error) {
 	if e, ok := c.cache.GetIfPresent(k); ok {
 		c.hits.Inc()
 		return e, nil
@@ -410,7 +413,7 @@ func (c *RollupCache) get(ctx context.Context, k cacheKey) (*cacheEntry, error) 
 // load reads k from KV for the cache. otter stores its result only if nothing
 // wrote or invalidated k while it ran (see apply), so a load that read a value
 // the watch has since replaced is discarded and run again.
-func (c *RollupCache) load(ctx context.Context, k cacheKey) (*cacheEntry, error) {
+func (c *Cache) load(ctx context.Context, k cacheKey) (*cacheEntry, error) {
 	gen := c.gens[k.unit].Load() // a dropUnit after this discards the load
 	v, rev, err := c.r.Load(ctx, k.unit, k.key)
 	if err != nil {
@@ -419,7 +422,7 @@ func (c *RollupCache) load(ctx context.Context, k cacheKey) (*cacheEntry, error)
 	// Load does not hand out the encoded value; encoding again gives its size.
 	enc, err := v.MarshalBinary()
 	if err != nil {
-		return nil, fmt.Errorf("store: weigh %s %s: %w", k.unit, k.key, err)
+		return nil, fmt.Errorf("rollupcache: weigh %s %s: %w", k.unit, k.key, err)
 	}
 	if c.afterLoad != nil {
 		c.afterLoad(k.unit, k.key)
@@ -429,14 +432,14 @@ func (c *RollupCache) load(ctx context.Context, k cacheKey) (*cacheEntry, error)
 	return e, nil
 }
 
-func newCacheEntry(key string, v *Rollup, rev uint64, encodedLen int) *cacheEntry {
+func newCacheEntry(key string, v *rollup.Rollup, rev uint64, encodedLen int) *cacheEntry {
 	w := uint64(cacheEntryOverhead) + uint64(len(key)) + uint64(encodedLen) + uint64(len(v.Slots))*cacheSlotOverhead
-	return &cacheEntry{rollup: v, rev: rev, weight: uint32(min(w, math.MaxUint32))}
+	return &cacheEntry{value: v, rev: rev, weight: uint32(min(w, math.MaxUint32))}
 }
 
 // offer stores e at k unless the cache holds k at e's revision or a newer one,
 // and reports whether it stored it. A write cancels a load of k in flight.
-func (c *RollupCache) offer(k cacheKey, e *cacheEntry) bool {
+func (c *Cache) offer(k cacheKey, e *cacheEntry) bool {
 	stored := false
 	c.cache.Compute(k, func(old *cacheEntry, found bool) (*cacheEntry, otter.ComputeOp) {
 		if found && old.rev >= e.rev {
@@ -452,7 +455,7 @@ func (c *RollupCache) offer(k cacheKey, e *cacheEntry) bool {
 // revision of it. The snapshot's rollups are only as fresh as the snapshot, so
 // the watches (now, or when Run starts) replay the bucket updates since it was
 // written. Units whose bucket differs from the cache's layout are skipped.
-func (c *RollupCache) Warm(s *Snapshot) {
+func (c *Cache) Warm(s *Snapshot) {
 	if s == nil {
 		return
 	}
@@ -468,7 +471,7 @@ func (c *RollupCache) Warm(s *Snapshot) {
 	// to a key that the snapshot then sets back.
 	for u := range layout {
 		if s.layout[u].Bucket == layout[u].Bucket {
-			c.rewind(Unit(u), s.through[u]+1)
+			c.rewind(rollup.Unit(u), s.through[u]+1)
 		}
 	}
 }
@@ -478,9 +481,9 @@ func (c *RollupCache) Warm(s *Snapshot) {
 // it an empty rollup at the marker's revision); an update of a key being
 // loaded makes that load read again. A watch that fails or ends is
 // re-established from where it stood, after a pause. Run may be called once.
-func (c *RollupCache) Run(ctx context.Context) error {
+func (c *Cache) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
-		return errors.New("store: RollupCache.Run called twice")
+		return errors.New("rollupcache: Cache.Run called twice")
 	}
 	var wg sync.WaitGroup
 	for _, res := range c.r.Layout() {
@@ -490,7 +493,7 @@ func (c *RollupCache) Run(ctx context.Context) error {
 	return nil
 }
 
-func (c *RollupCache) watchBucket(ctx context.Context, u Unit, bucket string) {
+func (c *Cache) watchBucket(ctx context.Context, u rollup.Unit, bucket string) {
 	pause := watchMinPause
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(ctx)
@@ -520,12 +523,12 @@ func (c *RollupCache) watchBucket(ctx context.Context, u Unit, bucket string) {
 
 // watchOnce watches bucket from stream sequence start until ctx ends or the
 // watch fails; established reports that the watch was set up.
-func (c *RollupCache) watchOnce(ctx context.Context, u Unit, bucket string, start, epoch uint64) (established bool, err error) {
-	info, err := c.r.streams[u].Info(ctx)
+func (c *Cache) watchOnce(ctx context.Context, u rollup.Unit, bucket string, start, epoch uint64) (established bool, err error) {
+	last, err := c.r.LastSeq(ctx, u)
 	if err != nil {
-		return false, fmt.Errorf("stream info: %w", err)
+		return false, err
 	}
-	if last := info.State.LastSeq; start > last+1 {
+	if start > last+1 {
 		// The stream is behind what the cache has seen: it was recreated, and
 		// the cached revisions of this bucket mean nothing any more.
 		c.logger.Warn("rollup bucket is behind the cache; dropping its entries", "bucket", bucket,
@@ -534,13 +537,9 @@ func (c *RollupCache) watchOnce(ctx context.Context, u Unit, bucket string, star
 		start = last + 1
 		c.reset(u, epoch, start)
 	}
-	kv, err := c.r.js.KeyValue(ctx, bucket)
+	w, err := c.r.Watch(ctx, u, start)
 	if err != nil {
-		return false, fmt.Errorf("open bucket: %w", err)
-	}
-	w, err := kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.ResumeFromRevision(start))
-	if err != nil {
-		return false, fmt.Errorf("watch: %w", err)
+		return false, err
 	}
 	defer func() {
 		if err := w.Stop(); err != nil && ctx.Err() == nil {
@@ -565,7 +564,7 @@ func (c *RollupCache) watchOnce(ctx context.Context, u Unit, bucket string, star
 }
 
 // apply brings the cache up to date with one update of unit's bucket.
-func (c *RollupCache) apply(u Unit, ent jetstream.KeyValueEntry) {
+func (c *Cache) apply(u rollup.Unit, ent jetstream.KeyValueEntry) {
 	k := cacheKey{unit: u, key: ent.Key()}
 	if _, cached := c.cache.GetEntryQuietly(k); !cached {
 		// Not cached, nothing to update, but a load of k may be in flight with
@@ -577,9 +576,9 @@ func (c *RollupCache) apply(u Unit, ent jetstream.KeyValueEntry) {
 	var e *cacheEntry
 	switch ent.Operation() {
 	case jetstream.KeyValueDelete, jetstream.KeyValuePurge: // purge covers expiry markers
-		e = newCacheEntry(k.key, NewRollup(), ent.Revision(), 0)
+		e = newCacheEntry(k.key, rollup.New(), ent.Revision(), 0)
 	default:
-		v := NewRollup()
+		v := rollup.New()
 		if err := v.UnmarshalBinary(ent.Value()); err != nil {
 			// Drop it: the next read loads it and reports the error.
 			c.logger.Error("undecodable rollup update", "unit", u.String(), "key", k.key, "rev", ent.Revision(), "err", err)
@@ -608,7 +607,7 @@ func (c *RollupCache) apply(u Unit, ent jetstream.KeyValueEntry) {
 // them: a bucket made anew numbers its revisions from 1 again. The
 // generation moves on first, so that a range sum of an entry read before
 // this, stored after it, is under a key no later entry looks up.
-func (c *RollupCache) dropUnit(u Unit) {
+func (c *Cache) dropUnit(u rollup.Unit) {
 	c.gens[u].Add(1)
 	for k := range c.cache.Keys() {
 		if k.unit == u {
@@ -622,21 +621,21 @@ func (c *RollupCache) dropUnit(u Unit) {
 	}
 }
 
-func (c *RollupCache) beginWatch(u Unit, cancel context.CancelFunc) (start, epoch uint64) {
+func (c *Cache) beginWatch(u rollup.Unit, cancel context.CancelFunc) (start, epoch uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.watch[u].cancel = cancel
 	return c.watch[u].next, c.watch[u].epoch
 }
 
-func (c *RollupCache) rewound(u Unit, epoch uint64) bool {
+func (c *Cache) rewound(u rollup.Unit, epoch uint64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.watch[u].epoch != epoch
 }
 
 // advance records that the watch of epoch applied every update below next.
-func (c *RollupCache) advance(u Unit, epoch, next uint64) {
+func (c *Cache) advance(u rollup.Unit, epoch, next uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.watch[u].epoch == epoch && next > c.watch[u].next {
@@ -645,7 +644,7 @@ func (c *RollupCache) advance(u Unit, epoch, next uint64) {
 }
 
 // reset sets the position of the watch of epoch to next, backwards allowed.
-func (c *RollupCache) reset(u Unit, epoch, next uint64) {
+func (c *Cache) reset(u rollup.Unit, epoch, next uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.watch[u].epoch == epoch {
@@ -654,7 +653,7 @@ func (c *RollupCache) reset(u Unit, epoch, next uint64) {
 }
 
 // rewind moves the watch of unit's bucket back to next, restarting it if it runs.
-func (c *RollupCache) rewind(u Unit, next uint64) {
+func (c *Cache) rewind(u rollup.Unit, next uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	w := &c.watch[u]
@@ -670,7 +669,7 @@ func (c *RollupCache) rewind(u Unit, next uint64) {
 
 // through returns, for each unit, the last stream sequence every update up to
 // which is reflected in the cache.
-func (c *RollupCache) through() [3]uint64 {
+func (c *Cache) through() [3]uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out [3]uint64
@@ -697,7 +696,7 @@ func (x idleExpiry) ExpireAfterUpdate(e otter.Entry[cacheKey, *cacheEntry], _ *c
 func (x idleExpiry) ExpireAfterRead(otter.Entry[cacheKey, *cacheEntry]) time.Duration { return x.idle }
 
 // evictionRecorder counts otter's evictions (for size and expiry); hits and
-// misses are counted by RollupCache.get, which knows what a read of Sum is.
+// misses are counted by Cache.get, which knows what a read of Sum is.
 type evictionRecorder struct{ evictions prometheus.Counter }
 
 func (r evictionRecorder) RecordHits(int)                  {}
@@ -715,91 +714,4 @@ func (o otterLogger) Warn(ctx context.Context, msg string, err error) {
 
 func (o otterLogger) Error(ctx context.Context, msg string, err error) {
 	o.l.ErrorContext(ctx, msg, "err", err)
-}
-
-// keySlots is one key a Sum reads and the slots of it that it adds, in the
-// order the cells list them.
-type keySlots struct {
-	unit   Unit
-	period int64 // as Unit.period returns it
-	slots  []int
-}
-
-// linearKeys is how many distinct keys groupCells finds by a scan before it
-// builds an index: a tiling touches a handful.
-const linearKeys = 8
-
-// groupCells groups cells by the key holding them, in the order of each key's
-// first cell. It builds no key strings, only one per key found: a query
-// groups its couple of hundred cells again for every ad.
-func groupCells(cells []Cell) []keySlots {
-	type keyID struct {
-		unit   Unit
-		period int64
-	}
-	var (
-		keys  []keySlots
-		index map[keyID]int
-	)
-	for _, c := range cells {
-		period, slot := c.Unit.period(c.Start)
-		i := -1
-		if index != nil {
-			if j, ok := index[keyID{c.Unit, period}]; ok {
-				i = j
-			}
-		} else {
-			for j := range keys {
-				if keys[j].unit == c.Unit && keys[j].period == period {
-					i = j
-					break
-				}
-			}
-		}
-		if i < 0 {
-			i = len(keys)
-			keys = append(keys, keySlots{unit: c.Unit, period: period})
-			if index != nil {
-				index[keyID{c.Unit, period}] = i
-			} else if len(keys) > linearKeys {
-				index = make(map[keyID]int, 2*len(keys))
-				for j, ks := range keys {
-					index[keyID{ks.unit, ks.period}] = j
-				}
-			}
-		}
-		keys[i].slots = append(keys[i].slots, slot)
-	}
-	return keys
-}
-
-// addSlots folds v's slots listed in slots into agg; a nil v is empty.
-func addSlots(agg *Aggregate, v *Rollup, slots []int) error {
-	if v == nil {
-		return nil
-	}
-	for _, i := range slots {
-		if s, ok := v.Slots[i]; ok {
-			if err := agg.AddSlot(s); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// sumCells adds up ad's slots in cells, reading each key once through get (a
-// nil rollup counts as empty), in the order Rollups.Sum reads them.
-func sumCells(adID string, cells []Cell, get func(cacheKey) (*Rollup, error)) (*Aggregate, error) {
-	agg := &Aggregate{}
-	for _, ks := range groupCells(cells) {
-		v, err := get(cacheKey{unit: ks.unit, key: ks.unit.key(adID, ks.period)})
-		if err != nil {
-			return nil, err
-		}
-		if err := addSlots(agg, v, ks.slots); err != nil {
-			return nil, err
-		}
-	}
-	return agg, nil
 }

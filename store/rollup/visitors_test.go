@@ -1,4 +1,4 @@
-package store
+package rollup
 
 import (
 	"encoding/binary"
@@ -36,7 +36,7 @@ func TestVisitorsExactUpToLimit(t *testing.T) {
 			if v.sketch != nil {
 				t.Errorf("%d visitors already moved to a sketch", tc.n)
 			}
-			r := NewRollup()
+			r := New()
 			r.Slot(0).Visitors = &v
 			if got := rollupTestRoundTrip(t, r).Slots[0].Visitors.Count(); got != tc.n {
 				t.Errorf("after the codec Count = %d, want %d", got, tc.n)

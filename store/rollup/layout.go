@@ -1,4 +1,4 @@
-package store
+package rollup
 
 import (
 	"fmt"
@@ -103,9 +103,9 @@ func (u Unit) Locate(adID string, t time.Time) (key string, slot int) {
 	return u.key(adID, p), slot
 }
 
-// slotsPerKey is how many slots a key of unit u has: the minutes of an hour,
+// SlotsPerKey is how many slots a key of unit u has: the minutes of an hour,
 // the hours of a day, the days of the longest month.
-func (u Unit) slotsPerKey() int {
+func (u Unit) SlotsPerKey() int {
 	switch u {
 	case Minute:
 		return 60
@@ -235,7 +235,7 @@ func (t Tiling) Units() []Unit {
 // From and to are first aligned to the minute (from down, to up).
 func (l Layout) Tile(from, to, now time.Time) (Tiling, error) {
 	if !from.Before(to) {
-		return Tiling{}, fmt.Errorf("store: empty window [%s, %s)", from, to)
+		return Tiling{}, fmt.Errorf("rollup: empty window [%s, %s)", from, to)
 	}
 	from, to = Minute.Truncate(from), Minute.Ceil(to)
 	available := func(u Unit, t time.Time) bool {

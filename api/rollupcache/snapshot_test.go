@@ -1,4 +1,4 @@
-package store
+package rollupcache
 
 import (
 	"bytes"
@@ -9,18 +9,23 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/admetric/admetric/store/rollup"
+	"github.com/admetric/admetric/store/rollup/rolluptest"
 )
 
-// Test hooks for the RollupCache tests of package store_test (cache_test.go),
+// Test hooks for the Cache tests of package store_test (cache_test.go),
 // which need a real NATS server from storetest and so cannot be internal.
 
 // SetAfterLoadForTest makes every load from KV call f after it has read the
 // value and before the cache stores it. Call before the cache is used.
-func (c *RollupCache) SetAfterLoadForTest(f func(u Unit, key string)) { c.afterLoad = f }
+func (c *Cache) SetAfterLoadForTest(f func(u rollup.Unit, key string)) { c.afterLoad = f }
 
 // RevisionForTest returns the revision the cache holds for key, without
 // counting as a read.
-func (c *RollupCache) RevisionForTest(u Unit, key string) (uint64, bool) {
+func (c *Cache) RevisionForTest(u rollup.Unit, key string) (uint64, bool) {
 	e, ok := c.cache.GetEntryQuietly(cacheKey{unit: u, key: key})
 	if !ok {
 		return 0, false
@@ -30,20 +35,35 @@ func (c *RollupCache) RevisionForTest(u Unit, key string) (uint64, bool) {
 
 // WatchedThroughForTest returns the stream sequence through which the watch of
 // u's bucket has applied every update.
-func (c *RollupCache) WatchedThroughForTest(u Unit) uint64 { return c.through()[u] }
+func (c *Cache) WatchedThroughForTest(u rollup.Unit) uint64 { return c.through()[u] }
 
 // CleanUpForTest runs otter's pending maintenance (evictions, expiries).
-func (c *RollupCache) CleanUpForTest() { c.cache.CleanUp() }
+func (c *Cache) CleanUpForTest() { c.cache.CleanUp() }
 
 // ---
 
-var snapshotTestLayout = NewLayout(Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.Hour, Day: 43800 * time.Hour})
+var snapshotTestLayout = rolluptest.Layout
 
-// snapshotTestCache returns a cache over Rollups with no server behind them:
-// only what offer puts in can be read.
-func snapshotTestCache(t *testing.T) *RollupCache {
+// layoutOnly is a Source with no server behind it: every Load and watch fails.
+type layoutOnly struct{ layout rollup.Layout }
+
+var errNoServer = errors.New("no server in this test")
+
+func (l layoutOnly) Layout() rollup.Layout            { return l.layout }
+func (l layoutOnly) LastSeqAtOpen(rollup.Unit) uint64 { return 0 }
+func (l layoutOnly) Load(context.Context, rollup.Unit, string) (*rollup.Rollup, uint64, error) {
+	return nil, 0, errNoServer
+}
+func (l layoutOnly) LastSeq(context.Context, rollup.Unit) (uint64, error) { return 0, errNoServer }
+func (l layoutOnly) Watch(context.Context, rollup.Unit, uint64) (jetstream.KeyWatcher, error) {
+	return nil, errNoServer
+}
+
+// snapshotTestCache returns a cache with no server behind it: only what
+// offer puts in can be read.
+func snapshotTestCache(t *testing.T) *Cache {
 	t.Helper()
-	c, err := NewRollupCache(&Rollups{layout: snapshotTestLayout}, CacheOptions{})
+	c, err := New(layoutOnly{snapshotTestLayout}, Options{MaxBytes: 256 << 20, Idle: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +74,7 @@ func snapshotTestCache(t *testing.T) *RollupCache {
 	return c
 }
 
-func snapshotTestOffer(t *testing.T, c *RollupCache, u Unit, key string, v *Rollup, rev uint64) {
+func snapshotTestOffer(t *testing.T, c *Cache, u rollup.Unit, key string, v *rollup.Rollup, rev uint64) {
 	t.Helper()
 	enc, err := v.MarshalBinary()
 	if err != nil {
@@ -73,7 +93,7 @@ var snapshotTestNow = time.Date(2026, 11, 25, 12, 34, 0, 0, time.UTC)
 // tiling ending at snapshotTestNow (a few slots with visitors, one above
 // ExactVisitors so that sketches are covered), plus a deleted key, and
 // returns the tiling's cells.
-func snapshotTestFill(t *testing.T, c *RollupCache, ads ...string) []Cell {
+func snapshotTestFill(t *testing.T, c *Cache, ads ...string) []rollup.Cell {
 	t.Helper()
 	tl, err := snapshotTestLayout.Tile(snapshotTestNow.Add(-30*24*time.Hour), snapshotTestNow, snapshotTestNow)
 	if err != nil {
@@ -81,33 +101,33 @@ func snapshotTestFill(t *testing.T, c *RollupCache, ads ...string) []Cell {
 	}
 	rev := uint64(100)
 	for a, ad := range ads {
-		values := map[cacheKey]*Rollup{}
+		values := map[cacheKey]*rollup.Rollup{}
 		for i, cell := range tl.Cells {
 			key, slot := cell.Unit.Locate(ad, cell.Start)
 			k := cacheKey{unit: cell.Unit, key: key}
 			if values[k] == nil {
-				values[k] = NewRollup()
+				values[k] = rollup.New()
 			}
 			from := uint64(a*100000 + i*10)
 			to := from + uint64(i%7)
 			if i == 3 {
-				to = from + 2*ExactVisitors
+				to = from + 2*rollup.ExactVisitors
 			}
-			values[k].Slots[slot] = rollupTestSlot(Counters{Impressions: uint64(10 + i), Clicks: uint64(i % 4), PlaybackMillis: 1500, PlaybackCount: 1}, from, to)
+			values[k].Slots[slot] = rolluptest.Slot(rollup.Counters{Impressions: uint64(10 + i), Clicks: uint64(i % 4), PlaybackMillis: 1500, PlaybackCount: 1}, from, to)
 		}
 		for k, v := range values {
 			rev++
 			snapshotTestOffer(t, c, k.unit, k.key, v, rev)
 		}
 		rev++
-		snapshotTestOffer(t, c, Minute, ad+".2026010100", NewRollup(), rev) // deleted
+		snapshotTestOffer(t, c, rollup.Minute, ad+".2026010100", rollup.New(), rev) // deleted
 	}
 	return tl.Cells
 }
 
 func snapshotTestSum(t *testing.T, r interface {
-	Sum(context.Context, string, []Cell) (*Aggregate, error)
-}, ad string, cells []Cell) (Counters, uint64) {
+	Sum(context.Context, string, []rollup.Cell) (*rollup.Aggregate, error)
+}, ad string, cells []rollup.Cell) (rollup.Counters, uint64) {
 	t.Helper()
 	agg, err := r.Sum(context.Background(), ad, cells)
 	if err != nil {
@@ -116,7 +136,7 @@ func snapshotTestSum(t *testing.T, r interface {
 	return agg.Counters, agg.UniqueVisitors()
 }
 
-func snapshotTestWrite(t *testing.T, c *RollupCache) string {
+func snapshotTestWrite(t *testing.T, c *Cache) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "rollups.snap")
 	if err := c.WriteSnapshot(path); err != nil {
@@ -130,7 +150,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	c := snapshotTestCache(t)
 	ads := []string{"ad-a", "ad-b"}
 	cells := snapshotTestFill(t, c, ads...)
-	c.watch[Hour].next = 4242
+	c.watch[rollup.Hour].next = 4242
 	before := time.Now()
 	path := snapshotTestWrite(t, c)
 	after := time.Now()
@@ -143,13 +163,13 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		t.Errorf("AsOf %s, want within [%s, %s]", s.AsOf(), before, after)
 	}
 	if s.Layout() != snapshotTestLayout {
-		t.Errorf("Layout = %+v", s.Layout())
+		t.Errorf("rollup.Layout = %+v", s.Layout())
 	}
 	if n := c.cache.EstimatedSize(); s.Len() != n {
 		t.Errorf("Len = %d, want %d (the cached entries)", s.Len(), n)
 	}
-	if s.through[Hour] != 4241 {
-		t.Errorf("through[hour] = %d, want 4241", s.through[Hour])
+	if s.through[rollup.Hour] != 4241 {
+		t.Errorf("through[hour] = %d, want 4241", s.through[rollup.Hour])
 	}
 	for k, e := range c.cache.All() {
 		got, ok := s.entries[k]
@@ -160,7 +180,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		if got.rev != e.rev {
 			t.Errorf("%v: rev %d, want %d", k, got.rev, e.rev)
 		}
-		equalRollups(t, got.rollup, e.rollup)
+		rolluptest.Equal(t, got.value, e.value)
 	}
 	for _, ad := range ads {
 		wantC, wantV := snapshotTestSum(t, c, ad, cells)
@@ -168,13 +188,13 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		if gotC != wantC || gotV != wantV {
 			t.Errorf("%s: snapshot Sum = %+v, %d visitors; cache Sum = %+v, %d", ad, gotC, gotV, wantC, wantV)
 		}
-		if wantC.Impressions == 0 || wantV <= 2*ExactVisitors {
+		if wantC.Impressions == 0 || wantV <= 2*rollup.ExactVisitors {
 			t.Errorf("%s: the test data is too thin: %+v, %d visitors", ad, wantC, wantV)
 		}
 	}
 	// An ad the snapshot does not hold sums to nothing (this cache, with no
 	// server behind it, cannot load it).
-	if gotC, gotV := snapshotTestSum(t, s, "ad-absent", cells); gotC != (Counters{}) || gotV != 0 {
+	if gotC, gotV := snapshotTestSum(t, s, "ad-absent", cells); gotC != (rollup.Counters{}) || gotV != 0 {
 		t.Errorf("absent ad: snapshot Sum = %+v, %d visitors, want nothing", gotC, gotV)
 	}
 }
@@ -185,7 +205,7 @@ func TestSnapshotEmptyCache(t *testing.T) {
 	if err != nil || s.Len() != 0 {
 		t.Fatalf("empty snapshot: %v, %d entries", err, s.Len())
 	}
-	agg, err := s.Sum(context.Background(), "ad-a", []Cell{{Unit: Day, Start: snapshotTestNow}})
+	agg, err := s.Sum(context.Background(), "ad-a", []rollup.Cell{{Unit: rollup.Day, Start: snapshotTestNow}})
 	if err != nil || agg.Impressions != 0 {
 		t.Fatalf("Sum of an empty snapshot = %+v, %v", agg, err)
 	}
@@ -243,15 +263,15 @@ func TestSnapshotCorrupt(t *testing.T) {
 func TestSnapshotLayoutMismatch(t *testing.T) {
 	t.Parallel()
 	c := snapshotTestCache(t)
-	snapshotTestOffer(t, c, Minute, "ad-a.2026112512", rollupTestSample(), 5)
-	snapshotTestOffer(t, c, Hour, "ad-a.20261125", rollupTestSample(), 6)
+	snapshotTestOffer(t, c, rollup.Minute, "ad-a.2026112512", rolluptest.Sample(), 5)
+	snapshotTestOffer(t, c, rollup.Hour, "ad-a.20261125", rolluptest.Sample(), 6)
 	other := snapshotTestLayout
-	other[Hour].Bucket = "OTHER_HOUR"
+	other[rollup.Hour].Bucket = "OTHER_HOUR"
 	s, err := ReadSnapshot(snapshotTestWrite(t, c), other)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := s.entries[cacheKey{Hour, "ad-a.20261125"}]; ok || s.Len() != 1 {
+	if _, ok := s.entries[cacheKey{rollup.Hour, "ad-a.20261125"}]; ok || s.Len() != 1 {
 		t.Fatalf("snapshot read with another hour bucket holds %d entries, the hour key included: %v", s.Len(), ok)
 	}
 }
@@ -261,13 +281,13 @@ func TestSnapshotLayoutMismatch(t *testing.T) {
 func TestSnapshotReplacesAtomically(t *testing.T) {
 	t.Parallel()
 	c := snapshotTestCache(t)
-	snapshotTestOffer(t, c, Minute, "ad-a.2026112512", rollupTestSample(), 5)
+	snapshotTestOffer(t, c, rollup.Minute, "ad-a.2026112512", rolluptest.Sample(), 5)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "rollups.snap")
 	if err := c.WriteSnapshot(path); err != nil {
 		t.Fatal(err)
 	}
-	snapshotTestOffer(t, c, Minute, "ad-b.2026112512", rollupTestSample(), 6)
+	snapshotTestOffer(t, c, rollup.Minute, "ad-b.2026112512", rolluptest.Sample(), 6)
 	if err := c.WriteSnapshot(path); err != nil {
 		t.Fatal(err)
 	}
@@ -292,19 +312,19 @@ func TestSnapshotReplacesAtomically(t *testing.T) {
 func TestRollupCacheOfferKeepsNewer(t *testing.T) {
 	t.Parallel()
 	c := snapshotTestCache(t)
-	k := cacheKey{Minute, "ad-a.2026112512"}
-	newer, older := NewRollup(), NewRollup()
+	k := cacheKey{rollup.Minute, "ad-a.2026112512"}
+	newer, older := rollup.New(), rollup.New()
 	newer.Slot(1).Clicks, older.Slot(1).Clicks = 2, 1
 	tests := []struct {
 		name  string
 		rev   uint64
-		v     *Rollup
+		v     *rollup.Rollup
 		store bool
 	}{
 		{"first", 10, newer, true},
 		{"older", 9, older, false},
 		{"same revision", 10, older, false},
-		{"deleted at an older revision", 3, NewRollup(), false},
+		{"deleted at an older revision", 3, rollup.New(), false},
 	}
 	for _, tt := range tests {
 		if got := c.offer(k, newCacheEntry(k.key, tt.v, tt.rev, 10)); got != tt.store {
@@ -314,44 +334,8 @@ func TestRollupCacheOfferKeepsNewer(t *testing.T) {
 			t.Fatalf("%s: cache holds rev %d, want 10", tt.name, rev)
 		}
 	}
-	if agg, _ := c.Sum(context.Background(), "ad-a", []Cell{{Unit: Minute, Start: time.Date(2026, 11, 25, 12, 1, 0, 0, time.UTC)}}); agg.Clicks != 2 {
+	if agg, _ := c.Sum(context.Background(), "ad-a", []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 1, 0, 0, time.UTC)}}); agg.Clicks != 2 {
 		t.Fatalf("Sum reads %d clicks, want the newer 2", agg.Clicks)
-	}
-}
-
-// TestSumCellsManyKeys: with more keys than the linear scan handles, the
-// index gives the same sums, each key read once.
-func TestSumCellsManyKeys(t *testing.T) {
-	t.Parallel()
-	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
-	var cells []Cell
-	for h := range 3 * linearKeys {
-		for _, m := range []int{0, 30, 59} {
-			cells = append(cells, Cell{Unit: Minute, Start: start.Add(time.Duration(h)*time.Hour + time.Duration(m)*time.Minute)})
-		}
-	}
-	reads := map[cacheKey]int{}
-	agg, err := sumCells("ad", cells, func(k cacheKey) (*Rollup, error) {
-		reads[k]++
-		v := NewRollup()
-		for _, m := range []int{0, 30, 31} {
-			v.Slot(m).Impressions = 1
-		}
-		return v, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if agg.Impressions != uint64(2*3*linearKeys) {
-		t.Errorf("impressions %d, want %d", agg.Impressions, 2*3*linearKeys)
-	}
-	if len(reads) != 3*linearKeys {
-		t.Errorf("%d keys read, want %d", len(reads), 3*linearKeys)
-	}
-	for k, n := range reads {
-		if n != 1 {
-			t.Errorf("%v read %d times", k, n)
-		}
 	}
 }
 
@@ -363,13 +347,13 @@ func TestRangeSumsAcrossBucketGenerations(t *testing.T) {
 	t.Parallel()
 	c := snapshotTestCache(t)
 	hour := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	key, _ := Minute.Locate("ad", hour)
-	var cells []Cell
+	key, _ := rollup.Minute.Locate("ad", hour)
+	var cells []rollup.Cell
 	for m := range 60 {
-		cells = append(cells, Cell{Unit: Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
+		cells = append(cells, rollup.Cell{Unit: rollup.Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
 	}
-	rollup := func(clicks uint64) *Rollup {
-		v := NewRollup()
+	valueWith := func(clicks uint64) *rollup.Rollup {
+		v := rollup.New()
 		for m := range 60 {
 			v.Slot(m).Clicks = clicks
 		}
@@ -383,7 +367,7 @@ func TestRangeSumsAcrossBucketGenerations(t *testing.T) {
 		}
 		return agg.Clicks
 	}
-	snapshotTestOffer(t, c, Minute, key, rollup(1), 5)
+	snapshotTestOffer(t, c, rollup.Minute, key, valueWith(1), 5)
 	if got := clicks(); got != 60 {
 		t.Fatalf("clicks %d, want 60", got)
 	}
@@ -392,15 +376,15 @@ func TestRangeSumsAcrossBucketGenerations(t *testing.T) {
 	}
 	// A Sum that read the old entry before the drop stores its range sum
 	// after it.
-	old, ok := c.cache.GetIfPresent(cacheKey{unit: Minute, key: key})
+	old, ok := c.cache.GetIfPresent(cacheKey{unit: rollup.Minute, key: key})
 	if !ok {
 		t.Fatal("the old entry is not cached")
 	}
-	c.dropUnit(Minute)
-	if _, err := c.rangeSum(cacheKey{unit: Minute, key: key}, old, 0, 59); err != nil {
+	c.dropUnit(rollup.Minute)
+	if _, err := c.rangeSum(cacheKey{unit: rollup.Minute, key: key}, old, 0, 59); err != nil {
 		t.Fatal(err)
 	}
-	snapshotTestOffer(t, c, Minute, key, rollup(2), 5)
+	snapshotTestOffer(t, c, rollup.Minute, key, valueWith(2), 5)
 	if got := clicks(); got != 120 {
 		t.Fatalf("clicks %d after the bucket was made anew, want 120 from the new value", got)
 	}

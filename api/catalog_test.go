@@ -1,4 +1,4 @@
-package store_test
+package api_test
 
 import (
 	"context"
@@ -6,7 +6,8 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/api"
+	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -16,13 +17,13 @@ import (
 func TestCatalog(t *testing.T) {
 	db := storetest.DB(t, storetest.Postgres(t))
 	ctx := context.Background()
-	ads := store.NewAds(db)
+	ads := postgres.NewAds(db)
 	for _, id := range []string{"c", "a", "b"} {
-		if err := ads.Create(ctx, &store.Ad{ID: id, Title: "ad " + id}); err != nil {
+		if err := ads.Create(ctx, &postgres.Ad{ID: id, Title: "ad " + id}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cat := store.NewCatalog(ads, slog.New(slog.DiscardHandler))
+	cat := api.NewCatalog(ads, slog.New(slog.DiscardHandler))
 	if err := cat.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +41,7 @@ func TestCatalog(t *testing.T) {
 		t.Errorf("Get(a) = %+v, %v", ad, ok)
 	}
 
-	cat.Put(store.Ad{ID: "d", Title: "made here"})
+	cat.Put(postgres.Ad{ID: "d", Title: "made here"})
 	cat.Remove("a")
 	if !cat.Exists("d") || cat.Exists("a") || !slices.Equal(cat.IDs(), []string{"b", "c", "d"}) {
 		t.Errorf("after Put(d) and Remove(a): IDs %v", cat.IDs())

@@ -1,4 +1,4 @@
-package store_test
+package rollupcache_test
 
 import (
 	"context"
@@ -14,19 +14,23 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/admetric/admetric/api/rollupcache"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/devserver"
+	"github.com/admetric/admetric/store/rollup"
+	"github.com/admetric/admetric/store/rollup/rolluptest"
 	"github.com/admetric/admetric/store/storetest"
 )
 
 // rollupReader is api.RollupReader, which both must implement.
 type rollupReader interface {
-	Layout() store.Layout
-	Sum(ctx context.Context, adID string, cells []store.Cell) (*store.Aggregate, error)
+	Layout() rollup.Layout
+	Sum(ctx context.Context, adID string, cells []rollup.Cell) (*rollup.Aggregate, error)
 }
 
 var (
-	_ rollupReader = (*store.RollupCache)(nil)
-	_ rollupReader = (*store.Snapshot)(nil)
+	_ rollupReader = (*rollupcache.Cache)(nil)
+	_ rollupReader = (*rollupcache.Snapshot)(nil)
 )
 
 // cacheTestNow anchors the windows of the cache tests (Rollups.Sum reads the
@@ -36,36 +40,49 @@ var cacheTestNow = time.Date(2026, 11, 25, 12, 34, 56, 0, time.UTC)
 // cacheTestEnv is a real embedded NATS server with the rollup buckets, and a
 // RollupCache over them with its own metrics registry.
 type cacheTestEnv struct {
-	srv *store.EmbeddedNATS
+	srv *devserver.NATS
 	js  jetstream.JetStream
 	r   *store.Rollups
-	c   *store.RollupCache
+	c   *rollupcache.Cache
 	reg *prometheus.Registry
 }
 
-func newCacheTestEnv(t testing.TB, opts store.CacheOptions) *cacheTestEnv {
+func newCacheTestEnv(t testing.TB, opts rollupcache.Options) *cacheTestEnv {
 	t.Helper()
-	return newCacheTestEnvLayout(t, store.NewLayout(testRetentions), opts)
+	return newCacheTestEnvLayout(t, rolluptest.Layout, opts)
 }
 
-func newCacheTestEnvLayout(t testing.TB, layout store.Layout, opts store.CacheOptions) *cacheTestEnv {
+func newCacheTestEnvLayout(t testing.TB, layout rollup.Layout, opts rollupcache.Options) *cacheTestEnv {
 	t.Helper()
 	env := &cacheTestEnv{srv: storetest.NATS(t)}
 	env.js, _ = storetest.JetStream(t, env.srv)
 	var err error
-	if env.r, err = store.OpenRollups(context.Background(), env.js, layout, 1); err != nil {
+	if env.r, err = store.CreateOrUpdateRollups(context.Background(), env.js, layout, 1); err != nil {
 		t.Fatal(err)
 	}
 	env.c, env.reg = newTestCache(t, env.r, opts)
 	return env
 }
 
-// newTestCache returns a cache over r registered with a new registry.
-func newTestCache(t testing.TB, r *store.Rollups, opts store.CacheOptions) (*store.RollupCache, *prometheus.Registry) {
+// The bounds of a test's cache where it sets none: the service's defaults.
+const (
+	testCacheBytes = 256 << 20
+	testCacheIdle  = 15 * time.Minute
+)
+
+// newTestCache returns a cache over r registered with a new registry; zero
+// bounds in opts take testCacheBytes and testCacheIdle.
+func newTestCache(t testing.TB, r *store.Rollups, opts rollupcache.Options) (*rollupcache.Cache, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts.Registerer = reg
-	c, err := store.NewRollupCache(r, opts)
+	if opts.MaxBytes == 0 {
+		opts.MaxBytes = testCacheBytes
+	}
+	if opts.Idle == 0 {
+		opts.Idle = testCacheIdle
+	}
+	c, err := rollupcache.New(r, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +91,7 @@ func newTestCache(t testing.TB, r *store.Rollups, opts store.CacheOptions) (*sto
 
 // runCache runs c's watches until the test ends, and checks that Run then
 // returns nil promptly.
-func runCache(t testing.TB, c *store.RollupCache) {
+func runCache(t testing.TB, c *rollupcache.Cache) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -93,7 +110,7 @@ func runCache(t testing.TB, c *store.RollupCache) {
 }
 
 // put stores v at key in u's bucket, whatever is there, and returns its revision.
-func put(t testing.TB, r *store.Rollups, u store.Unit, key string, v *store.Rollup) uint64 {
+func put(t testing.TB, r *store.Rollups, u rollup.Unit, key string, v *rollup.Rollup) uint64 {
 	t.Helper()
 	ctx := context.Background()
 	_, rev, err := r.Load(ctx, u, key)
@@ -108,43 +125,35 @@ func put(t testing.TB, r *store.Rollups, u store.Unit, key string, v *store.Roll
 }
 
 // clicksRollup is a rollup with clicks in slot.
-func clicksRollup(slot int, clicks uint64) *store.Rollup {
-	v := store.NewRollup()
+func clicksRollup(slot int, clicks uint64) *rollup.Rollup {
+	v := rollup.New()
 	v.Slot(slot).Clicks = clicks
 	return v
-}
-
-// cacheTestHash spreads i over 64 bits (splitmix64), as visitor hashes are.
-func cacheTestHash(i uint64) uint64 {
-	z := i + 0x9e3779b97f4a7c15
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
-	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
-	return z ^ (z >> 31)
 }
 
 // writeCells stores, for ad, a rollup slot for every cell (counters from i, a
 // few visitors, a sketch's worth in every tenth) and returns how many keys
 // it wrote.
-func writeCells(t testing.TB, r *store.Rollups, ad string, seed uint64, cells []store.Cell) int {
+func writeCells(t testing.TB, r *store.Rollups, ad string, seed uint64, cells []rollup.Cell) int {
 	t.Helper()
 	return writeCellsSketching(t, r, ad, seed, cells, 10)
 }
 
 // writeCellsSketching is writeCells with a sketch in every sketchEvery-th
 // slot, none when 0.
-func writeCellsSketching(t testing.TB, r *store.Rollups, ad string, seed uint64, cells []store.Cell, sketchEvery int) int {
+func writeCellsSketching(t testing.TB, r *store.Rollups, ad string, seed uint64, cells []rollup.Cell, sketchEvery int) int {
 	t.Helper()
 	type ref struct {
-		u   store.Unit
+		u   rollup.Unit
 		key string
 	}
-	values := map[ref]*store.Rollup{}
+	values := map[ref]*rollup.Rollup{}
 	var order []ref
 	for i, c := range cells {
 		key, slot := c.Unit.Locate(ad, c.Start)
 		k := ref{c.Unit, key}
 		if values[k] == nil {
-			values[k] = store.NewRollup()
+			values[k] = rollup.New()
 			order = append(order, k)
 		}
 		s := values[k].Slot(slot)
@@ -153,10 +162,10 @@ func writeCellsSketching(t testing.TB, r *store.Rollups, ad string, seed uint64,
 		s.PlaybackMillis, s.PlaybackCount = 1234*n, n
 		visitors := uint64(i%13 + 1)
 		if sketchEvery > 0 && i%sketchEvery == 0 {
-			visitors = store.ExactVisitors + 500
+			visitors = rollup.ExactVisitors + 500
 		}
 		for v := range visitors {
-			s.AddVisitor(cacheTestHash(seed<<32 | uint64(i)<<16 | v))
+			s.AddVisitor(rolluptest.Hash(seed<<32 | uint64(i)<<16 | v))
 		}
 	}
 	for _, k := range order {
@@ -166,15 +175,15 @@ func writeCellsSketching(t testing.TB, r *store.Rollups, ad string, seed uint64,
 }
 
 type summer interface {
-	Sum(ctx context.Context, adID string, cells []store.Cell) (*store.Aggregate, error)
+	Sum(ctx context.Context, adID string, cells []rollup.Cell) (*rollup.Aggregate, error)
 }
 
 type sumResult struct {
-	store.Counters
+	rollup.Counters
 	Unique uint64
 }
 
-func sumOf(t testing.TB, s summer, ad string, cells []store.Cell) sumResult {
+func sumOf(t testing.TB, s summer, ad string, cells []rollup.Cell) sumResult {
 	t.Helper()
 	agg, err := s.Sum(context.Background(), ad, cells)
 	if err != nil {
@@ -183,7 +192,7 @@ func sumOf(t testing.TB, s summer, ad string, cells []store.Cell) sumResult {
 	return sumResult{agg.Counters, agg.UniqueVisitors()}
 }
 
-func tile(t testing.TB, layout store.Layout, d time.Duration, now time.Time) []store.Cell {
+func tile(t testing.TB, layout rollup.Layout, d time.Duration, now time.Time) []rollup.Cell {
 	t.Helper()
 	tl, err := layout.Tile(now.Add(-d), now, now)
 	if err != nil {
@@ -229,7 +238,7 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 // TestRollupCacheSumMatchesKV: Sum through the cache, cold and warm, equals
 // Rollups.Sum for every window, an ad without data included.
 func TestRollupCacheSumMatchesKV(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	layout := env.r.Layout()
 	month := tile(t, layout, 30*24*time.Hour, cacheTestNow)
 	writeCells(t, env.r, "ad-a", 1, month)
@@ -263,20 +272,20 @@ func TestRollupCacheSumMatchesKV(t *testing.T) {
 // TestRollupCacheFreshness: with Run going, a rewritten key reads its new
 // value within a second; a key nobody read is not cached by the watch.
 func TestRollupCacheFreshness(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	runCache(t, env.c)
 	const key = "ad-a.2026112512"
-	cells := []store.Cell{{Unit: store.Minute, Start: time.Date(2026, 11, 25, 12, 7, 0, 0, time.UTC)}}
-	put(t, env.r, store.Minute, key, clicksRollup(7, 1))
+	cells := []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 7, 0, 0, time.UTC)}}
+	put(t, env.r, rollup.Minute, key, clicksRollup(7, 1))
 	if got := sumOf(t, env.c, "ad-a", cells).Clicks; got != 1 {
 		t.Fatalf("clicks %d, want 1", got)
 	}
 	for clicks := uint64(2); clicks < 6; clicks++ {
-		rev := put(t, env.r, store.Minute, key, clicksRollup(7, clicks))
+		rev := put(t, env.r, rollup.Minute, key, clicksRollup(7, clicks))
 		took := eventually(t, time.Second, "the cache reflecting the rewrite", func() bool {
 			return sumOf(t, env.c, "ad-a", cells).Clicks == clicks
 		})
-		if got, _ := env.c.RevisionForTest(store.Minute, key); got != rev {
+		if got, _ := env.c.RevisionForTest(rollup.Minute, key); got != rev {
 			t.Fatalf("cached revision %d, want %d", got, rev)
 		}
 		t.Logf("rewrite %d seen after %s", clicks, took)
@@ -285,20 +294,20 @@ func TestRollupCacheFreshness(t *testing.T) {
 		t.Errorf("%v misses, want 1: the updates should come from the watch", misses)
 	}
 
-	rev := put(t, env.r, store.Minute, "ad-b.2026112512", clicksRollup(7, 1))
+	rev := put(t, env.r, rollup.Minute, "ad-b.2026112512", clicksRollup(7, 1))
 	eventually(t, 5*time.Second, "the watch passing the write", func() bool {
-		return env.c.WatchedThroughForTest(store.Minute) >= rev
+		return env.c.WatchedThroughForTest(rollup.Minute) >= rev
 	})
-	if _, ok := env.c.RevisionForTest(store.Minute, "ad-b.2026112512"); ok {
+	if _, ok := env.c.RevisionForTest(rollup.Minute, "ad-b.2026112512"); ok {
 		t.Error("the watch cached a key nobody read")
 	}
 }
 
 // minuteCells returns the cells of minutes [from, to) of hour.
-func minuteCells(hour time.Time, from, to int) []store.Cell {
-	var cells []store.Cell
+func minuteCells(hour time.Time, from, to int) []rollup.Cell {
+	var cells []rollup.Cell
 	for m := from; m < to; m++ {
-		cells = append(cells, store.Cell{Unit: store.Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
+		cells = append(cells, rollup.Cell{Unit: rollup.Minute, Start: hour.Add(time.Duration(m) * time.Minute)})
 	}
 	return cells
 }
@@ -308,28 +317,28 @@ func minuteCells(hour time.Time, from, to int) []store.Cell {
 // new value; many readers share one range sum (run with -race). Every answer
 // equals Rollups.Sum's.
 func TestRollupCacheRangeSums(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	runCache(t, env.c)
 	hour := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	key, _ := store.Minute.Locate("ad-a", hour)
+	key, _ := rollup.Minute.Locate("ad-a", hour)
 	write := func(clicks uint64, visitorsFrom uint64) uint64 {
-		v := store.NewRollup()
+		v := rollup.New()
 		for m := range 60 {
 			s := v.Slot(m)
 			s.Clicks = clicks
 			n := uint64(30)
 			if m%20 == 0 {
-				n = store.ExactVisitors + 200 // a sketch
+				n = rollup.ExactVisitors + 200 // a sketch
 			}
 			for i := range n {
-				s.AddVisitor(cacheTestHash(visitorsFrom + uint64(m)*40 + i))
+				s.AddVisitor(rolluptest.Hash(visitorsFrom + uint64(m)*40 + i))
 			}
 		}
-		return put(t, env.r, store.Minute, key, v)
+		return put(t, env.r, rollup.Minute, key, v)
 	}
 	write(1, 0)
 	whole, part := minuteCells(hour, 0, 60), minuteCells(hour, 10, 25)
-	check := func(cells []store.Cell) sumResult {
+	check := func(cells []rollup.Cell) sumResult {
 		t.Helper()
 		want := sumOf(t, env.r, "ad-a", cells)
 		if got := sumOf(t, env.c, "ad-a", cells); got != want {
@@ -352,7 +361,7 @@ func TestRollupCacheRangeSums(t *testing.T) {
 
 	rev := write(2, 1_000_000)
 	eventually(t, time.Second, "the rewrite", func() bool {
-		got, _ := env.c.RevisionForTest(store.Minute, key)
+		got, _ := env.c.RevisionForTest(rollup.Minute, key)
 		return got == rev
 	})
 	if got := check(whole); got.Clicks != 120 {
@@ -386,30 +395,30 @@ func TestRollupCacheRangeSums(t *testing.T) {
 // gets a new revision with every commit, but only its current slot changes;
 // a range sum of its other slots stays in use until one of them changes.
 func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	runCache(t, env.c)
 	hour := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	key, _ := store.Minute.Locate("ad-a", hour)
-	v := store.NewRollup()
+	key, _ := rollup.Minute.Locate("ad-a", hour)
+	v := rollup.New()
 	for m := range 50 {
 		s := v.Slot(m)
 		s.Impressions = 3
 		n := uint64(20)
 		if m == 15 {
-			n = store.ExactVisitors + 100 // a sketch
+			n = rollup.ExactVisitors + 100 // a sketch
 		}
 		for i := range n {
-			s.AddVisitor(cacheTestHash(uint64(m)<<20 | i))
+			s.AddVisitor(rolluptest.Hash(uint64(m)<<20 | i))
 		}
 	}
 	write := func() {
 		t.Helper()
-		rev := put(t, env.r, store.Minute, key, v)
-		if _, cached := env.c.RevisionForTest(store.Minute, key); !cached {
+		rev := put(t, env.r, rollup.Minute, key, v)
+		if _, cached := env.c.RevisionForTest(rollup.Minute, key); !cached {
 			return // the first read loads it
 		}
 		eventually(t, time.Second, "the watch applying the write", func() bool {
-			got, _ := env.c.RevisionForTest(store.Minute, key)
+			got, _ := env.c.RevisionForTest(rollup.Minute, key)
 			return got == rev
 		})
 	}
@@ -436,13 +445,13 @@ func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
 	// The current minute moves on: slot 50 is new, 49 counts more.
 	v.Slot(50).Clicks = 1
 	v.Slot(49).Impressions++
-	v.Slot(49).AddVisitor(cacheTestHash(1 << 40))
+	v.Slot(49).AddVisitor(rolluptest.Hash(1 << 40))
 	write()
 	check("after writes to slots outside the run", true)
 
 	// A late event lands inside the run.
 	v.Slot(15).Clicks++
-	v.Slot(15).AddVisitor(cacheTestHash(1 << 41))
+	v.Slot(15).AddVisitor(rolluptest.Hash(1 << 41))
 	write()
 	check("after a write to a slot inside the run", false)
 	check("read again after it", true)
@@ -455,7 +464,7 @@ func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
 	check("after a first event in the run's last slot", false)
 	for i := range 3 {
 		v.Slot(29).Starts++
-		v.Slot(29).AddVisitor(cacheTestHash(1<<42 | uint64(i)))
+		v.Slot(29).AddVisitor(rolluptest.Hash(1<<42 | uint64(i)))
 		write()
 		check(fmt.Sprintf("after event %d more in the run's last slot", i+1), true)
 	}
@@ -464,9 +473,9 @@ func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
 // TestRollupCacheDeleteAndPurge: a deleted or purged key reads as empty once
 // the watch sees it, cached at the marker's revision.
 func TestRollupCacheDeleteAndPurge(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	runCache(t, env.c)
-	kv, err := env.js.KeyValue(context.Background(), store.HourBucket)
+	kv, err := env.js.KeyValue(context.Background(), rollup.HourBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,8 +490,8 @@ func TestRollupCacheDeleteAndPurge(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ad := "ad-" + tt.name
 			key := ad + ".20261125"
-			cells := []store.Cell{{Unit: store.Hour, Start: time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)}}
-			rev := put(t, env.r, store.Hour, key, clicksRollup(9, 4))
+			cells := []rollup.Cell{{Unit: rollup.Hour, Start: time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)}}
+			rev := put(t, env.r, rollup.Hour, key, clicksRollup(9, 4))
 			if got := sumOf(t, env.c, ad, cells).Clicks; got != 4 {
 				t.Fatalf("clicks %d, want 4", got)
 			}
@@ -492,11 +501,11 @@ func TestRollupCacheDeleteAndPurge(t *testing.T) {
 			eventually(t, time.Second, "the cache reading the key as empty", func() bool {
 				return sumOf(t, env.c, ad, cells) == sumResult{}
 			})
-			if got, ok := env.c.RevisionForTest(store.Hour, key); !ok || got <= rev {
+			if got, ok := env.c.RevisionForTest(rollup.Hour, key); !ok || got <= rev {
 				t.Errorf("cached revision %d (%v), want the marker's, above %d", got, ok, rev)
 			}
 			// The key can be written again, and the cache follows.
-			put(t, env.r, store.Hour, key, clicksRollup(9, 6))
+			put(t, env.r, rollup.Hour, key, clicksRollup(9, 6))
 			eventually(t, time.Second, "the cache reading the new value", func() bool {
 				return sumOf(t, env.c, ad, cells).Clicks == 6
 			})
@@ -507,17 +516,17 @@ func TestRollupCacheDeleteAndPurge(t *testing.T) {
 // TestRollupCacheExpiryMarker: a key that expires (the bucket's TTL, with
 // limit markers) reads as empty once the watch sees its marker, without a reload.
 func TestRollupCacheExpiryMarker(t *testing.T) {
-	layout := store.NewLayout(store.Retentions{Minute: time.Second, Hour: time.Second, Day: time.Second})
-	env := newCacheTestEnvLayout(t, layout, store.CacheOptions{})
+	layout := rollup.NewLayout(rollup.Retentions{Minute: time.Second, Hour: time.Second, Day: time.Second})
+	env := newCacheTestEnvLayout(t, layout, rollupcache.Options{})
 	runCache(t, env.c)
 	const key = "ad-a.2026112512"
-	cells := []store.Cell{{Unit: store.Minute, Start: time.Date(2026, 11, 25, 12, 3, 0, 0, time.UTC)}}
-	rev := put(t, env.r, store.Minute, key, clicksRollup(3, 9))
+	cells := []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 3, 0, 0, time.UTC)}}
+	rev := put(t, env.r, rollup.Minute, key, clicksRollup(3, 9))
 	if got := sumOf(t, env.c, "ad-a", cells).Clicks; got != 9 {
 		t.Fatalf("clicks %d, want 9", got)
 	}
 	took := eventually(t, 15*time.Second, "the expiry reaching the cache", func() bool {
-		got, _ := env.c.RevisionForTest(store.Minute, key)
+		got, _ := env.c.RevisionForTest(rollup.Minute, key)
 		return got > rev
 	})
 	t.Logf("expiry seen after %s", took)
@@ -532,14 +541,14 @@ func TestRollupCacheExpiryMarker(t *testing.T) {
 // TestRollupCacheLoadRacingWatch: a miss that read a value which the watch
 // then sees replaced is not cached; the newer value is.
 func TestRollupCacheLoadRacingWatch(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	const key = "ad-a.2026112512"
-	cells := []store.Cell{{Unit: store.Minute, Start: time.Date(2026, 11, 25, 12, 30, 0, 0, time.UTC)}}
-	put(t, env.r, store.Minute, key, clicksRollup(30, 1))
+	cells := []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 30, 0, 0, time.UTC)}}
+	put(t, env.r, rollup.Minute, key, clicksRollup(30, 1))
 
 	loaded, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	env.c.SetAfterLoadForTest(func(store.Unit, string) {
+	env.c.SetAfterLoadForTest(func(rollup.Unit, string) {
 		once.Do(func() {
 			close(loaded)
 			<-release // hold the first load, which has read clicks=1
@@ -557,15 +566,15 @@ func TestRollupCacheLoadRacingWatch(t *testing.T) {
 		got <- sumResult{agg.Counters, agg.UniqueVisitors()}
 	}()
 	<-loaded
-	rev := put(t, env.r, store.Minute, key, clicksRollup(30, 2))
+	rev := put(t, env.r, rollup.Minute, key, clicksRollup(30, 2))
 	eventually(t, 5*time.Second, "the watch passing the rewrite", func() bool {
-		return env.c.WatchedThroughForTest(store.Minute) >= rev
+		return env.c.WatchedThroughForTest(rollup.Minute) >= rev
 	})
 	close(release)
 	if r := <-got; r.Clicks != 2 {
 		t.Errorf("the racing Sum read %d clicks, want 2", r.Clicks)
 	}
-	if cached, _ := env.c.RevisionForTest(store.Minute, key); cached != rev {
+	if cached, _ := env.c.RevisionForTest(rollup.Minute, key); cached != rev {
 		t.Errorf("cached revision %d, want %d: the stale load was stored", cached, rev)
 	}
 	if got := sumOf(t, env.c, "ad-a", cells).Clicks; got != 2 {
@@ -576,51 +585,51 @@ func TestRollupCacheLoadRacingWatch(t *testing.T) {
 // TestRollupCacheWarmKeepsNewer: warming from an older snapshot leaves the
 // newer revisions the cache holds, and the watch still follows afterwards.
 func TestRollupCacheWarmKeepsNewer(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	const key = "ad-a.20261125"
-	cells := []store.Cell{{Unit: store.Hour, Start: time.Date(2026, 11, 25, 5, 0, 0, 0, time.UTC)}}
-	put(t, env.r, store.Hour, key, clicksRollup(5, 1))
+	cells := []rollup.Cell{{Unit: rollup.Hour, Start: time.Date(2026, 11, 25, 5, 0, 0, 0, time.UTC)}}
+	put(t, env.r, rollup.Hour, key, clicksRollup(5, 1))
 	sumOf(t, env.c, "ad-a", cells)
 	path := filepath.Join(t.TempDir(), "old.snap")
 	if err := env.c.WriteSnapshot(path); err != nil {
 		t.Fatal(err)
 	}
-	old, err := store.ReadSnapshot(path, env.r.Layout())
+	old, err := rollupcache.ReadSnapshot(path, env.r.Layout())
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	runCache(t, env.c)
-	rev2 := put(t, env.r, store.Hour, key, clicksRollup(5, 2))
+	rev2 := put(t, env.r, rollup.Hour, key, clicksRollup(5, 2))
 	eventually(t, time.Second, "the rewrite", func() bool { return sumOf(t, env.c, "ad-a", cells).Clicks == 2 })
 	env.c.Warm(old)
-	if got, _ := env.c.RevisionForTest(store.Hour, key); got != rev2 {
+	if got, _ := env.c.RevisionForTest(rollup.Hour, key); got != rev2 {
 		t.Fatalf("after warming from an older snapshot the cache holds rev %d, want %d", got, rev2)
 	}
 	if got := sumOf(t, env.c, "ad-a", cells).Clicks; got != 2 {
 		t.Fatalf("clicks %d after warming from an older snapshot, want 2", got)
 	}
-	put(t, env.r, store.Hour, key, clicksRollup(5, 3))
+	put(t, env.r, rollup.Hour, key, clicksRollup(5, 3))
 	eventually(t, time.Second, "a rewrite after Warm", func() bool { return sumOf(t, env.c, "ad-a", cells).Clicks == 3 })
 }
 
 // TestRollupCacheWarmReplaysSinceSnapshot: a cache warmed from a snapshot
 // before Run catches up the writes made after the snapshot was written.
 func TestRollupCacheWarmReplaysSinceSnapshot(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	const key = "ad-a.202611"
-	cells := []store.Cell{{Unit: store.Day, Start: time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)}}
-	put(t, env.r, store.Day, key, clicksRollup(19, 1))
+	cells := []rollup.Cell{{Unit: rollup.Day, Start: time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)}}
+	put(t, env.r, rollup.Day, key, clicksRollup(19, 1))
 	sumOf(t, env.c, "ad-a", cells)
 	path := filepath.Join(t.TempDir(), "rollups.snap")
 	if err := env.c.WriteSnapshot(path); err != nil {
 		t.Fatal(err)
 	}
-	put(t, env.r, store.Day, key, clicksRollup(19, 2)) // after the snapshot
+	put(t, env.r, rollup.Day, key, clicksRollup(19, 2)) // after the snapshot
 
 	// A restarted process: a new cache, created after the write.
-	fresh, _ := newTestCache(t, env.r, store.CacheOptions{})
-	s, err := store.ReadSnapshot(path, env.r.Layout())
+	fresh, _ := newTestCache(t, env.r, rollupcache.Options{})
+	s, err := rollupcache.ReadSnapshot(path, env.r.Layout())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -638,21 +647,21 @@ func TestRollupCacheWarmReplaysSinceSnapshot(t *testing.T) {
 // size under the bound, and the evictions are counted.
 func TestRollupCacheByteBound(t *testing.T) {
 	const maxBytes = 64 << 10
-	env := newCacheTestEnv(t, store.CacheOptions{MaxBytes: maxBytes})
+	env := newCacheTestEnv(t, rollupcache.Options{MaxBytes: maxBytes})
 	start := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	writes := make([]store.Write, 300)
 	for i := range writes {
 		v := clicksRollup(0, 1)
 		for h := range uint64(100) {
-			v.Slot(0).AddVisitor(cacheTestHash(uint64(i)<<20 | h))
+			v.Slot(0).AddVisitor(rolluptest.Hash(uint64(i)<<20 | h))
 		}
-		key, _ := store.Minute.Locate(adName(i), start)
+		key, _ := rollup.Minute.Locate(adName(i), start)
 		writes[i] = store.Write{Key: key, Value: v}
 	}
-	if _, err := env.r.Replace(context.Background(), store.Minute, writes); err != nil {
+	if _, err := env.r.Replace(context.Background(), rollup.Minute, writes); err != nil {
 		t.Fatal(err)
 	}
-	cells := []store.Cell{{Unit: store.Minute, Start: start}}
+	cells := []rollup.Cell{{Unit: rollup.Minute, Start: start}}
 	for i := range writes {
 		if got := sumOf(t, env.c, adName(i), cells); got.Clicks != 1 || got.Unique != 100 {
 			t.Fatalf("ad %d: %+v", i, got)
@@ -688,11 +697,11 @@ func adName(i int) string {
 // Idle goes (and a watch update is not a read).
 func TestRollupCacheIdleExpiry(t *testing.T) {
 	const idle = 300 * time.Millisecond
-	env := newCacheTestEnv(t, store.CacheOptions{Idle: idle})
+	env := newCacheTestEnv(t, rollupcache.Options{Idle: idle})
 	runCache(t, env.c)
 	const key = "ad-a.2026112512"
-	cells := []store.Cell{{Unit: store.Minute, Start: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}}
-	put(t, env.r, store.Minute, key, clicksRollup(0, 1))
+	cells := []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}}
+	put(t, env.r, rollup.Minute, key, clicksRollup(0, 1))
 	misses := func() float64 { return metricValue(t, env.reg, "admetric_rollup_cache_misses_total") }
 
 	sumOf(t, env.c, "ad-a", cells)
@@ -705,11 +714,11 @@ func TestRollupCacheIdleExpiry(t *testing.T) {
 
 	// Written often, never read: it goes all the same.
 	for i := range 6 {
-		put(t, env.r, store.Minute, key, clicksRollup(0, uint64(2+i)))
+		put(t, env.r, rollup.Minute, key, clicksRollup(0, uint64(2+i)))
 		time.Sleep(idle / 3)
 	}
 	env.c.CleanUpForTest()
-	if _, ok := env.c.RevisionForTest(store.Minute, key); ok {
+	if _, ok := env.c.RevisionForTest(rollup.Minute, key); ok {
 		t.Fatalf("an entry not read for %s is still cached", 2*idle)
 	}
 	if got := sumOf(t, env.c, "ad-a", cells).Clicks; got != 7 {
@@ -723,7 +732,7 @@ func TestRollupCacheIdleExpiry(t *testing.T) {
 // TestRollupCacheMetrics: every key read counts once as a hit or a miss, and
 // the gauges follow what is cached.
 func TestRollupCacheMetrics(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	cells := tile(t, env.r.Layout(), 30*24*time.Hour, cacheTestNow)
 	keys := writeCells(t, env.r, "ad-a", 1, cells)
 	value := func(name string) float64 { return metricValue(t, env.reg, "admetric_rollup_cache_"+name) }
@@ -743,15 +752,17 @@ func TestRollupCacheMetrics(t *testing.T) {
 	if ev := value("evictions_total"); ev != 0 {
 		t.Errorf("%v evictions, want 0", ev)
 	}
-	if _, err := store.NewRollupCache(env.r, store.CacheOptions{Registerer: env.reg}); err == nil {
-		t.Error("a second cache registered the same metrics")
+	_, err := rollupcache.New(env.r, rollupcache.Options{MaxBytes: testCacheBytes, Idle: testCacheIdle, Registerer: env.reg})
+	var already prometheus.AlreadyRegisteredError
+	if !errors.As(err, &already) {
+		t.Errorf("a second cache registering the same metrics: %v, want prometheus.AlreadyRegisteredError", err)
 	}
 }
 
 // TestRollupCacheRunOnce: Run returns nil when its context ends, and a second
 // Run is refused.
 func TestRollupCacheRunOnce(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- env.c.Run(ctx) }()
@@ -775,9 +786,9 @@ func TestRollupCacheRunOnce(t *testing.T) {
 func TestRollupCacheRewatchesAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	start := func(listen string) *store.EmbeddedNATS {
+	start := func(listen string) *devserver.NATS {
 		t.Helper()
-		srv, err := store.StartEmbeddedNATS(ctx, store.EmbeddedNATSOptions{StoreDir: dir, Listen: listen})
+		srv, err := devserver.StartNATS(ctx, devserver.NATSOptions{StoreDir: dir, Listen: listen})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -796,15 +807,15 @@ func TestRollupCacheRewatchesAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := store.OpenRollups(ctx, js, store.NewLayout(testRetentions), 1)
+	r, err := store.CreateOrUpdateRollups(ctx, js, rolluptest.Layout, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := newTestCache(t, r, store.CacheOptions{})
+	c, _ := newTestCache(t, r, rollupcache.Options{})
 	runCache(t, c)
 	const key = "ad-a.2026112512"
-	cells := []store.Cell{{Unit: store.Minute, Start: time.Date(2026, 11, 25, 12, 1, 0, 0, time.UTC)}}
-	put(t, r, store.Minute, key, clicksRollup(1, 1))
+	cells := []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 1, 0, 0, time.UTC)}}
+	put(t, r, rollup.Minute, key, clicksRollup(1, 1))
 	sumOf(t, c, "ad-a", cells)
 
 	srv.Shutdown()
@@ -817,18 +828,18 @@ func TestRollupCacheRewatchesAfterRestart(t *testing.T) {
 	var rev uint64
 	eventually(t, 10*time.Second, "a write after the restart", func() bool {
 		v := clicksRollup(1, 2)
-		_, cur, err := r.Load(ctx, store.Minute, key)
+		_, cur, err := r.Load(ctx, rollup.Minute, key)
 		if err != nil {
 			return false
 		}
-		revs, err := r.Replace(ctx, store.Minute, []store.Write{{Key: key, Value: v, Rev: cur}})
+		revs, err := r.Replace(ctx, rollup.Minute, []store.Write{{Key: key, Value: v, Rev: cur}})
 		if err == nil {
 			rev = revs[0]
 		}
 		return err == nil
 	})
 	took := eventually(t, 30*time.Second, "the cache following the write after the restart", func() bool {
-		got, _ := c.RevisionForTest(store.Minute, key)
+		got, _ := c.RevisionForTest(rollup.Minute, key)
 		return got == rev
 	})
 	t.Logf("write after the restart seen in %s", took)
@@ -840,7 +851,7 @@ func TestRollupCacheRewatchesAfterRestart(t *testing.T) {
 // TestSnapshotOfKV: a snapshot of a cache loaded from KV reads back with the
 // same sums, as of when it was written.
 func TestSnapshotOfKV(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	layout := env.r.Layout()
 	cells := tile(t, layout, 30*24*time.Hour, cacheTestNow)
 	writeCells(t, env.r, "ad-a", 1, cells)
@@ -855,7 +866,7 @@ func TestSnapshotOfKV(t *testing.T) {
 	if err := env.c.WriteSnapshot(path); err != nil {
 		t.Fatal(err)
 	}
-	s, err := store.ReadSnapshot(path, layout)
+	s, err := rollupcache.ReadSnapshot(path, layout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -878,7 +889,7 @@ func TestSnapshotOfKV(t *testing.T) {
 // TestSnapshotWarmWithNATSDown: a new cache warmed from a snapshot answers for
 // the warmed keys from memory with the server gone; other keys fail.
 func TestSnapshotWarmWithNATSDown(t *testing.T) {
-	env := newCacheTestEnv(t, store.CacheOptions{})
+	env := newCacheTestEnv(t, rollupcache.Options{})
 	layout := env.r.Layout()
 	cells := tile(t, layout, 7*24*time.Hour, cacheTestNow)
 	writeCells(t, env.r, "ad-a", 1, cells)
@@ -890,14 +901,14 @@ func TestSnapshotWarmWithNATSDown(t *testing.T) {
 	}
 
 	env.srv.Shutdown()
-	s, err := store.ReadSnapshot(path, layout)
+	s, err := rollupcache.ReadSnapshot(path, layout)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := sumOf(t, s, "ad-a", cells); got != want {
 		t.Errorf("snapshot Sum %+v, want %+v", got, want)
 	}
-	fresh, reg := newTestCache(t, env.r, store.CacheOptions{})
+	fresh, reg := newTestCache(t, env.r, rollupcache.Options{})
 	fresh.Warm(s)
 	for range 3 {
 		if got := sumOf(t, fresh, "ad-a", cells); got != want {
@@ -925,7 +936,7 @@ func TestSnapshotWarmWithNATSDown(t *testing.T) {
 // ("exact") or where every tenth slot holds a sketch ("sketches"): merging
 // sketches into the aggregate costs the same both ways.
 func BenchmarkCacheSum(b *testing.B) {
-	env := newCacheTestEnv(b, store.CacheOptions{})
+	env := newCacheTestEnv(b, rollupcache.Options{})
 	now := time.Now()
 	cells := tile(b, env.r.Layout(), 30*24*time.Hour, now)
 	data := []struct {

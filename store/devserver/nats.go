@@ -1,4 +1,4 @@
-package store
+package devserver
 
 import (
 	"context"
@@ -12,9 +12,9 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// EmbeddedNATSOptions configures the in-process nats-server used in development
+// NATSOptions configures the in-process nats-server used in development
 // and tests.
-type EmbeddedNATSOptions struct {
+type NATSOptions struct {
 	// StoreDir holds the JetStream files.
 	StoreDir string
 	// Listen is host:port for clients outside the process (the nats CLI, local
@@ -27,13 +27,13 @@ type EmbeddedNATSOptions struct {
 	Logger *slog.Logger
 }
 
-// EmbeddedNATS is a nats-server with JetStream running inside this process.
-type EmbeddedNATS struct {
+// NATS is a nats-server with JetStream running inside this process.
+type NATS struct {
 	srv *server.Server
 }
 
-// StartEmbeddedNATS starts the server and waits until it accepts connections.
-func StartEmbeddedNATS(ctx context.Context, opts EmbeddedNATSOptions) (*EmbeddedNATS, error) {
+// StartNATS starts the server and waits until it accepts connections.
+func StartNATS(ctx context.Context, opts NATSOptions) (*NATS, error) {
 	sopts := &server.Options{
 		ServerName: "admetric",
 		JetStream:  true,
@@ -49,11 +49,11 @@ func StartEmbeddedNATS(ctx context.Context, opts EmbeddedNATSOptions) (*Embedded
 	} else {
 		host, port, err := net.SplitHostPort(opts.Listen)
 		if err != nil {
-			return nil, fmt.Errorf("store: nats listen address %q: %w", opts.Listen, err)
+			return nil, fmt.Errorf("devserver: nats listen address %q: %w", opts.Listen, err)
 		}
 		p, err := strconv.Atoi(port)
 		if err != nil {
-			return nil, fmt.Errorf("store: nats listen port %q: %w", port, err)
+			return nil, fmt.Errorf("devserver: nats listen port %q: %w", port, err)
 		}
 		if p == 0 {
 			p = server.RANDOM_PORT
@@ -62,7 +62,7 @@ func StartEmbeddedNATS(ctx context.Context, opts EmbeddedNATSOptions) (*Embedded
 	}
 	srv, err := server.NewServer(sopts)
 	if err != nil {
-		return nil, fmt.Errorf("store: nats server: %w", err)
+		return nil, fmt.Errorf("devserver: nats server: %w", err)
 	}
 	logger := opts.Logger
 	if logger == nil {
@@ -76,13 +76,13 @@ func StartEmbeddedNATS(ctx context.Context, opts EmbeddedNATSOptions) (*Embedded
 	}
 	if !srv.ReadyForConnections(deadline) {
 		srv.Shutdown()
-		return nil, fmt.Errorf("store: nats server not ready within %s (is %s free?)", deadline, opts.Listen)
+		return nil, fmt.Errorf("devserver: nats server not ready within %s (is %s free?)", deadline, opts.Listen)
 	}
-	return &EmbeddedNATS{srv: srv}, nil
+	return &NATS{srv: srv}, nil
 }
 
 // ClientURL is the URL clients outside the process use; empty when not listening.
-func (e *EmbeddedNATS) ClientURL() string {
+func (e *NATS) ClientURL() string {
 	if e.srv.Addr() == nil {
 		return ""
 	}
@@ -90,18 +90,18 @@ func (e *EmbeddedNATS) ClientURL() string {
 }
 
 // Connect opens an in-process client connection (no TCP). The caller closes it.
-func (e *EmbeddedNATS) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
+func (e *NATS) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
 	opts = append([]nats.Option{nats.Name(name), nats.InProcessServer(e.srv), nats.MaxReconnects(-1)}, opts...)
 	nc, err := nats.Connect("", opts...)
 	if err != nil {
-		return nil, fmt.Errorf("store: connect to embedded nats: %w", err)
+		return nil, fmt.Errorf("devserver: connect to embedded nats: %w", err)
 	}
 	return nc, nil
 }
 
 // Shutdown stops the server and waits until it has flushed and closed its stores.
 // Safe to call more than once.
-func (e *EmbeddedNATS) Shutdown() {
+func (e *NATS) Shutdown() {
 	e.srv.Shutdown()
 	e.srv.WaitForShutdown()
 }

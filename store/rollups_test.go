@@ -10,23 +10,23 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/rollup"
+	"github.com/admetric/admetric/store/rollup/rolluptest"
 	"github.com/admetric/admetric/store/storetest"
 )
-
-var testRetentions = store.Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.Hour, Day: 43800 * time.Hour}
 
 func openRollups(t *testing.T) (jetstream.JetStream, *store.Rollups) {
 	t.Helper()
 	js, _ := storetest.JetStream(t, storetest.NATS(t))
-	r, err := store.OpenRollups(context.Background(), js, store.NewLayout(testRetentions), 1)
+	r, err := store.CreateOrUpdateRollups(context.Background(), js, rolluptest.Layout, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return js, r
 }
 
-func rollupWith(clicks, maxSeq uint64) *store.Rollup {
-	r := store.NewRollup()
+func rollupWith(clicks, maxSeq uint64) *rollup.Rollup {
+	r := rollup.New()
 	r.Slot(3).Clicks = clicks
 	r.MaxSeq = maxSeq
 	return r
@@ -41,7 +41,7 @@ func TestOpenRollupsAllowsAtomicPublish(t *testing.T) {
 	}
 	ctx := context.Background()
 	for range 2 {
-		for _, b := range []string{store.MinuteBucket, store.HourBucket, store.DayBucket} {
+		for _, b := range []string{rollup.MinuteBucket, rollup.HourBucket, rollup.DayBucket} {
 			s, err := js.Stream(ctx, "KV_"+b)
 			if err != nil {
 				t.Fatal(err)
@@ -51,7 +51,7 @@ func TestOpenRollupsAllowsAtomicPublish(t *testing.T) {
 			}
 		}
 		var err error
-		if r, err = store.OpenRollups(ctx, js, store.NewLayout(testRetentions), 1); err != nil || !r.Atomic() {
+		if r, err = store.CreateOrUpdateRollups(ctx, js, rolluptest.Layout, 1); err != nil || !r.Atomic() {
 			t.Fatalf("reopen: %v, atomic %v", err, r.Atomic())
 		}
 	}
@@ -69,7 +69,7 @@ func TestCommit(t *testing.T) {
 				r.DisableAtomicCommits()
 			}
 			ctx := context.Background()
-			revs, cpRev, err := r.Commit(ctx, store.Minute, 2, []store.Write{
+			revs, cpRev, err := r.Commit(ctx, rollup.Minute, 2, []store.Write{
 				{Key: "ad-a.2026112512", Value: rollupWith(1, 10)},
 				{Key: "ad-b.2026112512", Value: rollupWith(2, 11)},
 			}, 11, 0)
@@ -77,44 +77,44 @@ func TestCommit(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i, key := range []string{"ad-a.2026112512", "ad-b.2026112512"} {
-				v, rev, err := r.Load(ctx, store.Minute, key)
+				v, rev, err := r.Load(ctx, rollup.Minute, key)
 				if err != nil || rev != revs[i] || v.Slots[3].Clicks != uint64(i+1) || v.MaxSeq != uint64(10+i) {
 					t.Fatalf("Load %s = %+v rev %d (%v), want rev %d", key, v, rev, err, revs[i])
 				}
 			}
-			if seq, rev, err := r.Checkpoint(ctx, store.Minute, 2); err != nil || seq != 11 || rev != cpRev {
+			if seq, rev, err := r.Checkpoint(ctx, rollup.Minute, 2); err != nil || seq != 11 || rev != cpRev {
 				t.Fatalf("Checkpoint = %d rev %d (%v), want 11 rev %d", seq, rev, err, cpRev)
 			}
 
 			// A stale revision anywhere fails the commit with ErrConflict.
-			_, _, err = r.Commit(ctx, store.Minute, 2, []store.Write{
+			_, _, err = r.Commit(ctx, rollup.Minute, 2, []store.Write{
 				{Key: "ad-a.2026112512", Value: rollupWith(5, 20), Rev: revs[0]},
 				{Key: "ad-b.2026112512", Value: rollupWith(5, 20), Rev: revs[1] - 1},
 			}, 20, cpRev)
 			if !errors.Is(err, store.ErrConflict) {
 				t.Fatalf("stale revision: err %v, want ErrConflict", err)
 			}
-			v, _, _ := r.Load(ctx, store.Minute, "ad-a.2026112512")
+			v, _, _ := r.Load(ctx, rollup.Minute, "ad-a.2026112512")
 			if atomic && v.Slots[3].Clicks != 1 {
 				t.Fatalf("an atomic commit that failed changed a key: %d clicks", v.Slots[3].Clicks)
 			}
-			if seq, _, _ := r.Checkpoint(ctx, store.Minute, 2); seq != 11 {
+			if seq, _, _ := r.Checkpoint(ctx, rollup.Minute, 2); seq != 11 {
 				t.Fatalf("checkpoint moved to %d by a failed commit", seq)
 			}
 
 			// A key that was deleted (or expired) is written at its marker's revision.
-			kv, err := js.KeyValue(ctx, store.MinuteBucket)
+			kv, err := js.KeyValue(ctx, rollup.MinuteBucket)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if err := kv.Delete(ctx, "ad-b.2026112512"); err != nil {
 				t.Fatal(err)
 			}
-			v, rev, err := r.Load(ctx, store.Minute, "ad-b.2026112512")
+			v, rev, err := r.Load(ctx, rollup.Minute, "ad-b.2026112512")
 			if err != nil || len(v.Slots) != 0 || rev == 0 {
 				t.Fatalf("Load deleted key = %+v rev %d (%v), want empty at the marker's revision", v, rev, err)
 			}
-			if _, _, err := r.Commit(ctx, store.Minute, 2, []store.Write{{Key: "ad-b.2026112512", Value: rollupWith(9, 30), Rev: rev}}, 30, cpRev); err != nil {
+			if _, _, err := r.Commit(ctx, rollup.Minute, 2, []store.Write{{Key: "ad-b.2026112512", Value: rollupWith(9, 30), Rev: rev}}, 30, cpRev); err != nil {
 				t.Fatalf("write over a delete marker: %v", err)
 			}
 		})
@@ -130,17 +130,17 @@ func TestCommitSplitsLargeBatches(t *testing.T) {
 	for i := range writes {
 		writes[i] = store.Write{Key: fmt.Sprintf("ad-%d.2026112512", i), Value: rollupWith(uint64(i), uint64(i))}
 	}
-	revs, cpRev, err := r.Commit(ctx, store.Minute, 0, writes, 1500, 0)
+	revs, cpRev, err := r.Commit(ctx, rollup.Minute, 0, writes, 1500, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, i := range []int{0, 999, 1000, 1499} {
-		v, rev, err := r.Load(ctx, store.Minute, writes[i].Key)
+		v, rev, err := r.Load(ctx, rollup.Minute, writes[i].Key)
 		if err != nil || rev != revs[i] || v.Slots[3].Clicks != uint64(i) {
 			t.Fatalf("key %d: rev %d want %d, %+v (%v)", i, rev, revs[i], v, err)
 		}
 	}
-	if seq, rev, _ := r.Checkpoint(ctx, store.Minute, 0); seq != 1500 || rev != cpRev {
+	if seq, rev, _ := r.Checkpoint(ctx, rollup.Minute, 0); seq != 1500 || rev != cpRev {
 		t.Fatalf("checkpoint %d rev %d, want 1500 rev %d", seq, rev, cpRev)
 	}
 }
@@ -151,7 +151,7 @@ func TestCommitSplitsLargeBatches(t *testing.T) {
 func TestOpenRollupsLeavesConfiguredBucketsAlone(t *testing.T) {
 	js, nc := storetest.JetStream(t, storetest.NATS(t))
 	ctx := context.Background()
-	if _, err := store.OpenRollups(ctx, js, store.NewLayout(testRetentions), 1); err != nil {
+	if _, err := store.CreateOrUpdateRollups(ctx, js, rolluptest.Layout, 1); err != nil {
 		t.Fatal(err)
 	}
 	updates, err := nc.SubscribeSync("$JS.API.STREAM.UPDATE.>")
@@ -169,22 +169,22 @@ func TestOpenRollupsLeavesConfiguredBucketsAlone(t *testing.T) {
 		}
 		return n
 	}
-	if _, err := store.OpenRollups(ctx, js, store.NewLayout(testRetentions), 1); err != nil {
+	if _, err := store.CreateOrUpdateRollups(ctx, js, rolluptest.Layout, 1); err != nil {
 		t.Fatal(err)
 	}
 	if n := countUpdates(); n != 0 {
 		t.Fatalf("reopening an unchanged layout sent %d stream updates, want 0", n)
 	}
-	longer := testRetentions
+	longer := rolluptest.Retentions
 	longer.Minute = 96 * time.Hour
-	r, err := store.OpenRollups(ctx, js, store.NewLayout(longer), 1)
+	r, err := store.CreateOrUpdateRollups(ctx, js, rollup.NewLayout(longer), 1)
 	if err != nil || !r.Atomic() {
 		t.Fatalf("reopen with a new retention: %v, atomic %v", err, r.Atomic())
 	}
 	if n := countUpdates(); n == 0 {
 		t.Fatal("a changed retention sent no stream update")
 	}
-	s, err := js.Stream(ctx, "KV_"+store.MinuteBucket)
+	s, err := js.Stream(ctx, "KV_"+rollup.MinuteBucket)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package store
+package rollup
 
 import (
 	"encoding/binary"
@@ -84,7 +84,7 @@ func (v *Visitors) Merge(o *Visitors) error {
 			v.toSketch()
 		}
 		if err := v.sketch.Merge(o.sketch); err != nil {
-			return fmt.Errorf("store: merge sketch: %w", err)
+			return fmt.Errorf("rollup: merge sketch: %w", err)
 		}
 		return nil
 	}
@@ -156,7 +156,7 @@ func (v *Visitors) appendBinary(buf []byte) ([]byte, error) {
 	default:
 		sk, err := v.sketch.MarshalBinary()
 		if err != nil {
-			return nil, fmt.Errorf("store: marshal sketch: %w", err)
+			return nil, fmt.Errorf("rollup: marshal sketch: %w", err)
 		}
 		buf = append(buf, visitorsSketch)
 		buf = binary.AppendUvarint(buf, uint64(len(sk)))
@@ -165,7 +165,7 @@ func (v *Visitors) appendBinary(buf []byte) ([]byte, error) {
 }
 
 // visitors reads what appendBinary wrote: nil for an empty set. A failure sets
-// d.err (the caller wraps it in ErrCorruptRollup) and returns nil.
+// d.err (the caller wraps it in ErrCorrupt) and returns nil.
 func (d *decoder) visitors() *Visitors {
 	if d.err != nil {
 		return nil

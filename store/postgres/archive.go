@@ -1,0 +1,91 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/uptrace/bun"
+)
+
+// ArchivedEvent is one row of the events archive.
+type ArchivedEvent struct {
+	bun.BaseModel `bun:"table:events"`
+
+	EventID    string    `bun:"event_id,pk"`
+	Type       string    `bun:"type,notnull"`
+	AdID       string    `bun:"ad_id,notnull"`
+	OccurredAt time.Time `bun:"occurred_at,notnull"`
+	// IP is empty when the event carried none; it is stored as NULL.
+	IP         string `bun:"ip,nullzero,type:inet"`
+	UserAgent  string `bun:"user_agent,notnull"`
+	PlaybackMS int64  `bun:"playback_ms,notnull"`
+	StreamSeq  uint64 `bun:"stream_seq,notnull"`
+	// Partition is the stream partition the event was stored in; -1 when not known.
+	Partition int `bun:"partition,notnull"`
+}
+
+// Archive writes the events table. Safe for concurrent use.
+type Archive struct{ db *bun.DB }
+
+// NewArchive returns the archive on db.
+func NewArchive(db *bun.DB) *Archive { return &Archive{db: db} }
+
+// Insert writes events in one multi-row INSERT, skipping any event_id already
+// archived, and returns how many rows were new.
+func (a *Archive) Insert(ctx context.Context, events []ArchivedEvent) (int, error) {
+	if len(events) == 0 {
+		return 0, nil
+	}
+	res, err := a.db.NewInsert().Model(&events).On("CONFLICT (event_id) DO NOTHING").Exec(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: archive %d events: %w", len(events), err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// Count returns how many archived events occurred in [from, to).
+func (a *Archive) Count(ctx context.Context, from, to time.Time) (int, error) {
+	n, err := a.db.NewSelect().Model((*ArchivedEvent)(nil)).
+		Where("occurred_at >= ? AND occurred_at < ?", from, to).Count(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: count archived events: %w", err)
+	}
+	return int(n), nil
+}
+
+// AdIDs returns the distinct ads with archived events in [from, to).
+func (a *Archive) AdIDs(ctx context.Context, from, to time.Time) ([]string, error) {
+	var ids []string
+	err := a.db.NewSelect().Model((*ArchivedEvent)(nil)).ColumnExpr("DISTINCT ad_id").
+		Where("occurred_at >= ? AND occurred_at < ?", from, to).Order("ad_id").Scan(ctx, &ids)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: archived ad ids: %w", err)
+	}
+	return ids, nil
+}
+
+// Scan calls fn with every event archived for [from, to), in stream order,
+// reading the rows as it goes rather than all at once. fn's error stops it.
+func (a *Archive) Scan(ctx context.Context, from, to time.Time, fn func(*ArchivedEvent) error) error {
+	rows, err := a.db.NewSelect().Model((*ArchivedEvent)(nil)).
+		Where("occurred_at >= ? AND occurred_at < ?", from, to).Order("stream_seq", "event_id").Rows(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: scan archived events: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var ev ArchivedEvent
+		if err := a.db.ScanRow(ctx, rows, &ev); err != nil {
+			return fmt.Errorf("postgres: scan archived event: %w", err)
+		}
+		if err := fn(&ev); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("postgres: scan archived events: %w", err)
+	}
+	return nil
+}

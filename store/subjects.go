@@ -1,0 +1,68 @@
+package store
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Every subject of AdMetric's streams and buckets is spelled here.
+//
+// Publishers put an event on ads.events.<type>.<ad_id> (event.Event.Subject
+// spells it for the intake; external publishers use the same). The event
+// stream stores it as ads.events.<partition>.<type>.<ad_id>, the partition a
+// hash of the ad ID, so that one rollup writer owns each ad's keys. A message
+// that can never be processed goes to ads.dlq.<reason>. A rollup key lives on
+// $KV.<bucket>.<key>, as in every KV bucket.
+const (
+	eventSubjects      = "ads.events.>"
+	eventSubjectPrefix = "ads.events."
+	deadLetterSubjects = "ads.dlq.>"
+	deadLetterPrefix   = "ads.dlq."
+)
+
+// partitionTransform maps a published subject onto its stored, partitioned form.
+func partitionTransform(partitions int) *jetstream.SubjectTransformConfig {
+	return &jetstream.SubjectTransformConfig{
+		Source:      eventSubjectPrefix + "*.*",
+		Destination: fmt.Sprintf(eventSubjectPrefix+"{{partition(%d,2)}}.{{wildcard(1)}}.{{wildcard(2)}}", max(partitions, 1)),
+	}
+}
+
+// PartitionFilter is the subject filter of partition p's events in the event
+// stream.
+func PartitionFilter(p int) string {
+	return eventSubjectPrefix + strconv.Itoa(p) + ".>"
+}
+
+// ParseEventSubject parses ads.events.<partition>.<type>.<ad_id>, as the event
+// stream stores events, or ads.events.<type>.<ad_id>, as they are published
+// (partition -1). ok is false for any other subject.
+func ParseEventSubject(subject string) (partition int, typ, adID string, ok bool) {
+	rest, found := strings.CutPrefix(subject, eventSubjectPrefix)
+	if !found {
+		return 0, "", "", false
+	}
+	partition = -1
+	if first, after, found := strings.Cut(rest, "."); found {
+		if p, err := strconv.Atoi(first); err == nil && p >= 0 {
+			partition, rest = p, after
+		}
+	}
+	typ, adID, found = strings.Cut(rest, ".")
+	if !found || typ == "" || adID == "" || strings.Contains(adID, ".") {
+		return 0, "", "", false
+	}
+	return partition, typ, adID, true
+}
+
+// deadLetterSubject is where a poison message with reason goes.
+func deadLetterSubject(reason string) string { return deadLetterPrefix + reason }
+
+// kvSubject is the subject of key in a KV bucket's stream.
+func kvSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
+
+// kvStream is the name of a KV bucket's stream.
+func kvStream(bucket string) string { return "KV_" + bucket }
