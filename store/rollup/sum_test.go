@@ -44,4 +44,3 @@ func TestSumManyKeys(t *testing.T) {
 		}
 	}
 }
-
