@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/eapache/go-resiliency/breaker"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/store"
@@ -119,20 +118,13 @@ func (a *Archiver) poison(ctx context.Context, msg jetstream.Msg, err error) {
 		reason = ReasonDatabase
 	}
 	a.metrics.poison.WithLabelValues("archive").Inc()
-	dl := nats.NewMsg("ads.dlq." + reason)
-	dl.Data = msg.Data()
-	dl.Header.Set(store.HeaderPoisonReason, err.Error())
-	dl.Header.Set(store.HeaderOriginSubject, msg.Subject())
-	if meta, merr := msg.Metadata(); merr == nil {
-		dl.Header.Set(store.HeaderOriginSequence, strconv.FormatUint(meta.Sequence.Stream, 10))
-	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if _, perr := a.js.PublishMsg(pctx, dl); perr != nil {
-		a.logger.Error("dead-lettering a poison message failed; it will be redelivered", "err", perr, "poison", err)
+	if derr := store.DeadLetter(pctx, a.js, msg, reason, err); derr != nil {
+		a.logger.Error("dead-lettering a poison message failed; it will be redelivered", "err", derr, "poison", err)
 		return
 	}
-	a.logger.Warn("poison message moved to the dead-letter stream", "subject", dl.Subject, "err", err)
+	a.logger.Warn("poison message moved to the dead-letter stream", "reason", reason, "err", err)
 	_ = msg.Term()
 }
 
@@ -177,44 +169,49 @@ const insertTimeout = 5 * time.Second
 // insertRetrying inserts until it succeeds, PostgreSQL refuses the data
 // (postgres.IsDataError), or ctx ends (ctx.Err()).
 func (a *Archiver) insertRetrying(ctx context.Context, rows []postgres.ArchivedEvent) error {
-	backoff := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		var inserted int
-		var dataErr error
-		err := a.breaker.Run(func() error {
-			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), insertTimeout)
-			defer cancel()
-			n, err := a.archive.Insert(ictx, rows)
-			if postgres.IsDataError(err) {
-				dataErr = err // PostgreSQL answered: not a reason to open the breaker
-				return nil
-			}
-			inserted = n
-			return err
-		})
-		if dataErr != nil {
-			return dataErr
-		}
-		if err == nil {
-			a.metrics.archived.Add(float64(inserted))
-			if attempt > 1 {
-				a.logger.Info("archive insert succeeded after retries", "attempts", attempt)
-			}
-			return nil
-		}
-		if !errors.Is(err, breaker.ErrBreakerOpen) {
+	tries := 0
+	inserted, err := backoff.Retry(ctx, func() (int, error) {
+		tries++
+		n, err := a.insert(ctx, rows)
+		if err != nil && !errors.Is(err, breaker.ErrBreakerOpen) && !postgres.IsDataError(err) {
 			a.metrics.archiveErrors.Inc()
 		}
-		if attempt == 1 || attempt%20 == 0 {
-			a.logger.Warn("archive insert failed; retrying", "err", err, "attempt", attempt, "rows", len(rows))
+		return n, err
+	}, retryForever(200*time.Millisecond, 5*time.Second, func(err error, pause time.Duration) {
+		if tries == 1 || tries%20 == 0 {
+			a.logger.Warn("archive insert failed; retrying", "err", err, "attempt", tries, "rows", len(rows), "pause", pause)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
+	})...)
+	if err != nil {
+		return err
 	}
+	a.metrics.archived.Add(float64(inserted))
+	if tries > 1 {
+		a.logger.Info("archive insert succeeded after retries", "attempts", tries)
+	}
+	return nil
+}
+
+// insert tries rows once behind the breaker. A refusal for the data is a
+// permanent error: PostgreSQL answered, so it does not open the breaker.
+func (a *Archiver) insert(ctx context.Context, rows []postgres.ArchivedEvent) (int, error) {
+	var inserted int
+	var dataErr error
+	err := a.breaker.Run(func() error {
+		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), insertTimeout)
+		defer cancel()
+		n, err := a.archive.Insert(ictx, rows)
+		if postgres.IsDataError(err) {
+			dataErr = err
+			return nil
+		}
+		inserted = n
+		return err
+	})
+	if dataErr != nil {
+		return 0, backoff.Permanent(dataErr)
+	}
+	return inserted, err
 }
 
 func toRow(r Record) postgres.ArchivedEvent {

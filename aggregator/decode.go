@@ -3,13 +3,12 @@ package aggregator
 import (
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/store"
 )
 
 // ErrPoison marks a stream message that can never be processed: it does not
@@ -67,7 +66,7 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 	if err != nil {
 		return Record{}, poison(ReasonDecode, "seq %d: %w", meta.Sequence.Stream, err)
 	}
-	partition, typ, adID, ok := splitSubject(msg.Subject())
+	partition, typ, adID, ok := store.ParseEventSubject(msg.Subject())
 	if !ok {
 		return Record{}, poison(ReasonSubject, "seq %d: subject %q is not ads.events.<type>.<ad_id>", meta.Sequence.Stream, msg.Subject())
 	}
@@ -107,25 +106,4 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 	rec := Record{Seq: meta.Sequence.Stream, Event: ev, Partition: partition}
 	rec.Visitor = visitorOf(&rec.Event, salt)
 	return rec, nil
-}
-
-// splitSubject parses ads.events.<partition>.<type>.<ad_id>, as the stream
-// stores events, or ads.events.<type>.<ad_id>, as they are published
-// (partition -1).
-func splitSubject(subject string) (partition int, typ, adID string, ok bool) {
-	rest, found := strings.CutPrefix(subject, event.SubjectPrefix)
-	if !found {
-		return 0, "", "", false
-	}
-	partition = -1
-	if first, after, found := strings.Cut(rest, "."); found {
-		if p, err := strconv.Atoi(first); err == nil && p >= 0 {
-			partition, rest = p, after
-		}
-	}
-	typ, adID, found = strings.Cut(rest, ".")
-	if !found || typ == "" || adID == "" || strings.Contains(adID, ".") {
-		return 0, "", "", false
-	}
-	return partition, typ, adID, true
 }

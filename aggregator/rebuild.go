@@ -7,6 +7,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
@@ -32,174 +35,272 @@ type RebuildProgress func(stage string, done, total int)
 // archiver has caught up.
 var ErrArchiveBehind = errors.New("aggregator: the archive is behind the rollups")
 
-// Rebuild recomputes the rollups of [from, to), widened to whole UTC days, from
-// the PostgreSQL archive: every slot of every resolution in the range is
+// RebuildOptions say what Rebuild rebuilds.
+type RebuildOptions struct {
+	// From and To are the range, [From, To); Rebuild widens it to whole UTC days.
+	From, To time.Time
+	// AdIDs are ads to clear even when the archive has no event of theirs in
+	// the range (every ad of the ads table, say).
+	AdIDs []string
+	// VisitorSalt keys the visitor hash: the rollup writers' salt.
+	VisitorSalt []byte
+	// ArchiveFloor returns the stream sequence up to which the archive is
+	// complete (ArchiveFloor reads it from the archive consumer).
+	ArchiveFloor func(context.Context) (uint64, error)
+	// Progress, when not nil, is told how far the rebuild has come.
+	Progress RebuildProgress
+}
+
+// ArchiveFloor returns the function that reads, from the archive
+// consumer's ack floor, the stream sequence up to which the archive is
+// complete.
+func ArchiveFloor(js jetstream.JetStream) func(context.Context) (uint64, error) {
+	return func(ctx context.Context) (uint64, error) {
+		cons, err := js.Consumer(ctx, store.StreamName, ArchiveConsumerName)
+		if err != nil {
+			return 0, fmt.Errorf("aggregator: archive consumer: %w", err)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("aggregator: archive consumer: %w", err)
+		}
+		return info.AckFloor.Stream, nil
+	}
+}
+
+// Rebuild recomputes the rollups of opts' range, widened to whole UTC days,
+// from the PostgreSQL archive: every slot of every resolution in the range is
 // replaced by the fold of the archived events that fall in it (slots outside
-// the range are kept). adIDs are ads to clear even when the archive has no
-// event of theirs in the range.
+// the range are kept).
 //
 // A rebuilt key holds exactly the archived events up to the sequence the
 // rollup writer has folded for it: the higher of the key's MaxSeq and its
 // partition's checkpoint in that bucket (so a key lost or wiped comes back).
 // That bound becomes its MaxSeq; later events are left to the writer, and each
 // key is written guarded by its revision, so a writer running meanwhile loses
-// nothing and adds nothing twice. archiveFloor
-// returns the stream sequence up to which the archive is complete; a key
-// holding events above it fails with ErrArchiveBehind. Run twice on an
-// unchanged archive, Rebuild writes the same values.
-func Rebuild(ctx context.Context, rollups *store.Rollups, archive *postgres.Archive, archiveFloor func(context.Context) (uint64, error), adIDs []string, salt []byte, from, to, now time.Time, progress RebuildProgress) (RebuildResult, error) {
-	if progress == nil {
-		progress = func(string, int, int) {}
+// nothing and adds nothing twice. A key holding events above the archive's
+// floor fails with ErrArchiveBehind. Run twice on an unchanged archive,
+// Rebuild writes the same values.
+func Rebuild(ctx context.Context, rollups *store.Rollups, archive *postgres.Archive, opts RebuildOptions) (RebuildResult, error) {
+	rb := &rebuilder{rollups: rollups, archive: archive, opts: opts, layout: rollups.Layout(), now: time.Now(),
+		from: rollup.Day.Truncate(opts.From), to: rollup.Day.Ceil(opts.To)}
+	if rb.opts.Progress == nil {
+		rb.opts.Progress = func(string, int, int) {}
 	}
-	from, to = rollup.Day.Truncate(from), rollup.Day.Ceil(to)
-	res := RebuildResult{From: from, To: to}
-	if !from.Before(to) {
-		return res, fmt.Errorf("aggregator: rebuild: empty range [%s, %s)", from, to)
+	res := RebuildResult{From: rb.from, To: rb.to}
+	if !rb.from.Before(rb.to) {
+		return res, fmt.Errorf("aggregator: rebuild: empty range [%s, %s)", rb.from, rb.to)
 	}
-	layout := rollups.Layout()
-
-	total, err := archive.Count(ctx, from, to)
+	if err := rb.scan(ctx); err != nil {
+		return res, err
+	}
+	res.Events = len(rb.recs)
+	ads, err := rb.ads(ctx)
 	if err != nil {
 		return res, err
 	}
-	// The archived events of the range, in stream order, and which of them
-	// each key holds.
-	var recs []Record
-	byKey := make(map[Key][]int)
-	partitionOf := make(map[string]int) // ad → stream partition, from its archived events
-	err = archive.Scan(ctx, from, to, func(row *postgres.ArchivedEvent) error {
-		rec := recordOf(row, salt)
+	if rb.floor, err = opts.ArchiveFloor(ctx); err != nil {
+		return res, err
+	}
+	res.Keys, err = rb.rewrite(ctx, ads)
+	return res, err
+}
+
+// rebuilder is one Rebuild's state.
+type rebuilder struct {
+	rollups  *store.Rollups
+	archive  *postgres.Archive
+	opts     RebuildOptions
+	layout   rollup.Layout
+	now      time.Time
+	from, to time.Time
+
+	recs        []Record       // the archived events of the range, in stream order
+	byKey       map[Key][]int  // which of recs each key holds
+	partitionOf map[string]int // ad → stream partition, from its archived events
+	checkpoints map[unitPartition]uint64
+	floor       uint64 // the archive is complete up to this stream sequence
+}
+
+type unitPartition struct {
+	u rollup.Unit
+	p int
+}
+
+// period is one key period of one resolution.
+type period struct {
+	unit  rollup.Unit
+	start time.Time
+}
+
+// scan reads the archived events of the range.
+func (rb *rebuilder) scan(ctx context.Context) error {
+	total, err := rb.archive.Count(ctx, rb.from, rb.to)
+	if err != nil {
+		return err
+	}
+	rb.byKey, rb.partitionOf = make(map[Key][]int), make(map[string]int)
+	err = rb.archive.Scan(ctx, rb.from, rb.to, func(row *postgres.ArchivedEvent) error {
+		rec := recordOf(row, rb.opts.VisitorSalt)
 		if rec.Partition >= 0 {
-			partitionOf[rec.Event.AdID] = rec.Partition
+			rb.partitionOf[rec.Event.AdID] = rec.Partition
 		}
-		for _, r := range layout {
-			if holds(r, rec.Event.Timestamp, now) {
+		for _, r := range rb.layout {
+			if holds(r, rec.Event.Timestamp, rb.now) {
 				key, _ := r.Unit.Locate(rec.Event.AdID, rec.Event.Timestamp)
 				k := Key{r.Unit, key}
-				byKey[k] = append(byKey[k], len(recs))
+				rb.byKey[k] = append(rb.byKey[k], len(rb.recs))
 			}
 		}
-		recs = append(recs, rec)
-		if len(recs)%1000 == 0 {
-			progress("events", len(recs), total)
+		rb.recs = append(rb.recs, rec)
+		if len(rb.recs)%1000 == 0 {
+			rb.opts.Progress("events", len(rb.recs), total)
 		}
 		return nil
 	})
-	if err != nil {
-		return res, err
-	}
-	res.Events = len(recs)
-	progress("events", len(recs), total)
+	rb.opts.Progress("events", len(rb.recs), total)
+	return err
+}
 
-	floor, err := archiveFloor(ctx)
+// ads returns, sorted, the ads to rebuild: those asked for and those with
+// archived events in the range.
+func (rb *rebuilder) ads(ctx context.Context) ([]string, error) {
+	archived, err := rb.archive.AdIDs(ctx, rb.from, rb.to)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
-	archived, err := archive.AdIDs(ctx, from, to)
-	if err != nil {
-		return res, err
-	}
-	ads := slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(adIDs), archived...))))
-	type period struct {
-		unit  rollup.Unit
-		start time.Time
-	}
-	var periods []period
-	for _, r := range layout {
-		for p := r.Unit.PeriodStart(from); p.Before(to); p = r.Unit.NextPeriod(p) {
-			if r.Unit.NextPeriod(p).After(now.Add(-r.Retention)) {
-				periods = append(periods, period{r.Unit, p})
+	return slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(rb.opts.AdIDs), archived...)))), nil
+}
+
+// periods lists the key periods of every resolution that overlap the range
+// and are still within their retention.
+func (rb *rebuilder) periods() []period {
+	var out []period
+	for _, r := range rb.layout {
+		for p := r.Unit.PeriodStart(rb.from); p.Before(rb.to); p = r.Unit.NextPeriod(p) {
+			if r.Unit.NextPeriod(p).After(rb.now.Add(-r.Retention)) {
+				out = append(out, period{r.Unit, p})
 			}
 		}
 	}
-	type unitPartition struct {
-		u rollup.Unit
-		p int
-	}
-	checkpoints := make(map[unitPartition]uint64)
-	checkpoint := func(u rollup.Unit, ad string) (uint64, error) {
-		p, ok := partitionOf[ad]
-		if !ok {
-			return 0, nil
-		}
-		up := unitPartition{u, p}
-		if cp, ok := checkpoints[up]; ok {
-			return cp, nil
-		}
-		cp, _, err := rollups.Checkpoint(ctx, u, p)
-		checkpoints[up] = cp
-		return cp, err
-	}
-	todo := len(ads) * len(periods)
+	return out
+}
+
+// rewrite replaces the range in every key of ads and returns how many it wrote.
+func (rb *rebuilder) rewrite(ctx context.Context, ads []string) (int, error) {
+	periods := rb.periods()
+	rb.checkpoints = make(map[unitPartition]uint64)
+	written := 0
 	for i, ad := range ads {
 		for _, p := range periods {
 			key, _ := p.unit.Locate(ad, p.start)
-			k := Key{p.unit, key}
-			cp, err := checkpoint(p.unit, ad)
+			ok, err := rb.replaceRange(ctx, Key{p.unit, key}, ad, p.start)
 			if err != nil {
-				return res, err
+				return written, err
 			}
-			written, err := replaceRange(ctx, rollups, k, p.start, from, to, recs, byKey[k], cp, &floor, archiveFloor)
-			if err != nil {
-				return res, err
-			}
-			if written {
-				res.Keys++
+			if ok {
+				written++
 			}
 		}
-		progress("keys", (i+1)*len(periods), todo)
+		rb.opts.Progress("keys", (i+1)*len(periods), len(ads)*len(periods))
 	}
-	return res, nil
+	return written, nil
 }
 
-// replaceRange rewrites the slots of one key that fall in [from, to) with the
-// fold of the archived events (recs[idx]) the key already holds, retrying when
-// the key moves under it. It reports whether it wrote.
-func replaceRange(ctx context.Context, rollups *store.Rollups, k Key, periodStart, from, to time.Time, recs []Record, idx []int, checkpoint uint64, floor *uint64, archiveFloor func(context.Context) (uint64, error)) (bool, error) {
-	for attempt := 0; ; attempt++ {
-		cur, rev, err := rollups.Load(ctx, k.Unit, k.Key)
+// checkpoint returns the checkpoint, in unit's bucket, of ad's partition (0
+// when no archived event says which partition that is).
+func (rb *rebuilder) checkpoint(ctx context.Context, u rollup.Unit, ad string) (uint64, error) {
+	p, ok := rb.partitionOf[ad]
+	if !ok {
+		return 0, nil
+	}
+	up := unitPartition{u, p}
+	if cp, ok := rb.checkpoints[up]; ok {
+		return cp, nil
+	}
+	cp, _, err := rb.rollups.Checkpoint(ctx, u, p)
+	if err != nil {
+		return 0, err
+	}
+	rb.checkpoints[up] = cp
+	return cp, nil
+}
+
+// maxConflicts bounds how often replaceRange reloads a key that a writer
+// moved under it.
+const maxConflicts = 10
+
+// replaceRange rewrites the slots of key k of ad, whose period starts at
+// periodStart, that fall in the range, with the fold of the archived events
+// the key already holds; a key that moves under it is read again. It reports
+// whether it wrote.
+func (rb *rebuilder) replaceRange(ctx context.Context, k Key, ad string, periodStart time.Time) (bool, error) {
+	checkpoint, err := rb.checkpoint(ctx, k.Unit, ad)
+	if err != nil {
+		return false, err
+	}
+	return backoff.Retry(ctx, func() (bool, error) {
+		cur, rev, err := rb.rollups.Load(ctx, k.Unit, k.Key)
 		if err != nil {
-			return false, err
+			return false, backoff.Permanent(err)
 		}
 		bound := max(cur.MaxSeq, checkpoint)
-		if bound > *floor {
-			if *floor, err = archiveFloor(ctx); err != nil {
-				return false, err
-			}
-			if bound > *floor {
-				return false, fmt.Errorf("%w: %s %s holds sequence %d, the archive is complete to %d", ErrArchiveBehind, k.Unit, k.Key, bound, *floor)
-			}
+		if err := rb.checkFloor(ctx, k, bound); err != nil {
+			return false, backoff.Permanent(err)
 		}
-		next := rollup.New()
-		next.MaxSeq = bound
-		changed := false
-		for i, s := range cur.Slots {
-			if t := k.Unit.SlotStart(periodStart, i); !t.Before(from) && t.Before(to) {
-				changed = true // replaced (or dropped) below
-				continue
-			}
-			next.Slots[i] = s
-		}
-		for _, j := range idx {
-			r := &recs[j]
-			if r.Seq > bound {
-				break // stream order: the rest is the writer's to fold
-			}
-			_, slot := k.Unit.Locate(r.Event.AdID, r.Event.Timestamp)
-			apply(next.Slot(slot), r)
-			changed = true
-		}
+		next, changed := rb.refold(k, periodStart, cur, bound)
 		if !changed {
 			return false, nil
 		}
-		_, err = rollups.Replace(ctx, k.Unit, []store.Write{{Key: k.Key, Value: next, Rev: rev}})
-		if err == nil {
-			return true, nil
+		_, err = rb.rollups.Replace(ctx, k.Unit, []store.Write{{Key: k.Key, Value: next, Rev: rev}})
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			return false, backoff.Permanent(err)
 		}
-		if !errors.Is(err, store.ErrConflict) || attempt >= 10 {
-			return false, err
-		}
+		return err == nil, err
+	}, backoff.WithBackOff(&backoff.ZeroBackOff{}), backoff.WithMaxTries(maxConflicts+1))
+}
+
+// checkFloor fails with ErrArchiveBehind when key k holds events up to bound
+// that the archive may not have yet; it reads the floor again first.
+func (rb *rebuilder) checkFloor(ctx context.Context, k Key, bound uint64) error {
+	if bound <= rb.floor {
+		return nil
 	}
+	floor, err := rb.opts.ArchiveFloor(ctx)
+	if err != nil {
+		return err
+	}
+	rb.floor = floor
+	if bound > floor {
+		return fmt.Errorf("%w: %s %s holds sequence %d, the archive is complete to %d", ErrArchiveBehind, k.Unit, k.Key, bound, floor)
+	}
+	return nil
+}
+
+// refold returns cur with its slots in the range replaced by the fold of
+// the archived events of key k up to stream sequence bound, and whether
+// that changes anything.
+func (rb *rebuilder) refold(k Key, periodStart time.Time, cur *rollup.Rollup, bound uint64) (*rollup.Rollup, bool) {
+	next := rollup.New()
+	next.MaxSeq = bound
+	changed := false
+	for i, s := range cur.Slots {
+		if t := k.Unit.SlotStart(periodStart, i); !t.Before(rb.from) && t.Before(rb.to) {
+			changed = true // replaced (or dropped) below
+			continue
+		}
+		next.Slots[i] = s
+	}
+	for _, j := range rb.byKey[k] {
+		r := &rb.recs[j]
+		if r.Seq > bound {
+			break // stream order: the rest is the writer's to fold
+		}
+		_, slot := k.Unit.Locate(r.Event.AdID, r.Event.Timestamp)
+		apply(next.Slot(slot), r)
+		changed = true
+	}
+	return next, changed
 }
 
 // recordOf turns an archived row back into the Record the fold takes.

@@ -73,20 +73,10 @@ func TestRebuild(t *testing.T) {
 		t.Fatal("the falsification did not change the sums")
 	}
 
-	archiveFloor := func(ctx context.Context) (uint64, error) {
-		cons, err := js.Consumer(ctx, store.StreamName, aggregator.ArchiveConsumerName)
-		if err != nil {
-			return 0, err
-		}
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return 0, err
-		}
-		return info.AckFloor.Stream, nil
-	}
+	archiveFloor := aggregator.ArchiveFloor(js)
 	// An archive that is behind the rollups is refused: rebuilding would drop events.
 	behind := func(context.Context) (uint64, error) { return 1, nil }
-	if _, err := aggregator.Rebuild(ctx, rollups, archive, behind, nil, []byte("salt"), from, to, time.Now(), nil); !errors.Is(err, aggregator.ErrArchiveBehind) {
+	if _, err := aggregator.Rebuild(ctx, rollups, archive, aggregator.RebuildOptions{From: from, To: to, VisitorSalt: []byte("salt"), ArchiveFloor: behind}); !errors.Is(err, aggregator.ErrArchiveBehind) {
 		t.Fatalf("rebuild with the archive behind: %v, want ErrArchiveBehind", err)
 	}
 
@@ -96,7 +86,7 @@ func TestRebuild(t *testing.T) {
 	publish(t, js, late...)
 	waitRows(t, db, len(evs)+len(late))
 
-	res, err := aggregator.Rebuild(ctx, rollups, archive, archiveFloor, []string{"ad-r", "ad-none"}, []byte("salt"), from, to, time.Now(), nil)
+	res, err := aggregator.Rebuild(ctx, rollups, archive, aggregator.RebuildOptions{From: from, To: to, VisitorSalt: []byte("salt"), ArchiveFloor: archiveFloor, AdIDs: []string{"ad-r", "ad-none"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +115,7 @@ func TestRebuild(t *testing.T) {
 		return out
 	}
 	before := snapshot()
-	if _, err := aggregator.Rebuild(ctx, rollups, archive, archiveFloor, nil, []byte("salt"), from, to, time.Now(), nil); err != nil {
+	if _, err := aggregator.Rebuild(ctx, rollups, archive, aggregator.RebuildOptions{From: from, To: to, VisitorSalt: []byte("salt"), ArchiveFloor: archiveFloor}); err != nil {
 		t.Fatal(err)
 	}
 	for k, b := range snapshot() {

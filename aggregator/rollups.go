@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -125,6 +127,42 @@ func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slo
 // Run folds the partition until ctx ends; the batch in hand is committed before
 // it returns. It returns nil on cancellation, an error only if it cannot start.
 func (w *RollupWriter) Run(ctx context.Context) error {
+	cons, err := w.start(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	s := &writerState{held: make(map[uint64]jetstream.Msg, w.opts.BatchSize)}
+	defer w.letGo(s)
+	for ctx.Err() == nil {
+		if !w.gather(ctx, cons, s) || !w.gate(ctx, cons, s) {
+			continue
+		}
+		recs, last := w.records(s)
+		// The batch is committed even when ctx ends meanwhile: finishing it
+		// spares the next writer a replay.
+		if !w.commitRetrying(ctx, recs, last) {
+			break
+		}
+		w.ack(ctx, s, last)
+		w.share(ctx, s)
+	}
+	return nil
+}
+
+// writerState is what Run carries from one fetch to the next.
+type writerState struct {
+	held        map[uint64]jetstream.Msg // by stream sequence
+	first       time.Time                // when the batch in hand got its first event
+	verifiedPin string                   // the pin under which the gate last passed
+	holding     bool                     // counted in Members as a partition this process holds
+	lastEvent   time.Time                // when a batch was last committed
+}
+
+// start creates or updates the partition's consumer and reads the checkpoints.
+func (w *RollupWriter) start(ctx context.Context) (jetstream.Consumer, error) {
 	cons, err := w.js.CreateOrUpdateConsumer(ctx, store.StreamName, jetstream.ConsumerConfig{
 		Durable:        RollupConsumerName(w.opts.Partition),
 		Description:    "AdMetric: partition " + strconv.Itoa(w.opts.Partition) + " into the rollups",
@@ -138,144 +176,147 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 		PinnedTTL:      w.opts.PinnedTTL,
 	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("aggregator: rollup consumer p%d: %w", w.opts.Partition, err)
+		return nil, fmt.Errorf("aggregator: rollup consumer p%d: %w", w.opts.Partition, err)
 	}
 	if err := w.loadCheckpoints(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
+		return nil, err
 	}
 	mode := "atomic batches"
 	if !w.rollups.Atomic() {
 		mode = "per-key writes (server without atomic batches)"
 	}
 	w.logger.Info("rollup writer started", "commit", mode)
+	return cons, nil
+}
 
-	held := make(map[uint64]jetstream.Msg, w.opts.BatchSize)
-	recs := make([]Record, 0, w.opts.BatchSize)
-	verifiedPin := ""
-	var first time.Time // when the batch in hand got its first event
-	holding := false    // counted in Members as a partition this process holds
-	var lastEvent time.Time
-	letGo := func() {
-		if holding {
-			holding = false
-			w.opts.Members.release()
+// gather fetches more events into s.held and reports whether the batch is
+// ready: it holds BatchSize events, or Linger has passed since its first.
+func (w *RollupWriter) gather(ctx context.Context, cons jetstream.Consumer, s *writerState) bool {
+	if s.holding && len(s.held) == 0 && time.Since(s.lastEvent) > w.opts.PinnedTTL {
+		w.letGo(s) // idle, or the server moved the partition
+	}
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		return struct{}{}, w.fetch(cons, s.held)
+	}, w.retryOptions("fetch")...)
+	if err != nil || len(s.held) == 0 {
+		return false // ctx ended, or nothing came
+	}
+	if s.first.IsZero() {
+		s.first = time.Now()
+	}
+	// Under load, gather up to BatchSize: every commit rewrites each key it
+	// touches, so more events per commit means fewer bytes per event.
+	return len(s.held) >= w.opts.BatchSize || time.Since(s.first) >= w.opts.Linger
+}
+
+// gate reports whether s.held is every event of the partition that is
+// delivered and not yet acknowledged, so that folding it keeps stream order.
+// Events another writer acked are committed: it drops them. While other
+// writers (dead, or about to lose the partition) hold events, it waits for
+// them to come back after AckWait.
+func (w *RollupWriter) gate(ctx context.Context, cons jetstream.Consumer, s *writerState) bool {
+	pin := heldPin(s.held)
+	if pin != "" && pin == s.verifiedPin {
+		// While the server keeps the partition pinned to us no one else
+		// receives any, so the last check holds.
+		return true
+	}
+	info, err := backoff.Retry(ctx, func() (*jetstream.ConsumerInfo, error) {
+		return cons.Info(ctx)
+	}, w.retryOptions("consumer info")...)
+	if err != nil {
+		return false
+	}
+	// With AckAll, pending is exactly what is delivered and above the ack
+	// floor: drop what is at or below it, to compare like with like.
+	for seq := range s.held {
+		if seq <= info.AckFloor.Stream {
+			delete(s.held, seq)
 		}
 	}
-	defer letGo()
-	for ctx.Err() == nil {
-		if holding && len(held) == 0 && time.Since(lastEvent) > w.opts.PinnedTTL {
-			letGo() // idle, or the server moved the partition
-		}
-		if err := w.fetch(cons, held); err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			w.logger.Warn("fetch failed", "err", err)
-			sleep(ctx, time.Second)
-			continue
-		}
-		if len(held) == 0 {
-			continue
-		}
-		if first.IsZero() {
-			first = time.Now()
-		}
-		// Under load, gather up to BatchSize: every commit rewrites each key it
-		// touches, so more events per commit means fewer bytes per event.
-		if len(held) < w.opts.BatchSize && time.Since(first) < w.opts.Linger {
-			continue
-		}
-		pin := heldPin(held)
-		if pin == "" || pin != verifiedPin {
-			info, err := cons.Info(ctx)
-			if err != nil {
-				if ctx.Err() == nil {
-					w.logger.Warn("consumer info failed", "err", err)
-					sleep(ctx, time.Second)
-				}
-				continue
-			}
-			// What another writer acked is committed: drop it, so that the
-			// count below compares like with like (with AckAll, pending is
-			// exactly what is delivered and above the ack floor).
-			for seq := range held {
-				if seq <= info.AckFloor.Stream {
-					delete(held, seq)
-				}
-			}
-			if info.NumAckPending > len(held) {
-				// Another writer (dead, or about to lose the partition) holds
-				// events we do not; they come back to us after AckWait.
-				w.gatedWant = info.NumAckPending - len(held)
-				continue
-			}
-			w.gatedWant = 0
-			if len(held) == 0 {
-				first = time.Time{}
-				continue
-			}
-			// Everything pending is ours. While the server keeps the partition
-			// pinned to us no one else receives any, so this holds until the pin
-			// changes.
-			verifiedPin = pin
-		}
-		seqs := make([]uint64, 0, len(held))
-		for seq := range held {
-			seqs = append(seqs, seq)
-		}
-		slices.Sort(seqs)
-		recs = recs[:0]
-		floor := w.lowCheckpoint()
-		for _, seq := range seqs {
-			if seq <= floor {
-				continue // committed by an earlier writer that died before its ack
-			}
-			rec, err := decodeMsg(held[seq], w.opts.VisitorSalt)
-			if err != nil {
-				w.metrics.poison.WithLabelValues("rollups").Inc()
-				w.logger.Warn("skipping poison message", "err", err)
-				continue
-			}
-			recs = append(recs, rec)
-		}
-		last := seqs[len(seqs)-1]
-		// The batch is committed even when ctx ends meanwhile: finishing it
-		// spares the next writer a replay.
-		if !w.commitRetrying(context.WithoutCancel(ctx), ctx.Done(), recs, last) {
-			break
-		}
-		// AckAll: one ack covers the batch, and nothing below it is pending elsewhere.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		if err := held[last].DoubleAck(actx); err != nil {
-			w.logger.Warn("ack failed; the batch will be redelivered and skipped", "err", err)
-		}
-		cancel()
-		clear(held)
-		first = time.Time{}
-		lastEvent = time.Now()
-		if w.opts.Members == nil {
-			continue
-		}
-		if !holding {
-			holding = true
-			w.opts.Members.acquire()
-		}
-		if w.opts.Members.shouldYield(w.opts.Partitions, 2*w.opts.PinnedTTL) {
-			// Stop fetching long enough for the server to unpin us; another
-			// process's writer, waiting on the same partition, is pinned next.
-			w.logger.Info("handing the partition to another aggregator", "live", w.opts.Members.Live())
-			letGo()
-			verifiedPin = ""
-			sleep(ctx, w.opts.PinnedTTL+time.Second)
-		}
+	if info.NumAckPending > len(s.held) {
+		w.gatedWant = info.NumAckPending - len(s.held)
+		return false
 	}
-	return nil
+	w.gatedWant = 0
+	if len(s.held) == 0 {
+		s.first = time.Time{}
+		return false
+	}
+	s.verifiedPin = pin
+	return true
+}
+
+// records decodes s.held in stream order into the records to fold, leaving
+// out what every bucket's checkpoint already covers (committed by a writer
+// that died before its ack) and poison; last is the highest sequence held.
+func (w *RollupWriter) records(s *writerState) (recs []Record, last uint64) {
+	seqs := slices.Sorted(maps.Keys(s.held))
+	floor := w.lowCheckpoint()
+	recs = make([]Record, 0, len(seqs))
+	for _, seq := range seqs {
+		if seq <= floor {
+			continue
+		}
+		rec, err := decodeMsg(s.held[seq], w.opts.VisitorSalt)
+		if err != nil {
+			w.metrics.poison.WithLabelValues("rollups").Inc()
+			w.logger.Warn("skipping poison message", "err", err)
+			continue
+		}
+		recs = append(recs, rec)
+	}
+	return recs, seqs[len(seqs)-1]
+}
+
+// ack acknowledges the committed batch up to last with one ack (AckAll:
+// nothing below it is pending elsewhere), and starts the next batch.
+func (w *RollupWriter) ack(ctx context.Context, s *writerState, last uint64) {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.held[last].DoubleAck(actx); err != nil {
+		w.logger.Warn("ack failed; the batch will be redelivered and skipped", "err", err)
+	}
+	clear(s.held)
+	s.first = time.Time{}
+	s.lastEvent = time.Now()
+}
+
+// share counts the partition as this process's in Members, and hands it to
+// another process when this one holds more than its share: it stops
+// fetching long enough for the server to unpin it, and another process's
+// writer, waiting on the same partition, is pinned next.
+func (w *RollupWriter) share(ctx context.Context, s *writerState) {
+	m := w.opts.Members
+	if m == nil {
+		return
+	}
+	if !s.holding {
+		s.holding = true
+		m.acquire()
+	}
+	if m.shouldYield(w.opts.Partitions, 2*w.opts.PinnedTTL) {
+		w.logger.Info("handing the partition to another aggregator", "live", m.Live())
+		w.letGo(s)
+		s.verifiedPin = ""
+		pause(ctx, w.opts.PinnedTTL+time.Second)
+	}
+}
+
+// letGo stops counting the partition as this process's.
+func (w *RollupWriter) letGo(s *writerState) {
+	if s.holding {
+		s.holding = false
+		w.opts.Members.release()
+	}
+}
+
+// retryOptions retry what fails at once against NATS, with jittered
+// exponential pauses from 100ms to 5s, until it succeeds or ctx ends.
+func (w *RollupWriter) retryOptions(what string) []backoff.RetryOption {
+	return retryForever(100*time.Millisecond, 5*time.Second, func(err error, pause time.Duration) {
+		w.logger.Warn(what+" failed; retrying", "err", err, "pause", pause)
+	})
 }
 
 // fetch adds to held what one pull brings, keyed by stream sequence so that
@@ -326,13 +367,6 @@ func (w *RollupWriter) lowCheckpoint() uint64 {
 	return low
 }
 
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
-}
-
 // nextBatch waits for one message (until ctx ends), then gathers more until it
 // holds max or none arrives within linger.
 func nextBatch(ctx context.Context, it jetstream.MessagesContext, buf []jetstream.Msg, maxMsgs int, linger time.Duration) ([]jetstream.Msg, error) {
@@ -354,34 +388,36 @@ func nextBatch(ctx context.Context, it jetstream.MessagesContext, buf []jetstrea
 	return buf, nil
 }
 
-// commitRetrying commits until it succeeds or stop is closed, backing off
-// between tries; each retry reloads from KV, and the MaxSeq of each rollup makes
-// the refold skip whatever an earlier try already saved.
-func (w *RollupWriter) commitRetrying(ctx context.Context, stop <-chan struct{}, recs []Record, lastSeq uint64) bool {
-	backoff := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := w.commit(ctx, recs, lastSeq)
-		if err == nil {
-			return true
+// commitRetrying commits until it succeeds, or ctx ends between tries; it
+// reports whether it committed. A try that ctx's end interrupts is finished
+// first. Each retry reloads from KV, and the MaxSeq of each rollup makes the
+// refold skip whatever an earlier try already saved.
+func (w *RollupWriter) commitRetrying(ctx context.Context, recs []Record, lastSeq uint64) bool {
+	cctx := context.WithoutCancel(ctx)
+	tries := 0
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		tries++
+		if tries > 1 {
+			if err := w.loadCheckpoints(cctx); err != nil {
+				return struct{}{}, err
+			}
+			// Another writer may have committed some of these meanwhile.
+			floor := w.lowCheckpoint()
+			recs = slices.DeleteFunc(recs, func(r Record) bool { return r.Seq <= floor })
 		}
-		w.cache = make(map[Key]*cachedRollup)
-		w.checkpoints = [3]cachedCheckpoint{}
-		w.metrics.commitErrors.Inc()
-		w.logger.Warn("rollup commit failed; retrying", "err", err, "attempt", attempt, "backoff", backoff)
-		select {
-		case <-stop:
-			w.logger.Warn("rollup commit abandoned at shutdown; the next writer replays it", "events", len(recs))
-			return false
-		case <-time.After(backoff):
+		err := w.commit(cctx, recs, lastSeq)
+		if err != nil {
+			w.cache = make(map[Key]*cachedRollup)
+			w.checkpoints = [3]cachedCheckpoint{}
+			w.metrics.commitErrors.Inc()
 		}
-		backoff = min(2*backoff, 5*time.Second)
-		if err := w.loadCheckpoints(ctx); err != nil {
-			continue
-		}
-		// Another writer may have committed some of these meanwhile.
-		floor := w.lowCheckpoint()
-		recs = slices.DeleteFunc(recs, func(r Record) bool { return r.Seq <= floor })
+		return struct{}{}, err
+	}, w.retryOptions("rollup commit")...)
+	if err != nil {
+		w.logger.Warn("rollup commit abandoned at shutdown; the next writer replays it", "events", len(recs), "tries", tries)
+		return false
 	}
+	return true
 }
 
 func (w *RollupWriter) commit(ctx context.Context, recs []Record, lastSeq uint64) error {

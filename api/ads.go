@@ -6,8 +6,8 @@ import (
 	"crypto/subtle"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -104,31 +104,18 @@ const (
 )
 
 func (h *AdHandlers) list(c *gin.Context) {
-	limit, ok := intParam(c, "limit", defaultPageSize, 1, maxPageSize)
-	if !ok {
+	limit, qerr := queryInt(c, "limit", defaultPageSize, 1, maxPageSize)
+	if qerr != nil {
+		qerr.respond(c)
 		return
 	}
-	offset, ok := intParam(c, "offset", 0, 0, 1<<31-1)
-	if !ok {
+	offset, qerr := queryInt(c, "offset", 0, 0, math.MaxInt32)
+	if qerr != nil {
+		qerr.respond(c)
 		return
 	}
 	ads, total := h.catalog.List(limit, offset)
 	c.JSON(http.StatusOK, adList{Ads: ads, Total: total, Limit: limit, Offset: offset})
-}
-
-// intParam reads an optional integer query parameter in [lo, hi]; on a bad
-// value it answers 400 and returns false.
-func intParam(c *gin.Context, name string, def, lo, hi int) (int, bool) {
-	raw, ok := c.GetQuery(name)
-	if !ok {
-		return def, true
-	}
-	v, err := strconv.Atoi(raw)
-	if err != nil || v < lo || v > hi {
-		respond.Error(c, http.StatusBadRequest, name, "must be an integer from "+strconv.Itoa(lo)+" to "+strconv.Itoa(hi))
-		return 0, false
-	}
-	return v, true
 }
 
 func (h *AdHandlers) get(c *gin.Context) {
@@ -273,4 +260,14 @@ func (h *AdHandlers) storeFailed(c *gin.Context, err error) {
 		c.Header("Retry-After", "5")
 		respond.Error(c, http.StatusServiceUnavailable, "", "the ads database is unavailable")
 	}
+}
+
+// fieldMessage is what a validation error says about its field, without the
+// package prefix and field name that its Error adds.
+func fieldMessage(err error) string {
+	var fe *event.FieldError
+	if errors.As(err, &fe) {
+		return fe.Message
+	}
+	return err.Error()
 }

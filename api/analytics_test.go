@@ -123,9 +123,22 @@ func TestAnalyticsWindows(t *testing.T) {
 		t.Errorf("%s: %d %+v, want the 5 clicks and 10 impressions of that day", q, code, rep)
 	}
 
+	// A to in the future is cut to the end of the current minute, where a
+	// timeframe's window ends too.
+	before := time.Now().UTC()
+	q = "from=" + now.Add(-time.Hour).Format(time.RFC3339) + "&to=" + now.Add(48*time.Hour).Format(time.RFC3339) + "&ad_id=a"
+	code, rep := get(q)
+	after := time.Now().UTC()
+	if code != http.StatusOK || rep.Ads[0].Clicks != 3 {
+		t.Fatalf("%s: %d %+v, want the 3 clicks of now", q, code, rep)
+	}
+	if lo, hi := before.Truncate(time.Minute).Add(time.Minute), after.Truncate(time.Minute).Add(time.Minute); rep.To.Before(lo) || rep.To.After(hi) {
+		t.Errorf("to in the future was cut to %s, want the end of the current minute (%s)", rep.To, lo)
+	}
+
 	// A daily series over 30 days: the points sum to the whole, and the clicks
 	// land on their days.
-	code, rep := get("timeframe=30d&interval=day&ad_id=a")
+	code, rep = get("timeframe=30d&interval=day&ad_id=a")
 	if code != http.StatusOK || rep.Interval != "day" || rep.TZ != "UTC" {
 		t.Fatalf("daily series: %d %+v", code, rep)
 	}

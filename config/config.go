@@ -39,12 +39,15 @@ var ErrInvalid = errors.New("config: invalid value")
 const redacted = "[redacted]"
 
 // Config is the whole service configuration. Zero value is not useful; use Load.
+//
+// Each field names its variable, default and rule; every duration must be
+// greater than zero. Validate checks a Config built or changed by hand.
 type Config struct {
 	// HTTPAddr is the HTTP listen address, host:port (HTTP_ADDR, default ":8080").
 	HTTPAddr string
 	// DataDir holds the service's local state: the embedded NATS server's
 	// JetStream store, the local PostgreSQL cluster, the generated visitor
-	// salt (DATA_DIR, default "./data").
+	// salt (DATA_DIR, default "./data", not empty).
 	DataDir string
 
 	// NATSURL is the comma-separated list of NATS server URLs to connect to;
@@ -75,12 +78,14 @@ type Config struct {
 	DBHost string
 	// DBPort is the PostgreSQL port, 1..65535 (DB_PORT, default 5432).
 	DBPort int
-	// DBUser is the PostgreSQL user (DB_USER, default "postgres").
+	// DBUser is the PostgreSQL user (DB_USER, default "postgres"); not empty
+	// unless DatabaseURL is set.
 	DBUser string
 	// DBPassword is the PostgreSQL password, a secret
 	// (DB_PASSWORD or DB_PASSWORD_FILE, default "").
 	DBPassword string
-	// DBName is the PostgreSQL database name (DB_NAME, default "admetric").
+	// DBName is the PostgreSQL database name (DB_NAME, default "admetric");
+	// not empty unless DatabaseURL is set.
 	DBName string
 	// DBSSLMode is the libpq sslmode: disable, allow, prefer, require,
 	// verify-ca or verify-full (DB_SSLMODE, default "disable").
@@ -119,23 +124,24 @@ type Config struct {
 	// DuplicateWindow is how long the stream remembers a Nats-Msg-Id to drop a
 	// repeat: it must cover the replay of an event spooled after a publish that
 	// timed out yet was stored (STREAM_DUPLICATE_WINDOW, default 20m). The
-	// server keeps an entry per event in the window.
+	// server keeps an entry per event in the window. Must not exceed
+	// StreamMaxAge.
 	DuplicateWindow time.Duration
 
 	// SpoolMaxBytes bounds the local spool under DATA_DIR/spool that takes
 	// events while NATS is unavailable; a full spool answers 503
-	// (SPOOL_MAX_BYTES, default 1073741824, 1 GiB).
+	// (SPOOL_MAX_BYTES, default 1073741824, 1 GiB; at least 1048576, 1 MiB).
 	SpoolMaxBytes int
 	// PublishTimeout bounds the wait for a PubAck before an event is spooled
 	// (PUBLISH_TIMEOUT, default 2s).
 	PublishTimeout time.Duration
 	// MaxPendingPublishes bounds the events awaiting their PubAck; beyond it
-	// intake answers 503 (MAX_PENDING_PUBLISHES, default 4096).
+	// intake answers 503 (MAX_PENDING_PUBLISHES, default 4096, 1..1048576).
 	MaxPendingPublishes int
 
 	// CacheMaxBytes bounds the in-memory rollup cache that analytics read
 	// through, its rollups and range sums (CACHE_MAX_BYTES, default
-	// 268435456, 256 MiB).
+	// 268435456, 256 MiB; at least 1048576, 1 MiB).
 	CacheMaxBytes int
 	// CacheIdle drops rollups from the cache when no query read them for this
 	// long (CACHE_IDLE, default 15m).
@@ -169,10 +175,11 @@ func invalidf(name, format string, args ...any) error {
 	return &fieldError{name: name, msg: fmt.Sprintf(format, args...)}
 }
 
-// option describes one environment variable.
+// option describes one environment variable: how Load reads it, the rule its
+// value must meet and how LogValue shows it.
 type option struct {
 	name string
-	def  string // default, in the variable's own syntax
+	def  string // default, in the variable's own syntax: the one place the code sets it
 	// keepEmpty makes an explicitly empty value override the default.
 	keepEmpty bool
 	// verbatim keeps surrounding whitespace (secrets).
@@ -181,45 +188,55 @@ type option struct {
 	fromFile bool
 	// parse stores v, already defaulted, into c.
 	parse func(c *Config, v string) error
+	// check returns one error per way the field breaks the variable's own
+	// rule, whether Load stored the value or a caller did; nil means every
+	// value that parses is valid. Rules relating settings to each other are
+	// in checkAcross.
+	check func(c *Config) []error
 	// value renders the setting for LogValue, redacting secrets.
 	value func(c *Config) slog.Value
 }
 
-// options returns the table of variables, in LogValue's order. It is a
-// function rather than a package variable so that nothing global is mutable.
+// options returns the table of variables, in LogValue's order; each entry
+// holds its variable's default and its rule. It is a function rather than a
+// package variable so that nothing global is mutable.
 func options() []option {
 	return []option{
-		stringOpt("HTTP_ADDR", ":8080", func(c *Config) *string { return &c.HTTPAddr }),
-		stringOpt("DATA_DIR", "./data", func(c *Config) *string { return &c.DataDir }),
+		stringOpt("HTTP_ADDR", ":8080", func(c *Config) *string { return &c.HTTPAddr }, hostPort),
+		stringOpt("DATA_DIR", "./data", func(c *Config) *string { return &c.DataDir }, nonEmpty),
 
 		{
 			name:  "NATS_URL",
 			parse: func(c *Config, v string) error { c.NATSURL = v; return nil },
+			check: checkValue("NATS_URL", func(c *Config) *string { return &c.NATSURL }, optional(natsURLs)),
 			value: func(c *Config) slog.Value { return slog.StringValue(redactURLList(c.NATSURL)) },
 		},
 		{
 			name:      "NATS_LISTEN",
 			def:       "127.0.0.1:4222",
-			keepEmpty: true,
+			keepEmpty: true, // empty disables the listener
 			parse:     func(c *Config, v string) error { c.NATSListen = v; return nil },
+			check:     checkValue("NATS_LISTEN", func(c *Config) *string { return &c.NATSListen }, optional(hostPort)),
 			value:     func(c *Config) slog.Value { return slog.StringValue(c.NATSListen) },
 		},
 		boolOpt("NATS_SYNC_ALWAYS", "false", func(c *Config) *bool { return &c.NATSSyncAlways }),
-		intOpt("NATS_REPLICAS", "1", func(c *Config) *int { return &c.NATSReplicas }),
-		intOpt("PARTITIONS", "8", func(c *Config) *int { return &c.Partitions }),
-		durationOpt("STREAM_MAX_AGE", "168h", func(c *Config) *time.Duration { return &c.StreamMaxAge }),
-		durationOpt("STREAM_DUPLICATE_WINDOW", "20m", func(c *Config) *time.Duration { return &c.DuplicateWindow }),
-		intOpt("SPOOL_MAX_BYTES", "1073741824", func(c *Config) *int { return &c.SpoolMaxBytes }),
-		durationOpt("PUBLISH_TIMEOUT", "2s", func(c *Config) *time.Duration { return &c.PublishTimeout }),
-		intOpt("MAX_PENDING_PUBLISHES", "4096", func(c *Config) *int { return &c.MaxPendingPublishes }),
-		intOpt("CACHE_MAX_BYTES", "268435456", func(c *Config) *int { return &c.CacheMaxBytes }),
-		durationOpt("CACHE_IDLE", "15m", func(c *Config) *time.Duration { return &c.CacheIdle }),
-		durationOpt("SNAPSHOT_INTERVAL", "10s", func(c *Config) *time.Duration { return &c.SnapshotInterval }),
+		intOpt("NATS_REPLICAS", "1", func(c *Config) *int { return &c.NATSReplicas }, between(1, 5)),
+		intOpt("PARTITIONS", "8", func(c *Config) *int { return &c.Partitions }, between(1, 1024)),
+		durationOpt("STREAM_MAX_AGE", "168h", func(c *Config) *time.Duration { return &c.StreamMaxAge }, positive),
+		// Also at most STREAM_MAX_AGE (checkAcross).
+		durationOpt("STREAM_DUPLICATE_WINDOW", "20m", func(c *Config) *time.Duration { return &c.DuplicateWindow }, positive),
+		intOpt("SPOOL_MAX_BYTES", "1073741824", func(c *Config) *int { return &c.SpoolMaxBytes }, atLeast(1<<20, "1 MiB")),
+		durationOpt("PUBLISH_TIMEOUT", "2s", func(c *Config) *time.Duration { return &c.PublishTimeout }, positive),
+		intOpt("MAX_PENDING_PUBLISHES", "4096", func(c *Config) *int { return &c.MaxPendingPublishes }, between(1, 1<<20)),
+		intOpt("CACHE_MAX_BYTES", "268435456", func(c *Config) *int { return &c.CacheMaxBytes }, atLeast(1<<20, "1 MiB")),
+		durationOpt("CACHE_IDLE", "15m", func(c *Config) *time.Duration { return &c.CacheIdle }, positive),
+		durationOpt("SNAPSHOT_INTERVAL", "10s", func(c *Config) *time.Duration { return &c.SnapshotInterval }, positive),
 
 		{
 			name:     "DATABASE_URL",
 			fromFile: true,
 			parse:    func(c *Config, v string) error { c.DatabaseURL = v; return nil },
+			check:    checkValue("DATABASE_URL", func(c *Config) *string { return &c.DatabaseURL }, optional(postgresURL)),
 			value: func(c *Config) slog.Value {
 				if c.DatabaseURL == "" {
 					return slog.StringValue("")
@@ -227,53 +244,40 @@ func options() []option {
 				return slog.StringValue(redactURL(c.DatabaseURL, false))
 			},
 		},
-		stringOpt("DB_HOST", "", func(c *Config) *string { return &c.DBHost }),
-		intOpt("DB_PORT", "5432", func(c *Config) *int { return &c.DBPort }),
-		stringOpt("DB_USER", "postgres", func(c *Config) *string { return &c.DBUser }),
+		stringOpt("DB_HOST", "", func(c *Config) *string { return &c.DBHost }, optional(hostName)),
+		intOpt("DB_PORT", "5432", func(c *Config) *int { return &c.DBPort }, between(1, 65535)),
+		// DB_USER and DB_NAME must not be empty without DATABASE_URL (checkAcross).
+		stringOpt("DB_USER", "postgres", func(c *Config) *string { return &c.DBUser }, nil),
 		secretOpt("DB_PASSWORD", func(c *Config) *string { return &c.DBPassword }),
-		stringOpt("DB_NAME", "admetric", func(c *Config) *string { return &c.DBName }),
-		lowerOpt("DB_SSLMODE", "disable", func(c *Config) *string { return &c.DBSSLMode }),
+		stringOpt("DB_NAME", "admetric", func(c *Config) *string { return &c.DBName }, nil),
+		lowerOpt("DB_SSLMODE", "disable", func(c *Config) *string { return &c.DBSSLMode },
+			oneOf("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
 
 		secretOpt("ADMIN_TOKEN", func(c *Config) *string { return &c.AdminToken }),
 		secretOpt("VISITOR_SALT", func(c *Config) *string { return &c.VisitorSalt }),
 		{
-			name: "TRUSTED_PROXIES",
-			parse: func(c *Config, v string) error {
-				c.TrustedProxies = splitList(v)
-				return nil
-			},
-			value: func(c *Config) slog.Value {
-				return slog.StringValue(strings.Join(c.TrustedProxies, ","))
-			},
+			name:  "TRUSTED_PROXIES",
+			parse: func(c *Config, v string) error { c.TrustedProxies = splitList(v); return nil },
+			check: checkEach("TRUSTED_PROXIES", func(c *Config) *[]string { return &c.TrustedProxies }, ipOrPrefix),
+			value: func(c *Config) slog.Value { return slog.StringValue(strings.Join(c.TrustedProxies, ",")) },
 		},
 
-		durationOpt("ROLLUP_MINUTE_RETENTION", "72h", func(c *Config) *time.Duration { return &c.MinuteRetention }),
-		durationOpt("ROLLUP_HOUR_RETENTION", "2400h", func(c *Config) *time.Duration { return &c.HourRetention }),
-		durationOpt("ROLLUP_DAY_RETENTION", "43800h", func(c *Config) *time.Duration { return &c.DayRetention }),
+		// Also minute <= hour <= day (checkAcross).
+		durationOpt("ROLLUP_MINUTE_RETENTION", "72h", func(c *Config) *time.Duration { return &c.MinuteRetention }, positive),
+		durationOpt("ROLLUP_HOUR_RETENTION", "2400h", func(c *Config) *time.Duration { return &c.HourRetention }, positive),
+		durationOpt("ROLLUP_DAY_RETENTION", "43800h", func(c *Config) *time.Duration { return &c.DayRetention }, positive),
 
-		{
-			name: "LOG_LEVEL",
-			def:  "info",
-			parse: func(c *Config, v string) error {
-				l, ok := parseLevel(v)
-				if !ok {
-					return invalidf("LOG_LEVEL", "%q is not one of debug, info, warn, error", v)
-				}
-				c.LogLevel = l
-				return nil
-			},
-			value: func(c *Config) slog.Value {
-				name, _ := levelName(c.LogLevel)
-				return slog.StringValue(name)
-			},
-		},
-		lowerOpt("LOG_FORMAT", "text", func(c *Config) *string { return &c.LogFormat }),
-		durationOpt("SHUTDOWN_TIMEOUT", "10s", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
-		durationOpt("CATALOG_REFRESH", "10s", func(c *Config) *time.Duration { return &c.CatalogRefresh }),
+		levelOpt("LOG_LEVEL", "info", func(c *Config) *slog.Level { return &c.LogLevel }),
+		lowerOpt("LOG_FORMAT", "text", func(c *Config) *string { return &c.LogFormat }, oneOf("text", "json")),
+		durationOpt("SHUTDOWN_TIMEOUT", "10s", func(c *Config) *time.Duration { return &c.ShutdownTimeout }, positive),
+		durationOpt("CATALOG_REFRESH", "10s", func(c *Config) *time.Duration { return &c.CatalogRefresh }, positive),
 	}
 }
 
-// parseLevel parses LOG_LEVEL's spelling of a level, case-insensitively.
+// notALevel is the message for a value that is not a level levelOpt spells.
+const notALevel = "%q is not one of debug, info, warn, error"
+
+// parseLevel parses levelOpt's spelling of a level, case-insensitively.
 func parseLevel(s string) (slog.Level, bool) {
 	switch strings.ToLower(s) {
 	case "debug":
@@ -288,8 +292,8 @@ func parseLevel(s string) (slog.Level, bool) {
 	return 0, false
 }
 
-// levelName is the LOG_LEVEL spelling of l; ok is false for a level that
-// LOG_LEVEL cannot express, for which name is slog's spelling.
+// levelName is levelOpt's spelling of l; ok is false for a level that
+// levelOpt cannot express, for which name is slog's spelling.
 func levelName(l slog.Level) (name string, ok bool) {
 	switch l {
 	case slog.LevelDebug, slog.LevelInfo, slog.LevelWarn, slog.LevelError:
@@ -298,22 +302,27 @@ func levelName(l slog.Level) (name string, ok bool) {
 	return l.String(), false
 }
 
-func stringOpt(name, def string, field func(*Config) *string) option {
+// stringOpt is a string variable whose value must meet r (nil: any value).
+func stringOpt(name, def string, field func(*Config) *string, r rule[string]) option {
 	return option{
 		name:  name,
 		def:   def,
 		parse: func(c *Config, v string) error { *field(c) = v; return nil },
+		check: checkValue(name, field, r),
 		value: func(c *Config) slog.Value { return slog.StringValue(*field(c)) },
 	}
 }
 
-// lowerOpt is a case-insensitive keyword, stored in lower case.
-func lowerOpt(name, def string, field func(*Config) *string) option {
-	o := stringOpt(name, def, field)
+// lowerOpt is a case-insensitive keyword, stored in lower case; r sees the
+// stored value, so a caller's upper-case value fails a oneOf rule.
+func lowerOpt(name, def string, field func(*Config) *string, r rule[string]) option {
+	o := stringOpt(name, def, field, r)
 	o.parse = func(c *Config, v string) error { *field(c) = strings.ToLower(v); return nil }
 	return o
 }
 
+// secretOpt is a secret: taken verbatim, readable from <name>_FILE,
+// redacted by LogValue, default empty, any value valid.
 func secretOpt(name string, field func(*Config) *string) option {
 	return option{
 		name:     name,
@@ -324,7 +333,8 @@ func secretOpt(name string, field func(*Config) *string) option {
 	}
 }
 
-func intOpt(name, def string, field func(*Config) *int) option {
+// intOpt is a decimal integer variable whose value must meet r.
+func intOpt(name, def string, field func(*Config) *int, r rule[int]) option {
 	return option{
 		name: name,
 		def:  def,
@@ -336,10 +346,12 @@ func intOpt(name, def string, field func(*Config) *int) option {
 			*field(c) = n
 			return nil
 		},
+		check: checkValue(name, field, r),
 		value: func(c *Config) slog.Value { return slog.IntValue(*field(c)) },
 	}
 }
 
+// boolOpt is a boolean variable in strconv.ParseBool's syntax.
 func boolOpt(name, def string, field func(*Config) *bool) option {
 	return option{
 		name: name,
@@ -356,7 +368,31 @@ func boolOpt(name, def string, field func(*Config) *bool) option {
 	}
 }
 
-func durationOpt(name, def string, field func(*Config) *time.Duration) option {
+// levelOpt is a log level spelled debug, info, warn or error,
+// case-insensitively; a level set by hand must be one of those four.
+func levelOpt(name, def string, field func(*Config) *slog.Level) option {
+	return option{
+		name: name,
+		def:  def,
+		parse: func(c *Config, v string) error {
+			l, ok := parseLevel(v)
+			if !ok {
+				return invalidf(name, notALevel, v)
+			}
+			*field(c) = l
+			return nil
+		},
+		check: checkValue(name, field, knownLevel),
+		value: func(c *Config) slog.Value {
+			s, _ := levelName(*field(c))
+			return slog.StringValue(s)
+		},
+	}
+}
+
+// durationOpt is a duration variable in time.ParseDuration's syntax whose
+// value must meet r.
+func durationOpt(name, def string, field func(*Config) *time.Duration, r rule[time.Duration]) option {
 	return option{
 		name: name,
 		def:  def,
@@ -368,6 +404,7 @@ func durationOpt(name, def string, field func(*Config) *time.Duration) option {
 			*field(c) = d
 			return nil
 		},
+		check: checkValue(name, field, r),
 		value: func(c *Config) slog.Value { return slog.DurationValue(*field(c)) },
 	}
 }
@@ -451,119 +488,161 @@ func splitList(v string) []string {
 	return out
 }
 
-// Validate checks every field; its error names the environment variable at fault
-// (e.g. `config: LOG_LEVEL: "loud" is not one of debug, info, warn, error`). It joins all problems (errors.Join) so a user sees them all at once.
+// Validate checks every field: each against its variable's own rule (a
+// range, a syntax, a list of keywords), then the rules that relate settings
+// to each other (STREAM_DUPLICATE_WINDOW at most STREAM_MAX_AGE; minute, hour
+// and day retentions in that order; DB_USER and DB_NAME set when
+// DATABASE_URL is not). It works on a Config built by hand as well as on
+// one from Load; a nil *Config is invalid.
 //
+// Its error names the environment variable at fault (e.g. `config:
+// LOG_LEVEL: "loud" is not one of debug, info, warn, error`) and joins all
+// problems (errors.Join), one error each, so a user sees them all at once.
 // Every error it returns matches ErrInvalid. Error messages never include a
 // secret; URLs are shown with their passwords redacted.
 func (c *Config) Validate() error {
 	return errors.Join(c.validate()...)
 }
 
-// validate returns one error per problem.
+// validate returns one error per problem: the variables' own rules in the
+// table's order, then the rules across variables.
 func (c *Config) validate() []error {
 	if c == nil {
 		return []error{fmt.Errorf("config: nil *Config: %w", ErrInvalid)}
 	}
 	var errs []error
-	add := func(err error) {
-		if err != nil {
-			errs = append(errs, err)
+	for _, o := range options() {
+		if o.check != nil {
+			errs = append(errs, o.check(c)...)
 		}
 	}
+	return append(errs, c.checkAcross()...)
+}
 
-	add(checkHostPort("HTTP_ADDR", c.HTTPAddr))
-	if c.DataDir == "" {
-		add(invalidf("DATA_DIR", "must not be empty"))
-	}
-
-	add(checkNATSURL(c.NATSURL))
-	if c.NATSListen != "" {
-		add(checkHostPort("NATS_LISTEN", c.NATSListen))
-	}
-	add(checkPositive("STREAM_MAX_AGE", c.StreamMaxAge))
-	add(checkPositive("STREAM_DUPLICATE_WINDOW", c.DuplicateWindow))
+// checkAcross checks the rules that relate one setting to another. A
+// setting that breaks its own rule (a duration that is not positive) is left
+// out of them, so that one mistake is reported once.
+func (c *Config) checkAcross() []error {
+	var errs []error
 	if c.StreamMaxAge > 0 && c.DuplicateWindow > c.StreamMaxAge {
-		add(invalidf("STREAM_DUPLICATE_WINDOW", "%s is longer than STREAM_MAX_AGE (%s)", c.DuplicateWindow, c.StreamMaxAge))
-	}
-	if c.SpoolMaxBytes < 1<<20 {
-		add(invalidf("SPOOL_MAX_BYTES", "%d is below the minimum of 1048576 (1 MiB)", c.SpoolMaxBytes))
-	}
-	add(checkPositive("PUBLISH_TIMEOUT", c.PublishTimeout))
-	if c.CacheMaxBytes < 1<<20 {
-		add(invalidf("CACHE_MAX_BYTES", "%d is below the minimum of 1048576 (1 MiB)", c.CacheMaxBytes))
-	}
-	add(checkPositive("CACHE_IDLE", c.CacheIdle))
-	add(checkPositive("SNAPSHOT_INTERVAL", c.SnapshotInterval))
-	if c.MaxPendingPublishes < 1 || c.MaxPendingPublishes > 1<<20 {
-		add(invalidf("MAX_PENDING_PUBLISHES", "%d is out of range 1..1048576", c.MaxPendingPublishes))
-	}
-	if c.Partitions < 1 || c.Partitions > 1024 {
-		add(invalidf("PARTITIONS", "%d is out of range 1..1024", c.Partitions))
-	}
-	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
-		add(invalidf("NATS_REPLICAS", "%d is out of range 1..5", c.NATSReplicas))
-	}
-
-	add(checkDatabaseURL(c.DatabaseURL))
-	add(checkDBHost(c.DBHost))
-	if c.DBPort < 1 || c.DBPort > 65535 {
-		add(invalidf("DB_PORT", "%d is out of range 1..65535", c.DBPort))
+		errs = append(errs, invalidf("STREAM_DUPLICATE_WINDOW", "%s is longer than STREAM_MAX_AGE (%s)", c.DuplicateWindow, c.StreamMaxAge))
 	}
 	if c.DatabaseURL == "" {
 		// Used to connect to DB_HOST or to set up the local PostgreSQL.
 		if c.DBUser == "" {
-			add(invalidf("DB_USER", "must not be empty"))
+			errs = append(errs, invalidf("DB_USER", "must not be empty"))
 		}
 		if c.DBName == "" {
-			add(invalidf("DB_NAME", "must not be empty"))
+			errs = append(errs, invalidf("DB_NAME", "must not be empty"))
 		}
 	}
-	switch c.DBSSLMode {
-	case "disable", "allow", "prefer", "require", "verify-ca", "verify-full":
-	default:
-		add(invalidf("DB_SSLMODE", "%q is not one of disable, allow, prefer, require, verify-ca, verify-full", c.DBSSLMode))
+	// minute <= hour <= day; minute > hour > 0 implies minute > 0.
+	if c.HourRetention > 0 && c.MinuteRetention > c.HourRetention {
+		errs = append(errs, invalidf("ROLLUP_MINUTE_RETENTION", "%v is longer than ROLLUP_HOUR_RETENTION (%v)", c.MinuteRetention, c.HourRetention))
 	}
-
-	for _, p := range c.TrustedProxies {
-		add(checkProxy(p))
+	if c.DayRetention > 0 && c.HourRetention > c.DayRetention {
+		errs = append(errs, invalidf("ROLLUP_HOUR_RETENTION", "%v is longer than ROLLUP_DAY_RETENTION (%v)", c.HourRetention, c.DayRetention))
 	}
-
-	if name, ok := levelName(c.LogLevel); !ok {
-		add(invalidf("LOG_LEVEL", "%q is not one of debug, info, warn, error", name))
-	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		add(invalidf("LOG_FORMAT", "%q is not one of text, json", c.LogFormat))
-	}
-
-	minuteOK := checkPositive("ROLLUP_MINUTE_RETENTION", c.MinuteRetention)
-	hourOK := checkPositive("ROLLUP_HOUR_RETENTION", c.HourRetention)
-	dayOK := checkPositive("ROLLUP_DAY_RETENTION", c.DayRetention)
-	add(minuteOK)
-	add(hourOK)
-	add(dayOK)
-	if minuteOK == nil && hourOK == nil && c.MinuteRetention > c.HourRetention {
-		add(invalidf("ROLLUP_MINUTE_RETENTION", "%v is longer than ROLLUP_HOUR_RETENTION (%v)", c.MinuteRetention, c.HourRetention))
-	}
-	if hourOK == nil && dayOK == nil && c.HourRetention > c.DayRetention {
-		add(invalidf("ROLLUP_HOUR_RETENTION", "%v is longer than ROLLUP_DAY_RETENTION (%v)", c.HourRetention, c.DayRetention))
-	}
-
-	add(checkPositive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout))
-	add(checkPositive("CATALOG_REFRESH", c.CatalogRefresh))
 	return errs
 }
 
-func checkPositive(name string, d time.Duration) error {
+// A rule checks one value of the variable name: nil if it is valid, else a
+// *fieldError about name.
+type rule[T any] func(name string, v T) error
+
+// checkValue is an option's check applying r to its field; nil if r is nil.
+func checkValue[T any](name string, field func(*Config) *T, r rule[T]) func(*Config) []error {
+	if r == nil {
+		return nil
+	}
+	return func(c *Config) []error {
+		if err := r(name, *field(c)); err != nil {
+			return []error{err}
+		}
+		return nil
+	}
+}
+
+// checkEach is a list option's check applying r to every element, with one
+// error per bad element.
+func checkEach(name string, field func(*Config) *[]string, r rule[string]) func(*Config) []error {
+	return func(c *Config) []error {
+		var errs []error
+		for _, v := range *field(c) {
+			if err := r(name, v); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errs
+	}
+}
+
+// optional lets r's variable be empty.
+func optional(r rule[string]) rule[string] {
+	return func(name, v string) error {
+		if v == "" {
+			return nil
+		}
+		return r(name, v)
+	}
+}
+
+func nonEmpty(name, v string) error {
+	if v == "" {
+		return invalidf(name, "must not be empty")
+	}
+	return nil
+}
+
+// oneOf accepts exactly the keywords given (case matters: lowerOpt stores
+// lower case).
+func oneOf(keywords ...string) rule[string] {
+	return func(name, v string) error {
+		if !slices.Contains(keywords, v) {
+			return invalidf(name, "%q is not one of %s", v, strings.Join(keywords, ", "))
+		}
+		return nil
+	}
+}
+
+// between accepts lo..hi, both included.
+func between(lo, hi int) rule[int] {
+	return func(name string, n int) error {
+		if n < lo || n > hi {
+			return invalidf(name, "%d is out of range %d..%d", n, lo, hi)
+		}
+		return nil
+	}
+}
+
+// atLeast accepts least and above; leastName is least for people (e.g. "1 MiB").
+func atLeast(least int, leastName string) rule[int] {
+	return func(name string, n int) error {
+		if n < least {
+			return invalidf(name, "%d is below the minimum of %d (%s)", n, least, leastName)
+		}
+		return nil
+	}
+}
+
+func positive(name string, d time.Duration) error {
 	if d <= 0 {
 		return invalidf(name, "%v must be greater than zero", d)
 	}
 	return nil
 }
 
-// checkHostPort checks a listen address: host:port with a numeric port in
+// knownLevel accepts the levels levelOpt spells: debug, info, warn, error.
+func knownLevel(name string, l slog.Level) error {
+	if s, ok := levelName(l); !ok {
+		return invalidf(name, notALevel, s)
+	}
+	return nil
+}
+
+// hostPort checks a listen address: host:port with a numeric port in
 // 0..65535 (0 picks a free port); the host may be empty (all interfaces).
-func checkHostPort(name, addr string) error {
+func hostPort(name, addr string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		reason := err.Error()
@@ -579,61 +658,52 @@ func checkHostPort(name, addr string) error {
 	return nil
 }
 
-// checkNATSURL checks NATS_URL: empty, or a comma-separated list of URLs
-// with a NATS scheme.
-func checkNATSURL(v string) error {
-	if v == "" {
-		return nil
-	}
+// natsURLs checks a comma-separated list of NATS server URLs, each with a
+// NATS scheme. Credentials in a URL are redacted from the error.
+func natsURLs(name, v string) error {
 	natsSchemes := []string{"nats://", "tls://", "ws://", "wss://"}
 	for _, s := range strings.Split(v, ",") {
 		s = strings.TrimSpace(s)
 		if s == "" {
-			return invalidf("NATS_URL", "empty URL in comma-separated list")
+			return invalidf(name, "empty URL in comma-separated list")
 		}
 		lower := strings.ToLower(s)
 		if !slices.ContainsFunc(natsSchemes, func(p string) bool { return strings.HasPrefix(lower, p) }) {
-			return invalidf("NATS_URL", "%q does not start with nats://, tls://, ws:// or wss://", redactURL(s, true))
+			return invalidf(name, "%q does not start with nats://, tls://, ws:// or wss://", redactURL(s, true))
 		}
 		if u, err := url.Parse(s); err != nil || u.Host == "" {
-			return invalidf("NATS_URL", "%q is not a valid server URL", redactURL(s, true))
+			return invalidf(name, "%q is not a valid server URL", redactURL(s, true))
 		}
 	}
 	return nil
 }
 
-// checkDatabaseURL checks DATABASE_URL without ever echoing it: it may hold
-// a password.
-func checkDatabaseURL(v string) error {
-	if v == "" {
-		return nil
-	}
+// postgresURL checks a PostgreSQL connection URL without ever echoing it: it
+// may hold a password.
+func postgresURL(name, v string) error {
 	u, err := url.Parse(v)
 	if err != nil {
 		// url.Parse's errors quote the URL, password included.
-		return invalidf("DATABASE_URL", "not a valid URL (value not shown: it may contain a password)")
+		return invalidf(name, "not a valid URL (value not shown: it may contain a password)")
 	}
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		return invalidf("DATABASE_URL", "scheme %q is not postgres or postgresql", u.Scheme)
+		return invalidf(name, "scheme %q is not postgres or postgresql", u.Scheme)
 	}
 	if u.Opaque != "" {
-		return invalidf("DATABASE_URL", "must be of the form postgres://user:password@host:port/dbname")
+		return invalidf(name, "must be of the form postgres://user:password@host:port/dbname")
 	}
 	return nil
 }
 
-// checkDBHost checks DB_HOST: empty, a host name or an IP address
-// (an IPv6 address may be bracketed). Ports go in DB_PORT.
-func checkDBHost(h string) error {
-	if h == "" {
-		return nil
-	}
+// hostName checks a host name or IP address (an IPv6 address may be
+// bracketed), without a port: for DB_HOST, whose port goes in DB_PORT.
+func hostName(name, h string) error {
 	if strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r == 0x7f }) ||
 		(strings.ContainsAny(h, "/?#@\\[]%") && !isIPv6Literal(h)) {
-		return invalidf("DB_HOST", "%q is not a host name or IP address", h)
+		return invalidf(name, "%q is not a host name or IP address", h)
 	}
 	if strings.Contains(h, ":") && !isIPv6Literal(h) {
-		return invalidf("DB_HOST", "%q is not a host name or IP address (put the port in DB_PORT)", h)
+		return invalidf(name, "%q is not a host name or IP address (put the port in DB_PORT)", h)
 	}
 	return nil
 }
@@ -651,15 +721,15 @@ func unbracket(h string) string {
 	return h
 }
 
-// checkProxy checks one TRUSTED_PROXIES entry.
-func checkProxy(p string) error {
+// ipOrPrefix checks an IP address or CIDR prefix (a TRUSTED_PROXIES entry).
+func ipOrPrefix(name, p string) error {
 	if _, err := netip.ParseAddr(p); err == nil {
 		return nil
 	}
 	if _, err := netip.ParsePrefix(p); err == nil {
 		return nil
 	}
-	return invalidf("TRUSTED_PROXIES", "%q is not an IP address or CIDR prefix", p)
+	return invalidf(name, "%q is not an IP address or CIDR prefix", p)
 }
 
 // EmbeddedNATS reports whether the service runs its own nats-server (NATS_URL empty).

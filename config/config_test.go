@@ -625,6 +625,55 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestValidateRules checks that each variable's own rule, and the rules
+// across variables, apply to a Config changed by hand, one error per problem.
+func TestValidateRules(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		mutate   func(*config.Config)
+		want     string // variable named
+		contains string
+		problems int
+	}{
+		{"HTTP_ADDR", func(c *config.Config) { c.HTTPAddr = "8080" }, "HTTP_ADDR", `"8080" is not host:port`, 1},
+		{"NATS_URL", func(c *config.Config) { c.NATSURL = "http://n1:4222" }, "NATS_URL", "nats://", 1},
+		{"NATS_LISTEN", func(c *config.Config) { c.NATSListen = "4222" }, "NATS_LISTEN", "host:port", 1},
+		{"NATS_REPLICAS", func(c *config.Config) { c.NATSReplicas = 6 }, "NATS_REPLICAS", "6 is out of range 1..5", 1},
+		{"PARTITIONS", func(c *config.Config) { c.Partitions = 0 }, "PARTITIONS", "0 is out of range 1..1024", 1},
+		{"SPOOL_MAX_BYTES", func(c *config.Config) { c.SpoolMaxBytes = 1<<20 - 1 }, "SPOOL_MAX_BYTES", "1048575 is below the minimum of 1048576 (1 MiB)", 1},
+		{"MAX_PENDING_PUBLISHES", func(c *config.Config) { c.MaxPendingPublishes = 1<<20 + 1 }, "MAX_PENDING_PUBLISHES", "1048577 is out of range 1..1048576", 1},
+		{"CACHE_MAX_BYTES", func(c *config.Config) { c.CacheMaxBytes = 0 }, "CACHE_MAX_BYTES", "0 is below the minimum", 1},
+		{"PUBLISH_TIMEOUT", func(c *config.Config) { c.PublishTimeout = -time.Second }, "PUBLISH_TIMEOUT", "-1s must be greater than zero", 1},
+		{"DATABASE_URL", func(c *config.Config) { c.DatabaseURL = "mysql://u@h/db" }, "DATABASE_URL", `scheme "mysql"`, 1},
+		{"DB_HOST", func(c *config.Config) { c.DBHost = "db:5432" }, "DB_HOST", "DB_PORT", 1},
+		{"DB_PORT", func(c *config.Config) { c.DBPort = 65536 }, "DB_PORT", "65536 is out of range 1..65535", 1},
+		{"DB_USER and DB_NAME", func(c *config.Config) { c.DBUser, c.DBName = "", "" }, "DB_NAME", "must not be empty", 2},
+		{"LOG_LEVEL", func(c *config.Config) { c.LogLevel = slog.LevelInfo + 2 }, "LOG_LEVEL", `"INFO+2" is not one of debug, info, warn, error`, 1},
+		{"two bad proxies", func(c *config.Config) { c.TrustedProxies = []string{"a", "10.0.0.1", "b"} }, "TRUSTED_PROXIES", `"b" is not an IP address or CIDR prefix`, 2},
+		{"duplicate window", func(c *config.Config) { c.DuplicateWindow = 169 * time.Hour }, "STREAM_DUPLICATE_WINDOW", "longer than STREAM_MAX_AGE (168h0m0s)", 1},
+		{"zero STREAM_MAX_AGE not compared", func(c *config.Config) { c.StreamMaxAge = 0 }, "STREAM_MAX_AGE", "greater than zero", 1},
+		{"minute over hour", func(c *config.Config) { c.MinuteRetention = 2401 * time.Hour }, "ROLLUP_MINUTE_RETENTION", "longer than ROLLUP_HOUR_RETENTION", 1},
+		{"hour over day", func(c *config.Config) { c.HourRetention = 43801 * time.Hour }, "ROLLUP_HOUR_RETENTION", "longer than ROLLUP_DAY_RETENTION", 1},
+		{"zero hour not compared", func(c *config.Config) { c.HourRetention = 0 }, "ROLLUP_HOUR_RETENTION", "greater than zero", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := mustLoad(t, nil)
+			tc.mutate(c)
+			err := c.Validate()
+			wantInvalid(t, err, tc.want, tc.contains)
+			if err == nil {
+				return
+			}
+			var joined interface{ Unwrap() []error }
+			if !errors.As(err, &joined) || len(joined.Unwrap()) != tc.problems {
+				t.Errorf("want %d joined errors, got:\n%v", tc.problems, err)
+			}
+		})
+	}
+}
+
 func TestValidateZeroConfig(t *testing.T) {
 	t.Parallel()
 	err := new(config.Config).Validate()

@@ -19,6 +19,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
+	"github.com/admetric/admetric/api/respond"
 	"github.com/admetric/admetric/ingest/event"
 )
 
@@ -46,13 +47,11 @@ type Handlers struct {
 	ads    AdLookup
 	limits event.Limits
 	logger *slog.Logger
-	now    func() time.Time
 }
 
 // NewHandlers returns the intake handlers. limits bound event timestamps.
 func NewHandlers(pub EventPublisher, ads AdLookup, limits event.Limits, logger *slog.Logger) *Handlers {
-	return &Handlers{pub: pub, ads: ads, limits: limits, now: time.Now,
-		logger: logger.With("component", "ingest")}
+	return &Handlers{pub: pub, ads: ads, limits: limits, logger: logger.With("component", "ingest")}
 }
 
 // Register mounts POST /ads/click, /ads/impression and /ads/events on r.
@@ -84,14 +83,14 @@ func (h *Handlers) accept(typ event.Type) gin.HandlerFunc {
 		}
 		ev, rej := h.prepare(c, body, typ)
 		if rej != nil {
-			fail(c, rej.status, rej.field, rej.msg)
+			respond.Error(c, rej.status, rej.field, rej.msg)
 			return
 		}
 		res, err := h.pub.Publish(c.Request.Context(), &ev)
 		if err != nil {
 			status, msg := h.publishFailure(err, ev.EventID)
 			c.Header("Retry-After", "1")
-			fail(c, status, "", msg)
+			respond.Error(c, status, "", msg)
 			return
 		}
 		c.Data(http.StatusAccepted, "application/json; charset=utf-8", appendAccepted(make([]byte, 0, 96), ev.EventID, res.Status))
@@ -113,17 +112,17 @@ func appendAccepted(b []byte, eventID string, status Status) []byte {
 // the request itself when it cannot.
 func readJSONBody(c *gin.Context, limit int64, limitText string) ([]byte, bool) {
 	if !isJSON(c.GetHeader("Content-Type")) {
-		fail(c, http.StatusUnsupportedMediaType, "", "Content-Type must be application/json")
+		respond.Error(c, http.StatusUnsupportedMediaType, "", "Content-Type must be application/json")
 		return nil, false
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, limit))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			fail(c, http.StatusRequestEntityTooLarge, "", "body is larger than "+limitText)
+			respond.Error(c, http.StatusRequestEntityTooLarge, "", "body is larger than "+limitText)
 			return nil, false
 		}
-		fail(c, http.StatusBadRequest, "", "could not read the body")
+		respond.Error(c, http.StatusBadRequest, "", "could not read the body")
 		return nil, false
 	}
 	return body, true
@@ -137,7 +136,7 @@ func (h *Handlers) prepare(c *gin.Context, raw []byte, typ event.Type) (event.Ev
 	if err != nil {
 		return ev, eventRejection(err)
 	}
-	now := h.now()
+	now := time.Now()
 	switch {
 	case typ == "":
 	case ev.Type == "":
@@ -215,23 +214,43 @@ type batchAnswer struct {
 // published concurrently (sharing the connection's pipeline). The answer is 200
 // with a result per item, in order, unless the body itself is unusable.
 func (h *Handlers) acceptBatch(c *gin.Context) {
-	body, ok := readJSONBody(c, MaxBatchBody, "1 MiB")
+	raws, ok := readBatch(c)
 	if !ok {
 		return
 	}
+	ans := tally(h.publishBatch(c, raws))
+	if ans.Unavailable > 0 {
+		c.Header("Retry-After", "1")
+	}
+	c.JSON(http.StatusOK, ans)
+}
+
+// readBatch reads the batch body and splits it into its items, answering the
+// request itself when the body as a whole is unusable.
+func readBatch(c *gin.Context) ([]json.RawMessage, bool) {
+	body, ok := readJSONBody(c, MaxBatchBody, "1 MiB")
+	if !ok {
+		return nil, false
+	}
 	var raws []json.RawMessage
 	if err := json.Unmarshal(body, &raws); err != nil {
-		fail(c, http.StatusBadRequest, "", "body must be a JSON array of events")
-		return
+		respond.Error(c, http.StatusBadRequest, "", "body must be a JSON array of events")
+		return nil, false
 	}
 	if len(raws) == 0 {
-		fail(c, http.StatusBadRequest, "", "the batch is empty")
-		return
+		respond.Error(c, http.StatusBadRequest, "", "the batch is empty")
+		return nil, false
 	}
 	if len(raws) > MaxBatchEvents {
-		fail(c, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("a batch holds at most %d events, not %d", MaxBatchEvents, len(raws)))
-		return
+		respond.Error(c, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("a batch holds at most %d events, not %d", MaxBatchEvents, len(raws)))
+		return nil, false
 	}
+	return raws, true
+}
+
+// publishBatch prepares every item and publishes the valid ones concurrently,
+// returning each item's outcome in order once all publishes have answered.
+func (h *Handlers) publishBatch(c *gin.Context, raws []json.RawMessage) []itemResult {
 	results := make([]itemResult, len(raws))
 	var wg sync.WaitGroup
 	for i, raw := range raws {
@@ -255,6 +274,11 @@ func (h *Handlers) acceptBatch(c *gin.Context) {
 		})
 	}
 	wg.Wait()
+	return results
+}
+
+// tally counts the outcomes of a batch into its answer.
+func tally(results []itemResult) batchAnswer {
 	ans := batchAnswer{Results: results}
 	for _, r := range results {
 		switch r.Status {
@@ -268,10 +292,7 @@ func (h *Handlers) acceptBatch(c *gin.Context) {
 			ans.Unavailable++
 		}
 	}
-	if ans.Unavailable > 0 {
-		c.Header("Retry-After", "1")
-	}
-	c.JSON(http.StatusOK, ans)
+	return ans
 }
 
 func isJSON(contentType string) bool {
@@ -280,17 +301,6 @@ func isJSON(contentType string) bool {
 	}
 	mt, _, err := mime.ParseMediaType(contentType)
 	return err == nil && (mt == "application/json" || len(mt) > 5 && mt[len(mt)-5:] == "+json")
-}
-
-// errorBody is the JSON of every 4xx and 5xx: what is wrong and, when one field
-// is at fault, which.
-type errorBody struct {
-	Error string `json:"error"`
-	Field string `json:"field,omitempty"`
-}
-
-func fail(c *gin.Context, status int, field, msg string) {
-	c.AbortWithStatusJSON(status, errorBody{Error: msg, Field: field})
 }
 
 func eventRejection(err error) *rejection {

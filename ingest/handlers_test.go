@@ -2,10 +2,8 @@ package ingest_test
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -32,27 +30,18 @@ func TestIntakeOnRealJetStream(t *testing.T) {
 	stream := storetest.EventStream(t, js, 1)
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
-	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: time.Second})
+	// A timeout far beyond any PubAck, even on a loaded machine: without a
+	// spool, a publish that times out fails the request.
+	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: time.Minute, MaxPending: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ingest.NewHandlers(pub, knownAds{"ad-1": true}, event.Limits{MaxAge: time.Hour}, slog.New(slog.DiscardHandler)).Register(r)
-	post := func(path, body string) (int, http.Header, map[string]any) {
-		t.Helper()
-		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		rec := httptest.NewRecorder()
-		r.ServeHTTP(rec, req)
-		var out map[string]any
-		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
-			t.Fatalf("%s: body %q is not JSON", path, rec.Body.String())
-		}
-		return rec.Code, rec.Header(), out
-	}
+	in := &intake{router: r, stream: stream}
 
 	future := time.Now().Add(2 * time.Minute).UTC().Format(time.RFC3339)
 	for range 2 {
-		code, _, body := post("/ads/click", `{"event_id":"e-1","ad_id":"ad-1","ip":"2001:DB8::1","playback_time":2.5,"timestamp":"`+future+`"}`)
+		code, _, body := in.post(t, "/ads/click", `{"event_id":"e-1","ad_id":"ad-1","ip":"2001:DB8::1","playback_time":2.5,"timestamp":"`+future+`"}`)
 		if code != http.StatusAccepted || body["event_id"] != "e-1" || body["status"] != "accepted" {
 			t.Fatalf("click: %d %v", code, body)
 		}
@@ -77,8 +66,33 @@ func TestIntakeOnRealJetStream(t *testing.T) {
 	}
 
 	srv.Shutdown()
-	code, hdr, body := post("/ads/impression", `{"ad_id":"ad-1"}`)
+	// Once the client knows the server is gone, the publisher fails at once
+	// instead of waiting out the timeout.
+	waitFor(t, "the client to see the server gone", 30*time.Second, func() bool { return !nc.IsConnected() })
+	code, hdr, body := in.post(t, "/ads/impression", `{"ad_id":"ad-1"}`)
 	if code != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" || body["error"] == "" {
 		t.Fatalf("with NATS down: %d %v %v, want 503 with Retry-After", code, hdr, body)
+	}
+}
+
+// TestNewPublisherRequiresOptions: Timeout and MaxPending have no default
+// here (they live in package config); leaving one out is an error naming it.
+func TestNewPublisherRequiresOptions(t *testing.T) {
+	srv := storetest.NATS(t)
+	_, nc := storetest.JetStream(t, srv)
+	tests := []struct {
+		opts ingest.PublisherOptions
+		name string
+	}{
+		{ingest.PublisherOptions{MaxPending: 1}, "Timeout"},
+		{ingest.PublisherOptions{Timeout: -time.Second, MaxPending: 1}, "Timeout"},
+		{ingest.PublisherOptions{Timeout: time.Second}, "MaxPending"},
+		{ingest.PublisherOptions{Timeout: time.Second, MaxPending: -1}, "MaxPending"},
+	}
+	for _, tc := range tests {
+		pub, err := ingest.NewPublisher(nc, tc.opts)
+		if err == nil || pub != nil || !strings.Contains(err.Error(), tc.name) || !strings.HasPrefix(err.Error(), "ingest: ") {
+			t.Errorf("NewPublisher(%+v) = %v, %v; want an ingest: error naming %s", tc.opts, pub, err, tc.name)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/eapache/go-resiliency/breaker"
@@ -41,18 +42,17 @@ const (
 // Result is the outcome of an accepted event.
 type Result struct {
 	Status Status
-	// Duplicate is true when the stream already held this event_id (a retried
-	// request): stored once, counted once.
-	Duplicate bool
 }
 
-// PublisherOptions tune a Publisher; zero values pick the defaults.
+// PublisherOptions configure a Publisher. Timeout and MaxPending are required:
+// their defaults live in package config (PUBLISH_TIMEOUT, MAX_PENDING_PUBLISHES).
 type PublisherOptions struct {
-	// Timeout bounds the wait for a PubAck (default 2s); past it the event is
-	// spooled.
+	// Timeout bounds the wait for a PubAck; past it the event is spooled.
+	// Required: NewPublisher fails when it is zero or negative.
 	Timeout time.Duration
-	// MaxPending bounds the publishes awaiting their acks (default 4096); beyond
-	// it Publish answers ErrBusy at once, so memory stays bounded under any load.
+	// MaxPending bounds the publishes awaiting their acks; beyond it Publish
+	// answers ErrBusy at once, so memory stays bounded under any load.
+	// Required: NewPublisher fails when it is zero or negative.
 	MaxPending int
 	// Spool receives events the stream did not take. Nil: such events fail
 	// with ErrUnavailable.
@@ -61,6 +61,9 @@ type PublisherOptions struct {
 	// instead of each waiting out Timeout. Default: open after 5 failures
 	// without a 2s quiet spell, probe again after 2s.
 	Breaker *breaker.Breaker
+	// Logger receives one line when the publisher starts spooling events and
+	// one when the stream takes them again. Default: a logger that discards
+	// everything.
 	Logger  *slog.Logger
 	Metrics *Metrics
 }
@@ -69,20 +72,22 @@ type PublisherOptions struct {
 // concurrent Publish calls share the connection, each waiting only for its own
 // PubAck. Safe for concurrent use.
 type Publisher struct {
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	opts    PublisherOptions
-	pending chan struct{}
-	logger  *slog.Logger
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	opts     PublisherOptions
+	pending  chan struct{}
+	logger   *slog.Logger
+	spooling atomic.Bool // the last event went to the spool; for logging transitions only
 }
 
-// NewPublisher returns a publisher on nc.
+// NewPublisher returns a publisher on nc. It fails when Timeout or MaxPending
+// is not positive.
 func NewPublisher(nc *nats.Conn, opts PublisherOptions) (*Publisher, error) {
 	if opts.Timeout <= 0 {
-		opts.Timeout = 2 * time.Second
+		return nil, fmt.Errorf("ingest: PublisherOptions.Timeout must be positive, not %s", opts.Timeout)
 	}
 	if opts.MaxPending <= 0 {
-		opts.MaxPending = 4096
+		return nil, fmt.Errorf("ingest: PublisherOptions.MaxPending must be positive, not %d", opts.MaxPending)
 	}
 	if opts.Breaker == nil {
 		opts.Breaker = breaker.New(5, 1, 2*time.Second)
@@ -113,7 +118,7 @@ var errDisconnected = errors.New("ingest: not connected to NATS")
 func (p *Publisher) Publish(ctx context.Context, ev *event.Event) (Result, error) {
 	data, err := ev.Marshal()
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("ingest: %w", err)
 	}
 	select {
 	case p.pending <- struct{}{}:
@@ -124,39 +129,55 @@ func (p *Publisher) Publish(ctx context.Context, ev *event.Event) (Result, error
 	defer func() { <-p.pending }()
 
 	msg := &nats.Msg{Subject: ev.Subject(), Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{ev.EventID}}}
-	var dup bool
-	if p.nc.IsConnected() {
-		err = p.opts.Breaker.Run(func() error {
-			var err error
-			dup, err = p.publish(msg)
-			return err
-		})
+	dup, err := p.toStream(msg)
+	if err != nil {
+		return p.toSpool(ctx, msg, ev.EventID, err)
+	}
+	if p.spooling.Load() && p.spooling.CompareAndSwap(true, false) {
+		p.logger.Info("the event stream takes events again; publishing directly")
+	}
+	if dup {
+		p.opts.Metrics.outcome("duplicate")
 	} else {
+		p.opts.Metrics.outcome(string(Accepted))
+	}
+	return Result{Status: Accepted}, nil
+}
+
+// toStream publishes msg through the breaker, reporting whether the stream
+// already held its message ID.
+func (p *Publisher) toStream(msg *nats.Msg) (duplicate bool, err error) {
+	if !p.nc.IsConnected() {
 		// While reconnecting the client would buffer the message and the
 		// request would wait out Timeout for nothing. The breaker is for a
 		// connection that is up yet does not answer; it would only delay the
 		// first publishes after a reconnect.
-		err = errDisconnected
+		return false, errDisconnected
 	}
-	if err == nil {
-		if dup {
-			p.opts.Metrics.outcome("duplicate")
-		} else {
-			p.opts.Metrics.outcome(string(Accepted))
-		}
-		return Result{Status: Accepted, Duplicate: dup}, nil
-	}
+	err = p.opts.Breaker.Run(func() error {
+		var err error
+		duplicate, err = p.publish(msg)
+		return err
+	})
+	return duplicate, err
+}
+
+// toSpool stores msg, which the stream did not take (streamErr), in the spool.
+func (p *Publisher) toSpool(ctx context.Context, msg *nats.Msg, eventID string, streamErr error) (Result, error) {
 	if p.opts.Spool == nil {
 		p.opts.Metrics.outcome("unavailable")
-		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, streamErr)
 	}
-	if serr := p.opts.Spool.Append(ctx, encodeSpooled(msg.Subject, ev.EventID, data)); serr != nil {
-		if errors.Is(serr, spool.ErrFull) {
+	if err := p.opts.Spool.Append(ctx, encodeSpooled(msg.Subject, eventID, msg.Data)); err != nil {
+		if errors.Is(err, spool.ErrFull) {
 			p.opts.Metrics.outcome("spool_full")
-			return Result{}, fmt.Errorf("%w: %w", ErrSpoolFull, err)
+			return Result{}, fmt.Errorf("%w: %w", ErrSpoolFull, streamErr)
 		}
 		p.opts.Metrics.outcome("unavailable")
-		return Result{}, fmt.Errorf("%w: %w (spool: %w)", ErrUnavailable, err, serr)
+		return Result{}, fmt.Errorf("%w: %w (spool: %w)", ErrUnavailable, streamErr, err)
+	}
+	if !p.spooling.Load() && p.spooling.CompareAndSwap(false, true) {
+		p.logger.Warn("the event stream does not take events; spooling them", "err", streamErr)
 	}
 	p.opts.Metrics.outcome(string(Spooled))
 	return Result{Status: Spooled}, nil

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -57,7 +58,6 @@ type Replayer struct {
 	spool   *spool.Spool
 	logger  *slog.Logger
 	metrics *Metrics
-	every   time.Duration
 }
 
 // NewReplayer returns a replayer of sp onto the stream behind nc.
@@ -67,36 +67,59 @@ func NewReplayer(nc *nats.Conn, sp *spool.Spool, logger *slog.Logger, metrics *M
 		return nil, fmt.Errorf("ingest: jetstream: %w", err)
 	}
 	return &Replayer{nc: nc, js: js, spool: sp, logger: logger.With("component", "spool-replayer"),
-		metrics: metrics, every: 250 * time.Millisecond}, nil
+		metrics: metrics}, nil
 }
 
-// replayChunk is the most records in flight at once during a replay.
-const replayChunk = 1000
+const (
+	// replayChunk is the most records in flight at once during a replay.
+	replayChunk = 1000
+	// replayPoll is how often Run looks for records to replay.
+	replayPoll = 250 * time.Millisecond
+)
 
 // Run replays whenever the spool holds records and NATS is connected, until ctx
-// ends. Leftover segments from an earlier run are replayed first. A failed
-// replay is retried after a pause; it returns nil when ctx ends.
+// ends; leftover segments from an earlier run are replayed first. A failed
+// replay is logged once, with the wait, and retried with exponential backoff
+// and jitter (1s growing to 10s) for as long as NATS stays connected. Run
+// returns nil when ctx ends.
 func (r *Replayer) Run(ctx context.Context) error {
-	backoff := time.Second
+	poll := time.NewTicker(replayPoll)
+	defer poll.Stop()
+	retry := backoff.NewExponentialBackOff()
+	retry.InitialInterval = time.Second
+	retry.MaxInterval = 10 * time.Second
 	for {
 		if !r.spool.Empty() && r.nc.IsConnected() {
-			began := time.Now()
-			if err := r.spool.Replay(ctx, r.publishAll); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				r.logger.Warn("spool replay failed; retrying", "err", err, "backoff", backoff)
-				sleepCtx(ctx, backoff)
-				backoff = min(2*backoff, 10*time.Second)
-				continue
-			}
-			backoff = time.Second
-			r.logger.Info("spool replayed", "took", time.Since(began).Round(time.Millisecond))
+			r.drain(ctx, retry)
 		}
-		if !sleepCtx(ctx, r.every) {
+		select {
+		case <-ctx.Done():
 			return nil
+		case <-poll.C:
 		}
 	}
+}
+
+// drain replays the spool, retrying with b until a replay succeeds, NATS is
+// disconnected (the poll in Run takes over until it is back) or ctx ends.
+func (r *Replayer) drain(ctx context.Context, b backoff.BackOff) {
+	replay := func() (struct{}, error) {
+		if !r.nc.IsConnected() {
+			return struct{}{}, backoff.Permanent(errDisconnected)
+		}
+		began := time.Now()
+		if err := r.spool.Replay(ctx, r.publishAll); err != nil {
+			return struct{}{}, err
+		}
+		r.logger.Info("spool replayed", "took", time.Since(began).Round(time.Millisecond))
+		return struct{}{}, nil
+	}
+	// Errors are logged by the notify function as they happen; what Retry
+	// returns (ctx's end, or errDisconnected) needs no further word.
+	_, _ = backoff.Retry(ctx, replay, backoff.WithBackOff(b), backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			r.logger.Warn("spool replay failed; retrying", "err", err, "backoff", wait)
+		}))
 }
 
 // publishAll publishes payloads, a chunk at a time in flight, and returns nil
@@ -132,26 +155,14 @@ func (r *Replayer) publishAll(ctx context.Context, payloads [][]byte) error {
 				timer.Stop()
 				return fmt.Errorf("ingest: replay publish: %w", err)
 			case <-timer.C:
-				return errors.New("ingest: replay: no PubAck within 10s")
+				return errors.New("ingest: replay publish: no PubAck within 10s")
 			case <-ctx.Done():
 				timer.Stop()
-				return ctx.Err()
+				return fmt.Errorf("ingest: replay: %w", ctx.Err())
 			}
 		}
 		timer.Stop()
 		r.metrics.replayed(len(futs))
 	}
 	return nil
-}
-
-// sleepCtx waits d or until ctx ends, reporting whether ctx is still live.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -539,20 +539,30 @@ func TestRollupCacheExpiryMarker(t *testing.T) {
 }
 
 // TestRollupCacheLoadRacingWatch: a miss that read a value which the watch
-// then sees replaced is not cached; the newer value is.
+// then sees replaced is not cached; the newer value is. The afterLoad hook
+// holds the first load, which has read the old revision, until the watch has
+// applied the rewrite: the load and the update overlap every time, and the
+// loads the hook saw show the stale one discarded and the key read again.
 func TestRollupCacheLoadRacingWatch(t *testing.T) {
 	env := newCacheTestEnv(t, rollupcache.Options{})
 	const key = "ad-a.2026112512"
 	cells := []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 30, 0, 0, time.UTC)}}
-	put(t, env.r, rollup.Minute, key, clicksRollup(30, 1))
+	rev1 := put(t, env.r, rollup.Minute, key, clicksRollup(30, 1))
 
 	loaded, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	env.c.SetAfterLoadForTest(func(rollup.Unit, string) {
-		once.Do(func() {
+	var (
+		mu        sync.Mutex
+		loadedRev []uint64 // the revision each load read, in order
+	)
+	env.c.SetAfterLoadForTest(func(_ rollup.Unit, _ string, rev uint64) {
+		mu.Lock()
+		loadedRev = append(loadedRev, rev)
+		first := len(loadedRev) == 1
+		mu.Unlock()
+		if first {
 			close(loaded)
-			<-release // hold the first load, which has read clicks=1
-		})
+			<-release // hold the first load, which has read rev1
+		}
 	})
 	runCache(t, env.c)
 	got := make(chan sumResult, 1)
@@ -566,19 +576,27 @@ func TestRollupCacheLoadRacingWatch(t *testing.T) {
 		got <- sumResult{agg.Counters, agg.UniqueVisitors()}
 	}()
 	<-loaded
-	rev := put(t, env.r, rollup.Minute, key, clicksRollup(30, 2))
+	rev2 := put(t, env.r, rollup.Minute, key, clicksRollup(30, 2))
 	eventually(t, 5*time.Second, "the watch passing the rewrite", func() bool {
-		return env.c.WatchedThroughForTest(rollup.Minute) >= rev
+		return env.c.WatchedThroughForTest(rollup.Minute) >= rev2
 	})
 	close(release)
 	if r := <-got; r.Clicks != 2 {
 		t.Errorf("the racing Sum read %d clicks, want 2", r.Clicks)
 	}
-	if cached, _ := env.c.RevisionForTest(rollup.Minute, key); cached != rev {
-		t.Errorf("cached revision %d, want %d: the stale load was stored", cached, rev)
+	mu.Lock()
+	if len(loadedRev) != 2 || loadedRev[0] != rev1 || loadedRev[1] != rev2 {
+		t.Errorf("loads read revisions %v, want [%d %d]: the load of the old value, held across the update, then one of the new", loadedRev, rev1, rev2)
+	}
+	mu.Unlock()
+	if cached, _ := env.c.RevisionForTest(rollup.Minute, key); cached != rev2 {
+		t.Errorf("cached revision %d, want %d: the stale load was stored", cached, rev2)
 	}
 	if got := sumOf(t, env.c, "ad-a", cells).Clicks; got != 2 {
 		t.Errorf("clicks %d after the race, want 2", got)
+	}
+	if misses := metricValue(t, env.reg, "admetric_rollup_cache_misses_total"); misses != 1 {
+		t.Errorf("%v misses, want 1: the reload belongs to the one miss", misses)
 	}
 }
 
@@ -591,10 +609,10 @@ func TestRollupCacheWarmKeepsNewer(t *testing.T) {
 	put(t, env.r, rollup.Hour, key, clicksRollup(5, 1))
 	sumOf(t, env.c, "ad-a", cells)
 	path := filepath.Join(t.TempDir(), "old.snap")
-	if err := env.c.WriteSnapshot(path); err != nil {
+	if err := env.c.WriteSnapshotForTest(path); err != nil {
 		t.Fatal(err)
 	}
-	old, err := rollupcache.ReadSnapshot(path, env.r.Layout())
+	old, err := rollupcache.NewSnapshotFile(path, env.r.Layout()).Read()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -622,14 +640,14 @@ func TestRollupCacheWarmReplaysSinceSnapshot(t *testing.T) {
 	put(t, env.r, rollup.Day, key, clicksRollup(19, 1))
 	sumOf(t, env.c, "ad-a", cells)
 	path := filepath.Join(t.TempDir(), "rollups.snap")
-	if err := env.c.WriteSnapshot(path); err != nil {
+	if err := env.c.WriteSnapshotForTest(path); err != nil {
 		t.Fatal(err)
 	}
 	put(t, env.r, rollup.Day, key, clicksRollup(19, 2)) // after the snapshot
 
 	// A restarted process: a new cache, created after the write.
 	fresh, _ := newTestCache(t, env.r, rollupcache.Options{})
-	s, err := rollupcache.ReadSnapshot(path, env.r.Layout())
+	s, err := rollupcache.NewSnapshotFile(path, env.r.Layout()).Read()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -694,32 +712,56 @@ func adName(i int) string {
 }
 
 // TestRollupCacheIdleExpiry: an entry read within Idle stays, one not read for
-// Idle goes (and a watch update is not a read).
+// Idle goes, and a watch update is not a read. The cache's clock moves only
+// when the test moves it, and each write is waited for until the watch has
+// applied it to the entry.
 func TestRollupCacheIdleExpiry(t *testing.T) {
-	const idle = 300 * time.Millisecond
-	env := newCacheTestEnv(t, rollupcache.Options{Idle: idle})
+	const idle = time.Minute
+	clk := rollupcache.NewClockForTest()
+	env := newCacheTestEnv(t, rollupcache.WithClockForTest(rollupcache.Options{Idle: idle}, clk))
 	runCache(t, env.c)
 	const key = "ad-a.2026112512"
 	cells := []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}}
 	put(t, env.r, rollup.Minute, key, clicksRollup(0, 1))
 	misses := func() float64 { return metricValue(t, env.reg, "admetric_rollup_cache_misses_total") }
+	cached := func() bool {
+		env.c.CleanUpForTest()
+		_, ok := env.c.RevisionForTest(rollup.Minute, key)
+		return ok
+	}
 
 	sumOf(t, env.c, "ad-a", cells)
-	for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(idle / 6) {
+	for range 6 { // read every idle/2 for 3 idle
+		clk.Advance(idle / 2)
+		if !cached() {
+			t.Fatal("an entry read within Idle is gone")
+		}
 		sumOf(t, env.c, "ad-a", cells)
 	}
 	if m := misses(); m != 1 {
-		t.Fatalf("%v misses while the entry was read every %s, want 1", m, idle/6)
+		t.Fatalf("%v misses while the entry was read every %s, want 1", m, idle/2)
 	}
 
-	// Written often, never read: it goes all the same.
-	for i := range 6 {
-		put(t, env.r, rollup.Minute, key, clicksRollup(0, uint64(2+i)))
-		time.Sleep(idle / 3)
+	// Written often, never read: it goes all the same, Idle after its last read.
+	for i := range 3 {
+		clk.Advance(idle / 4)
+		rev := put(t, env.r, rollup.Minute, key, clicksRollup(0, uint64(2+i)))
+		eventually(t, 5*time.Second, "the watch applying the write to the entry", func() bool {
+			got, _ := env.c.RevisionForTest(rollup.Minute, key)
+			return got == rev
+		})
 	}
-	env.c.CleanUpForTest()
-	if _, ok := env.c.RevisionForTest(rollup.Minute, key); ok {
-		t.Fatalf("an entry not read for %s is still cached", 2*idle)
+	clk.Advance(idle/4 + time.Second)
+	if cached() {
+		t.Fatalf("an entry not read for more than %s, only written, is still cached", idle)
+	}
+	// An update of a key no longer cached does not bring it back.
+	rev := put(t, env.r, rollup.Minute, key, clicksRollup(0, 7))
+	eventually(t, 5*time.Second, "the watch passing the write", func() bool {
+		return env.c.WatchedThroughForTest(rollup.Minute) >= rev
+	})
+	if cached() {
+		t.Fatal("the watch cached an expired key again")
 	}
 	if got := sumOf(t, env.c, "ad-a", cells).Clicks; got != 7 {
 		t.Errorf("clicks %d after reloading, want 7", got)
@@ -760,13 +802,16 @@ func TestRollupCacheMetrics(t *testing.T) {
 }
 
 // TestRollupCacheRunOnce: Run returns nil when its context ends, and a second
-// Run is refused.
+// Run, made once the first has its watches going, is refused.
 func TestRollupCacheRunOnce(t *testing.T) {
 	env := newCacheTestEnv(t, rollupcache.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- env.c.Run(ctx) }()
-	time.Sleep(50 * time.Millisecond)
+	rev := put(t, env.r, rollup.Minute, "ad-a.2026112512", clicksRollup(0, 1))
+	eventually(t, 5*time.Second, "the first Run watching", func() bool {
+		return env.c.WatchedThroughForTest(rollup.Minute) >= rev
+	})
 	if err := env.c.Run(ctx); err == nil {
 		t.Error("a second Run was accepted")
 	}
@@ -863,10 +908,10 @@ func TestSnapshotOfKV(t *testing.T) {
 	}
 	path := filepath.Join(t.TempDir(), "rollups.snap")
 	before := time.Now()
-	if err := env.c.WriteSnapshot(path); err != nil {
+	if err := env.c.WriteSnapshotForTest(path); err != nil {
 		t.Fatal(err)
 	}
-	s, err := rollupcache.ReadSnapshot(path, layout)
+	s, err := rollupcache.NewSnapshotFile(path, layout).Read()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -896,12 +941,12 @@ func TestSnapshotWarmWithNATSDown(t *testing.T) {
 	writeCells(t, env.r, "ad-cold", 3, cells)
 	want := sumOf(t, env.c, "ad-a", cells)
 	path := filepath.Join(t.TempDir(), "rollups.snap")
-	if err := env.c.WriteSnapshot(path); err != nil {
+	if err := env.c.WriteSnapshotForTest(path); err != nil {
 		t.Fatal(err)
 	}
 
 	env.srv.Shutdown()
-	s, err := rollupcache.ReadSnapshot(path, layout)
+	s, err := rollupcache.NewSnapshotFile(path, layout).Read()
 	if err != nil {
 		t.Fatal(err)
 	}

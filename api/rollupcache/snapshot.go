@@ -18,9 +18,10 @@ import (
 	"github.com/admetric/admetric/store/rollup"
 )
 
-// ErrCorruptSnapshot is returned by ReadSnapshot for a file that is not a
-// whole snapshot of a known version: damaged, truncated, or something else.
-var ErrCorruptSnapshot = errors.New("rollupcache: corrupt rollup snapshot")
+// errCorruptSnapshot is wrapped by the errors of readSnapshot for a file that
+// is not a whole snapshot of a known version: damaged, truncated, or
+// something else.
+var errCorruptSnapshot = errors.New("rollupcache: corrupt rollup snapshot")
 
 // The snapshot file format (version 1). Integers are big-endian unless
 // marked uvarint (encoding/binary's unsigned varint):
@@ -52,9 +53,9 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Snapshot is a point-in-time copy of a Cache, read back from a file:
-// it answers Sum from memory (when KV is unreachable, say) and Warms a new
-// cache. Read-only and safe for concurrent use.
+// Snapshot is a point-in-time copy of a Cache, read back from a file (see
+// SnapshotFile): it answers Sum from memory (when KV is unreachable, say)
+// and Warms a new cache. Read-only and safe for concurrent use.
 type Snapshot struct {
 	asOf    time.Time
 	layout  rollup.Layout
@@ -65,14 +66,15 @@ type Snapshot struct {
 // AsOf returns when the snapshot was written.
 func (s *Snapshot) AsOf() time.Time { return s.asOf }
 
-// Layout returns the layout given to ReadSnapshot.
+// Layout returns the layout the snapshot was read for (NewSnapshotFile's).
 func (s *Snapshot) Layout() rollup.Layout { return s.layout }
 
 // Len returns the number of rollups the snapshot holds.
 func (s *Snapshot) Len() int { return len(s.entries) }
 
 // Sum adds up ad's slots listed in cells from what the snapshot holds, as
-// Rollups.Sum does from KV; a key the snapshot lacks counts as empty.
+// store.Rollups.Sum does from KV; a key the snapshot lacks counts as empty.
+// The result is the caller's; it fails only when ctx has ended.
 func (s *Snapshot) Sum(ctx context.Context, adID string, cells []rollup.Cell) (*rollup.Aggregate, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -91,11 +93,12 @@ type snapshotRecord struct {
 	e *cacheEntry
 }
 
-// WriteSnapshot writes every cached rollup, with its revision, to path: to a
+// writeSnapshot writes every cached rollup, with its revision, to path: to a
 // temporary file in the same directory, synced, then renamed over path, and
-// the directory synced. It may run alongside readers and the watch; an entry
-// updated while it runs is written as it was before or after the update.
-func (c *Cache) WriteSnapshot(path string) error {
+// the directory synced; on failure path is left as it was. It may run
+// alongside readers and the watch; an entry updated while it runs is written
+// as it was before or after the update.
+func (c *Cache) writeSnapshot(path string) error {
 	// Read before the entries: each entry is at least as fresh as this.
 	through := c.through()
 	var recs []snapshotRecord
@@ -115,6 +118,8 @@ func (c *Cache) WriteSnapshot(path string) error {
 	return nil
 }
 
+// encodeSnapshot writes the snapshot of recs, sorted by unit and key, to w,
+// all but the trailing checksum (see writeFileAtomic).
 func encodeSnapshot(w io.Writer, written time.Time, layout rollup.Layout, through [3]uint64, recs []snapshotRecord) error {
 	buf := make([]byte, 0, 1<<10)
 	buf = append(buf, snapshotMagic...)
@@ -195,40 +200,56 @@ func writeFileAtomic(path string, body func(io.Writer) error) (err error) {
 	return d.Sync()
 }
 
-// ReadSnapshot reads a snapshot that WriteSnapshot wrote. layout is the
+// readSnapshot reads a snapshot that writeSnapshot wrote. layout is the
 // current one (Snapshot.Layout returns it); records of a resolution whose
 // bucket name differs from layout's are left out. Errors wrap os.ErrNotExist
-// when there is no file, ErrCorruptSnapshot when it is damaged.
-func ReadSnapshot(path string, layout rollup.Layout) (*Snapshot, error) {
+// when there is no file, errCorruptSnapshot when it is damaged.
+func readSnapshot(path string, layout rollup.Layout) (*Snapshot, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("rollupcache: read snapshot: %w", err)
 	}
 	s, err := decodeSnapshot(data, layout)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrCorruptSnapshot, path, err)
+		return nil, fmt.Errorf("%w: %s: %w", errCorruptSnapshot, path, err)
 	}
 	return s, nil
 }
 
+// decodeSnapshot decodes a whole snapshot file for layout.
 func decodeSnapshot(data []byte, layout rollup.Layout) (*Snapshot, error) {
+	s, d, keep, err := decodeSnapshotHeader(data, layout)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.decodeRecords(d, keep); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// decodeSnapshotHeader checks data's magic, version and checksum and reads
+// the header: when the snapshot was written and, for each resolution, its
+// bucket and the sequence its records are as fresh as; keep tells which
+// resolutions have layout's bucket. The decoder it returns stands at the
+// record count.
+func decodeSnapshotHeader(data []byte, layout rollup.Layout) (s *Snapshot, d *decoder, keep [3]bool, err error) {
 	head := len(snapshotMagic) + 1
 	if len(data) < head+8+4 || string(data[:len(snapshotMagic)]) != snapshotMagic {
-		return nil, errors.New("not a rollup snapshot")
+		return nil, nil, keep, errors.New("not a rollup snapshot")
 	}
 	if v := data[len(snapshotMagic)]; v != snapshotVersion {
-		return nil, fmt.Errorf("unknown version %d", v)
+		return nil, nil, keep, fmt.Errorf("unknown version %d", v)
 	}
 	body, sum := data[:len(data)-4], binary.BigEndian.Uint32(data[len(data)-4:])
 	if crc32.Checksum(body, castagnoli) != sum {
-		return nil, errors.New("checksum mismatch")
+		return nil, nil, keep, errors.New("checksum mismatch")
 	}
-	s := &Snapshot{
+	s = &Snapshot{
 		asOf:   time.Unix(0, int64(binary.BigEndian.Uint64(body[head:]))),
 		layout: layout,
 	}
-	d := decoder{buf: body[head+8:]}
-	var keep [3]bool
+	d = &decoder{buf: body[head+8:]}
 	for u := range layout {
 		bucket := d.bytes(maxSnapshotKey)
 		s.through[u] = d.uvarint()
@@ -237,18 +258,24 @@ func decodeSnapshot(data []byte, layout rollup.Layout) (*Snapshot, error) {
 			s.through[u] = 0
 		}
 	}
+	return s, d, keep, nil
+}
+
+// decodeRecords reads the record count and the records from d into s,
+// keeping those of the resolutions keep names.
+func (s *Snapshot) decodeRecords(d *decoder, keep [3]bool) error {
 	n := d.uvarint()
 	if d.err != nil {
-		return nil, fmt.Errorf("header: %w", d.err)
+		return fmt.Errorf("header: %w", d.err)
 	}
 	// A record takes at least 4 bytes: do not trust a count the body cannot hold.
 	if n > uint64(len(d.buf))/4 {
-		return nil, fmt.Errorf("%d records in %d bytes", n, len(d.buf))
+		return fmt.Errorf("%d records in %d bytes", n, len(d.buf))
 	}
 	s.entries = make(map[cacheKey]*cacheEntry, n)
 	for i := range n {
 		if len(d.buf) == 0 {
-			return nil, fmt.Errorf("record %d: truncated", i)
+			return fmt.Errorf("record %d: truncated", i)
 		}
 		u := rollup.Unit(d.buf[0])
 		d.buf = d.buf[1:]
@@ -256,27 +283,27 @@ func decodeSnapshot(data []byte, layout rollup.Layout) (*Snapshot, error) {
 		rev := d.uvarint()
 		value := d.bytes(len(d.buf))
 		if d.err != nil {
-			return nil, fmt.Errorf("record %d: %w", i, d.err)
+			return fmt.Errorf("record %d: %w", i, d.err)
 		}
 		if u > rollup.Day {
-			return nil, fmt.Errorf("record %d: unit %d", i, u)
+			return fmt.Errorf("record %d: unit %d", i, u)
 		}
 		k := cacheKey{unit: u, key: key}
 		if _, dup := s.entries[k]; dup {
-			return nil, fmt.Errorf("record %d: %s %s appears twice", i, u, key)
+			return fmt.Errorf("record %d: %s %s appears twice", i, u, key)
 		}
 		v := rollup.New()
 		if err := v.UnmarshalBinary(value); err != nil {
-			return nil, fmt.Errorf("record %d: %s %s: %w", i, u, key, err)
+			return fmt.Errorf("record %d: %s %s: %w", i, u, key, err)
 		}
 		if keep[u] {
 			s.entries[k] = newCacheEntry(key, v, rev, len(value))
 		}
 	}
 	if len(d.buf) != 0 {
-		return nil, fmt.Errorf("%d trailing bytes", len(d.buf))
+		return fmt.Errorf("%d trailing bytes", len(d.buf))
 	}
-	return s, nil
+	return nil
 }
 
 // bytes reads a uvarint length of at most limit, then that many bytes.
@@ -314,21 +341,25 @@ func (d *decoder) uvarint() uint64 {
 	return v
 }
 
-// WriteSnapshots writes a snapshot to path every interval until ctx ends,
-// then a last one, so that a restart without NATS has the freshest; it
-// returns nil. A failed write is logged and tried again at the next tick.
+// WriteSnapshots writes a snapshot of the cache to path every interval until
+// ctx ends, then a last one, so that a restart without NATS has the freshest;
+// it returns nil. Each write replaces path atomically (a temporary file of
+// its directory, synced and renamed over it); a failed write is logged and
+// tried again at the next tick. It may run alongside Sum, Warm and Run; an
+// entry updated while a write runs is written as it was before or after the
+// update. every must be positive.
 func (c *Cache) WriteSnapshots(ctx context.Context, path string, every time.Duration) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			if err := c.WriteSnapshot(path); err != nil {
+			if err := c.writeSnapshot(path); err != nil {
 				c.logger.Warn("writing the last analytics snapshot", "err", err)
 			}
 			return nil
 		case <-t.C:
-			if err := c.WriteSnapshot(path); err != nil {
+			if err := c.writeSnapshot(path); err != nil {
 				c.logger.Warn("writing the analytics snapshot", "err", err)
 			}
 		}
@@ -346,8 +377,10 @@ type SnapshotFile struct {
 	snap    *Snapshot
 }
 
-// NewSnapshotFile returns the reader of the snapshot file at path, for the
-// current layout (see ReadSnapshot). It reads nothing yet.
+// NewSnapshotFile returns the reader of the snapshot file at path, which
+// Cache.WriteSnapshots writes, for the current layout: records of a
+// resolution whose bucket name differs from layout's are left out. It reads
+// nothing yet.
 func NewSnapshotFile(path string, layout rollup.Layout) *SnapshotFile {
 	return &SnapshotFile{path: path, layout: layout}
 }
@@ -356,7 +389,10 @@ func NewSnapshotFile(path string, layout rollup.Layout) *SnapshotFile {
 func (f *SnapshotFile) Path() string { return f.path }
 
 // Read returns the snapshot in the file, read again if the file changed
-// since the last Read. Errors are ReadSnapshot's.
+// since the last Read. The Snapshot is shared by every caller until the file
+// changes; it is read-only. Errors are prefixed "rollupcache:" and wrap
+// os.ErrNotExist when there is no file; any other means the file is
+// unreadable or damaged (and no older snapshot is returned).
 func (f *SnapshotFile) Read() (*Snapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -365,7 +401,7 @@ func (f *SnapshotFile) Read() (*Snapshot, error) {
 		return nil, fmt.Errorf("rollupcache: read snapshot: %w", err)
 	}
 	if f.snap == nil || !fi.ModTime().Equal(f.modTime) {
-		snap, err := ReadSnapshot(f.path, f.layout)
+		snap, err := readSnapshot(f.path, f.layout)
 		if err != nil {
 			return nil, err
 		}

@@ -16,32 +16,6 @@ import (
 	"github.com/admetric/admetric/store/rollup/rolluptest"
 )
 
-// Test hooks for the Cache tests of package store_test (cache_test.go),
-// which need a real NATS server from storetest and so cannot be internal.
-
-// SetAfterLoadForTest makes every load from KV call f after it has read the
-// value and before the cache stores it. Call before the cache is used.
-func (c *Cache) SetAfterLoadForTest(f func(u rollup.Unit, key string)) { c.afterLoad = f }
-
-// RevisionForTest returns the revision the cache holds for key, without
-// counting as a read.
-func (c *Cache) RevisionForTest(u rollup.Unit, key string) (uint64, bool) {
-	e, ok := c.cache.GetEntryQuietly(cacheKey{unit: u, key: key})
-	if !ok {
-		return 0, false
-	}
-	return e.Value.rev, true
-}
-
-// WatchedThroughForTest returns the stream sequence through which the watch of
-// u's bucket has applied every update.
-func (c *Cache) WatchedThroughForTest(u rollup.Unit) uint64 { return c.through()[u] }
-
-// CleanUpForTest runs otter's pending maintenance (evictions, expiries).
-func (c *Cache) CleanUpForTest() { c.cache.CleanUp() }
-
-// ---
-
 var snapshotTestLayout = rolluptest.Layout
 
 // layoutOnly is a Source with no server behind it: every Load and watch fails.
@@ -139,7 +113,7 @@ func snapshotTestSum(t *testing.T, r interface {
 func snapshotTestWrite(t *testing.T, c *Cache) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "rollups.snap")
-	if err := c.WriteSnapshot(path); err != nil {
+	if err := c.writeSnapshot(path); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -155,7 +129,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	path := snapshotTestWrite(t, c)
 	after := time.Now()
 
-	s, err := ReadSnapshot(path, snapshotTestLayout)
+	s, err := readSnapshot(path, snapshotTestLayout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +175,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 
 func TestSnapshotEmptyCache(t *testing.T) {
 	t.Parallel()
-	s, err := ReadSnapshot(snapshotTestWrite(t, snapshotTestCache(t)), snapshotTestLayout)
+	s, err := readSnapshot(snapshotTestWrite(t, snapshotTestCache(t)), snapshotTestLayout)
 	if err != nil || s.Len() != 0 {
 		t.Fatalf("empty snapshot: %v, %d entries", err, s.Len())
 	}
@@ -213,13 +187,13 @@ func TestSnapshotEmptyCache(t *testing.T) {
 
 func TestSnapshotMissing(t *testing.T) {
 	t.Parallel()
-	_, err := ReadSnapshot(filepath.Join(t.TempDir(), "none.snap"), snapshotTestLayout)
-	if !errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrCorruptSnapshot) {
+	_, err := readSnapshot(filepath.Join(t.TempDir(), "none.snap"), snapshotTestLayout)
+	if !errors.Is(err, os.ErrNotExist) || errors.Is(err, errCorruptSnapshot) {
 		t.Fatalf("err = %v, want os.ErrNotExist", err)
 	}
 }
 
-// TestSnapshotCorrupt: any flipped byte, truncation or extension is ErrCorruptSnapshot.
+// TestSnapshotCorrupt: any flipped byte, truncation or extension is errCorruptSnapshot.
 func TestSnapshotCorrupt(t *testing.T) {
 	t.Parallel()
 	c := snapshotTestCache(t)
@@ -236,8 +210,8 @@ func TestSnapshotCorrupt(t *testing.T) {
 		if err := os.WriteFile(p, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ReadSnapshot(p, snapshotTestLayout); !errors.Is(err, ErrCorruptSnapshot) {
-			t.Errorf("%s: err = %v, want ErrCorruptSnapshot", name, err)
+		if _, err := readSnapshot(p, snapshotTestLayout); !errors.Is(err, errCorruptSnapshot) {
+			t.Errorf("%s: err = %v, want errCorruptSnapshot", name, err)
 		}
 	}
 	step := max(1, len(good)/500) // every byte of the header, a sample of the rest
@@ -267,7 +241,7 @@ func TestSnapshotLayoutMismatch(t *testing.T) {
 	snapshotTestOffer(t, c, rollup.Hour, "ad-a.20261125", rolluptest.Sample(), 6)
 	other := snapshotTestLayout
 	other[rollup.Hour].Bucket = "OTHER_HOUR"
-	s, err := ReadSnapshot(snapshotTestWrite(t, c), other)
+	s, err := readSnapshot(snapshotTestWrite(t, c), other)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,14 +258,14 @@ func TestSnapshotReplacesAtomically(t *testing.T) {
 	snapshotTestOffer(t, c, rollup.Minute, "ad-a.2026112512", rolluptest.Sample(), 5)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "rollups.snap")
-	if err := c.WriteSnapshot(path); err != nil {
+	if err := c.writeSnapshot(path); err != nil {
 		t.Fatal(err)
 	}
 	snapshotTestOffer(t, c, rollup.Minute, "ad-b.2026112512", rolluptest.Sample(), 6)
-	if err := c.WriteSnapshot(path); err != nil {
+	if err := c.writeSnapshot(path); err != nil {
 		t.Fatal(err)
 	}
-	s, err := ReadSnapshot(path, snapshotTestLayout)
+	s, err := readSnapshot(path, snapshotTestLayout)
 	if err != nil || s.Len() != 2 {
 		t.Fatalf("after the second write: %v, %d entries, want 2", err, s.Len())
 	}
@@ -302,7 +276,7 @@ func TestSnapshotReplacesAtomically(t *testing.T) {
 	if len(names) != 1 {
 		t.Fatalf("directory holds %v, want only rollups.snap", names)
 	}
-	if err := c.WriteSnapshot(filepath.Join(dir, "missing", "x.snap")); err == nil {
+	if err := c.writeSnapshot(filepath.Join(dir, "missing", "x.snap")); err == nil {
 		t.Fatal("writing into a missing directory succeeded")
 	}
 }

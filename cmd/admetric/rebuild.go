@@ -13,7 +13,6 @@ import (
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/config"
-	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
 )
 
@@ -73,53 +72,67 @@ func runRebuild(ctx context.Context, args []string, lookup func(string) (string,
 	return 0
 }
 
+// rebuild recomputes the rollups of [from, to) from the archive. It opens
+// the backends and the streams as the service does, but neither migrates
+// nor seeds: it reads the database the service made.
 func rebuild(ctx context.Context, cfg *config.Config, logger *slog.Logger, out io.Writer, from, to time.Time) (err error) {
-	d, err := startDaemon(ctx, cfg, role{}, logger)
+	b, err := openBackends(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 		defer cancel()
-		err = errors.Join(err, d.shutdown(sctx))
+		err = errors.Join(err, b.close(sctx))
 	}()
-	ads, err := postgres.NewAds(d.db).IDs(ctx)
+	rollups, err := b.openStreams(ctx)
 	if err != nil {
 		return err
 	}
-	var bar *progressbar.ProgressBar
-	stage := ""
-	progress := func(s string, done, total int) {
-		if s != stage {
-			if bar != nil {
-				_ = bar.Finish()
-				fmt.Fprintln(out)
-			}
-			stage = s
-			bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(out), progressbar.OptionSetDescription(s),
-				progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond))
-		}
-		_ = bar.Set(done)
+	ads, err := postgres.NewAds(b.db).IDs(ctx)
+	if err != nil {
+		return err
 	}
-	archiveFloor := func(ctx context.Context) (uint64, error) {
-		cons, err := d.js.Consumer(ctx, store.StreamName, aggregator.ArchiveConsumerName)
-		if err != nil {
-			return 0, fmt.Errorf("archive consumer: %w", err)
-		}
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return 0, fmt.Errorf("archive consumer: %w", err)
-		}
-		return info.AckFloor.Stream, nil
-	}
-	res, err := aggregator.Rebuild(ctx, d.rollups, postgres.NewArchive(d.db), archiveFloor, ads, d.salt, from, to, time.Now(), progress)
-	if bar != nil {
-		_ = bar.Finish()
-		fmt.Fprintln(out)
-	}
+	bar := newStageBar(out)
+	res, err := aggregator.Rebuild(ctx, rollups, postgres.NewArchive(b.db), aggregator.RebuildOptions{
+		From: from, To: to, AdIDs: ads, VisitorSalt: b.salt,
+		ArchiveFloor: aggregator.ArchiveFloor(b.js),
+		Progress:     bar.set,
+	})
+	bar.finish()
 	if err != nil {
 		return err
 	}
 	logger.Info("rebuild done", "from", res.From, "to", res.To, "events", res.Events, "keys_written", res.Keys)
 	return nil
+}
+
+// stageBar shows a progress bar per stage of a rebuild on out.
+type stageBar struct {
+	out   io.Writer
+	stage string
+	bar   *progressbar.ProgressBar
+}
+
+func newStageBar(out io.Writer) *stageBar { return &stageBar{out: out} }
+
+// set shows done of total for stage, finishing the previous stage's bar
+// when the stage changes.
+func (s *stageBar) set(stage string, done, total int) {
+	if stage != s.stage {
+		s.finish()
+		s.stage = stage
+		s.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(s.out), progressbar.OptionSetDescription(stage),
+			progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond))
+	}
+	_ = s.bar.Set(done)
+}
+
+// finish completes the current bar, if any.
+func (s *stageBar) finish() {
+	if s.bar != nil {
+		_ = s.bar.Finish()
+		fmt.Fprintln(s.out)
+		s.bar = nil
+	}
 }

@@ -55,7 +55,6 @@ const (
 	MaxUserAgentLen  = 1024
 	MaxPlaybackTime  = 86400.0 // seconds: a day-long video is already absurd
 	SubjectPrefix    = "ads.events."
-	SubjectWildcard  = "ads.events.>"
 	defaultMaxFuture = 5 * time.Minute
 	// minYear and maxYear bound timestamps whatever the limits: outside them
 	// RFC 3339 cannot encode the time, nor PostgreSQL store it sensibly.
@@ -133,12 +132,6 @@ func (e *FieldError) Error() string {
 	}
 	return "event: " + e.Field + ": " + e.Message
 }
-
-// ErrInvalid is matched by every *FieldError through errors.Is.
-var ErrInvalid = errors.New("event: invalid")
-
-// Is makes errors.Is(err, ErrInvalid) true for field errors.
-func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
 
 func fieldErr(field, format string, args ...any) *FieldError {
 	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}

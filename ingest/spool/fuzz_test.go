@@ -37,7 +37,7 @@ func FuzzDecodeRecords(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		payloads, corrupt := DecodeRecords(data)
+		payloads, corrupt := decodeAll(data)
 		if corrupt < 0 || corrupt > len(data) {
 			t.Fatalf("corrupt = %d for %d bytes", corrupt, len(data))
 		}
@@ -59,7 +59,7 @@ func FuzzDecodeRecords(f *testing.F) {
 		if corrupt == 0 && !bytes.Equal(again, data) {
 			t.Fatalf("no damage reported but the input is not exactly its records")
 		}
-		got, corruptAgain := DecodeRecords(again)
+		got, corruptAgain := decodeAll(again)
 		if corruptAgain != 0 {
 			t.Fatalf("re-encoded records decode with %d damaged stretches", corruptAgain)
 		}

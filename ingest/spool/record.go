@@ -42,11 +42,6 @@ func appendRecord(dst, payload []byte, crc uint32) []byte {
 	return append(dst, payload...)
 }
 
-// encodeRecord is appendRecord computing the CRC itself.
-func encodeRecord(dst, payload []byte) []byte {
-	return appendRecord(dst, payload, crc32.Checksum(payload, castagnoli))
-}
-
 // parseRecord validates the record that starts at b[0]. It reports the payload
 // (capacity-limited, so appending to it cannot overwrite the next record), the
 // record's total size and whether b starts with an intact record.
@@ -66,9 +61,9 @@ func parseRecord(b []byte) (payload []byte, size int, ok bool) {
 	return payload, end, true
 }
 
-// DecodeRecords parses a whole segment's bytes and returns the payloads of its
-// intact records in file order, and how many damaged stretches it skipped. It
-// is the exact code Replay uses, exported so that it can be fuzzed.
+// decodeRecords parses a whole segment's bytes and returns the payloads of its
+// intact records in file order, calling onCorrupt with the offset where each
+// damaged stretch starts, so that Replay can log where the damage is.
 //
 // A damaged stretch is a record whose magic, length or CRC is wrong, a torn
 // record at the end, or garbage between records; each counts once however long
@@ -76,17 +71,10 @@ func parseRecord(b []byte) (payload []byte, size int, ok bool) {
 // record validates, so intact records on both sides are kept.
 //
 // The payloads alias data (with their capacity clipped to their length); the
-// caller must not modify data while it uses them. DecodeRecords never panics,
+// caller must not modify data while it uses them. decodeRecords never panics,
 // and it terminates because every step moves forward by at least one byte. Its
 // cost is linear in len(data) except when damage is adversarial: every false
 // magic during a resync costs one CRC over at most 1 MiB.
-func DecodeRecords(data []byte) (payloads [][]byte, corrupt int) {
-	payloads = decodeRecords(data, func(int) { corrupt++ })
-	return payloads, corrupt
-}
-
-// decodeRecords is DecodeRecords calling onCorrupt with the offset of the start
-// of each damaged stretch, so that Replay can log where the damage is.
 func decodeRecords(data []byte, onCorrupt func(offset int)) [][]byte {
 	var payloads [][]byte
 	off := 0

@@ -33,7 +33,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -46,7 +45,6 @@ var ErrFull = errors.New("spool: full")
 var ErrClosed = errors.New("spool: closed")
 
 const (
-	defaultMaxBytes     = 1 << 30
 	defaultSegmentBytes = 4 << 20
 	// maxBatchBytes bounds the memory of the batch being filled while the
 	// previous one is fsync'd; appenders that would grow it further wait for the
@@ -60,11 +58,13 @@ const (
 	segNameLen = 20 + len(segSuffix)
 )
 
-// Options configure a Spool. The zero value is usable.
+// Options configure a Spool. MaxBytes is required; the other fields have
+// defaults.
 type Options struct {
 	// MaxBytes bounds the bytes of all segment files, record headers included,
 	// so that an outage that outlasts the disk's patience sheds load (ErrFull)
-	// instead of filling the volume. Default 1 GiB when 0.
+	// instead of filling the volume. Required: Open fails when it is zero or
+	// negative (its default lives in package config, SPOOL_MAX_BYTES).
 	MaxBytes int64
 	// SegmentBytes is the size at which the active segment is sealed and a new
 	// file started, so Replay can delete (and disk space return) in steps while
@@ -109,9 +109,9 @@ type Spool struct {
 	pendingBytes int64 // bytes of records accepted but not yet written
 	records      int64 // records in segment files (best effort)
 
-	fsyncs atomic.Int64 // every fsync, for tests proving group commit
-	// syncFile is (*os.File).Sync; tests swap it (under fileMu, before any
-	// Append) to give fsync a disk's latency on filesystems where it is free.
+	// syncFile is (*os.File).Sync, called for every fsync of a segment or of
+	// the directory; tests swap it (under fileMu, before any Append) to hold a
+	// writer inside an fsync and so force the interleavings they test.
 	syncFile func(*os.File) error
 }
 
@@ -143,16 +143,19 @@ type batch struct {
 // counts the records of leftover segments for the records gauge, which reads
 // them once.
 //
-// Open fails, returning no Spool, when an option is negative or dir cannot be
-// created, listed or cleaned of empty segments. The Spool owns its writer
-// goroutine and open file until Close.
+// Open fails, returning no Spool, when MaxBytes is not positive, SegmentBytes
+// is negative, or dir cannot be created, listed or cleaned of empty segments.
+// The Spool owns its writer goroutine and open file until Close.
 func Open(dir string, opts Options) (*Spool, error) {
-	if opts.MaxBytes < 0 || opts.SegmentBytes < 0 {
-		return nil, fmt.Errorf("spool: open %s: negative MaxBytes (%d) or SegmentBytes (%d)", dir, opts.MaxBytes, opts.SegmentBytes)
+	if opts.MaxBytes <= 0 {
+		return nil, fmt.Errorf("spool: open %s: Options.MaxBytes must be positive, not %d", dir, opts.MaxBytes)
+	}
+	if opts.SegmentBytes < 0 {
+		return nil, fmt.Errorf("spool: open %s: Options.SegmentBytes must not be negative, not %d", dir, opts.SegmentBytes)
 	}
 	s := &Spool{
 		dir:          dir,
-		maxBytes:     cmp.Or(opts.MaxBytes, defaultMaxBytes),
+		maxBytes:     opts.MaxBytes,
 		segmentBytes: cmp.Or(opts.SegmentBytes, defaultSegmentBytes),
 		log:          opts.Logger,
 		metrics:      opts.Metrics,
@@ -167,43 +170,8 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: open: %w", err)
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
+	if err := s.loadLeftovers(); err != nil {
 		return nil, fmt.Errorf("spool: open: %w", err)
-	}
-	removed := false
-	for _, e := range entries {
-		seq, ok := parseSegmentName(e.Name())
-		if !ok || !e.Type().IsRegular() {
-			continue
-		}
-		s.nextSeq = max(s.nextSeq, seq+1)
-		path := filepath.Join(dir, e.Name())
-		info, err := e.Info()
-		if err != nil {
-			return nil, fmt.Errorf("spool: open: %w", err)
-		}
-		if info.Size() == 0 {
-			// A process killed between creating a segment and writing to it.
-			if err := os.Remove(path); err != nil {
-				return nil, fmt.Errorf("spool: open: remove empty segment: %w", err)
-			}
-			removed = true
-			continue
-		}
-		records, err := countRecords(path)
-		if err != nil {
-			return nil, fmt.Errorf("spool: open: %w", err)
-		}
-		s.sealed = append(s.sealed, &segment{seq: seq, name: e.Name(), size: info.Size(), records: records})
-		s.diskBytes += info.Size()
-		s.records += records
-	}
-	slices.SortFunc(s.sealed, func(a, b *segment) int { return cmp.Compare(a.seq, b.seq) })
-	if removed {
-		if err := s.syncDir(); err != nil {
-			return nil, fmt.Errorf("spool: open: %w", err)
-		}
 	}
 	if len(s.sealed) > 0 {
 		s.log.Info("spool: found segments from a previous run; they wait for replay",
@@ -212,6 +180,49 @@ func Open(dir string, opts Options) (*Spool, error) {
 	s.metrics.set(s.diskBytes, s.records)
 	go s.run()
 	return s, nil
+}
+
+// loadLeftovers seals the segments a previous run left in the directory, in
+// their order, deletes the empty ones and numbers new segments after them.
+// It runs before the writer starts, so it needs no lock.
+func (s *Spool) loadLeftovers() error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	removed := false
+	for _, e := range entries {
+		seq, ok := parseSegmentName(e.Name())
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		s.nextSeq = max(s.nextSeq, seq+1)
+		path := filepath.Join(s.dir, e.Name())
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		if info.Size() == 0 {
+			// A process killed between creating a segment and writing to it.
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("remove empty segment: %w", err)
+			}
+			removed = true
+			continue
+		}
+		records, err := countRecords(path)
+		if err != nil {
+			return err
+		}
+		s.sealed = append(s.sealed, &segment{seq: seq, name: e.Name(), size: info.Size(), records: records})
+		s.diskBytes += info.Size()
+		s.records += records
+	}
+	slices.SortFunc(s.sealed, func(a, b *segment) int { return cmp.Compare(a.seq, b.seq) })
+	if removed {
+		return s.syncDir()
+	}
+	return nil
 }
 
 // parseSegmentName returns the sequence number of a segment file name.
@@ -504,7 +515,6 @@ func (s *Spool) sealLocked() error {
 func (s *Spool) fsync(f *os.File) error {
 	start := time.Now()
 	err := s.syncFile(f)
-	s.fsyncs.Add(1)
 	s.metrics.observeFsync(time.Since(start))
 	return err
 }

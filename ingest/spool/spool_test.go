@@ -5,20 +5,32 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // --- helpers ---
+
+// testMaxBytes bounds the spools of tests that do not test the bound.
+const testMaxBytes = 64 << 20
+
+// encodeRecord is appendRecord computing the CRC itself.
+func encodeRecord(dst, payload []byte) []byte {
+	return appendRecord(dst, payload, crc32.Checksum(payload, castagnoli))
+}
+
+// decodeAll is decodeRecords counting the damaged stretches.
+func decodeAll(data []byte) (payloads [][]byte, corrupt int) {
+	payloads = decodeRecords(data, func(int) { corrupt++ })
+	return payloads, corrupt
+}
 
 func openSpool(t *testing.T, dir string, opts Options) *Spool {
 	t.Helper()
@@ -134,7 +146,7 @@ func assertDrained(t *testing.T, s *Spool, dir string) {
 }
 
 // metricValue reads a counter or gauge value, or a histogram's sample count.
-func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+func metricValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -175,7 +187,7 @@ func TestAppendReplayInOrder(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			s := openSpool(t, dir, Options{})
+			s := openSpool(t, dir, Options{MaxBytes: testMaxBytes})
 			if !s.Empty() {
 				t.Fatal("new spool not Empty")
 			}
@@ -212,7 +224,7 @@ func TestRotation(t *testing.T) {
 			perSegment := (tt.segmentBytes + recSize - 1) / recSize
 			wantFiles := int((int64(len(ps)) + perSegment - 1) / perSegment)
 			dir := t.TempDir()
-			s := openSpool(t, dir, Options{SegmentBytes: tt.segmentBytes})
+			s := openSpool(t, dir, Options{MaxBytes: testMaxBytes, SegmentBytes: tt.segmentBytes})
 			appendAll(t, s, ps)
 			files := segFiles(t, dir)
 			if len(files) != wantFiles || wantFiles < 2 {
@@ -233,155 +245,6 @@ func TestRotation(t *testing.T) {
 			assertPayloads(t, replayAll(t, s), ps)
 			assertDrained(t, s, dir)
 		})
-	}
-}
-
-// TestConcurrentAppendGroupCommit proves group commit: 64 concurrent appenders
-// share fsyncs. Batching only happens while an fsync is in progress, so on a
-// filesystem where fsync is free (tmpfs) the ratio is only asserted with an
-// fsync that takes at least 1ms, as on any real disk.
-func TestConcurrentAppendGroupCommit(t *testing.T) {
-	for _, tt := range []struct {
-		name  string
-		floor time.Duration
-	}{
-		{"filesystem fsync", 0},
-		{"fsync of at least 1ms", time.Millisecond},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			testConcurrentAppend(t, tt.floor)
-		})
-	}
-}
-
-func testConcurrentAppend(t *testing.T, floor time.Duration) {
-	const (
-		appenders = 64
-		records   = 2000
-	)
-	dir := t.TempDir()
-	s := openSpool(t, dir, Options{SegmentBytes: 64 << 10})
-	var syncTime atomic.Int64 // nanoseconds spent in the real fsyncs
-	s.fileMu.Lock()
-	s.syncFile = func(f *os.File) error {
-		start := time.Now()
-		err := f.Sync()
-		took := time.Since(start)
-		syncTime.Add(int64(took))
-		time.Sleep(floor - took) // no-op when negative
-		return err
-	}
-	s.fileMu.Unlock()
-
-	var wg sync.WaitGroup
-	for g := range appenders {
-		wg.Go(func() {
-			for i := g; i < records; i += appenders {
-				if err := s.Append(t.Context(), payload(i)); err != nil {
-					t.Errorf("Append %d: %v", i, err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	fsyncs := s.fsyncs.Load()
-	meanSync := time.Duration(syncTime.Load() / max(fsyncs, 1))
-	t.Logf("%d appenders, %d records: %d fsyncs (%.3f per record, %d segments), filesystem fsync took %v on average",
-		appenders, records, fsyncs, float64(fsyncs)/records, len(segFiles(t, dir)), meanSync)
-	switch {
-	case floor == 0 && meanSync < 200*time.Microsecond:
-		t.Logf("fsync is nearly free on this filesystem: ratio not asserted here")
-	case fsyncs >= records/4:
-		t.Errorf("%d fsyncs for %d records: group commit is not batching", fsyncs, records)
-	}
-
-	got := replayAll(t, s)
-	assertDrained(t, s, dir)
-	seen := make(map[string]bool, records)
-	last := make([]int, appenders) // each appender's records stay in its order
-	for g := range last {
-		last[g] = -1
-	}
-	for _, p := range got {
-		var i int
-		if _, err := fmt.Sscanf(string(p), `{"event_id":"e-%06d"`, &i); err != nil {
-			t.Fatalf("unexpected payload %q", p)
-		}
-		if seen[string(p)] {
-			t.Errorf("record %d replayed twice", i)
-		}
-		seen[string(p)] = true
-		if g := i % appenders; i < last[g] {
-			t.Errorf("record %d replayed after %d from the same appender", i, last[g])
-		} else {
-			last[g] = i
-		}
-	}
-	if len(seen) != records {
-		t.Errorf("replayed %d distinct records, want %d", len(seen), records)
-	}
-}
-
-func TestReplayConcurrentWithAppend(t *testing.T) {
-	const (
-		appenders = 16
-		records   = 3000
-	)
-	dir := t.TempDir()
-	s := openSpool(t, dir, Options{SegmentBytes: 4 << 10})
-	var (
-		mu  sync.Mutex
-		got = map[string]int{}
-	)
-	publish := func(_ context.Context, ps [][]byte) error {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, p := range ps {
-			got[string(p)]++
-		}
-		return nil
-	}
-	stop := make(chan struct{})
-	replayed := make(chan error, 1)
-	go func() {
-		for {
-			if err := s.Replay(t.Context(), publish); err != nil {
-				replayed <- err
-				return
-			}
-			select {
-			case <-stop:
-				replayed <- nil
-				return
-			default:
-			}
-		}
-	}()
-	var wg sync.WaitGroup
-	for g := range appenders {
-		wg.Go(func() {
-			for i := g; i < records; i += appenders {
-				if err := s.Append(t.Context(), payload(i)); err != nil {
-					t.Errorf("Append %d: %v", i, err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(stop)
-	if err := <-replayed; err != nil {
-		t.Fatalf("Replay: %v", err)
-	}
-	if err := s.Replay(t.Context(), publish); err != nil {
-		t.Fatalf("final Replay: %v", err)
-	}
-	assertDrained(t, s, dir)
-	for i := range records {
-		if n := got[string(payload(i))]; n != 1 {
-			t.Errorf("record %d published %d times, want 1", i, n)
-		}
 	}
 }
 
@@ -419,7 +282,7 @@ func TestErrFull(t *testing.T) {
 }
 
 func TestAppendPayloadTooLarge(t *testing.T) {
-	s := openSpool(t, t.TempDir(), Options{})
+	s := openSpool(t, t.TempDir(), Options{MaxBytes: testMaxBytes})
 	err := s.Append(t.Context(), make([]byte, maxPayload+1))
 	if err == nil || errors.Is(err, ErrFull) || !strings.HasPrefix(err.Error(), "spool: ") {
 		t.Fatalf("Append of %d bytes: %v, want a spool: error that is not ErrFull", maxPayload+1, err)
@@ -430,7 +293,7 @@ func TestAppendPayloadTooLarge(t *testing.T) {
 }
 
 func TestAppendContextDone(t *testing.T) {
-	s := openSpool(t, t.TempDir(), Options{})
+	s := openSpool(t, t.TempDir(), Options{MaxBytes: testMaxBytes})
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if err := s.Append(ctx, payload(1)); !errors.Is(err, context.Canceled) {
@@ -443,7 +306,7 @@ func TestAppendContextDone(t *testing.T) {
 
 func TestClose(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, Options{})
+	s, err := Open(dir, Options{MaxBytes: testMaxBytes})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,59 +325,6 @@ func TestClose(t *testing.T) {
 	assertDrained(t, s, dir)
 }
 
-// TestCloseRacingAppends checks the core promise: every Append that returned
-// nil, even one racing Close, is on disk for the next process.
-func TestCloseRacingAppends(t *testing.T) {
-	dir := t.TempDir()
-	s, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu       sync.Mutex
-		accepted = map[string]bool{}
-		wg       sync.WaitGroup
-	)
-	for g := range 32 {
-		wg.Go(func() {
-			for i := g; ; i += 32 {
-				p := payload(i)
-				err := s.Append(t.Context(), p)
-				if errors.Is(err, ErrClosed) {
-					return
-				}
-				if err != nil {
-					t.Errorf("Append: %v", err)
-					return
-				}
-				mu.Lock()
-				accepted[string(p)] = true
-				mu.Unlock()
-			}
-		})
-	}
-	for s.Bytes() < 20_000 {
-		time.Sleep(time.Millisecond)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	wg.Wait()
-
-	s2 := openSpool(t, dir, Options{})
-	got := replayAll(t, s2)
-	seen := map[string]bool{}
-	for _, p := range got {
-		seen[string(p)] = true
-	}
-	for p := range accepted {
-		if !seen[p] {
-			t.Errorf("accepted record %s lost", p)
-		}
-	}
-	t.Logf("%d records accepted before Close, %d on disk", len(accepted), len(got))
-}
-
 func TestReplayPublishError(t *testing.T) {
 	errNATS := errors.New("nats: no responders")
 	tests := []struct {
@@ -531,7 +341,7 @@ func TestReplayPublishError(t *testing.T) {
 			dir := t.TempDir()
 			ps := payloads(tt.records)
 			writeSegment(t, dir, 1, ps)
-			s := openSpool(t, dir, Options{})
+			s := openSpool(t, dir, Options{MaxBytes: testMaxBytes})
 			bytesBefore := s.Bytes()
 			calls, delivered := 0, 0
 			err := s.Replay(t.Context(), func(_ context.Context, chunk [][]byte) error {
@@ -565,7 +375,7 @@ func TestReplayChunks(t *testing.T) {
 	dir := t.TempDir()
 	ps := payloads(2500)
 	writeSegment(t, dir, 1, ps)
-	s := openSpool(t, dir, Options{})
+	s := openSpool(t, dir, Options{MaxBytes: testMaxBytes})
 	var sizes []int
 	var got [][]byte
 	err := s.Replay(t.Context(), func(_ context.Context, chunk [][]byte) error {
@@ -584,7 +394,7 @@ func TestReplayChunks(t *testing.T) {
 
 func TestReplayContextDone(t *testing.T) {
 	dir := t.TempDir()
-	s := openSpool(t, dir, Options{})
+	s := openSpool(t, dir, Options{MaxBytes: testMaxBytes})
 	appendAll(t, s, payloads(3))
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -607,7 +417,7 @@ func TestReopen(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "spool", "nested") // Open creates it
 			first := payloads(50)
-			s1, err := Open(dir, Options{SegmentBytes: 1000})
+			s1, err := Open(dir, Options{MaxBytes: testMaxBytes, SegmentBytes: 1000})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -628,7 +438,7 @@ func TestReopen(t *testing.T) {
 			}
 
 			reg := prometheus.NewRegistry()
-			s2 := openSpool(t, dir, Options{SegmentBytes: 1000, Metrics: NewMetrics(reg)})
+			s2 := openSpool(t, dir, Options{MaxBytes: testMaxBytes, SegmentBytes: 1000, Metrics: NewMetrics(reg)})
 			if _, err := os.Stat(empty); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("empty leftover segment not deleted: %v", err)
 			}
@@ -710,7 +520,7 @@ func TestCorruption(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			s1, err := Open(dir, Options{})
+			s1, err := Open(dir, Options{MaxBytes: testMaxBytes})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -734,8 +544,9 @@ func TestCorruption(t *testing.T) {
 			var logs bytes.Buffer
 			reg := prometheus.NewRegistry()
 			s := openSpool(t, dir, Options{
-				Logger:  slog.New(slog.NewTextHandler(&logs, nil)),
-				Metrics: NewMetrics(reg),
+				MaxBytes: testMaxBytes,
+				Logger:   slog.New(slog.NewTextHandler(&logs, nil)),
+				Metrics:  NewMetrics(reg),
 			})
 			// New appends go after the damage, in a segment of their own.
 			appendAll(t, s, [][]byte{payload(99)})
@@ -767,7 +578,7 @@ func TestCorruptionReportedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	s := openSpool(t, dir, Options{Metrics: NewMetrics(reg)})
+	s := openSpool(t, dir, Options{MaxBytes: testMaxBytes, Metrics: NewMetrics(reg)})
 	fail := errors.New("down")
 	if err := s.Replay(t.Context(), func(context.Context, [][]byte) error { return fail }); !errors.Is(err, fail) {
 		t.Fatalf("Replay: %v", err)
@@ -788,7 +599,7 @@ func TestOpenEntirelyCorruptSegment(t *testing.T) {
 	if err := os.WriteFile(other, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := openSpool(t, dir, Options{})
+	s := openSpool(t, dir, Options{MaxBytes: testMaxBytes})
 	if s.Empty() {
 		t.Fatal("spool with a leftover segment is Empty")
 	}
@@ -802,23 +613,32 @@ func TestOpenEntirelyCorruptSegment(t *testing.T) {
 }
 
 func TestOpenBadOptions(t *testing.T) {
-	for _, opts := range []Options{{MaxBytes: -1}, {SegmentBytes: -1}} {
-		if s, err := Open(t.TempDir(), opts); err == nil || s != nil {
-			t.Errorf("Open(%+v) = %v, %v; want an error", opts, s, err)
+	tests := []struct {
+		opts Options
+		name string // the option the error must name
+	}{
+		{Options{}, "MaxBytes"},
+		{Options{MaxBytes: -1}, "MaxBytes"},
+		{Options{MaxBytes: testMaxBytes, SegmentBytes: -1}, "SegmentBytes"},
+	}
+	for _, tt := range tests {
+		s, err := Open(t.TempDir(), tt.opts)
+		if err == nil || s != nil || !strings.Contains(err.Error(), tt.name) || !strings.HasPrefix(err.Error(), "spool: ") {
+			t.Errorf("Open(%+v) = %v, %v; want a spool: error naming %s", tt.opts, s, err, tt.name)
 		}
 	}
 	file := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if s, err := Open(file, Options{}); err == nil || s != nil {
+	if s, err := Open(file, Options{MaxBytes: testMaxBytes}); err == nil || s != nil {
 		t.Errorf("Open on a file = %v, %v; want an error", s, err)
 	}
 }
 
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s := openSpool(t, t.TempDir(), Options{Metrics: NewMetrics(reg)})
+	s := openSpool(t, t.TempDir(), Options{MaxBytes: testMaxBytes, Metrics: NewMetrics(reg)})
 	ps := payloads(10)
 	appendAll(t, s, ps)
 	for name, want := range map[string]float64{
@@ -873,7 +693,7 @@ func TestDecodeRecords(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, corrupt := DecodeRecords(tt.data)
+			got, corrupt := decodeAll(tt.data)
 			if corrupt != tt.wantCorrupt {
 				t.Errorf("corrupt = %d, want %d", corrupt, tt.wantCorrupt)
 			}
@@ -891,7 +711,7 @@ func TestDecodeRecords(t *testing.T) {
 // reservation, and does not wedge the spool once the disk is back.
 func TestAppendIOError(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "spool")
-	s := openSpool(t, dir, Options{})
+	s := openSpool(t, dir, Options{MaxBytes: testMaxBytes})
 	if err := os.Remove(dir); err != nil { // the next segment cannot be created
 		t.Fatal(err)
 	}

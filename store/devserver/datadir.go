@@ -15,50 +15,75 @@ import (
 	"syscall"
 )
 
+// initDataDir prepares dir (see prepareDataDir) and, when it is empty,
+// initialises it. It returns the absolute path with symlinks resolved.
+func initDataDir(ctx context.Context, dir, initdbBin string, cred *syscall.Credential, noSync bool) (string, error) {
+	resolved, needInit, err := prepareDataDir(dir, cred)
+	if err != nil {
+		return "", err
+	}
+	if needInit {
+		if err := initdb(ctx, initdbBin, resolved, cred, noSync); err != nil {
+			return "", err
+		}
+	}
+	return resolved, nil
+}
+
 // initdb initialises dir, trying the C.UTF-8 locale first and plain C when
 // the system lacks it.
 func initdb(ctx context.Context, initdbBin, dir string, cred *syscall.Credential, noSync bool) error {
 	var errs []error
 	for _, locale := range []string{"C.UTF-8", "C"} {
-		args := []string{
-			"-D", dir,
-			"-A", "trust",
-			"-U", "postgres",
-			"--encoding=UTF8",
-			"--locale=" + locale,
-			"--no-instructions",
-		}
-		if noSync {
-			args = append(args, "--no-sync")
-		}
-		var out bytes.Buffer
-		cmd := exec.Command(initdbBin, args...)
-		cmd.Dir = "/"
-		cmd.Stdout = &out
-		cmd.Stderr = &out
-		cmd.SysProcAttr = &syscall.SysProcAttr{
-			Setpgid:    true,
-			Pdeathsig:  syscall.SIGKILL,
-			Credential: cred,
-		}
-		c, err := startChild(cmd)
-		if err != nil {
-			return pgErrorf("start %s: %w", initdbBin, err)
-		}
-		select {
-		case <-c.done:
-		case <-ctx.Done():
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-c.done
-			return pgErrorf("initdb %s: %w", dir, ctx.Err())
-		}
-		if c.err == nil {
+		out, err := runInitdb(ctx, initdbBin, dir, cred, locale, noSync)
+		if err == nil {
 			return nil
 		}
-		errs = append(errs, fmt.Errorf("initdb --locale=%s: %w; output:\n%s", locale, c.err, lastLines(out.String(), tailLines)))
+		if ctx.Err() != nil {
+			return pgErrorf("initdb %s: %w", dir, ctx.Err())
+		}
+		errs = append(errs, fmt.Errorf("initdb --locale=%s: %w; output:\n%s", locale, err, lastLines(out, tailLines)))
 		// initdb removed what it created in dir; it is empty again.
 	}
 	return pgErrorf("initialise %s: %w", dir, errors.Join(errs...))
+}
+
+// runInitdb runs initdb once with locale and returns its output. When ctx
+// is done first, it kills initdb and its children.
+func runInitdb(ctx context.Context, initdbBin, dir string, cred *syscall.Credential, locale string, noSync bool) (string, error) {
+	args := []string{
+		"-D", dir,
+		"-A", "trust",
+		"-U", "postgres",
+		"--encoding=UTF8",
+		"--locale=" + locale,
+		"--no-instructions",
+	}
+	if noSync {
+		args = append(args, "--no-sync")
+	}
+	var out bytes.Buffer
+	cmd := exec.Command(initdbBin, args...)
+	cmd.Dir = "/"
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setpgid:    true,
+		Pdeathsig:  syscall.SIGKILL,
+		Credential: cred,
+	}
+	c, err := startChild(cmd)
+	if err != nil {
+		return "", pgErrorf("start %s: %w", initdbBin, err)
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-c.done
+		return "", ctx.Err()
+	}
+	return out.String(), c.err
 }
 
 // findBinaries returns the postgres and initdb executables: from the
@@ -134,69 +159,102 @@ func postgresCredential() (*syscall.Credential, error) {
 // prepareDataDir creates dir if missing, hands it to the postgres user when
 // running as root, and reports whether it still needs initdb. It returns the
 // absolute path with symlinks resolved.
-func prepareDataDir(dir string, cred *syscall.Credential) (string, bool, error) {
+func prepareDataDir(dir string, cred *syscall.Credential) (resolved string, needInit bool, err error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", false, pgErrorf("data directory %s: %w", dir, err)
 	}
 	if cred != nil {
 		// Check the ancestors that exist before creating anything.
-		existing := filepath.Dir(abs)
-		for {
-			if _, err := os.Stat(existing); err == nil || existing == filepath.Dir(existing) {
-				break
-			}
-			existing = filepath.Dir(existing)
-		}
-		if err := checkTraversable(abs, existing, cred); err != nil {
+		if err := checkTraversable(abs, existingAncestor(abs), cred); err != nil {
 			return "", false, err
 		}
 	}
-	// Parents are made world-traversable: the postgres user must reach dir.
-	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
-		return "", false, pgErrorf("data directory: %w", err)
-	}
-	if err := os.Mkdir(abs, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return "", false, pgErrorf("data directory: %w", err)
-	}
-	real, err := filepath.EvalSymlinks(abs)
+	resolved, fi, err := makeDataDir(abs)
 	if err != nil {
-		return "", false, pgErrorf("data directory: %w", err)
+		return "", false, err
 	}
-	fi, err := os.Stat(real)
-	if err != nil {
-		return "", false, pgErrorf("data directory: %w", err)
-	}
-	if !fi.IsDir() {
-		return "", false, pgErrorf("data directory %s is not a directory", real)
-	}
-	entries, err := os.ReadDir(real)
-	if err != nil {
-		return "", false, pgErrorf("data directory: %w", err)
-	}
-	needInit := len(entries) == 0
-	if !needInit {
-		if _, err := os.Stat(filepath.Join(real, "PG_VERSION")); err != nil {
-			return "", false, pgErrorf("data directory %s is neither empty nor a PostgreSQL data directory (no PG_VERSION)", real)
-		}
+	if needInit, err = needsInitdb(resolved); err != nil {
+		return "", false, err
 	}
 	if cred != nil {
-		if err := checkTraversable(real, filepath.Dir(real), cred); err != nil {
+		if err := handToPostgresUser(resolved, fi, cred); err != nil {
 			return "", false, err
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != cred.Uid {
-			if err := chownTree(real, int(cred.Uid), int(cred.Gid)); err != nil {
-				return "", false, pgErrorf("give data directory %s to the postgres user: %w", real, err)
-			}
 		}
 	}
 	// postgres refuses a data directory with more than 0750 permissions.
 	if fi.Mode().Perm()&0o027 != 0 {
-		if err := os.Chmod(real, 0o700); err != nil {
+		if err := os.Chmod(resolved, 0o700); err != nil {
 			return "", false, pgErrorf("data directory: %w", err)
 		}
 	}
-	return real, needInit, nil
+	return resolved, needInit, nil
+}
+
+// existingAncestor returns the nearest ancestor of the absolute path abs that
+// exists (the root at the latest).
+func existingAncestor(abs string) string {
+	d := filepath.Dir(abs)
+	for {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+			return d
+		}
+		d = filepath.Dir(d)
+	}
+}
+
+// makeDataDir creates abs (0700) and its parents (0755: world-traversable,
+// as the postgres user must reach abs) where missing, and returns it with
+// symlinks resolved and its file info.
+func makeDataDir(abs string) (string, fs.FileInfo, error) {
+	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
+		return "", nil, pgErrorf("data directory: %w", err)
+	}
+	if err := os.Mkdir(abs, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", nil, pgErrorf("data directory: %w", err)
+	}
+	resolved, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return "", nil, pgErrorf("data directory: %w", err)
+	}
+	fi, err := os.Stat(resolved)
+	if err != nil {
+		return "", nil, pgErrorf("data directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return "", nil, pgErrorf("data directory %s is not a directory", resolved)
+	}
+	return resolved, fi, nil
+}
+
+// needsInitdb reports whether dir is empty; a directory that is not must be
+// a data directory already.
+func needsInitdb(dir string) (bool, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false, pgErrorf("data directory: %w", err)
+	}
+	if len(entries) == 0 {
+		return true, nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
+		return false, pgErrorf("data directory %s is neither empty nor a PostgreSQL data directory (no PG_VERSION)", dir)
+	}
+	return false, nil
+}
+
+// handToPostgresUser checks that the user of cred can reach dir and makes
+// it the owner of everything in dir, unless it owns dir already.
+func handToPostgresUser(dir string, fi fs.FileInfo, cred *syscall.Credential) error {
+	if err := checkTraversable(dir, filepath.Dir(dir), cred); err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != cred.Uid {
+		if err := chownTree(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return pgErrorf("give data directory %s to the postgres user: %w", dir, err)
+		}
+	}
+	return nil
 }
 
 // checkTraversable checks that the user of cred may search from, an

@@ -23,7 +23,9 @@ type NATSOptions struct {
 	// SyncAlways makes JetStream fsync every write instead of every two minutes:
 	// it survives an OS crash or power cut, at a cost in publish latency.
 	SyncAlways bool
-	// Logger receives the server's log lines (component=nats). Nil discards them.
+	// Logger receives the server's log lines, without a component attribute:
+	// the caller names it (e.g. logger.With("component", "nats")). Nil
+	// discards them.
 	Logger *slog.Logger
 }
 
@@ -76,22 +78,25 @@ func StartNATS(ctx context.Context, opts NATSOptions) (*NATS, error) {
 	}
 	if !srv.ReadyForConnections(deadline) {
 		srv.Shutdown()
-		return nil, fmt.Errorf("devserver: nats server not ready within %s (is %s free?)", deadline, opts.Listen)
+		if opts.Listen != "" {
+			return nil, fmt.Errorf("devserver: nats server not ready within %s (is %s free?)", deadline, opts.Listen)
+		}
+		return nil, fmt.Errorf("devserver: nats server not ready within %s", deadline)
 	}
 	return &NATS{srv: srv}, nil
 }
 
 // ClientURL is the URL clients outside the process use; empty when not listening.
-func (e *NATS) ClientURL() string {
-	if e.srv.Addr() == nil {
+func (n *NATS) ClientURL() string {
+	if n.srv.Addr() == nil {
 		return ""
 	}
-	return e.srv.ClientURL()
+	return n.srv.ClientURL()
 }
 
 // Connect opens an in-process client connection (no TCP). The caller closes it.
-func (e *NATS) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
-	opts = append([]nats.Option{nats.Name(name), nats.InProcessServer(e.srv), nats.MaxReconnects(-1)}, opts...)
+func (n *NATS) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
+	opts = append([]nats.Option{nats.Name(name), nats.InProcessServer(n.srv), nats.MaxReconnects(-1)}, opts...)
 	nc, err := nats.Connect("", opts...)
 	if err != nil {
 		return nil, fmt.Errorf("devserver: connect to embedded nats: %w", err)
@@ -101,9 +106,9 @@ func (e *NATS) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
 
 // Shutdown stops the server and waits until it has flushed and closed its stores.
 // Safe to call more than once.
-func (e *NATS) Shutdown() {
-	e.srv.Shutdown()
-	e.srv.WaitForShutdown()
+func (n *NATS) Shutdown() {
+	n.srv.Shutdown()
+	n.srv.WaitForShutdown()
 }
 
 // natsLogger routes nats-server logging through slog.

@@ -1,6 +1,7 @@
 package devserver
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/uptrace/bun/driver/pgdriver"
 )
 
@@ -25,7 +27,7 @@ const (
 	// startTimeout bounds how long a start waits for the server to
 	// accept connections.
 	startTimeout = 30 * time.Second
-	// drainTimeout bounds how long Stop and Kill wait for every server
+	// drainTimeout bounds how long a stop or a kill waits for every server
 	// process (postmaster and backends) to be gone after the postmaster exited.
 	drainTimeout = 10 * time.Second
 	// tailLines is how many lines of server output error messages quote.
@@ -35,6 +37,11 @@ const (
 	portAttempts = 3
 	// defaultDatabase is the database created when Database is empty.
 	defaultDatabase = "admetric"
+	// readyPollMin and readyPollMax bound the pause between two polls of a
+	// starting server; a start takes from a few hundred milliseconds to
+	// seconds.
+	readyPollMin = 10 * time.Millisecond
+	readyPollMax = 100 * time.Millisecond
 )
 
 // defaultSettings keep the server small; PostgresOptions.Settings
@@ -111,19 +118,66 @@ type PostgresOptions struct {
 // that user, which is checked up front.
 //
 // ctx only bounds the start; the server keeps running after ctx is done,
-// until Stop or Kill or the death of this process (see Postgres). A stale
+// until Stop or the death of this process (see Postgres). A stale
 // postmaster.pid left by a killed server does not prevent the start: postgres
 // ignores a lock file whose process is gone.
 func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error) {
+	p, initdbBin, err := newPostgres(opts)
+	if err != nil {
+		return nil, err
+	}
+	noSync := strings.EqualFold(p.settings["fsync"], "off")
+	if p.dir, err = initDataDir(ctx, opts.Dir, initdbBin, p.cred, noSync); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.startLocked(ctx, opts.Port == 0); err != nil {
+		return nil, err
+	}
+	if err := p.createDatabase(ctx); err != nil {
+		_ = p.killLocked()
+		return nil, err
+	}
+	return p, nil
+}
+
+// newPostgres checks opts, finds the binaries and the OS user to run them
+// as, and returns a stopped server with the defaults filled in, its data
+// directory still to prepare, and the initdb to prepare it with.
+func newPostgres(opts PostgresOptions) (p *Postgres, initdbBin string, err error) {
 	if opts.Dir == "" {
-		return nil, pgErrorf("no data directory given")
+		return nil, "", pgErrorf("no data directory given")
 	}
 	if opts.Port < 0 || opts.Port > 65535 {
-		return nil, pgErrorf("invalid port %d", opts.Port)
+		return nil, "", pgErrorf("invalid port %d", opts.Port)
 	}
-	settings := make(map[string]string, len(defaultSettings)+len(opts.Settings))
+	p = &Postgres{
+		port:     opts.Port,
+		database: cmp.Or(opts.Database, defaultDatabase),
+		logger:   opts.Logger,
+	}
+	if p.logger == nil {
+		p.logger = slog.New(slog.DiscardHandler)
+	}
+	if p.settings, err = serverSettings(opts.Settings); err != nil {
+		return nil, "", err
+	}
+	if p.postgresBin, initdbBin, err = findBinaries(); err != nil {
+		return nil, "", err
+	}
+	if p.cred, err = postgresCredential(); err != nil {
+		return nil, "", err
+	}
+	return p, initdbBin, nil
+}
+
+// serverSettings returns defaultSettings overridden by extra, refusing a
+// name postgres could not take and the port, which has an option of its own.
+func serverSettings(extra map[string]string) (map[string]string, error) {
+	settings := make(map[string]string, len(defaultSettings)+len(extra))
 	maps.Copy(settings, defaultSettings)
-	for k, v := range opts.Settings {
+	for k, v := range extra {
 		if k == "" || strings.ContainsAny(k, "= \t\n") {
 			return nil, pgErrorf("invalid setting name %q", k)
 		}
@@ -132,54 +186,7 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		}
 		settings[k] = v
 	}
-	database := opts.Database
-	if database == "" {
-		database = defaultDatabase
-	}
-	logger := opts.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-
-	postgresBin, initdbBin, err := findBinaries()
-	if err != nil {
-		return nil, err
-	}
-	cred, err := postgresCredential()
-	if err != nil {
-		return nil, err
-	}
-	dir, needInit, err := prepareDataDir(opts.Dir, cred)
-	if err != nil {
-		return nil, err
-	}
-	if needInit {
-		noSync := strings.EqualFold(settings["fsync"], "off")
-		if err := initdb(ctx, initdbBin, dir, cred, noSync); err != nil {
-			return nil, err
-		}
-	}
-
-	p := &Postgres{
-		dir:         dir,
-		port:        opts.Port,
-		database:    database,
-		settings:    settings,
-		postgresBin: postgresBin,
-		cred:        cred,
-		logger:      logger,
-	}
-	autoPort := opts.Port == 0
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.startLocked(ctx, autoPort); err != nil {
-		return nil, err
-	}
-	if err := p.createDatabase(ctx); err != nil {
-		_ = p.killLocked()
-		return nil, err
-	}
-	return p, nil
+	return settings, nil
 }
 
 // DSN returns a postgres:// URL for Database on 127.0.0.1:port, user postgres, sslmode=disable.
@@ -222,20 +229,10 @@ func (p *Postgres) Stop(ctx context.Context) error {
 	}
 }
 
-// Kill sends SIGKILL to the postmaster (a crash; used by crash tests) and
-// waits until it and its backends, which notice its death and exit at once,
-// are gone. Clients see their connections terminated. It returns nil when the
-// server was not running. A later Restart performs crash recovery, despite the
-// stale postmaster.pid left behind.
-func (p *Postgres) Kill() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.killLocked()
-}
-
-// Restart starts a stopped (or killed, or crashed) server again on the same
-// Dir and Port (for outage tests); the DSN stays valid. It fails if the server
-// is running, or if another process took the port meanwhile.
+// Restart starts a stopped (or crashed) server again on the same Dir and Port
+// (for outage tests); the DSN stays valid. After a crash it performs crash
+// recovery, despite the stale postmaster.pid left behind. It fails if the
+// server is running, or if another process took the port meanwhile.
 func (p *Postgres) Restart(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -251,6 +248,9 @@ func (p *Postgres) Restart(ctx context.Context) error {
 	return p.startLocked(ctx, false)
 }
 
+// killLocked sends SIGKILL to the postmaster (a crash) and waits until it and
+// its backends, which notice its death and exit at once, are gone. Clients see
+// their connections terminated. It returns nil when the server was not running.
 func (p *Postgres) killLocked() error {
 	proc := p.proc
 	if proc == nil {
@@ -264,41 +264,59 @@ func (p *Postgres) killLocked() error {
 }
 
 // startLocked starts the postmaster and waits until it accepts connections.
-// With autoPort, a fresh free port is picked and, if another process grabs it
-// before postgres binds it, retried with another one.
+// With autoPort, a fresh free port is picked for each attempt, and when
+// another process grabs it before postgres binds it, the start is tried
+// again on another (portAttempts in all).
 func (p *Postgres) startLocked(ctx context.Context, autoPort bool) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	for attempt := 1; ; attempt++ {
-		if autoPort {
-			port, err := freePort()
-			if err != nil {
-				return err
-			}
-			p.port = port
+	var last error
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		var portTaken bool
+		portTaken, last = p.startOnce(ctx, autoPort)
+		if last != nil && !portTaken {
+			return struct{}{}, backoff.Permanent(last)
 		}
-		begin := time.Now()
-		proc, err := p.spawn()
-		if err != nil {
-			return err
-		}
-		err = p.waitReady(ctx, proc)
-		if err == nil {
-			p.proc = proc
-			p.logger.Info("postgres started",
-				"component", "postgres",
-				"dir", p.dir,
-				"port", p.port,
-				"pid", proc.child.cmd.Process.Pid,
-				"elapsed", time.Since(begin))
-			return nil
-		}
-		proc.kill()
-		if autoPort && attempt < portAttempts && proc.bindFailed() && ctx.Err() == nil {
-			continue
-		}
-		return err
+		return struct{}{}, last
+	},
+		backoff.WithBackOff(&backoff.ZeroBackOff{}), // a port taken is no reason to wait
+		backoff.WithMaxTries(portAttempts),
+		backoff.WithMaxElapsedTime(0), // ctx bounds it
+	)
+	if err != nil {
+		return last // rather than the bare context error Retry may give
 	}
+	return nil
+}
+
+// startOnce is one attempt of startLocked. It reports whether it failed
+// because another process took the port it picked, which is worth another
+// attempt on another port.
+func (p *Postgres) startOnce(ctx context.Context, autoPort bool) (portTaken bool, err error) {
+	if autoPort {
+		port, err := freePort()
+		if err != nil {
+			return false, err
+		}
+		p.port = port
+	}
+	begin := time.Now()
+	proc, err := p.spawn()
+	if err != nil {
+		return false, err
+	}
+	if err := p.waitReady(ctx, proc); err != nil {
+		proc.kill()
+		return autoPort && proc.bindFailed() && ctx.Err() == nil, err
+	}
+	p.proc = proc
+	p.logger.Info("postgres started",
+		"component", "postgres",
+		"dir", p.dir,
+		"port", p.port,
+		"pid", proc.child.cmd.Process.Pid,
+		"elapsed", time.Since(begin))
+	return false, nil
 }
 
 // spawn starts the postmaster without waiting for it to be ready.
@@ -344,30 +362,45 @@ func (p *Postgres) spawn() (*process, error) {
 	return proc, nil
 }
 
-// waitReady polls the server with `SELECT 1` until it answers, the child
-// exits, or ctx is done.
+// waitReady polls the server with `SELECT 1`, at growing intervals up to
+// readyPollMax, until it answers, the child exits (an error with the tail of
+// its output, at once: retrying cannot help), or ctx is done.
 func (p *Postgres) waitReady(ctx context.Context, proc *process) error {
 	db := p.openDB("postgres")
 	defer db.Close()
-	var lastErr error
-	for {
+	var lastErr, exited error
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
 		var one int
-		err := db.QueryRowContext(qctx, "SELECT 1").Scan(&one)
-		cancel()
-		if err == nil {
-			return nil
+		if lastErr = db.QueryRowContext(qctx, "SELECT 1").Scan(&one); lastErr == nil {
+			return struct{}{}, nil
 		}
-		lastErr = err
 		select {
 		case <-proc.child.done:
-			proc.waitDrained(time.Second)
-			return pgErrorf("postgres exited during startup (%v); output:\n%s", proc.child.err, proc.tail.String())
-		case <-ctx.Done():
-			return pgErrorf("postgres on port %d not ready (last error: %v); output:\n%s: %w",
-				p.port, lastErr, proc.tail.String(), ctx.Err())
-		case <-time.After(50 * time.Millisecond):
+			proc.waitDrained(time.Second) // for the last lines of output
+			exited = pgErrorf("postgres exited during startup (%v); output:\n%s", proc.child.err, proc.tail.String())
+			return struct{}{}, backoff.Permanent(exited)
+		default:
+			return struct{}{}, lastErr
 		}
+	},
+		backoff.WithBackOff(&backoff.ExponentialBackOff{
+			InitialInterval:     readyPollMin,
+			RandomizationFactor: backoff.DefaultRandomizationFactor,
+			Multiplier:          backoff.DefaultMultiplier,
+			MaxInterval:         readyPollMax,
+		}),
+		backoff.WithMaxElapsedTime(0), // ctx bounds it
+	)
+	switch {
+	case err == nil:
+		return nil
+	case exited != nil:
+		return exited
+	default: // ctx is done
+		return pgErrorf("postgres on port %d not ready (last error: %v); output:\n%s: %w",
+			p.port, lastErr, proc.tail.String(), ctx.Err())
 	}
 }
 

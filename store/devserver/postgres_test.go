@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -22,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/uptrace/bun/driver/pgdriver"
 
 	"github.com/admetric/admetric/store/devserver"
@@ -46,6 +48,16 @@ func startPG(t *testing.T, opts devserver.PostgresOptions) *devserver.Postgres {
 	if opts.Dir == "" {
 		opts.Dir = dataDir(t)
 	}
+	pg, err := start(t, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pg
+}
+
+// start starts a server on opts.Dir and stops it at cleanup. Unlike startPG,
+// it may be called from any goroutine.
+func start(t *testing.T, opts devserver.PostgresOptions) (*devserver.Postgres, error) {
 	if opts.Settings == nil {
 		opts.Settings = testSettings
 	}
@@ -53,7 +65,7 @@ func startPG(t *testing.T, opts devserver.PostgresOptions) *devserver.Postgres {
 	defer cancel()
 	pg, err := devserver.StartPostgres(ctx, opts)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -62,7 +74,7 @@ func startPG(t *testing.T, opts devserver.PostgresOptions) *devserver.Postgres {
 			t.Errorf("stop: %v", err)
 		}
 	})
-	return pg
+	return pg, nil
 }
 
 func openDB(t *testing.T, dsn string) *sql.DB {
@@ -111,6 +123,24 @@ func assertNames(t *testing.T, db *sql.DB, want ...string) {
 	}
 }
 
+var errNotYet = errors.New("not yet")
+
+// waitFor polls cond until it holds, and fails t if it does not within d.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		if cond() {
+			return struct{}{}, nil
+		}
+		return struct{}{}, errNotYet
+	}, backoff.WithBackOff(backoff.NewConstantBackOff(10*time.Millisecond)), backoff.WithMaxElapsedTime(0))
+	if err != nil {
+		t.Fatalf("%s: not within %s", what, d)
+	}
+}
+
 func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -141,7 +171,7 @@ func assertRefused(t *testing.T, dsn string) {
 	}
 }
 
-func TestLocalPostgresStartQueryStopRestart(t *testing.T) {
+func TestPostgresStartQueryStopRestart(t *testing.T) {
 	pg := startPG(t, devserver.PostgresOptions{})
 	dsn := pg.DSN()
 	u, err := url.Parse(dsn)
@@ -189,7 +219,7 @@ func TestLocalPostgresStartQueryStopRestart(t *testing.T) {
 	}
 }
 
-func TestLocalPostgresKillRestart(t *testing.T) {
+func TestPostgresKillRestart(t *testing.T) {
 	dir := dataDir(t)
 	pg := startPG(t, devserver.PostgresOptions{Dir: dir, Database: "crash"})
 	db := openDB(t, pg.DSN())
@@ -222,7 +252,7 @@ func TestLocalPostgresKillRestart(t *testing.T) {
 
 // A stale postmaster.pid naming a pid that is not running (here: one that
 // never was a postgres) does not prevent a start.
-func TestLocalPostgresStalePidFile(t *testing.T) {
+func TestPostgresStalePidFile(t *testing.T) {
 	dir := dataDir(t)
 	pg := startPG(t, devserver.PostgresOptions{Dir: dir})
 	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
@@ -259,22 +289,19 @@ func TestLocalPostgresStalePidFile(t *testing.T) {
 	}
 }
 
-func TestLocalPostgresTwoServers(t *testing.T) {
-	// One on a port chosen by us, one on a port chosen by StartPostgres.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fixed := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-
-	var wg sync.WaitGroup
+func TestPostgresTwoServers(t *testing.T) {
+	// One on a port chosen by the test, one on a port chosen by
+	// StartPostgres, started at once.
+	dirA, dirB := dataDir(t), dataDir(t)
 	var a, b *devserver.Postgres
-	wg.Go(func() { a = startPG(t, devserver.PostgresOptions{Port: fixed}) })
-	wg.Go(func() { b = startPG(t, devserver.PostgresOptions{}) })
+	var fixed int
+	var errA, errB error
+	var wg sync.WaitGroup
+	wg.Go(func() { a, fixed, errA = startOnPickedPort(t, dirA) })
+	wg.Go(func() { b, errB = start(t, devserver.PostgresOptions{Dir: dirB}) })
 	wg.Wait()
-	if a == nil || b == nil {
-		t.FailNow()
+	if err := errors.Join(errA, errB); err != nil {
+		t.Fatal(err)
 	}
 	if portOf(t, a.DSN()) != fixed {
 		t.Fatalf("a.DSN() = %s, want port %d", a.DSN(), fixed)
@@ -297,7 +324,27 @@ func TestLocalPostgresTwoServers(t *testing.T) {
 	assertNames(t, dbB, "in-b")
 }
 
-func TestLocalPostgresStopIdempotent(t *testing.T) {
+// startOnPickedPort starts a server on dir on a port the test picks. Another
+// process on this shared machine may take the port between the pick and the
+// server's bind: then it picks another, three times at most.
+func startOnPickedPort(t *testing.T, dir string) (pg *devserver.Postgres, port int, err error) {
+	pg, err = backoff.Retry(context.Background(), func() (*devserver.Postgres, error) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, backoff.Permanent(err)
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		pg, err := start(t, devserver.PostgresOptions{Dir: dir, Port: port})
+		if err != nil && !strings.Contains(err.Error(), "could not bind") {
+			return nil, backoff.Permanent(err)
+		}
+		return pg, err
+	}, backoff.WithBackOff(&backoff.ZeroBackOff{}), backoff.WithMaxTries(3), backoff.WithMaxElapsedTime(0))
+	return pg, port, err
+}
+
+func TestPostgresStopIdempotent(t *testing.T) {
 	pg := storetest.Postgres(t)
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
@@ -320,7 +367,7 @@ func TestLocalPostgresStopIdempotent(t *testing.T) {
 }
 
 // Stop with a context that is already done kills the server and says so.
-func TestLocalPostgresStopDeadline(t *testing.T) {
+func TestPostgresStopDeadline(t *testing.T) {
 	pg := storetest.Postgres(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -334,7 +381,7 @@ func TestLocalPostgresStopDeadline(t *testing.T) {
 	}
 }
 
-func TestLocalPostgresLogger(t *testing.T) {
+func TestPostgresLogger(t *testing.T) {
 	var buf syncBuffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	pg := startPG(t, devserver.PostgresOptions{Logger: logger})
@@ -349,7 +396,7 @@ func TestLocalPostgresLogger(t *testing.T) {
 	}
 }
 
-func TestLocalPostgresBadSetting(t *testing.T) {
+func TestPostgresBadSetting(t *testing.T) {
 	dir := dataDir(t)
 	_, err := devserver.StartPostgres(ctxTimeout(t, time.Minute), devserver.PostgresOptions{
 		Dir:      dir,
@@ -372,7 +419,7 @@ func TestLocalPostgresBadSetting(t *testing.T) {
 	}
 }
 
-func TestLocalPostgresNotADataDir(t *testing.T) {
+func TestPostgresNotADataDir(t *testing.T) {
 	dir := dataDir(t)
 	if err := os.WriteFile(filepath.Join(dir, "junk"), nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -385,7 +432,7 @@ func TestLocalPostgresNotADataDir(t *testing.T) {
 
 // As root, a data directory below a root-only directory (t.TempDir is 0700)
 // is refused with advice; as another user it simply works.
-func TestLocalPostgresUnreachableDir(t *testing.T) {
+func TestPostgresUnreachableDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pgdata")
 	pg, err := devserver.StartPostgres(ctxTimeout(t, time.Minute), devserver.PostgresOptions{
 		Dir:      dir,
@@ -413,7 +460,7 @@ func TestLocalPostgresUnreachableDir(t *testing.T) {
 
 // As root, an existing data directory owned by root (e.g. restored from a
 // backup) is handed to the postgres user.
-func TestLocalPostgresChownsDataDir(t *testing.T) {
+func TestPostgresChownsDataDir(t *testing.T) {
 	dir := dataDir(t)
 	pg := startPG(t, devserver.PostgresOptions{Dir: dir})
 	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
@@ -448,13 +495,20 @@ func TestLocalPostgresChownsDataDir(t *testing.T) {
 	}
 }
 
-const helperEnv = "ADMETRIC_LOCALPG_HELPER_DIR"
+const helperEnv = "ADMETRIC_DEVSERVER_HELPER_DIR"
+
+// churnThreads is how many OS threads the helper of TestPostgresParentDeath
+// has the runtime terminate while the server runs.
+const churnThreads = 20
 
 // When the process that started the server dies by SIGKILL, Pdeathsig makes
-// the server shut down cleanly. The test runs itself as that process, and is
-// a child subreaper meanwhile so that the orphaned postmaster becomes its
-// child: it can then wait for it and check its exit status.
-func TestLocalPostgresParentDeath(t *testing.T) {
+// the server shut down cleanly; until then, the runtime terminating OS
+// threads of that process must not, although Linux sends the signal when the
+// thread that forked the child exits: that thread must stay, waiting for the
+// child. The test runs itself as that process, and is a child subreaper
+// meanwhile so that the orphaned postmaster becomes its child: it can then
+// wait for it and check its exit status.
+func TestPostgresParentDeath(t *testing.T) {
 	if dir := os.Getenv(helperEnv); dir != "" {
 		parentDeathHelper(dir)
 		return
@@ -463,7 +517,7 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 	t.Cleanup(func() { setSubreaper(t, false) })
 
 	dir := dataDir(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLocalPostgresParentDeath$", "-test.count=1", "-test.timeout=5m")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPostgresParentDeath$", "-test.count=1", "-test.timeout=5m")
 	cmd.Env = append(os.Environ(), helperEnv+"="+dir)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
@@ -484,17 +538,20 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 		}
 	})
 
-	dsn := ""
+	// The helper starts a server, then has the runtime terminate
+	// churnThreads OS threads, each gone before the next.
+	dsn, churned := "", false
 	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		if s, ok := strings.CutPrefix(sc.Text(), "DSN "); ok {
+	for !churned && sc.Scan() {
+		line := sc.Text()
+		if s, ok := strings.CutPrefix(line, "DSN "); ok {
 			dsn = s
-			break
 		}
-		t.Logf("helper: %s", sc.Text())
+		churned = strings.HasPrefix(line, "CHURNED ")
+		t.Logf("helper: %s", line)
 	}
-	if dsn == "" {
-		t.Fatalf("helper did not start a server (scan error: %v)", sc.Err())
+	if !churned {
+		t.Fatalf("helper did not start a server and churn threads (scan error: %v)", sc.Err())
 	}
 	go func() { // keep the helper's stdout drained
 		for sc.Scan() {
@@ -509,13 +566,7 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 	if pgPid, err = strconv.Atoi(first); err != nil {
 		t.Fatalf("postmaster.pid: %v", err)
 	}
-	// The helper churns OS threads meanwhile; the server must survive that.
-	time.Sleep(500 * time.Millisecond)
-	db := openDB(t, dsn)
-	if err := db.Ping(); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	assertNoShutdownRequested(t, dsn)
 
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -550,6 +601,34 @@ func TestLocalPostgresParentDeath(t *testing.T) {
 	assertRefused(t, dsn)
 }
 
+// assertNoShutdownRequested fails t if the server at dsn was asked to shut
+// down before this call (by a parent-death signal: the kernel sends it when
+// the thread exits, before the thread is gone from /proc).
+//
+// A signal the postmaster has not handled yet would go unseen by a mere
+// query, so it is made to handle its signals first: pg_reload_conf sends
+// it a SIGHUP, and a new connection sees the reloaded setting only once
+// the postmaster has handled the SIGHUP, and with it any signal that was
+// pending before. The connection after that is refused if one of those was a
+// shutdown request.
+func assertNoShutdownRequested(t *testing.T, dsn string) {
+	t.Helper()
+	db := openDB(t, dsn)
+	db.SetMaxIdleConns(0) // every query on a new connection, a new backend
+	exec1(t, db, "ALTER SYSTEM SET work_mem = '5MB'")
+	exec1(t, db, "SELECT pg_reload_conf()")
+	waitFor(t, 30*time.Second, "new connections to see the reloaded work_mem", func() bool {
+		var workMem string
+		if err := db.QueryRow("SHOW work_mem").Scan(&workMem); err != nil {
+			t.Fatalf("server stopped answering: %v", err)
+		}
+		return workMem == "5MB"
+	})
+	if err := db.Ping(); err != nil {
+		t.Fatalf("server asked to shut down while its parent lives: %v", err)
+	}
+}
+
 // setSubreaper makes this process adopt its orphaned descendants.
 func setSubreaper(t *testing.T, on bool) {
 	t.Helper()
@@ -563,36 +642,101 @@ func setSubreaper(t *testing.T, on bool) {
 	}
 }
 
+// parentDeathHelper starts a server on dir and prints its DSN, then has the
+// runtime terminate churnThreads OS threads, each gone before the next. It
+// prints CHURNED once the thread that forked the server is seen waiting for
+// it, its exit being what would signal the server; then it waits to be
+// killed. It prints ERROR and exits when something fails.
 func parentDeathHelper(dir string) {
-	pg, err := devserver.StartPostgres(context.Background(), devserver.PostgresOptions{Dir: dir, Settings: testSettings})
-	if err != nil {
+	fail := func(err error) {
 		fmt.Println("ERROR", err)
 		os.Exit(1)
 	}
-	fmt.Println("DSN " + pg.DSN())
-	// Churn OS threads: goroutines that lock a thread and exit make the
-	// runtime destroy that thread, which would fire a Pdeathsig tied to it.
-	for {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = exec.Command("true").Run()
-		}()
-		<-done
-		locked := make(chan struct{})
-		go func() {
-			defer close(locked)
-			lockAndExit()
-		}()
-		<-locked
-		time.Sleep(10 * time.Millisecond)
+	pg, err := devserver.StartPostgres(context.Background(), devserver.PostgresOptions{Dir: dir, Settings: testSettings})
+	if err != nil {
+		fail(err)
 	}
+	fmt.Println("DSN " + pg.DSN())
+	forker := pg.ForkThread()
+	for retired := 0; retired < churnThreads; {
+		// A child process run meanwhile blocks a thread in wait, so that
+		// the runtime starts new ones.
+		done := make(chan error, 1)
+		go func() { done <- exec.Command("true").Run() }()
+		ok, err := retireThread()
+		if err != nil {
+			fail(err)
+		}
+		if err := <-done; err != nil {
+			fail(err)
+		}
+		if ok {
+			retired++
+		}
+	}
+	if err := waitingForChild(forker); err != nil {
+		fail(err)
+	}
+	fmt.Printf("CHURNED %d threads; thread %d, which forked the server, waits for it\n", churnThreads, forker)
+	select {}
 }
 
-// lockAndExit ends its goroutine with the OS thread locked, so the runtime
-// terminates the thread.
-func lockAndExit() {
-	runtime.LockOSThread()
+// waitingForChild waits until the thread tid of this process is seen blocked
+// in a wait system call (waitid on a pidfd, or wait4), as a thread that
+// waits for its child is. It fails at once if the thread is gone.
+func waitingForChild(tid int) error {
+	file := fmt.Sprintf("/proc/self/task/%d/syscall", tid)
+	var seen string
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		b, err := os.ReadFile(file)
+		if errors.Is(err, fs.ErrNotExist) {
+			return struct{}{}, backoff.Permanent(fmt.Errorf("thread %d, which forked the server, is gone", tid))
+		}
+		if err != nil {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		seen, _, _ = strings.Cut(string(b), " ")
+		if nr, err := strconv.Atoi(seen); err == nil && (nr == syscall.SYS_WAITID || nr == syscall.SYS_WAIT4) {
+			return struct{}{}, nil
+		}
+		return struct{}{}, errNotYet
+	}, backoff.WithBackOff(backoff.NewConstantBackOff(time.Millisecond)), backoff.WithMaxElapsedTime(0))
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("thread %d, which forked the server, is not waiting for it (system call %s): %w", tid, strings.TrimSpace(seen), err)
+	}
+	return err
+}
+
+// retireThread ends a goroutine with its OS thread locked, which makes the
+// runtime terminate the thread, and waits until the thread is gone. It
+// reports false when the goroutine ran on the main thread, which the runtime
+// keeps.
+func retireThread() (bool, error) {
+	tids := make(chan int, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked
+		tids <- syscall.Gettid()
+	}()
+	tid := <-tids
+	if tid == os.Getpid() {
+		return false, nil
+	}
+	task := fmt.Sprintf("/proc/self/task/%d", tid)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		_, err := os.Stat(task)
+		if errors.Is(err, fs.ErrNotExist) {
+			return struct{}{}, nil
+		}
+		return struct{}{}, errNotYet
+	}, backoff.WithBackOff(backoff.NewConstantBackOff(time.Millisecond)), backoff.WithMaxElapsedTime(0))
+	if err != nil {
+		return false, fmt.Errorf("thread %d not gone: %w", tid, err)
+	}
+	return true, nil
 }
 
 type syncBuffer struct {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -99,6 +100,7 @@ func (t *outputTail) String() string {
 // reusing it.
 type child struct {
 	cmd  *exec.Cmd
+	tid  int           // the OS thread that forked the child and waits for it
 	done chan struct{} // closed when Wait returned
 	err  error         // Wait's result; read only after done is closed
 }
@@ -109,6 +111,7 @@ func startChild(cmd *exec.Cmd) (*child, error) {
 	go func() {
 		runtime.LockOSThread()
 		// Deliberately never unlocked, see child.
+		c.tid = syscall.Gettid()
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return

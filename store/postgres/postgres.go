@@ -32,21 +32,21 @@ func Open(ctx context.Context, dsn string) (*bun.DB, error) {
 	db := bun.NewDB(sqldb, pgdialect.New())
 	if err := db.PingContext(ctx); err != nil {
 		_ = db.Close()
-		return nil, fmt.Errorf("postgres: postgres: %w", err)
+		return nil, fmt.Errorf("postgres: connect: %w", err)
 	}
 	return db, nil
 }
 
-// ErrInvalidDSN is returned for a PostgreSQL URL the driver cannot use.
-var ErrInvalidDSN = errors.New("postgres: invalid postgres URL")
+// errInvalidDSN is returned for a PostgreSQL URL the driver cannot use.
+var errInvalidDSN = errors.New("postgres: invalid PostgreSQL URL")
 
 // newConnector builds the driver's connector. pgdriver panics on a URL option it
-// cannot parse (sslmode=bogus, connect_timeout=abc); that becomes ErrInvalidDSN
+// cannot parse (sslmode=bogus, connect_timeout=abc); that becomes errInvalidDSN
 // so a typo in configuration is an error message, not a crash.
 func newConnector(dsn string) (c *pgdriver.Connector, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			c, err = nil, fmt.Errorf("%w: %v", ErrInvalidDSN, r)
+			c, err = nil, fmt.Errorf("%w: %v", errInvalidDSN, r)
 		}
 	}()
 	return pgdriver.NewConnector(
@@ -114,7 +114,7 @@ func isUniqueViolation(err error) bool {
 // Ping checks that PostgreSQL answers.
 func Ping(ctx context.Context, db *bun.DB) error {
 	if err := db.PingContext(ctx); err != nil {
-		return fmt.Errorf("postgres: postgres: %w", err)
+		return fmt.Errorf("postgres: ping: %w", err)
 	}
 	return nil
 }

@@ -3,12 +3,19 @@ package storetest_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/uptrace/bun/driver/pgdriver"
 
 	"github.com/admetric/admetric/store/devserver"
@@ -103,42 +110,37 @@ func TestPostgresParallel(t *testing.T) {
 	}
 }
 
-// Killing the server (a crash test) and restarting it works, and the cleanup
-// copes with a server the test already killed.
-func TestPostgresKill(t *testing.T) {
-	pg := storetest.Postgres(t)
-	db := openDB(t, pg.DSN())
-	mustExec(t, db, "CREATE TABLE things (id int PRIMARY KEY)")
-	mustExec(t, db, "INSERT INTO things VALUES (1)")
-	if err := pg.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if err := pg.Restart(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	db = openDB(t, pg.DSN())
-	if n := count(t, db); n != 1 {
-		t.Fatalf("count after kill and restart = %d", n)
-	}
-	if err := pg.Kill(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// The cleanup stops the server and removes its data directory.
+// The cleanup stops the server and removes its data directory, whether the
+// server still runs, was stopped by the test, or crashed.
 func TestPostgresCleanup(t *testing.T) {
-	var pg *devserver.Postgres
-	if !t.Run("inner", func(t *testing.T) {
-		pg = storetest.Postgres(t)
-		if err := openDB(t, pg.DSN()).Ping(); err != nil {
-			t.Fatal(err)
+	var dsns []string
+	for _, tc := range []struct {
+		name string
+		end  func(t *testing.T, pg *devserver.Postgres)
+	}{
+		{"running", func(*testing.T, *devserver.Postgres) {}},
+		{"stopped", func(t *testing.T, pg *devserver.Postgres) {
+			if err := pg.Stop(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"crashed", crash},
+	} {
+		if !t.Run(tc.name, func(t *testing.T) {
+			pg := storetest.Postgres(t)
+			dsns = append(dsns, pg.DSN())
+			if err := openDB(t, pg.DSN()).Ping(); err != nil {
+				t.Fatal(err)
+			}
+			tc.end(t, pg)
+		}) {
+			t.FailNow() // the subtest failed, or its cleanup did
 		}
-	}) {
-		t.FailNow()
 	}
-	db := openDB(t, pg.DSN())
-	if err := db.Ping(); err == nil {
-		t.Fatal("server still running after its test's cleanup")
+	for _, dsn := range dsns {
+		if err := openDB(t, dsn).Ping(); err == nil {
+			t.Fatalf("server %s still running after its test's cleanup", dsn)
+		}
 	}
 	for _, root := range []string{os.Getenv(storetest.DirEnv), "/dev/shm", os.TempDir()} {
 		if root == "" {
@@ -151,6 +153,61 @@ func TestPostgresCleanup(t *testing.T) {
 		if len(matches) != 0 {
 			t.Fatalf("data directories left behind: %v", matches)
 		}
+	}
+}
+
+// crash SIGKILLs pg's postmaster behind its back, as the OOM killer would,
+// and waits until it is gone and its port refuses connections.
+func crash(t *testing.T, pg *devserver.Postgres) {
+	t.Helper()
+	var dataDir string
+	if err := openDB(t, pg.DSN()).QueryRow("SHOW data_directory").Scan(&dataDir); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(first)
+	if err != nil {
+		t.Fatalf("postmaster.pid: %v", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Gone once reaped, which pg does at once: it waits on its child.
+	waitFor(t, 30*time.Second, "postmaster gone after SIGKILL", func() bool {
+		return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+	})
+	u, err := url.Parse(pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "port refusing connections after SIGKILL", func() bool {
+		c, err := net.DialTimeout("tcp", u.Host, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+}
+
+var errNotYet = errors.New("not yet")
+
+// waitFor polls cond until it holds, and fails t if it does not within d.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		if cond() {
+			return struct{}{}, nil
+		}
+		return struct{}{}, errNotYet
+	}, backoff.WithBackOff(backoff.NewConstantBackOff(10*time.Millisecond)), backoff.WithMaxElapsedTime(0))
+	if err != nil {
+		t.Fatalf("%s: not within %s", what, d)
 	}
 }
 

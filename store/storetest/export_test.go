@@ -1,0 +1,6 @@
+package storetest
+
+// For the tests and benchmarks of this package.
+var Settings = settings
+
+const DirEnv = dirEnv
