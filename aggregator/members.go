@@ -36,8 +36,9 @@ type Members struct {
 	last  time.Time    // when a writer of this process last released
 }
 
-// NewMembers opens (creating if needed) the members bucket; id names this
-// process and must be unique among the live ones.
+// NewMembers creates or updates the members bucket and returns this
+// process's view of it; id names this process and must be unique among the
+// live ones. Run starts the heartbeat.
 func NewMembers(ctx context.Context, js jetstream.JetStream, id string, logger *slog.Logger) (*Members, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      MembersBucket,

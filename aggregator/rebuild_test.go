@@ -26,7 +26,7 @@ func TestRebuild(t *testing.T) {
 	db := storetest.DB(t, pg)
 	archive := postgres.NewArchive(db)
 	runArchiver(t, js, db, aggregator.ArchiverOptions{})
-	stop := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 100})
+	writer := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 100})
 
 	now := time.Now().UTC()
 	var evs []event.Event
@@ -47,9 +47,14 @@ func TestRebuild(t *testing.T) {
 			wantClicks++
 		}
 	}
-	want := waitClicks(t, rollups, "ad-r", from, to, wantClicks)
+	waitFolded(t, js, rollups, 1)
+	want := sum(t, rollups, "ad-r", from, to)
+	if want.Clicks != wantClicks {
+		t.Fatalf("%d clicks folded, want %d", want.Clicks, wantClicks)
+	}
 	waitRows(t, db, len(evs))
-	stop()
+	waitConsumed(t, js, aggregator.ArchiveConsumerName)
+	writer.Stop()
 
 	// Wipe some keys and falsify others, in every resolution.
 	for _, u := range []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day} {
@@ -85,6 +90,7 @@ func TestRebuild(t *testing.T) {
 	late := clicks("ad-r", 7, now, "late")
 	publish(t, js, late...)
 	waitRows(t, db, len(evs)+len(late))
+	waitConsumed(t, js, aggregator.ArchiveConsumerName) // the archive floor is past them
 
 	res, err := aggregator.Rebuild(ctx, rollups, archive, aggregator.RebuildOptions{From: from, To: to, VisitorSalt: []byte("salt"), ArchiveFloor: archiveFloor, AdIDs: []string{"ad-r", "ad-none"}})
 	if err != nil {
@@ -124,11 +130,12 @@ func TestRebuild(t *testing.T) {
 		}
 	}
 
-	// The writer comes back and folds the late events, once.
+	// The writer comes back and folds the late events, once: when it has
+	// acknowledged the last of them, nothing more can come.
 	runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 100})
-	after := waitClicks(t, rollups, "ad-r", from, to, wantClicks+uint64(len(late)))
-	time.Sleep(300 * time.Millisecond)
-	if again := sum(t, rollups, "ad-r", from, to); again.Clicks != after.Clicks {
-		t.Fatalf("clicks moved from %d to %d after the writer settled", after.Clicks, again.Clicks)
+	waitFolded(t, js, rollups, 1)
+	after := sum(t, rollups, "ad-r", from, to)
+	if after.Clicks != wantClicks+uint64(len(late)) || after.PlaybackCount != after.Clicks {
+		t.Fatalf("after the writer came back: %d clicks (playback count %d), want %d", after.Clicks, after.PlaybackCount, wantClicks+uint64(len(late)))
 	}
 }

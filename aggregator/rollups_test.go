@@ -11,112 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/admetric/admetric/aggregator"
-	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store"
-	"github.com/admetric/admetric/store/rollup"
-	"github.com/admetric/admetric/store/rollup/rolluptest"
 	"github.com/admetric/admetric/store/storetest"
 )
-
-var testLayout = rolluptest.Layout
-
-func setup(t *testing.T) (jetstream.JetStream, *store.Rollups) {
-	t.Helper()
-	js, _ := storetest.JetStream(t, storetest.NATS(t))
-	ctx := context.Background()
-	storetest.EventStream(t, js, 1)
-	if err := store.CreateOrUpdateDeadLetterStream(ctx, js, time.Hour, 1); err != nil {
-		t.Fatal(err)
-	}
-	rollups, err := store.CreateOrUpdateRollups(ctx, js, testLayout, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js, rollups
-}
-
-func publish(t *testing.T, js jetstream.JetStream, evs ...event.Event) {
-	t.Helper()
-	for i := range evs {
-		data, err := evs[i].Marshal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := js.Publish(context.Background(), evs[i].Subject(), data, jetstream.WithMsgID(evs[i].EventID)); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// runWriter runs a rollup writer of partition 0 until the returned stop is called.
-func runWriter(t *testing.T, js jetstream.JetStream, rollups *store.Rollups) (stop func()) {
-	t.Helper()
-	return runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{})
-}
-
-func runWriterWith(t *testing.T, js jetstream.JetStream, rollups *store.Rollups, opts aggregator.RollupWriterOptions) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	opts.VisitorSalt = []byte("salt")
-	if opts.BatchSize == 0 {
-		opts.BatchSize = 7
-	}
-	w := aggregator.NewRollupWriter(js, rollups, slog.New(slog.DiscardHandler), aggregator.NewMetrics(prometheus.NewRegistry()), opts)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	var once bool
-	stop = func() {
-		if once {
-			return
-		}
-		once = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("writer: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
-func sum(t *testing.T, rollups *store.Rollups, adID string, from, to time.Time) *rollup.Aggregate {
-	t.Helper()
-	tiling, err := rollups.Layout().Tile(from, to, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	agg, err := rollups.Sum(context.Background(), adID, tiling.Cells)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return agg
-}
-
-func waitClicks(t *testing.T, rollups *store.Rollups, adID string, from, to time.Time, want uint64) *rollup.Aggregate {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		agg := sum(t, rollups, adID, from, to)
-		if agg.Clicks == want {
-			return agg
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d clicks, want %d", adID, agg.Clicks, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func clicks(adID string, n int, at time.Time, idPrefix string) []event.Event {
-	evs := make([]event.Event, n)
-	for i := range evs {
-		evs[i] = event.Event{
-			EventID: fmt.Sprintf("%s-%d", idPrefix, i), Type: event.Click, AdID: adID,
-			Timestamp: at, IP: fmt.Sprintf("10.0.%d.%d", i/250, i%250), UserAgent: "ua", PlaybackTime: 1.5,
-		}
-	}
-	return evs
-}
 
 // TestRollupWriterReplayCountsOnce replays the whole partition to a new writer,
 // as after a crash between commit and ack: first with the checkpoints intact
@@ -129,12 +26,11 @@ func TestRollupWriterReplayCountsOnce(t *testing.T) {
 	old := now.Add(-5 * 24 * time.Hour) // beyond the minute retention: hour and day only
 	ctx := context.Background()
 
-	stop := runWriter(t, js, rollups)
+	w := runWriter(t, js, rollups)
 	publish(t, js, clicks("ad-a", 40, now, "a")...)
 	publish(t, js, clicks("ad-b", 5, old, "b")...)
-	waitClicks(t, rollups, "ad-a", from, to, 40)
-	waitClicks(t, rollups, "ad-b", old.Add(-time.Hour), to, 5)
-	stop()
+	waitFolded(t, js, rollups, 1)
+	w.Stop()
 
 	for round, rewind := range []bool{false, true} {
 		// A new consumer delivers the partition from the start again.
@@ -152,30 +48,36 @@ func TestRollupWriterReplayCountsOnce(t *testing.T) {
 				}
 			}
 		}
-		stop := runWriter(t, js, rollups)
+		w := runWriter(t, js, rollups)
 		publish(t, js, clicks("ad-a", 3, now, fmt.Sprintf("a-more-%d", round))...)
+		// Every event of the partition was delivered again and acknowledged:
+		// the replay is over and nothing more can come.
+		waitFolded(t, js, rollups, 1)
 		want := uint64(43 + 3*round)
-		agg := waitClicks(t, rollups, "ad-a", from, to, want)
-		if agg.PlaybackMillis != want*1500 || agg.PlaybackCount != want {
-			t.Errorf("rewind=%v: playback %d ms over %d clicks, want %d over %d", rewind, agg.PlaybackMillis, agg.PlaybackCount, want*1500, want)
+		agg := sum(t, rollups, "ad-a", from, to)
+		if agg.Clicks != want || agg.PlaybackMillis != want*1500 || agg.PlaybackCount != want {
+			t.Errorf("rewind=%v: %d clicks, playback %d ms over %d clicks, want %d clicks, %d ms", rewind, agg.Clicks, agg.PlaybackMillis, agg.PlaybackCount, want, want*1500)
 		}
 		if got := agg.UniqueVisitors(); got != 40 {
 			t.Errorf("rewind=%v: unique visitors %d, want 40 (the new clicks repeat visitors)", rewind, got)
 		}
-		// The new events are the last in the partition: once they are counted,
-		// the replay of everything before them is done.
 		if b := sum(t, rollups, "ad-b", old.Add(-time.Hour), to); b.Clicks != 5 {
 			t.Errorf("rewind=%v: ad-b has %d clicks after the replay, want 5", rewind, b.Clicks)
 		}
-		if a := sum(t, rollups, "ad-a", from, to); a.Clicks != want {
-			t.Errorf("rewind=%v: ad-a has %d clicks after the replay, want %d", rewind, a.Clicks, want)
+		// Which guard skipped the replayed events: the checkpoints (nothing
+		// but the new events reaches the fold), or each rollup's MaxSeq.
+		if !rewind && (w.Folded() != 3 || w.Duplicates() != 0) {
+			t.Errorf("checkpoints intact: folded %v events (%v skipped by MaxSeq), want only the 3 new ones", w.Folded(), w.Duplicates())
 		}
-		stop()
+		if rewind && w.Duplicates() == 0 {
+			t.Errorf("checkpoints rewound: no event was skipped by a rollup's MaxSeq (folded %v): the replay did not reach the fold", w.Folded())
+		}
+		w.Stop()
 	}
 }
 
-// TestRollupWriterPoisonDoesNotBlock: a message that is not an event is skipped,
-// and the events after it are counted.
+// TestRollupWriterPoisonDoesNotBlock: a message that is not an event is skipped
+// (acknowledged with its batch), and the events after it are counted.
 func TestRollupWriterPoisonDoesNotBlock(t *testing.T) {
 	js, rollups := setup(t)
 	now := time.Now().UTC()
@@ -192,84 +94,134 @@ func TestRollupWriterPoisonDoesNotBlock(t *testing.T) {
 		}
 	}
 	publish(t, js, clicks("ad-p", 2, now, "p")...)
-	waitClicks(t, rollups, "ad-p", now.Add(-time.Hour), now.Add(time.Minute), 2)
+	waitFolded(t, js, rollups, 1)
+	if agg := sum(t, rollups, "ad-p", now.Add(-time.Hour), now.Add(time.Minute)); agg.Clicks != 2 {
+		t.Fatalf("%d clicks, want 2", agg.Clicks)
+	}
+}
+
+// nakAll gives msgs back to the consumer at once, as if the AckWait of the
+// writer that holds them had passed: the test, not the clock, says when.
+func nakAll(t *testing.T, msgs []jetstream.Msg) {
+	t.Helper()
+	for _, m := range msgs {
+		if err := m.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// fetchHeld fetches n events of partition 0 through js, as a writer in
+// another process would (it takes the pin), and holds them unacknowledged.
+func fetchHeld(t *testing.T, js jetstream.JetStream, n int) []jetstream.Msg {
+	t.Helper()
+	ctx := context.Background()
+	cons, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for deadline := time.Now().Add(waitTimeout); len(out) < n && time.Now().Before(deadline); {
+		b, err := cons.Fetch(n-len(out), jetstream.FetchMaxWait(time.Second), jetstream.FetchPriorityGroup("rollups"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range b.Messages() {
+			out = append(out, m)
+		}
+	}
+	if len(out) != n {
+		t.Fatalf("fetched %d events, want %d", len(out), n)
+	}
+	return out
 }
 
 // TestRollupWriterTakesOverFromADeadWriter: a writer that fetched events and
 // died before committing them (it holds them unacknowledged) loses the
-// partition after PinnedTTL; the next writer waits for those events to come
-// back (AckWait) and folds everything once, in order.
+// partition after PinnedTTL; the next writer receives the events after them
+// first, and must wait until the dead writer's come back (after AckWait;
+// here forced by a nak) to fold everything once, in order. A writer that
+// folded what it held without waiting would acknowledge the dead writer's
+// events unseen (AckAll), and they would never be counted.
 func TestRollupWriterTakesOverFromADeadWriter(t *testing.T) {
 	js, rollups := setup(t)
 	now := time.Now().UTC()
-	ctx := context.Background()
-	opts := aggregator.RollupWriterOptions{AckWait: 2 * time.Second, PinnedTTL: time.Second, BatchSize: 50}
+	from, to := now.Add(-time.Hour), now.Add(time.Minute)
+	name := aggregator.RollupConsumerName(0)
+	opts := aggregator.RollupWriterOptions{AckWait: time.Minute, PinnedTTL: time.Second, BatchSize: 50}
 
-	// Create the consumer, then let "the dead writer" take the pin and 20 events.
-	stop := runWriterWith(t, js, rollups, opts)
-	var cons jetstream.Consumer
-	for deadline := time.Now().Add(10 * time.Second); cons == nil; {
-		c, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(0))
-		if err == nil {
-			cons = c
-		} else if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	stop()
-	time.Sleep(opts.PinnedTTL + 500*time.Millisecond) // the stopped writer's pin lapses
+	// Create the consumer as a writer does and stop that writer (with nothing
+	// delivered it holds no pin), then let "the dead writer" take the pin and
+	// 20 events.
+	first := runWriterWith(t, js, rollups, opts)
+	waitConsumer(t, js, name, "the consumer", func(*jetstream.ConsumerInfo) bool { return true })
+	first.Stop()
+	waitUnpinned(t, js, 0)
 	publish(t, js, clicks("ad-t", 20, now, "t1")...)
-	batch, err := cons.Fetch(20, jetstream.FetchMaxWait(time.Second), jetstream.FetchPriorityGroup("rollups"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for range batch.Messages() {
-		n++ // held, never acknowledged
-	}
-	if n != 20 {
-		t.Fatalf("the dead writer fetched %d events, want 20", n)
+	held := fetchHeld(t, js, 20)
+	waitUnpinned(t, js, 0)
+
+	// More events arrive; a live writer takes over and receives them while
+	// the dead writer still holds the first 20.
+	publish(t, js, clicks("ad-t", 10, now, "t2")...)
+	live := runWriterWith(t, js, rollups, opts)
+	waitConsumer(t, js, name, "the live writer holding events 21-30, the dead one 1-20", func(info *jetstream.ConsumerInfo) bool {
+		return info.NumPending == 0 && info.Delivered.Stream == 30 && info.NumAckPending == 30 && info.NumRedelivered == 0
+	})
+	if agg := sum(t, rollups, "ad-t", from, to); agg.Clicks != 0 {
+		t.Fatalf("the live writer folded %d clicks while the dead one held earlier events", agg.Clicks)
 	}
 
-	// More events arrive; a live writer takes over and must count all 30 once.
-	publish(t, js, clicks("ad-t", 10, now, "t2")...)
-	runWriterWith(t, js, rollups, opts)
-	agg := waitClicks(t, rollups, "ad-t", now.Add(-time.Hour), now.Add(time.Minute), 30)
-	if agg.PlaybackCount != 30 {
-		t.Fatalf("playback count %d, want 30", agg.PlaybackCount)
+	// The dead writer's events come back; everything is folded, once.
+	nakAll(t, held)
+	waitFolded(t, js, rollups, 1)
+	if agg := sum(t, rollups, "ad-t", from, to); agg.Clicks != 30 || agg.PlaybackCount != 30 {
+		t.Fatalf("%d clicks, playback count %d, want 30 and 30", agg.Clicks, agg.PlaybackCount)
 	}
-	time.Sleep(3 * time.Second) // past another AckWait: nothing is counted twice
-	if agg := sum(t, rollups, "ad-t", now.Add(-time.Hour), now.Add(time.Minute)); agg.Clicks != 30 {
-		t.Fatalf("%d clicks after settling, want 30", agg.Clicks)
+	if live.Folded() != 30 {
+		t.Fatalf("the live writer folded %v events, want all 30", live.Folded())
 	}
 }
 
 // TestRollupWritersShareAPartition: two writers of one partition, as in two
-// processes; the pinned one stops mid-stream and the other finishes. Every
-// event is counted once.
+// processes. A is pinned and folds while B waits; A stops mid-batch, holding
+// events it has not committed; B takes the partition over, receives the
+// events published after that, waits until A's come back after AckWait, and
+// folds them all. Every event is counted once.
 func TestRollupWritersShareAPartition(t *testing.T) {
 	js, rollups := setup(t)
 	now := time.Now().UTC()
-	opts := aggregator.RollupWriterOptions{AckWait: 2 * time.Second, PinnedTTL: time.Second}
-	stopA := runWriterWith(t, js, rollups, opts)
-	runWriterWith(t, js, rollups, opts)
+	from, to := now.Add(-time.Hour), now.Add(time.Minute)
+	name := aggregator.RollupConsumerName(0)
+	// A commits when it holds 100 events and otherwise lingers: a smaller
+	// batch stays in its hands, uncommitted, until it stops.
+	a := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{AckWait: 2 * time.Second, PinnedTTL: time.Second, BatchSize: 100, Linger: time.Hour})
 	publish(t, js, clicks("ad-s", 100, now, "s1")...)
-	waitClicks(t, rollups, "ad-s", now.Add(-time.Hour), now.Add(time.Minute), 100)
-	stopA()
-	publish(t, js, clicks("ad-s", 100, now, "s2")...)
-	waitClicks(t, rollups, "ad-s", now.Add(-time.Hour), now.Add(time.Minute), 200)
-	time.Sleep(3 * time.Second)
-	if agg := sum(t, rollups, "ad-s", now.Add(-time.Hour), now.Add(time.Minute)); agg.Clicks != 200 {
-		t.Fatalf("%d clicks after settling, want 200", agg.Clicks)
+	waitFolded(t, js, rollups, 1)
+	b := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{AckWait: 2 * time.Second, PinnedTTL: time.Second, BatchSize: 100})
+
+	publish(t, js, clicks("ad-s", 50, now, "s2")...)
+	waitConsumer(t, js, name, "A holding events 101-150", func(info *jetstream.ConsumerInfo) bool {
+		return info.NumPending == 0 && info.NumAckPending == 50 && info.AckFloor.Stream == 100
+	})
+	a.Stop()
+	publish(t, js, clicks("ad-s", 50, now, "s3")...)
+	waitFolded(t, js, rollups, 1)
+	if agg := sum(t, rollups, "ad-s", from, to); agg.Clicks != 200 {
+		t.Fatalf("%d clicks, want 200", agg.Clicks)
+	}
+	// B folded what A held and what came after: the takeover was exercised.
+	if a.Folded() != 100 || b.Folded() != 100 {
+		t.Fatalf("A folded %v events and B %v, want 100 each", a.Folded(), b.Folded())
 	}
 }
 
 // TestRollupWriterGateIgnoresWhatOthersAcked: writer C fetches events 1-100
-// and stalls; writer B fetches 101-200 and dies; writer A takes over, receives
-// 1-100 again and 201-300, and then C acks its 100. A must not count C's acked
-// events as its own and fold 201-300 without B's 101-200 (acking those unseen):
-// it waits for B's events to come back and folds them all.
+// and stalls; writer B fetches 101-200 and dies; C's events come back and
+// writer A takes over, receiving 1-100 again and 201-300; then C acks its
+// 100. A must not count C's acked events as its own and fold 201-300 without
+// B's 101-200 (acking those unseen): it drops what C acked and waits for
+// B's events to come back, then folds 101-300.
 func TestRollupWriterGateIgnoresWhatOthersAcked(t *testing.T) {
 	ctx := context.Background()
 	srv := storetest.NATS(t)
@@ -281,55 +233,43 @@ func TestRollupWriterGateIgnoresWhatOthersAcked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := aggregator.RollupWriterOptions{AckWait: 3 * time.Second, PinnedTTL: time.Second, BatchSize: 200}
-	// Create the consumer as a writer would, then stop that writer.
-	stop := runWriterWith(t, js, rollups, opts)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(0)); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-	}
-	stop()
-	time.Sleep(opts.PinnedTTL + 300*time.Millisecond)
+	name := aggregator.RollupConsumerName(0)
+	opts := aggregator.RollupWriterOptions{AckWait: time.Minute, PinnedTTL: time.Second, BatchSize: 200}
+	// Create the consumer as a writer would, then stop that writer (with
+	// nothing delivered it holds no pin).
+	first := runWriterWith(t, js, rollups, opts)
+	waitConsumer(t, js, name, "the consumer", func(*jetstream.ConsumerInfo) bool { return true })
+	first.Stop()
+	waitUnpinned(t, js, 0)
 	now := time.Now().UTC()
 	publish(t, js, clicks("ad-c", 100, now, "c")...)
 	publish(t, js, clicks("ad-b", 100, now, "b")...)
 	publish(t, js, clicks("ad-a", 100, now, "a")...)
 
-	fetch := func(js jetstream.JetStream) []jetstream.Msg {
-		t.Helper()
-		c, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := c.Fetch(100, jetstream.FetchMaxWait(time.Second), jetstream.FetchPriorityGroup("rollups"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []jetstream.Msg
-		for m := range b.Messages() {
-			out = append(out, m)
-		}
-		if len(out) != 100 {
-			t.Fatalf("fetched %d events, want 100", len(out))
-		}
-		return out
-	}
-	t0 := time.Now()
-	cMsgs := fetch(jsC) // C: 1-100, stalls
-	time.Sleep(opts.PinnedTTL + 300*time.Millisecond)
-	fetch(jsB) // B: 101-200, dies
-	time.Sleep(time.Until(t0.Add(opts.AckWait + 100*time.Millisecond)))
+	cMsgs := fetchHeld(t, jsC, 100) // C: 1-100, stalls
+	waitUnpinned(t, js, 0)
+	bMsgs := fetchHeld(t, jsB, 100) // B: 101-200, dies
+	waitUnpinned(t, js, 0)
+	nakAll(t, cMsgs)                    // C's events come back, as after its AckWait
 	runWriterWith(t, js, rollups, opts) // A
-	time.Sleep(300 * time.Millisecond)
-	if err := cMsgs[len(cMsgs)-1].DoubleAck(ctx); err != nil { // C acks 1-100
+	waitConsumer(t, js, name, "A holding 1-100 again and 201-300", func(info *jetstream.ConsumerInfo) bool {
+		return info.NumRedelivered == 100 && info.NumPending == 0 && info.Delivered.Stream == 300 && info.AckFloor.Stream == 0
+	})
+	// C, unaware that its events were given back, acks 1-100. Its client
+	// refuses to ack a message it nakked, so the ack goes out as C's would
+	// have: to the message's reply subject.
+	if err := jsC.Conn().Publish(cMsgs[len(cMsgs)-1].Reply(), []byte("+ACK")); err != nil {
 		t.Fatal(err)
 	}
+	waitConsumer(t, js, name, "C's ack", func(info *jetstream.ConsumerInfo) bool { return info.AckFloor.Stream >= 100 })
+	nakAll(t, bMsgs) // B's events come back
+	waitFolded(t, js, rollups, 1)
 	from, to := now.Add(-time.Hour), now.Add(time.Minute)
-	waitClicks(t, rollups, "ad-b", from, to, 100)
-	waitClicks(t, rollups, "ad-a", from, to, 100)
+	for ad, want := range map[string]uint64{"ad-a": 100, "ad-b": 100, "ad-c": 0} {
+		if got := sum(t, rollups, ad, from, to).Clicks; got != want {
+			t.Errorf("%s: %d clicks, want %d (ad-c's events were acked by C, which A must take as committed)", ad, got, want)
+		}
+	}
 }
 
 // TestRollupWritersBalance: two aggregator "processes" (each a Members and a
@@ -378,15 +318,7 @@ func TestRollupWritersBalance(t *testing.T) {
 		})
 		return group{reg: reg}
 	}
-	folded := func(g group) float64 {
-		mfs, _ := g.reg.Gather()
-		for _, mf := range mfs {
-			if mf.GetName() == "admetric_rollup_events_folded_total" {
-				return mf.GetMetric()[0].GetCounter().GetValue()
-			}
-		}
-		return 0
-	}
+	folded := func(g group) float64 { return counter(t, g.reg, "admetric_rollup_events_folded_total") }
 
 	now := time.Now().UTC()
 	var total uint64
@@ -398,6 +330,10 @@ func TestRollupWritersBalance(t *testing.T) {
 	}
 	a := start("a")
 	feed(0)
+	waitFolded(t, js, rollups, partitions)
+	if folded(a) != float64(total) {
+		t.Fatalf("alone, the first aggregator folded %v events, want all %d", folded(a), total)
+	}
 	b := start("b")
 	deadline := time.Now().Add(30 * time.Second)
 	for round := 1; folded(b) == 0; round++ {
@@ -407,16 +343,11 @@ func TestRollupWritersBalance(t *testing.T) {
 		feed(round)
 		time.Sleep(200 * time.Millisecond)
 	}
+	waitFolded(t, js, rollups, partitions)
 	t.Logf("first folded %v, second %v", folded(a), folded(b))
 	var sumClicks uint64
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		sumClicks = 0
-		for ad := range 40 {
-			sumClicks += sum(t, rollups, fmt.Sprintf("ad-%02d", ad), now.Add(-time.Hour), now.Add(time.Minute)).Clicks
-		}
-		if sumClicks == total || time.Now().After(deadline) {
-			break
-		}
+	for ad := range 40 {
+		sumClicks += sum(t, rollups, fmt.Sprintf("ad-%02d", ad), now.Add(-time.Hour), now.Add(time.Minute)).Clicks
 	}
 	if sumClicks != total {
 		t.Fatalf("%d clicks in the rollups, want %d", sumClicks, total)

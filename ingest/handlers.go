@@ -75,6 +75,8 @@ type rejection struct {
 	msg    string
 }
 
+// accept answers a POST of one event of type typ: 202 once the event is in the
+// stream or the spool, else the rejection or the publish failure as JSON.
 func (h *Handlers) accept(typ event.Type) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		body, ok := readJSONBody(c, MaxEventBody, "64 KiB")

@@ -64,7 +64,8 @@ type PublisherOptions struct {
 	// Logger receives one line when the publisher starts spooling events and
 	// one when the stream takes them again. Default: a logger that discards
 	// everything.
-	Logger  *slog.Logger
+	Logger *slog.Logger
+	// Metrics count the outcome of every Publish; nil counts nothing.
 	Metrics *Metrics
 }
 

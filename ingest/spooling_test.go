@@ -77,6 +77,7 @@ type intake struct {
 	router *gin.Engine
 	spool  *spool.Spool
 	stream jetstream.Stream
+	logs   *logRecorder // the publisher's
 }
 
 func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
@@ -92,7 +93,8 @@ func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sp.Close() })
-	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: 2 * time.Second, MaxPending: 4096, Spool: sp})
+	logs := &logRecorder{}
+	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: 2 * time.Second, MaxPending: 4096, Spool: sp, Logger: slog.New(logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +114,7 @@ func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
 	ingest.NewHandlers(pub, knownAds{"ad-1": true}, event.Limits{MaxAge: time.Hour}, slog.New(slog.DiscardHandler)).Register(r)
-	return &intake{router: r, spool: sp, stream: stream}
+	return &intake{router: r, spool: sp, stream: stream, logs: logs}
 }
 
 func (in *intake) post(t *testing.T, path, body string) (int, http.Header, map[string]any) {
@@ -221,6 +223,9 @@ func TestSpoolWhileNATSIsDown(t *testing.T) {
 		}
 	}
 	t.Logf("300 events spooled in %s", time.Since(began).Round(time.Millisecond))
+	if w, i := len(in.logs.at(slog.LevelWarn)), len(in.logs.at(slog.LevelInfo)); w != i+1 {
+		t.Errorf("publisher logged %d switches to the spool and %d back during the outage, want one more to the spool", w, i)
+	}
 
 	ns.start()
 	waitFor(t, "the replay", 30*time.Second, in.spool.Empty)
@@ -240,6 +245,9 @@ func TestSpoolWhileNATSIsDown(t *testing.T) {
 	})
 	waitFor(t, "the spool to empty", 30*time.Second, in.spool.Empty)
 	assertStoredOnce(t, in.stream, 320+n)
+	if w, i := len(in.logs.at(slog.LevelWarn)), len(in.logs.at(slog.LevelInfo)); w != i || w == 0 {
+		t.Errorf("publisher logged %d switches to the spool and %d back, want as many back, at least one", w, i)
+	}
 }
 
 // TestSpoolFullAnswers503: a spool at its bound refuses with 503 and

@@ -32,9 +32,10 @@ func rollupWith(clicks, maxSeq uint64) *rollup.Rollup {
 	return r
 }
 
-// TestOpenRollupsAllowsAtomicPublish: the buckets' streams allow atomic batches
-// after every OpenRollups, although CreateOrUpdateKeyValue turns that off.
-func TestOpenRollupsAllowsAtomicPublish(t *testing.T) {
+// TestCreateOrUpdateRollupsAllowsAtomicPublish: the buckets' streams allow
+// atomic batches after every CreateOrUpdateRollups, although
+// CreateOrUpdateKeyValue turns that off.
+func TestCreateOrUpdateRollupsAllowsAtomicPublish(t *testing.T) {
 	js, r := openRollups(t)
 	if !r.Atomic() {
 		t.Fatal("Atomic() = false against nats-server 2.15")
@@ -145,10 +146,11 @@ func TestCommitSplitsLargeBatches(t *testing.T) {
 	}
 }
 
-// TestOpenRollupsLeavesConfiguredBucketsAlone: reopening with the same layout
-// sends no stream update (CreateOrUpdateKeyValue would switch atomic publishing
-// off under the writers of other processes), and a changed retention is applied.
-func TestOpenRollupsLeavesConfiguredBucketsAlone(t *testing.T) {
+// TestCreateOrUpdateRollupsLeavesConfiguredBucketsAlone: reopening with the
+// same layout sends no stream update (CreateOrUpdateKeyValue would switch
+// atomic publishing off under the writers of other processes), and a changed
+// retention is applied.
+func TestCreateOrUpdateRollupsLeavesConfiguredBucketsAlone(t *testing.T) {
 	js, nc := storetest.JetStream(t, storetest.NATS(t))
 	ctx := context.Background()
 	if _, err := store.CreateOrUpdateRollups(ctx, js, rolluptest.Layout, 1); err != nil {
@@ -158,6 +160,8 @@ func TestOpenRollupsLeavesConfiguredBucketsAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The requests go out on nc too, so once the server answers a PING sent
+	// after them (Flush) it has routed every one to the subscription.
 	countUpdates := func() int {
 		t.Helper()
 		if err := nc.Flush(); err != nil {

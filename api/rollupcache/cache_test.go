@@ -38,7 +38,7 @@ var (
 var cacheTestNow = time.Date(2026, 11, 25, 12, 34, 56, 0, time.UTC)
 
 // cacheTestEnv is a real embedded NATS server with the rollup buckets, and a
-// RollupCache over them with its own metrics registry.
+// Cache over them with its own metrics registry.
 type cacheTestEnv struct {
 	srv *devserver.NATS
 	js  jetstream.JetStream
@@ -321,62 +321,70 @@ func TestRollupCacheRangeSums(t *testing.T) {
 	runCache(t, env.c)
 	hour := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	key, _ := rollup.Minute.Locate("ad-a", hour)
-	write := func(clicks uint64, visitorsFrom uint64) uint64 {
-		v := rollup.New()
-		for m := range 60 {
-			s := v.Slot(m)
-			s.Clicks = clicks
-			n := uint64(30)
-			if m%20 == 0 {
-				n = rollup.ExactVisitors + 200 // a sketch
-			}
-			for i := range n {
-				s.AddVisitor(rolluptest.Hash(visitorsFrom + uint64(m)*40 + i))
-			}
-		}
-		return put(t, env.r, rollup.Minute, key, v)
-	}
-	write(1, 0)
+	put(t, env.r, rollup.Minute, key, minutesRollup(1, 0))
 	whole, part := minuteCells(hour, 0, 60), minuteCells(hour, 10, 25)
-	check := func(cells []rollup.Cell) sumResult {
-		t.Helper()
-		want := sumOf(t, env.r, "ad-a", cells)
-		if got := sumOf(t, env.c, "ad-a", cells); got != want {
-			t.Fatalf("cache %+v, KV %+v", got, want)
-		}
-		return want
-	}
-	check(whole)
-	check(part)
+	checkSum(t, env, "ad-a", whole)
+	checkSum(t, env, "ad-a", part)
 	if m := metricValue(t, env.reg, "admetric_rollup_cache_range_misses_total"); m != 2 {
 		t.Errorf("%v range misses, want 2 (one per run of slots)", m)
 	}
 	for range 3 {
-		check(whole)
-		check(part)
+		checkSum(t, env, "ad-a", whole)
+		checkSum(t, env, "ad-a", part)
 	}
 	if h := metricValue(t, env.reg, "admetric_rollup_cache_range_hits_total"); h != 6 {
 		t.Errorf("%v range hits, want 6", h)
 	}
 
-	rev := write(2, 1_000_000)
-	eventually(t, time.Second, "the rewrite", func() bool {
-		got, _ := env.c.RevisionForTest(rollup.Minute, key)
-		return got == rev
-	})
-	if got := check(whole); got.Clicks != 120 {
+	putApplied(t, env, rollup.Minute, key, minutesRollup(2, 1_000_000))
+	if got := checkSum(t, env, "ad-a", whole); got.Clicks != 120 {
 		t.Fatalf("clicks %d after the rewrite, want 120", got.Clicks)
 	}
 	if m := metricValue(t, env.reg, "admetric_rollup_cache_range_misses_total"); m != 3 {
 		t.Errorf("%v range misses, want 3: the rewrite invalidates the range sum", m)
 	}
+	sumConcurrently(t, env.c, "ad-a", part, sumOf(t, env.r, "ad-a", part))
+}
 
-	want := sumOf(t, env.r, "ad-a", part)
+// minutesRollup is a rollup of an hour whose 60 minutes each have clicks
+// and visitors numbered from visitorsFrom: 30 each, a sketch's worth in every
+// twentieth.
+func minutesRollup(clicks uint64, visitorsFrom uint64) *rollup.Rollup {
+	v := rollup.New()
+	for m := range 60 {
+		s := v.Slot(m)
+		s.Clicks = clicks
+		n := uint64(30)
+		if m%20 == 0 {
+			n = rollup.ExactVisitors + 200 // a sketch
+		}
+		for i := range n {
+			s.AddVisitor(rolluptest.Hash(visitorsFrom + uint64(m)*40 + i))
+		}
+	}
+	return v
+}
+
+// checkSum fails t unless the cache's Sum of cells equals Rollups.Sum's, and
+// returns it.
+func checkSum(t testing.TB, env *cacheTestEnv, ad string, cells []rollup.Cell) sumResult {
+	t.Helper()
+	want := sumOf(t, env.r, ad, cells)
+	if got := sumOf(t, env.c, ad, cells); got != want {
+		t.Fatalf("cache %+v, KV %+v", got, want)
+	}
+	return want
+}
+
+// sumConcurrently has 8 readers Sum cells 20 times each and checks every
+// answer against want (run with -race).
+func sumConcurrently(t *testing.T, s summer, ad string, cells []rollup.Cell, want sumResult) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
 			for range 20 {
-				agg, err := env.c.Sum(context.Background(), "ad-a", part)
+				agg, err := s.Sum(context.Background(), ad, cells)
 				if err != nil {
 					t.Error(err)
 					return
@@ -389,6 +397,21 @@ func TestRollupCacheRangeSums(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// putApplied stores v at key as put does and, if the cache holds key, waits
+// until its watch has applied the write to the entry.
+func putApplied(t testing.TB, env *cacheTestEnv, u rollup.Unit, key string, v *rollup.Rollup) uint64 {
+	t.Helper()
+	rev := put(t, env.r, u, key, v)
+	if _, cached := env.c.RevisionForTest(u, key); !cached {
+		return rev
+	}
+	eventually(t, 5*time.Second, "the watch applying the write", func() bool {
+		got, _ := env.c.RevisionForTest(u, key)
+		return got == rev
+	})
+	return rev
 }
 
 // TestRollupCacheRangeSumsSurviveOtherSlots: a key of the current period
@@ -411,34 +434,14 @@ func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
 			s.AddVisitor(rolluptest.Hash(uint64(m)<<20 | i))
 		}
 	}
-	write := func() {
-		t.Helper()
-		rev := put(t, env.r, rollup.Minute, key, v)
-		if _, cached := env.c.RevisionForTest(rollup.Minute, key); !cached {
-			return // the first read loads it
-		}
-		eventually(t, time.Second, "the watch applying the write", func() bool {
-			got, _ := env.c.RevisionForTest(rollup.Minute, key)
-			return got == rev
-		})
-	}
-	counts := func() (hits, misses float64) {
-		return metricValue(t, env.reg, "admetric_rollup_cache_range_hits_total"), metricValue(t, env.reg, "admetric_rollup_cache_range_misses_total")
-	}
 	part := minuteCells(hour, 10, 30)
 	check := func(step string, wantHit bool) {
 		t.Helper()
-		h0, m0 := counts()
-		want := sumOf(t, env.r, "ad-a", part)
-		if got := sumOf(t, env.c, "ad-a", part); got != want {
-			t.Fatalf("%s: cache %+v, KV %+v", step, got, want)
-		}
-		h1, m1 := counts()
-		if hit := h1 == h0+1 && m1 == m0; hit != wantHit {
-			t.Errorf("%s: range hit %v (hits %v->%v, misses %v->%v), want %v", step, hit, h0, h1, m0, m1, wantHit)
+		if hit := rangeHit(t, env, "ad-a", part); hit != wantHit {
+			t.Errorf("%s: range hit %v, want %v", step, hit, wantHit)
 		}
 	}
-	write()
+	putApplied(t, env, rollup.Minute, key, v)
 	check("first read", false)
 	check("read again", true)
 
@@ -446,13 +449,13 @@ func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
 	v.Slot(50).Clicks = 1
 	v.Slot(49).Impressions++
 	v.Slot(49).AddVisitor(rolluptest.Hash(1 << 40))
-	write()
+	putApplied(t, env, rollup.Minute, key, v)
 	check("after writes to slots outside the run", true)
 
 	// A late event lands inside the run.
 	v.Slot(15).Clicks++
 	v.Slot(15).AddVisitor(rolluptest.Hash(1 << 41))
-	write()
+	putApplied(t, env, rollup.Minute, key, v)
 	check("after a write to a slot inside the run", false)
 	check("read again after it", true)
 
@@ -460,14 +463,31 @@ func TestRollupCacheRangeSumsSurviveOtherSlots(t *testing.T) {
 	// slot, as the current minute is. From then on it is added on its own,
 	// and the slots before it keep their sum while it takes events.
 	v.Slot(29).Starts = 1
-	write()
+	putApplied(t, env, rollup.Minute, key, v)
 	check("after a first event in the run's last slot", false)
 	for i := range 3 {
 		v.Slot(29).Starts++
 		v.Slot(29).AddVisitor(rolluptest.Hash(1<<42 | uint64(i)))
-		write()
+		putApplied(t, env, rollup.Minute, key, v)
 		check(fmt.Sprintf("after event %d more in the run's last slot", i+1), true)
 	}
+}
+
+// rangeHit checks the cache's Sum of cells, one run of slots, against
+// Rollups.Sum's, and reports whether it came from a range sum: one range
+// hit counted and no range miss.
+func rangeHit(t *testing.T, env *cacheTestEnv, ad string, cells []rollup.Cell) bool {
+	t.Helper()
+	counts := func() (hits, misses float64) {
+		return metricValue(t, env.reg, "admetric_rollup_cache_range_hits_total"), metricValue(t, env.reg, "admetric_rollup_cache_range_misses_total")
+	}
+	h0, m0 := counts()
+	checkSum(t, env, ad, cells)
+	h1, m1 := counts()
+	if h1+m1 != h0+m0+1 {
+		t.Errorf("range hits %v->%v, misses %v->%v: want one run counted", h0, h1, m0, m1)
+	}
+	return h1 == h0+1 && m1 == m0
 }
 
 // TestRollupCacheDeleteAndPurge: a deleted or purged key reads as empty once
@@ -498,7 +518,7 @@ func TestRollupCacheDeleteAndPurge(t *testing.T) {
 			if err := tt.op(context.Background(), key); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, time.Second, "the cache reading the key as empty", func() bool {
+			eventually(t, 5*time.Second, "the cache reading the key as empty", func() bool {
 				return sumOf(t, env.c, ad, cells) == sumResult{}
 			})
 			if got, ok := env.c.RevisionForTest(rollup.Hour, key); !ok || got <= rev {
@@ -506,7 +526,7 @@ func TestRollupCacheDeleteAndPurge(t *testing.T) {
 			}
 			// The key can be written again, and the cache follows.
 			put(t, env.r, rollup.Hour, key, clicksRollup(9, 6))
-			eventually(t, time.Second, "the cache reading the new value", func() bool {
+			eventually(t, 5*time.Second, "the cache reading the new value", func() bool {
 				return sumOf(t, env.c, ad, cells).Clicks == 6
 			})
 		})
@@ -619,7 +639,7 @@ func TestRollupCacheWarmKeepsNewer(t *testing.T) {
 
 	runCache(t, env.c)
 	rev2 := put(t, env.r, rollup.Hour, key, clicksRollup(5, 2))
-	eventually(t, time.Second, "the rewrite", func() bool { return sumOf(t, env.c, "ad-a", cells).Clicks == 2 })
+	eventually(t, 5*time.Second, "the rewrite", func() bool { return sumOf(t, env.c, "ad-a", cells).Clicks == 2 })
 	env.c.Warm(old)
 	if got, _ := env.c.RevisionForTest(rollup.Hour, key); got != rev2 {
 		t.Fatalf("after warming from an older snapshot the cache holds rev %d, want %d", got, rev2)
@@ -628,7 +648,7 @@ func TestRollupCacheWarmKeepsNewer(t *testing.T) {
 		t.Fatalf("clicks %d after warming from an older snapshot, want 2", got)
 	}
 	put(t, env.r, rollup.Hour, key, clicksRollup(5, 3))
-	eventually(t, time.Second, "a rewrite after Warm", func() bool { return sumOf(t, env.c, "ad-a", cells).Clicks == 3 })
+	eventually(t, 5*time.Second, "a rewrite after Warm", func() bool { return sumOf(t, env.c, "ad-a", cells).Clicks == 3 })
 }
 
 // TestRollupCacheWarmReplaysSinceSnapshot: a cache warmed from a snapshot
@@ -829,11 +849,52 @@ func TestRollupCacheRunOnce(t *testing.T) {
 // TestRollupCacheRewatchesAfterRestart: after the server restarts, the
 // watches are re-established and the cache follows writes again.
 func TestRollupCacheRewatchesAfterRestart(t *testing.T) {
-	dir := t.TempDir()
 	ctx := context.Background()
+	js, nc, restart := restartableNATS(t)
+	r, err := store.CreateOrUpdateRollups(ctx, js, rolluptest.Layout, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := newTestCache(t, r, rollupcache.Options{})
+	runCache(t, c)
+	const key = "ad-a.2026112512"
+	cells := []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 1, 0, 0, time.UTC)}}
+	put(t, r, rollup.Minute, key, clicksRollup(1, 1))
+	sumOf(t, c, "ad-a", cells)
+
+	restart()
+	eventually(t, 10*time.Second, "reconnecting", nc.IsConnected)
+	var rev uint64
+	eventually(t, 10*time.Second, "a write after the restart", func() bool {
+		_, cur, err := r.Load(ctx, rollup.Minute, key)
+		if err != nil {
+			return false
+		}
+		revs, err := r.Replace(ctx, rollup.Minute, []store.Write{{Key: key, Value: clicksRollup(1, 2), Rev: cur}})
+		if err == nil {
+			rev = revs[0]
+		}
+		return err == nil
+	})
+	took := eventually(t, 30*time.Second, "the cache following the write after the restart", func() bool {
+		got, _ := c.RevisionForTest(rollup.Minute, key)
+		return got == rev
+	})
+	t.Logf("write after the restart seen in %s", took)
+	if got := sumOf(t, c, "ad-a", cells).Clicks; got != 2 {
+		t.Errorf("clicks %d, want 2", got)
+	}
+}
+
+// restartableNATS starts an embedded server with its store in a temporary
+// directory and connects to it, reconnecting for ever; restart shuts the
+// server down and starts it again on the same address and store.
+func restartableNATS(t *testing.T) (js jetstream.JetStream, nc *nats.Conn, restart func()) {
+	t.Helper()
+	dir := t.TempDir()
 	start := func(listen string) *devserver.NATS {
 		t.Helper()
-		srv, err := devserver.StartNATS(ctx, devserver.NATSOptions{StoreDir: dir, Listen: listen})
+		srv, err := devserver.StartNATS(context.Background(), devserver.NATSOptions{StoreDir: dir, Listen: listen})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -848,48 +909,16 @@ func TestRollupCacheRewatchesAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
+	if js, err = jetstream.New(nc); err != nil {
 		t.Fatal(err)
 	}
-	r, err := store.CreateOrUpdateRollups(ctx, js, rolluptest.Layout, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := newTestCache(t, r, rollupcache.Options{})
-	runCache(t, c)
-	const key = "ad-a.2026112512"
-	cells := []rollup.Cell{{Unit: rollup.Minute, Start: time.Date(2026, 11, 25, 12, 1, 0, 0, time.UTC)}}
-	put(t, r, rollup.Minute, key, clicksRollup(1, 1))
-	sumOf(t, c, "ad-a", cells)
-
-	srv.Shutdown()
 	host := url[len("nats://"):]
 	if _, _, err := net.SplitHostPort(host); err != nil {
 		t.Fatal(err)
 	}
-	start(host)
-	eventually(t, 10*time.Second, "reconnecting", nc.IsConnected)
-	var rev uint64
-	eventually(t, 10*time.Second, "a write after the restart", func() bool {
-		v := clicksRollup(1, 2)
-		_, cur, err := r.Load(ctx, rollup.Minute, key)
-		if err != nil {
-			return false
-		}
-		revs, err := r.Replace(ctx, rollup.Minute, []store.Write{{Key: key, Value: v, Rev: cur}})
-		if err == nil {
-			rev = revs[0]
-		}
-		return err == nil
-	})
-	took := eventually(t, 30*time.Second, "the cache following the write after the restart", func() bool {
-		got, _ := c.RevisionForTest(rollup.Minute, key)
-		return got == rev
-	})
-	t.Logf("write after the restart seen in %s", took)
-	if got := sumOf(t, c, "ad-a", cells).Clicks; got != 2 {
-		t.Errorf("clicks %d, want 2", got)
+	return js, nc, func() {
+		srv.Shutdown()
+		start(host)
 	}
 }
 
@@ -982,7 +1011,9 @@ func TestSnapshotWarmWithNATSDown(t *testing.T) {
 // sketches into the aggregate costs the same both ways.
 func BenchmarkCacheSum(b *testing.B) {
 	env := newCacheTestEnv(b, rollupcache.Options{})
-	now := time.Now()
+	// A fixed end: how many cells and keys the window has depends on the
+	// time of day, and with it the work measured.
+	now := cacheTestNow
 	cells := tile(b, env.r.Layout(), 30*24*time.Hour, now)
 	data := []struct {
 		name        string

@@ -74,17 +74,22 @@ func (s *Snapshot) Len() int { return len(s.entries) }
 
 // Sum adds up ad's slots listed in cells from what the snapshot holds, as
 // store.Rollups.Sum does from KV; a key the snapshot lacks counts as empty.
-// The result is the caller's; it fails only when ctx has ended.
+// The result is the caller's. Errors are prefixed "rollupcache:" and wrap
+// ctx's when it has ended.
 func (s *Snapshot) Sum(ctx context.Context, adID string, cells []rollup.Cell) (*rollup.Aggregate, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("rollupcache: snapshot sum %s: %w", adID, err)
 	}
-	return rollup.Sum(adID, cells, func(u rollup.Unit, key string) (*rollup.Rollup, error) {
+	agg, err := rollup.Sum(adID, cells, func(u rollup.Unit, key string) (*rollup.Rollup, error) {
 		if e, ok := s.entries[cacheKey{unit: u, key: key}]; ok {
 			return e.value, nil
 		}
 		return nil, nil
 	})
+	if err != nil {
+		return nil, fmt.Errorf("rollupcache: snapshot sum %s: %w", adID, err)
+	}
+	return agg, nil
 }
 
 // snapshotRecord is one cached rollup on its way to a snapshot file.

@@ -41,10 +41,7 @@ func snapshotTestCache(t *testing.T) *Cache {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		c.cache.StopAllGoroutines()
-		c.ranges.StopAllGoroutines()
-	})
+	t.Cleanup(c.stopCaches)
 	return c
 }
 
@@ -361,5 +358,44 @@ func TestRangeSumsAcrossBucketGenerations(t *testing.T) {
 	snapshotTestOffer(t, c, rollup.Minute, key, valueWith(2), 5)
 	if got := clicks(); got != 120 {
 		t.Fatalf("clicks %d after the bucket was made anew, want 120 from the new value", got)
+	}
+}
+
+// TestWriteSnapshotsAndSnapshotFile: WriteSnapshots writes a last snapshot
+// when its context ends and returns nil; SnapshotFile reads it, keeps it
+// while the file is unchanged and reads it again once it changes.
+func TestWriteSnapshotsAndSnapshotFile(t *testing.T) {
+	t.Parallel()
+	c := snapshotTestCache(t)
+	snapshotTestOffer(t, c, rollup.Minute, "ad-a.2026112512", rolluptest.Sample(), 5)
+	path := filepath.Join(t.TempDir(), "rollups.snap")
+	f := NewSnapshotFile(path, snapshotTestLayout)
+	if _, err := f.Read(); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Read before any write: %v, want os.ErrNotExist", err)
+	}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.WriteSnapshots(ended, f.Path(), time.Hour); err != nil {
+		t.Fatalf("WriteSnapshots = %v, want nil", err)
+	}
+	first, err := f.Read()
+	if err != nil || first.Len() != 1 {
+		t.Fatalf("Read = %v, %v; want the one rollup written", first, err)
+	}
+	if again, err := f.Read(); err != nil || again != first {
+		t.Fatalf("Read of an unchanged file = %p, %v; want the same snapshot %p", again, err, first)
+	}
+
+	snapshotTestOffer(t, c, rollup.Minute, "ad-b.2026112512", rolluptest.Sample(), 6)
+	if err := c.writeSnapshot(path); err != nil {
+		t.Fatal(err)
+	}
+	// Mark the change in the modification time, however coarse the file
+	// system's clock.
+	if err := os.Chtimes(path, time.Time{}, first.AsOf().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if second, err := f.Read(); err != nil || second.Len() != 2 {
+		t.Fatalf("Read after the file changed = %v, %v; want its two rollups", second, err)
 	}
 }

@@ -99,7 +99,7 @@ func (c *Cache) watchUntilFailure(ctx context.Context, u rollup.Unit, bucket str
 			return ctx.Err()
 		}
 		if c.rewound(u, epoch) {
-			return err
+			continue // Warm moved the start back: restart at once
 		}
 		if established {
 			pauses.Reset()

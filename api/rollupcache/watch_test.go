@@ -91,36 +91,13 @@ func (h *warnings) retries(bucket string) (pauses []time.Duration, errs []error)
 // without a pause; each failure is logged once with its pause; Run returns
 // nil when ctx ends. It reads the pauses the watch logged, not clocks.
 func TestWatchRetries(t *testing.T) {
-	srv := storetest.NATS(t)
-	js, _ := storetest.JetStream(t, srv)
-	r, err := store.CreateOrUpdateRollups(context.Background(), js, rolluptest.Layout, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := &flakySource{Rollups: r, watches: make(chan jetstream.KeyWatcher, 8)}
-	src.failLastSeq.Store(2)
-	logged := &warnings{}
-	c, err := New(src, Options{MaxBytes: 1 << 20, Idle: time.Hour, Logger: slog.New(logged)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.stopCaches)
+	c, src, logged := newFlakyCache(t, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	nextWatch := func(what string) jetstream.KeyWatcher {
-		t.Helper()
-		select {
-		case w := <-src.watches:
-			return w
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no minute watch %s", what)
-			return nil
-		}
-	}
 	bucket := rolluptest.Layout[rollup.Minute].Bucket
 
-	nextWatch("after two failures")
+	src.nextWatch(t, "after two failures")
 	pauses, errs := logged.retries(bucket)
 	if len(pauses) != 2 || !errors.Is(errs[0], errFlaky) || !errors.Is(errs[1], errFlaky) {
 		t.Fatalf("retries logged before the watch: pauses %v, errors %v; want the two failures", pauses, errs)
@@ -129,13 +106,13 @@ func TestWatchRetries(t *testing.T) {
 	checkPause(t, "second", pauses[1], 2*watchMinPause)
 
 	// A rewind (as Warm makes) restarts the watch at once: no failure, no pause.
-	revs, err := r.Replace(context.Background(), rollup.Minute, []store.Write{{Key: "ad-a.2026112512", Value: rollup.New()}})
+	revs, err := src.Replace(context.Background(), rollup.Minute, []store.Write{{Key: "ad-a.2026112512", Value: rollup.New()}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitThrough(t, c, revs[0])
 	c.rewind(rollup.Minute, 1)
-	w := nextWatch("after the rewind")
+	w := src.nextWatch(t, "after the rewind")
 	waitThrough(t, c, revs[0])
 	if pauses, _ := logged.retries(bucket); len(pauses) != 2 {
 		t.Fatalf("pauses %v after the rewind, want none more", pauses)
@@ -146,7 +123,7 @@ func TestWatchRetries(t *testing.T) {
 	if err := w.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	nextWatch("after the established one ended")
+	src.nextWatch(t, "after the established one ended")
 	pauses, errs = logged.retries(bucket)
 	if len(pauses) != 3 || !errors.Is(errs[2], errWatchClosed) {
 		t.Fatalf("pauses %v, errors %v; want a third retry, of the closed watch", pauses, errs)
@@ -164,6 +141,41 @@ func TestWatchRetries(t *testing.T) {
 	}
 	if pauses, _ := logged.retries(bucket); len(pauses) != 3 {
 		t.Errorf("pauses %v once ctx ended, want no retry logged for it", pauses)
+	}
+}
+
+// newFlakyCache returns a cache over a flakySource on a real server whose
+// minute LastSeq fails the first failures times, logging its warnings to the
+// warnings returned.
+func newFlakyCache(t *testing.T, failures int32) (*Cache, *flakySource, *warnings) {
+	t.Helper()
+	srv := storetest.NATS(t)
+	js, _ := storetest.JetStream(t, srv)
+	r, err := store.CreateOrUpdateRollups(context.Background(), js, rolluptest.Layout, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &flakySource{Rollups: r, watches: make(chan jetstream.KeyWatcher, 8)}
+	src.failLastSeq.Store(failures)
+	logged := &warnings{}
+	c, err := New(src, Options{MaxBytes: 1 << 20, Idle: time.Hour, Logger: slog.New(logged)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.stopCaches)
+	return c, src, logged
+}
+
+// nextWatch returns the next minute watch that starts, failing t if none
+// does within 10 seconds.
+func (s *flakySource) nextWatch(t *testing.T, what string) jetstream.KeyWatcher {
+	t.Helper()
+	select {
+	case w := <-s.watches:
+		return w
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no minute watch %s", what)
+		return nil
 	}
 }
 

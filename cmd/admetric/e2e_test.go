@@ -77,6 +77,9 @@ func startTestDaemon(t testing.TB, env map[string]string) *daemon {
 	return d
 }
 
+// httpAddr is where d's HTTP listens.
+func (d *daemon) httpAddr() string { return d.httpLn.Addr().String() }
+
 func stopTestDaemon(t testing.TB, d *daemon) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

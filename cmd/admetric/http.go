@@ -80,11 +80,3 @@ func (d *daemon) serveHTTP(engine *gin.Engine) error {
 	go func() { d.httpErr <- d.httpSrv.Serve(ln) }()
 	return nil
 }
-
-// httpAddr is where HTTP listens; empty before serveHTTP.
-func (d *daemon) httpAddr() string {
-	if d.httpLn == nil {
-		return ""
-	}
-	return d.httpLn.Addr().String()
-}

@@ -1,8 +1,9 @@
 package devserver
 
 // Kill sends SIGKILL to the postmaster, a crash, and waits until it and its
-// backends are gone (see killLocked); a later Restart performs crash recovery.
-// Only the tests of this package crash a server, so it is not exported.
+// backends are gone (see killLocked); a later start on the same Dir performs
+// crash recovery. Only the tests of this package crash a server this way, so
+// it is not exported.
 func (p *Postgres) Kill() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -1,7 +1,6 @@
 package devserver
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -35,8 +34,8 @@ const (
 	// portAttempts is how many free ports a start with Port 0 tries
 	// when another process takes the picked port first.
 	portAttempts = 3
-	// defaultDatabase is the database created when Database is empty.
-	defaultDatabase = "admetric"
+	// database is the database StartPostgres creates, which DSN names.
+	database = "admetric"
 	// readyPollMin and readyPollMax bound the pause between two polls of a
 	// starting server; a start takes from a few hundred milliseconds to
 	// seconds.
@@ -53,6 +52,8 @@ var defaultSettings = map[string]string{
 
 // Postgres is a PostgreSQL server run as a child process from the machine's binaries.
 // It is safe to call Stop more than once; methods are safe for concurrent use.
+// A server stopped, or crashed, starts again by StartPostgres on the same Dir
+// and Port (after a crash, postgres performs crash recovery).
 //
 // The server listens on 127.0.0.1 only (no unix socket) and trusts every
 // connection, so it is meant for development and tests, not production.
@@ -70,7 +71,6 @@ var defaultSettings = map[string]string{
 type Postgres struct {
 	dir         string // resolved absolute data directory
 	port        int    // fixed after StartPostgres returns
-	database    string
 	settings    map[string]string
 	postgresBin string
 	cred        *syscall.Credential // nil: run as the current user
@@ -87,11 +87,9 @@ type PostgresOptions struct {
 	// user (every parent directory traversable), and it is chowned to that
 	// user.
 	Dir string
-	// Port is the TCP port on 127.0.0.1; 0 picks a free port when the server
-	// is first started (Restart keeps it so the DSN stays valid).
+	// Port is the TCP port on 127.0.0.1; 0 picks a free one (see DSN). A
+	// server started again on the same Dir and Port has the same DSN.
 	Port int
-	// Database is created if missing (default "admetric").
-	Database string
 	// Settings are extra -c name=value server settings (e.g. fsync=off). They
 	// override the defaults shared_buffers=32MB and max_connections=50. A
 	// "port" setting is refused: use Port. When fsync is "off", initdb also
@@ -109,7 +107,7 @@ type PostgresOptions struct {
 // (TCP only, so the path length of Dir never matters) as a child process,
 // waits until it accepts connections (up to 30 s or ctx's deadline, failing
 // fast with the tail of the server output if the child exits), creates
-// Database if missing, and returns. Errors are wrapped with
+// the database "admetric" if missing, and returns. Errors are wrapped with
 // "devserver: postgres: ...".
 //
 // The binaries are looked up on PATH first, then in the highest version of
@@ -153,9 +151,8 @@ func newPostgres(opts PostgresOptions) (p *Postgres, initdbBin string, err error
 		return nil, "", pgErrorf("invalid port %d", opts.Port)
 	}
 	p = &Postgres{
-		port:     opts.Port,
-		database: cmp.Or(opts.Database, defaultDatabase),
-		logger:   opts.Logger,
+		port:   opts.Port,
+		logger: opts.Logger,
 	}
 	if p.logger == nil {
 		p.logger = slog.New(slog.DiscardHandler)
@@ -189,9 +186,17 @@ func serverSettings(extra map[string]string) (map[string]string, error) {
 	return settings, nil
 }
 
-// DSN returns a postgres:// URL for Database on 127.0.0.1:port, user postgres, sslmode=disable.
+// DSN returns the postgres:// URL of the database "admetric" on
+// 127.0.0.1:port, user postgres, sslmode=disable.
 func (p *Postgres) DSN() string {
-	return p.dsnFor(p.database)
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.User("postgres"),
+		Host:     p.addr(),
+		Path:     "/" + database,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
 }
 
 // Stop asks for a fast shutdown (SIGINT) and waits up to ctx's deadline (or
@@ -227,25 +232,6 @@ func (p *Postgres) Stop(ctx context.Context) error {
 		proc.kill()
 		return pgErrorf("stop: fast shutdown did not finish in time, server killed: %w", ctx.Err())
 	}
-}
-
-// Restart starts a stopped (or crashed) server again on the same Dir and Port
-// (for outage tests); the DSN stays valid. After a crash it performs crash
-// recovery, despite the stale postmaster.pid left behind. It fails if the
-// server is running, or if another process took the port meanwhile.
-func (p *Postgres) Restart(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.proc != nil {
-		select {
-		case <-p.proc.child.done:
-			p.proc.waitDrained(drainTimeout)
-			p.proc = nil
-		default:
-			return pgErrorf("restart: server is running on port %d", p.port)
-		}
-	}
-	return p.startLocked(ctx, false)
 }
 
 // killLocked sends SIGKILL to the postmaster (a crash) and waits until it and
@@ -366,7 +352,7 @@ func (p *Postgres) spawn() (*process, error) {
 // readyPollMax, until it answers, the child exits (an error with the tail of
 // its output, at once: retrying cannot help), or ctx is done.
 func (p *Postgres) waitReady(ctx context.Context, proc *process) error {
-	db := p.openDB("postgres")
+	db := p.maintenanceDB()
 	defer db.Close()
 	var lastErr, exited error
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
@@ -404,31 +390,34 @@ func (p *Postgres) waitReady(ctx context.Context, proc *process) error {
 	}
 }
 
+// createDatabase creates the database unless it exists.
 func (p *Postgres) createDatabase(ctx context.Context) error {
-	db := p.openDB("postgres")
+	db := p.maintenanceDB()
 	defer db.Close()
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	var exists bool
 	if err := db.QueryRowContext(ctx,
-		"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", p.database).Scan(&exists); err != nil {
-		return pgErrorf("look up database %q: %w", p.database, err)
+		"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", database).Scan(&exists); err != nil {
+		return pgErrorf("look up database %q: %w", database, err)
 	}
 	if exists {
 		return nil
 	}
-	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(p.database)); err != nil {
-		return pgErrorf("create database %q: %w", p.database, err)
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+database); err != nil {
+		return pgErrorf("create database %q: %w", database, err)
 	}
 	return nil
 }
 
-func (p *Postgres) openDB(database string) *sql.DB {
+// maintenanceDB returns a handle on the database "postgres", which initdb
+// creates. The caller closes it.
+func (p *Postgres) maintenanceDB() *sql.DB {
 	return sql.OpenDB(pgdriver.NewConnector(
 		pgdriver.WithNetwork("tcp"),
 		pgdriver.WithAddr(p.addr()),
 		pgdriver.WithUser("postgres"),
-		pgdriver.WithDatabase(database),
+		pgdriver.WithDatabase("postgres"),
 		pgdriver.WithInsecure(true),
 		pgdriver.WithDialTimeout(time.Second),
 		pgdriver.WithTracing(false),
@@ -439,17 +428,6 @@ func (p *Postgres) addr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port))
 }
 
-func (p *Postgres) dsnFor(database string) string {
-	u := url.URL{
-		Scheme:   "postgres",
-		User:     url.User("postgres"),
-		Host:     p.addr(),
-		Path:     "/" + database,
-		RawQuery: "sslmode=disable",
-	}
-	return u.String()
-}
-
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -458,10 +436,6 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func quoteIdent(s string) string {
-	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }
 
 func lastLines(s string, n int) string {

@@ -171,8 +171,9 @@ func assertRefused(t *testing.T, dsn string) {
 	}
 }
 
-func TestPostgresStartQueryStopRestart(t *testing.T) {
-	pg := startPG(t, devserver.PostgresOptions{})
+func TestPostgresStartQueryStopStartAgain(t *testing.T) {
+	dir := dataDir(t)
+	pg := startPG(t, devserver.PostgresOptions{Dir: dir})
 	dsn := pg.DSN()
 	u, err := url.Parse(dsn)
 	if err != nil {
@@ -195,6 +196,12 @@ func TestPostgresStartQueryStopRestart(t *testing.T) {
 	exec1(t, db, "INSERT INTO things (name) VALUES ($1), ($2)", "a", "b")
 	assertNames(t, db, "a", "b")
 
+	// A second server on a data directory in use does not start.
+	if _, err := devserver.StartPostgres(ctxTimeout(t, time.Minute), devserver.PostgresOptions{Dir: dir, Settings: testSettings}); err == nil ||
+		!strings.Contains(err.Error(), "postmaster.pid") {
+		t.Fatalf("start on the directory of a running server: err = %v, want postgres refusing its lock file", err)
+	}
+
 	if err := pg.Stop(ctxTimeout(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -203,25 +210,21 @@ func TestPostgresStartQueryStopRestart(t *testing.T) {
 		t.Fatal("ping succeeded on a stopped server")
 	}
 
-	if err := pg.Restart(ctxTimeout(t, time.Minute)); err != nil {
-		t.Fatal(err)
-	}
+	pg = startPG(t, devserver.PostgresOptions{Dir: dir, Port: portOf(t, dsn)})
 	if pg.DSN() != dsn {
-		t.Fatalf("DSN changed across restart: %s -> %s", dsn, pg.DSN())
+		t.Fatalf("DSN changed across a start on the same directory and port: %s -> %s", dsn, pg.DSN())
 	}
 	// The same *sql.DB recovers: the DSN stays valid.
 	assertNames(t, db, "a", "b")
 	exec1(t, db, "INSERT INTO things (name) VALUES ('c')")
 	assertNames(t, db, "a", "b", "c")
-
-	if err := pg.Restart(ctxTimeout(t, time.Minute)); err == nil || !strings.Contains(err.Error(), "running") {
-		t.Fatalf("Restart of a running server: err = %v, want an error saying it is running", err)
-	}
 }
 
-func TestPostgresKillRestart(t *testing.T) {
+// After a crash (SIGKILL), a start on the same directory performs crash
+// recovery despite the stale postmaster.pid: every committed row is there.
+func TestPostgresKillStartAgain(t *testing.T) {
 	dir := dataDir(t)
-	pg := startPG(t, devserver.PostgresOptions{Dir: dir, Database: "crash"})
+	pg := startPG(t, devserver.PostgresOptions{Dir: dir})
 	db := openDB(t, pg.DSN())
 	exec1(t, db, "CREATE TABLE things (id serial PRIMARY KEY, name text NOT NULL)")
 	exec1(t, db, "INSERT INTO things (name) VALUES ('before-kill')")
@@ -238,9 +241,7 @@ func TestPostgresKillRestart(t *testing.T) {
 		t.Fatalf("second Kill: %v", err)
 	}
 
-	if err := pg.Restart(ctxTimeout(t, time.Minute)); err != nil {
-		t.Fatal(err)
-	}
+	pg = startPG(t, devserver.PostgresOptions{Dir: dir, Port: portOf(t, pg.DSN())})
 	// The pool's connection died with the old server: start afresh, as a
 	// client reconnecting after a crash would.
 	db.Close()
@@ -282,7 +283,7 @@ func TestPostgresStalePidFile(t *testing.T) {
 	}
 
 	// StartPostgres on the same, now initialised, directory.
-	pg2 := startPG(t, devserver.PostgresOptions{Dir: dir, Database: "other"})
+	pg2 := startPG(t, devserver.PostgresOptions{Dir: dir})
 	db := openDB(t, pg2.DSN())
 	if err := db.Ping(); err != nil {
 		t.Fatal(err)
@@ -345,7 +346,7 @@ func startOnPickedPort(t *testing.T, dir string) (pg *devserver.Postgres, port i
 }
 
 func TestPostgresStopIdempotent(t *testing.T) {
-	pg := storetest.Postgres(t)
+	pg := startPG(t, devserver.PostgresOptions{})
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
 	for i := range errs {
@@ -366,9 +367,11 @@ func TestPostgresStopIdempotent(t *testing.T) {
 	assertRefused(t, pg.DSN())
 }
 
-// Stop with a context that is already done kills the server and says so.
+// Stop with a context that is already done kills the server and says so; the
+// server starts again.
 func TestPostgresStopDeadline(t *testing.T) {
-	pg := storetest.Postgres(t)
+	dir := dataDir(t)
+	pg := startPG(t, devserver.PostgresOptions{Dir: dir})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := pg.Stop(ctx)
@@ -376,7 +379,8 @@ func TestPostgresStopDeadline(t *testing.T) {
 		t.Fatalf("Stop(done ctx) = %v, want an error wrapping context.Canceled", err)
 	}
 	assertRefused(t, pg.DSN())
-	if err := pg.Restart(ctxTimeout(t, time.Minute)); err != nil {
+	pg = startPG(t, devserver.PostgresOptions{Dir: dir, Port: portOf(t, pg.DSN())})
+	if err := openDB(t, pg.DSN()).Ping(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -540,18 +544,17 @@ func TestPostgresParentDeath(t *testing.T) {
 
 	// The helper starts a server, then has the runtime terminate
 	// churnThreads OS threads, each gone before the next.
-	dsn, churned := "", false
+	dsn, line := "", ""
 	sc := bufio.NewScanner(stdout)
-	for !churned && sc.Scan() {
-		line := sc.Text()
+	for !strings.HasPrefix(line, "CHURNED ") {
+		if !sc.Scan() {
+			t.Fatalf("helper ended before churning threads: %q (scan error: %v)", line, sc.Err())
+		}
+		line = sc.Text()
+		t.Logf("helper: %s", line)
 		if s, ok := strings.CutPrefix(line, "DSN "); ok {
 			dsn = s
 		}
-		churned = strings.HasPrefix(line, "CHURNED ")
-		t.Logf("helper: %s", line)
-	}
-	if !churned {
-		t.Fatalf("helper did not start a server and churn threads (scan error: %v)", sc.Err())
 	}
 	go func() { // keep the helper's stdout drained
 		for sc.Scan() {

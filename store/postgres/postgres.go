@@ -37,16 +37,13 @@ func Open(ctx context.Context, dsn string) (*bun.DB, error) {
 	return db, nil
 }
 
-// errInvalidDSN is returned for a PostgreSQL URL the driver cannot use.
-var errInvalidDSN = errors.New("postgres: invalid PostgreSQL URL")
-
 // newConnector builds the driver's connector. pgdriver panics on a URL option it
-// cannot parse (sslmode=bogus, connect_timeout=abc); that becomes errInvalidDSN
-// so a typo in configuration is an error message, not a crash.
+// cannot parse (sslmode=bogus, connect_timeout=abc); that becomes an error, so
+// a typo in configuration is an error message, not a crash.
 func newConnector(dsn string) (c *pgdriver.Connector, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			c, err = nil, fmt.Errorf("%w: %v", errInvalidDSN, r)
+			c, err = nil, fmt.Errorf("postgres: invalid PostgreSQL URL: %v", r)
 		}
 	}()
 	return pgdriver.NewConnector(

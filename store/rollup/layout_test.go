@@ -7,12 +7,12 @@ import (
 	"time"
 )
 
-// layoutTestRetentions are the retentions of DESIGN.md section 5: minutes 72 h,
+// testRetentions are the retentions of DESIGN.md section 5: minutes 72 h,
 // hours 100 days, days 5 years.
-var layoutTestRetentions = Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.Hour, Day: 43800 * time.Hour}
+var testRetentions = Retentions{Minute: 72 * time.Hour, Hour: 2400 * time.Hour, Day: 43800 * time.Hour}
 
-// layoutTestNow is an unaligned "now" used by the tiling tests.
-var layoutTestNow = time.Date(2026, 11, 25, 12, 34, 56, 789, time.UTC)
+// testNow is an unaligned "now" used by the tiling tests.
+var testNow = time.Date(2026, 11, 25, 12, 34, 56, 789, time.UTC)
 
 func TestLayoutUnitString(t *testing.T) {
 	t.Parallel()
@@ -25,7 +25,7 @@ func TestLayoutUnitString(t *testing.T) {
 
 func TestNewLayout(t *testing.T) {
 	t.Parallel()
-	l := NewLayout(layoutTestRetentions)
+	l := NewLayout(testRetentions)
 	want := Layout{
 		{Unit: Minute, Bucket: MinuteBucket, Retention: 72 * time.Hour},
 		{Unit: Hour, Bucket: HourBucket, Retention: 2400 * time.Hour},
@@ -57,7 +57,7 @@ func TestLayoutCheckpointKey(t *testing.T) {
 	}
 	// Rollup keys start with an ad ID, which cannot hold '.'; checkpoint keys
 	// start with "_checkpoint." so the two never collide.
-	key, _ := Minute.Locate("_checkpoint", layoutTestNow)
+	key, _ := Minute.Locate("_checkpoint", testNow)
 	if key == CheckpointKey(0) || strings.HasPrefix(CheckpointKey(0), key) {
 		t.Errorf("rollup key %q collides with checkpoint key %q", key, CheckpointKey(0))
 	}
@@ -215,16 +215,16 @@ func checkCoarsest(t *testing.T, l Layout, tl Tiling, to, now time.Time) {
 	}
 }
 
-// layoutTestAlignUp rounds t up to the minute, in UTC.
-func layoutTestAlignUp(t time.Time) time.Time {
+// ceilMinute rounds t up to the minute, in UTC.
+func ceilMinute(t time.Time) time.Time {
 	if m := Minute.Truncate(t); !m.Equal(t) {
 		return m.Add(time.Minute)
 	}
 	return t.UTC()
 }
 
-// layoutTestCount counts cells per unit.
-func layoutTestCount(tl Tiling) [3]int {
+// cellsPerUnit counts cells per unit.
+func cellsPerUnit(tl Tiling) [3]int {
 	var n [3]int
 	for _, c := range tl.Cells {
 		n[c.Unit]++
@@ -234,8 +234,8 @@ func layoutTestCount(tl Tiling) [3]int {
 
 func TestTile(t *testing.T) {
 	t.Parallel()
-	l := NewLayout(layoutTestRetentions)
-	now := layoutTestNow // 2026-11-25 12:34:56.000000789
+	l := NewLayout(testRetentions)
+	now := testNow // 2026-11-25 12:34:56.000000789
 	d := func(day, h, m int) time.Time { return time.Date(2026, 11, day, h, m, 0, 0, time.UTC) }
 	tests := []struct {
 		name     string
@@ -334,14 +334,14 @@ func TestTile(t *testing.T) {
 				t.Fatalf("Tile(%v, %v) = %v", tc.from, tc.to, err)
 			}
 			checkTiling(t, l, tl, now)
-			checkCoarsest(t, l, tl, layoutTestAlignUp(tc.to), now)
+			checkCoarsest(t, l, tl, ceilMinute(tc.to), now)
 			if !tl.From.Equal(tc.wantFrom) || !tl.To.Equal(tc.wantTo) {
 				t.Errorf("window [%v, %v), want [%v, %v)", tl.From, tl.To, tc.wantFrom, tc.wantTo)
 			}
 			if tl.From.Location() != time.UTC || tl.To.Location() != time.UTC {
 				t.Errorf("window in %v/%v, want UTC", tl.From.Location(), tl.To.Location())
 			}
-			if got := layoutTestCount(tl); got != tc.count {
+			if got := cellsPerUnit(tl); got != tc.count {
 				t.Errorf("cells per unit (minute, hour, day) = %v, want %v", got, tc.count)
 			}
 			if got := tl.Units(); !equalUnits(got, tc.units) {
@@ -365,23 +365,23 @@ func equalUnits(a, b []Unit) bool {
 
 func TestTile30DaysIsSmall(t *testing.T) {
 	t.Parallel()
-	l := NewLayout(layoutTestRetentions)
+	l := NewLayout(testRetentions)
 	for _, span := range []time.Duration{time.Hour, 6 * time.Hour, 24 * time.Hour, 7 * 24 * time.Hour, 30 * 24 * time.Hour} {
-		tl, err := l.Tile(layoutTestNow.Add(-span), layoutTestNow, layoutTestNow)
+		tl, err := l.Tile(testNow.Add(-span), testNow, testNow)
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkTiling(t, l, tl, layoutTestNow)
+		checkTiling(t, l, tl, testNow)
 		if len(tl.Cells) >= 100 {
 			t.Errorf("last %v: %d cells, want < 100", span, len(tl.Cells))
 		}
-		t.Logf("last %v: %d cells %v", span, len(tl.Cells), layoutTestCount(tl))
+		t.Logf("last %v: %d cells %v", span, len(tl.Cells), cellsPerUnit(tl))
 	}
 }
 
 func TestTileEmptyWindow(t *testing.T) {
 	t.Parallel()
-	l := NewLayout(layoutTestRetentions)
+	l := NewLayout(testRetentions)
 	at := time.Date(2026, 11, 25, 9, 10, 0, 0, time.UTC)
 	tests := []struct {
 		name     string
@@ -395,7 +395,7 @@ func TestTileEmptyWindow(t *testing.T) {
 		{"equal within a minute", at.Add(30 * time.Second), at.Add(30 * time.Second)},
 	}
 	for _, tc := range tests {
-		tl, err := l.Tile(tc.from, tc.to, layoutTestNow)
+		tl, err := l.Tile(tc.from, tc.to, testNow)
 		if err == nil {
 			t.Errorf("%s: Tile(%v, %v) = %d cells, want an error", tc.name, tc.from, tc.to, len(tl.Cells))
 		}
@@ -404,8 +404,8 @@ func TestTileEmptyWindow(t *testing.T) {
 
 func TestTileRandomWindows(t *testing.T) {
 	t.Parallel()
-	l := NewLayout(layoutTestRetentions)
-	now := layoutTestNow
+	l := NewLayout(testRetentions)
+	now := testNow
 	rng := rand.New(rand.NewPCG(20261125, 42))
 	const span = 40 * 24 * time.Hour
 	minuteEdge := now.Add(-l[Minute].Retention)
@@ -427,7 +427,7 @@ func TestTileRandomWindows(t *testing.T) {
 		}
 		checkTiling(t, l, tl, now)
 		alignedFrom := Minute.Truncate(a)
-		alignedTo := layoutTestAlignUp(b)
+		alignedTo := ceilMinute(b)
 		checkCoarsest(t, l, tl, alignedTo, now)
 		if tl.From.After(alignedFrom) || tl.To.Before(alignedTo) {
 			t.Fatalf("window %d [%v, %v): covered [%v, %v) misses part of it", i, a, b, tl.From, tl.To)

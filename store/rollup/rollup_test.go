@@ -12,28 +12,25 @@ import (
 	"github.com/axiomhq/hyperloglog"
 )
 
-// rollupTestHash spreads i over 64 bits (splitmix64), standing in for the
+// testHash spreads i over 64 bits (splitmix64), standing in for the
 // SHA-256-derived visitor hashes of production: HyperLogLog needs well-mixed
 // hashes, and small integers used as hashes would all land in one register.
-func rollupTestHash(i uint64) uint64 {
+func testHash(i uint64) uint64 {
 	z := i + 0x9e3779b97f4a7c15
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
 	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
 	return z ^ (z >> 31)
 }
 
-// rollupTestSlot returns a slot with the given counters and the hashes of
+// testSlot returns a slot with the given counters and the hashes of
 // [from, to) in its sketch (none when from == to).
-func rollupTestSlot(c Counters, from, to uint64) *Slot {
+func testSlot(c Counters, from, to uint64) *Slot {
 	s := &Slot{Counters: c}
 	for i := from; i < to; i++ {
-		s.AddVisitor(rollupTestHash(i))
+		s.AddVisitor(testHash(i))
 	}
 	return s
 }
-
-// rollupTestEstimate counts a visitor set, nil included.
-func rollupTestEstimate(v *Visitors) uint64 { return v.Count() }
 
 // equalRollups fails unless got holds what want holds: the same MaxSeq, slot
 // indices, counters, and sketches with equal estimates. Sketch encodings are not
@@ -59,13 +56,13 @@ func equalRollups(t *testing.T, got, want *Rollup) {
 			t.Errorf("slot %d: sketch present = %v, want %v", i, gs.Visitors != nil, ws.Visitors != nil)
 			continue
 		}
-		if g, w := rollupTestEstimate(gs.Visitors), rollupTestEstimate(ws.Visitors); g != w {
+		if g, w := gs.Visitors.Count(), ws.Visitors.Count(); g != w {
 			t.Errorf("slot %d: visitors estimate = %d, want %d", i, g, w)
 		}
 	}
 }
 
-func rollupTestRoundTrip(t *testing.T, r *Rollup) *Rollup {
+func roundTrip(t *testing.T, r *Rollup) *Rollup {
 	t.Helper()
 	b, err := r.MarshalBinary()
 	if err != nil {
@@ -78,16 +75,16 @@ func rollupTestRoundTrip(t *testing.T, r *Rollup) *Rollup {
 	return &got
 }
 
-// rollupTestSample is a rollup exercising every part of the encoding.
-func rollupTestSample() *Rollup {
+// sampleRollup is a rollup exercising every part of the encoding.
+func sampleRollup() *Rollup {
 	r := New()
 	r.MaxSeq = 123456789
-	r.Slots[0] = rollupTestSlot(Counters{Impressions: 1}, 0, 0)
-	r.Slots[7] = rollupTestSlot(Counters{
+	r.Slots[0] = testSlot(Counters{Impressions: 1}, 0, 0)
+	r.Slots[7] = testSlot(Counters{
 		Impressions: 1, Clicks: 2, Starts: 3, FirstQuartiles: 4, Midpoints: 5,
 		ThirdQuartiles: 6, Completes: 7, Skips: 8, PlaybackMillis: 9, PlaybackCount: 10,
 	}, 0, 10)
-	r.Slots[59] = rollupTestSlot(Counters{Clicks: 300, PlaybackMillis: 1 << 40, PlaybackCount: 300}, 100, 400)
+	r.Slots[59] = testSlot(Counters{Clicks: 300, PlaybackMillis: 1 << 40, PlaybackCount: 300}, 100, 400)
 	return r
 }
 
@@ -108,9 +105,9 @@ func TestRollupCodecRoundTrip(t *testing.T) {
 		{"counters without sketches", func() *Rollup {
 			r := New()
 			r.MaxSeq = 42
-			r.Slots[0] = rollupTestSlot(Counters{Impressions: 3, Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}, 0, 0)
-			r.Slots[59] = rollupTestSlot(Counters{Starts: 2, Completes: 1, Skips: 1}, 0, 0)
-			r.Slots[maxSlots-1] = rollupTestSlot(allMax, 0, 0)
+			r.Slots[0] = testSlot(Counters{Impressions: 3, Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}, 0, 0)
+			r.Slots[59] = testSlot(Counters{Starts: 2, Completes: 1, Skips: 1}, 0, 0)
+			r.Slots[maxSlots-1] = testSlot(allMax, 0, 0)
 			return r
 		}},
 		{"empty slot", func() *Rollup {
@@ -121,26 +118,26 @@ func TestRollupCodecRoundTrip(t *testing.T) {
 		{"sketch of 10", func() *Rollup {
 			r := New()
 			r.MaxSeq = 7
-			r.Slots[3] = rollupTestSlot(Counters{Impressions: 10}, 0, 10)
+			r.Slots[3] = testSlot(Counters{Impressions: 10}, 0, 10)
 			return r
 		}},
 		{"sketch of 5000", func() *Rollup {
 			r := New()
 			r.MaxSeq = 5000
-			r.Slots[23] = rollupTestSlot(Counters{Impressions: 5000}, 0, 5000)
+			r.Slots[23] = testSlot(Counters{Impressions: 5000}, 0, 5000)
 			return r
 		}},
 		{"dense sketch of 50000", func() *Rollup {
 			r := New()
 			r.MaxSeq = 50000
-			r.Slots[30] = rollupTestSlot(Counters{Impressions: 50000}, 0, 50000)
+			r.Slots[30] = testSlot(Counters{Impressions: 50000}, 0, 50000)
 			return r
 		}},
-		{"sample", rollupTestSample},
+		{"sample", sampleRollup},
 		{"all 60 minutes", func() *Rollup {
 			r := New()
 			for i := range 60 {
-				r.Slots[i] = rollupTestSlot(Counters{Impressions: uint64(i), Clicks: uint64(i) / 10}, uint64(i*10), uint64(i*10+i%3))
+				r.Slots[i] = testSlot(Counters{Impressions: uint64(i), Clicks: uint64(i) / 10}, uint64(i*10), uint64(i*10+i%3))
 			}
 			r.MaxSeq = 1 << 62
 			return r
@@ -150,13 +147,13 @@ func TestRollupCodecRoundTrip(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			want := tc.r()
-			got := rollupTestRoundTrip(t, want)
+			got := roundTrip(t, want)
 			if got.Slots == nil {
 				t.Error("decoded Slots is nil; want an empty map ready for Slot()")
 			}
 			equalRollups(t, got, want)
 			// A second trip holds the same again.
-			equalRollups(t, rollupTestRoundTrip(t, got), want)
+			equalRollups(t, roundTrip(t, got), want)
 		})
 	}
 }
@@ -165,9 +162,9 @@ func TestRollupCodecSketchEstimates(t *testing.T) {
 	t.Parallel()
 	for _, n := range []uint64{10, 5000} {
 		r := New()
-		r.Slots[0] = rollupTestSlot(Counters{}, 0, n)
-		got := rollupTestRoundTrip(t, r)
-		est := rollupTestEstimate(got.Slots[0].Visitors)
+		r.Slots[0] = testSlot(Counters{}, 0, n)
+		got := roundTrip(t, r)
+		est := got.Slots[0].Visitors.Count()
 		if diff := math.Abs(float64(est) - float64(n)); diff > 0.01*float64(n) {
 			t.Errorf("%d distinct hashes: decoded estimate %d, off by more than 1%%", n, est)
 		}
@@ -208,9 +205,9 @@ func TestRollupCodecGolden(t *testing.T) {
 	}
 }
 
-// rollupTestCraft builds an encoding by hand: version, MaxSeq, slot count, then
+// craftEncoding builds an encoding by hand: version, MaxSeq, slot count, then
 // for each slot its index, ten counters of zero and an empty sketch.
-func rollupTestCraft(version byte, count uint64, indices ...uint64) []byte {
+func craftEncoding(version byte, count uint64, indices ...uint64) []byte {
 	b := []byte{version}
 	b = binary.AppendUvarint(b, 9)
 	b = binary.AppendUvarint(b, count)
@@ -224,11 +221,11 @@ func rollupTestCraft(version byte, count uint64, indices ...uint64) []byte {
 
 func TestRollupUnmarshalRejects(t *testing.T) {
 	t.Parallel()
-	valid, err := rollupTestSample().MarshalBinary()
+	valid, err := sampleRollup().MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	badSketch := rollupTestCraft(1, 1, 4)
+	badSketch := craftEncoding(1, 1, 4)
 	badSketch = badSketch[:len(badSketch)-1]
 	badSketch = append(badSketch, 8, 9, 9, 9, 9, 9, 9, 9, 9)
 	overlong := append([]byte{1}, bytes.Repeat([]byte{0xff}, 10)...)
@@ -236,14 +233,14 @@ func TestRollupUnmarshalRejects(t *testing.T) {
 	// A slot whose sketch is precision 16: it would not merge with the rest.
 	p16 := hyperloglog.New16()
 	for i := range uint64(2000) {
-		p16.InsertHash(rollupTestHash(i))
+		p16.InsertHash(testHash(i))
 	}
 	wrongPrecision, err := (&Rollup{Slots: map[int]*Slot{0: {Counters: Counters{Clicks: 1}, Visitors: &Visitors{sketch: p16}}}}).MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	if err := new(Rollup).UnmarshalBinary(rollupTestCraft(1, 1, maxSlots-1)); err != nil {
+	if err := new(Rollup).UnmarshalBinary(craftEncoding(1, 1, maxSlots-1)); err != nil {
 		t.Fatalf("slot index %d rejected: %v", maxSlots-1, err)
 	}
 	tests := []struct {
@@ -256,25 +253,25 @@ func TestRollupUnmarshalRejects(t *testing.T) {
 		{"version 3", append([]byte{3}, valid[1:]...)},
 		{"version only", []byte{1}},
 		{"version 2 only", []byte{2}},
-		{"unknown visitors kind", append(rollupTestCraft(2, 1, 0)[:14], 3)},
-		{"missing visitors kind", rollupTestCraft(2, 1, 0)[:14]},
-		{"empty exact list", append(rollupTestCraft(2, 1, 0)[:14], 1, 0)},
-		{"exact list past end", append(rollupTestCraft(2, 1, 0)[:14], 1, 2, 0, 0, 0, 0, 0, 0, 0, 1)},
-		{"exact list over the limit", append(rollupTestCraft(2, 1, 0)[:14], append([]byte{1, 0x81, 0x08}, make([]byte, 8*1025)...)...)},
-		{"exact hashes out of order", append(rollupTestCraft(2, 1, 0)[:14], 1, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1)},
-		{"exact hashes repeated", append(rollupTestCraft(2, 1, 0)[:14], 1, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2)},
-		{"v2 sketch garbage", append(rollupTestCraft(2, 1, 0)[:14], 2, 8, 9, 9, 9, 9, 9, 9, 9, 9)},
-		{"v2 empty sketch", append(rollupTestCraft(2, 1, 0)[:14], 2, 0)},
+		{"unknown visitors kind", append(craftEncoding(2, 1, 0)[:14], 3)},
+		{"missing visitors kind", craftEncoding(2, 1, 0)[:14]},
+		{"empty exact list", append(craftEncoding(2, 1, 0)[:14], 1, 0)},
+		{"exact list past end", append(craftEncoding(2, 1, 0)[:14], 1, 2, 0, 0, 0, 0, 0, 0, 0, 1)},
+		{"exact list over the limit", append(craftEncoding(2, 1, 0)[:14], append([]byte{1, 0x81, 0x08}, make([]byte, 8*1025)...)...)},
+		{"exact hashes out of order", append(craftEncoding(2, 1, 0)[:14], 1, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1)},
+		{"exact hashes repeated", append(craftEncoding(2, 1, 0)[:14], 1, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2)},
+		{"v2 sketch garbage", append(craftEncoding(2, 1, 0)[:14], 2, 8, 9, 9, 9, 9, 9, 9, 9, 9)},
+		{"v2 empty sketch", append(craftEncoding(2, 1, 0)[:14], 2, 0)},
 		{"trailing zero byte", append(bytes.Clone(valid), 0)},
 		{"trailing copy", append(bytes.Clone(valid), valid...)},
-		{"slot index 1024", rollupTestCraft(1, 1, maxSlots)},
-		{"slot index max uint64", rollupTestCraft(1, 1, math.MaxUint64)},
-		{"slot index 2^63", rollupTestCraft(1, 1, 1<<63)},
-		{"slot count over 1024", rollupTestCraft(1, maxSlots+1)},
-		{"slot count larger than data", rollupTestCraft(1, 3, 0, 1)},
+		{"slot index 1024", craftEncoding(1, 1, maxSlots)},
+		{"slot index max uint64", craftEncoding(1, 1, math.MaxUint64)},
+		{"slot index 2^63", craftEncoding(1, 1, 1<<63)},
+		{"slot count over 1024", craftEncoding(1, maxSlots+1)},
+		{"slot count larger than data", craftEncoding(1, 3, 0, 1)},
 		{"overlong MaxSeq uvarint", overlong},
 		{"sketch garbage", badSketch},
-		{"sketch length past end", append(rollupTestCraft(1, 1, 0)[:14], 0x05, 1, 1)},
+		{"sketch length past end", append(craftEncoding(1, 1, 0)[:14], 0x05, 1, 1)},
 		{"sketch of precision 16", wrongPrecision},
 	}
 	for _, tc := range tests {
@@ -294,12 +291,12 @@ func TestRollupUnmarshalRejects(t *testing.T) {
 
 func TestRollupUnmarshalTruncated(t *testing.T) {
 	t.Parallel()
-	small, err := rollupTestSample().MarshalBinary()
+	small, err := sampleRollup().MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dense := rollupTestSample()
-	dense.Slots[40] = rollupTestSlot(Counters{Skips: 1}, 0, 30000)
+	dense := sampleRollup()
+	dense.Slots[40] = testSlot(Counters{Skips: 1}, 0, 30000)
 	large, err := dense.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -347,10 +344,10 @@ func TestRollupSlot(t *testing.T) {
 	if s.Visitors != nil {
 		t.Error("a new slot has a sketch before any visitor")
 	}
-	s.AddVisitor(rollupTestHash(1))
-	s.AddVisitor(rollupTestHash(1))
-	s.AddVisitor(rollupTestHash(2))
-	if got := rollupTestEstimate(s.Visitors); got != 2 {
+	s.AddVisitor(testHash(1))
+	s.AddVisitor(testHash(1))
+	s.AddVisitor(testHash(2))
+	if got := s.Visitors.Count(); got != 2 {
 		t.Errorf("estimate of 2 distinct visitors added 3 times = %d", got)
 	}
 }
@@ -439,7 +436,7 @@ func TestAggregateUniqueVisitors(t *testing.T) {
 			t.Parallel()
 			var a Aggregate
 			for _, rg := range tc.ranges {
-				if err := a.AddSlot(rollupTestSlot(Counters{}, rg[0], rg[1])); err != nil {
+				if err := a.AddSlot(testSlot(Counters{}, rg[0], rg[1])); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -485,9 +482,9 @@ func TestAggregateOrderIndependent(t *testing.T) {
 			var one Visitors // every member in one set, as the fold builds them
 			slots := make([]*Slot, len(tc.ranges))
 			for i, rg := range tc.ranges {
-				slots[i] = rollupTestSlot(Counters{Clicks: 1}, rg[0], rg[1])
+				slots[i] = testSlot(Counters{Clicks: 1}, rg[0], rg[1])
 				for h := rg[0]; h < rg[1]; h++ {
-					one.Insert(rollupTestHash(h))
+					one.Insert(testHash(h))
 				}
 			}
 			want := one.Count()
@@ -550,7 +547,7 @@ func TestAggregateSealKnowsDense(t *testing.T) {
 	}{{500, false}, {3000, false}, {40000, true}} {
 		var a Aggregate
 		for i := uint64(0); i < tc.members; i += 1000 {
-			if err := a.AddSlot(rollupTestSlot(Counters{}, i, min(i+1500, tc.members))); err != nil {
+			if err := a.AddSlot(testSlot(Counters{}, i, min(i+1500, tc.members))); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -573,7 +570,12 @@ func TestAggregateSealKnowsDense(t *testing.T) {
 // TestAggregateSealedIsShareable: adding one sealed aggregate to many
 // aggregates at once, some exact and some holding a sparse or dense sketch
 // (which use its sparse form, built by whichever comes first), leaves it
-// unchanged and counts as adding it alone does (run with -race).
+// unchanged and counts as adding it alone does.
+//
+// Run with -race: the detector reports accesses of the adders to the shared
+// aggregate that nothing orders, whether or not they overlap in time (the
+// adders start together all the same, to make overlaps likely). The test
+// checks that the sparse form was built, the state they share lazily.
 func TestAggregateSealedIsShareable(t *testing.T) {
 	t.Parallel()
 	own := []uint64{0, 100, ExactVisitors + 200, 30000} // the members each adder has of its own
@@ -581,7 +583,7 @@ func TestAggregateSealedIsShareable(t *testing.T) {
 		sealedOf := func() *Aggregate {
 			var a Aggregate
 			for i := uint64(0); i < members; i += 250 {
-				if err := a.AddSlot(rollupTestSlot(Counters{Impressions: 1}, i, min(i+300, members))); err != nil {
+				if err := a.AddSlot(testSlot(Counters{Impressions: 1}, i, min(i+300, members))); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -592,12 +594,12 @@ func TestAggregateSealedIsShareable(t *testing.T) {
 			var a Aggregate
 			n := own[g%len(own)]
 			for i := uint64(0); i < n; i += 1000 {
-				if err := a.AddSlot(rollupTestSlot(Counters{}, 1_000_000+i, 1_000_000+min(i+1000, n))); err != nil {
+				if err := a.AddSlot(testSlot(Counters{}, 1_000_000+i, 1_000_000+min(i+1000, n))); err != nil {
 					return 0, err
 				}
 			}
 			if n > ExactVisitors {
-				if err := a.AddSlot(rollupTestSlot(Counters{}, 1_000_000, 1_000_000+n)); err != nil { // one slot: a sketch
+				if err := a.AddSlot(testSlot(Counters{}, 1_000_000, 1_000_000+n)); err != nil { // one slot: a sketch
 					return 0, err
 				}
 			}
@@ -614,17 +616,26 @@ func TestAggregateSealedIsShareable(t *testing.T) {
 			}
 		}
 		shared := sealedOf()
+		if shared.sketch != nil || len(shared.hashes) <= sparseBatch || shared.sparse.Load() != nil {
+			t.Fatalf("%d shared members: want an exact aggregate with no sparse form yet", members)
+		}
 		got := make([]uint64, len(want))
+		start := make(chan struct{})
 		var wg sync.WaitGroup
 		for g := range got {
 			wg.Go(func() {
+				<-start
 				var err error
 				if got[g], err = sum(shared, g); err != nil {
 					t.Error(err)
 				}
 			})
 		}
+		close(start)
 		wg.Wait()
+		if shared.sparse.Load() == nil {
+			t.Errorf("%d shared members: no adder built the sparse form", members)
+		}
 		for g := range got {
 			if got[g] != want[g] {
 				t.Errorf("%d shared members, adder %d: %d unique visitors, want %d as when added alone", members, g, got[g], want[g])
@@ -683,9 +694,9 @@ func TestUnionOfSortedLists(t *testing.T) {
 func TestAggregateDoesNotWriteSlots(t *testing.T) {
 	t.Parallel()
 	slots := []*Slot{
-		rollupTestSlot(Counters{}, 0, 100),
-		rollupTestSlot(Counters{}, 50, 200),
-		rollupTestSlot(Counters{}, 100, 100+ExactVisitors+1), // a sketch
+		testSlot(Counters{}, 0, 100),
+		testSlot(Counters{}, 50, 200),
+		testSlot(Counters{}, 100, 100+ExactVisitors+1), // a sketch
 	}
 	before := make([][]byte, len(slots))
 	for i, s := range slots {
@@ -726,9 +737,9 @@ func TestAggregateAfterCodec(t *testing.T) {
 	// Unique visitors over decoded rollups equal those over the originals.
 	r := New()
 	for i := range 24 {
-		r.Slots[i] = rollupTestSlot(Counters{Impressions: 1}, uint64(i*50), uint64(i*50+120))
+		r.Slots[i] = testSlot(Counters{Impressions: 1}, uint64(i*50), uint64(i*50+120))
 	}
-	got := rollupTestRoundTrip(t, r)
+	got := roundTrip(t, r)
 	var a, b Aggregate
 	for i := range 24 {
 		if err := a.AddSlot(r.Slots[i]); err != nil {
@@ -749,12 +760,12 @@ func TestAggregateAfterCodec(t *testing.T) {
 func TestAggregatePrecisionMismatch(t *testing.T) {
 	t.Parallel()
 	p16 := hyperloglog.New16()
-	p16.InsertHash(rollupTestHash(1))
+	p16.InsertHash(testHash(1))
 	var a Aggregate
-	if err := a.AddSlot(rollupTestSlot(Counters{}, 0, 5)); err != nil {
+	if err := a.AddSlot(testSlot(Counters{}, 0, 5)); err != nil {
 		t.Fatal(err)
 	}
-	big := rollupTestSlot(Counters{}, 0, ExactVisitors+1) // a sketch, not a list
+	big := testSlot(Counters{}, 0, ExactVisitors+1) // a sketch, not a list
 	if err := a.AddSlot(big); err != nil {
 		t.Fatal(err)
 	}
@@ -766,7 +777,7 @@ func TestAggregatePrecisionMismatch(t *testing.T) {
 // FuzzRollupUnmarshal checks that any input either fails with ErrCorrupt
 // or decodes into a rollup that encodes and decodes to the same content.
 func FuzzRollupUnmarshal(f *testing.F) {
-	for _, r := range []*Rollup{New(), rollupTestSample(), {MaxSeq: 1, Slots: map[int]*Slot{1023: {}}}} {
+	for _, r := range []*Rollup{New(), sampleRollup(), {MaxSeq: 1, Slots: map[int]*Slot{1023: {}}}} {
 		b, err := r.MarshalBinary()
 		if err != nil {
 			f.Fatal(err)
@@ -776,10 +787,10 @@ func FuzzRollupUnmarshal(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1})
 	f.Add([]byte{2, 0, 0})
-	f.Add(rollupTestCraft(1, 1, maxSlots))
-	f.Add(rollupTestCraft(1, 2, 5, 5))
-	f.Add(rollupTestCraft(2, 1, 7))
-	f.Add(rollupTestV1Sketch(f))
+	f.Add(craftEncoding(1, 1, maxSlots))
+	f.Add(craftEncoding(1, 2, 5, 5))
+	f.Add(craftEncoding(2, 1, 7))
+	f.Add(v1Sketch(f))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var r Rollup
 		if err := r.UnmarshalBinary(data); err != nil {

@@ -38,7 +38,7 @@ func TestVisitorsExactUpToLimit(t *testing.T) {
 			}
 			r := New()
 			r.Slot(0).Visitors = &v
-			if got := rollupTestRoundTrip(t, r).Slots[0].Visitors.Count(); got != tc.n {
+			if got := roundTrip(t, r).Slots[0].Visitors.Count(); got != tc.n {
 				t.Errorf("after the codec Count = %d, want %d", got, tc.n)
 			}
 		})
@@ -50,7 +50,7 @@ func TestVisitorsBeyondLimitEstimates(t *testing.T) {
 	for _, n := range []uint64{ExactVisitors + 1, 5000, 50000} {
 		var v Visitors
 		for i := range n {
-			v.Insert(rollupTestHash(i))
+			v.Insert(testHash(i))
 		}
 		if v.sketch == nil {
 			t.Fatalf("%d visitors still kept exactly", n)
@@ -70,7 +70,7 @@ func TestVisitorsMerge(t *testing.T) {
 	set := func(from, to uint64) *Visitors {
 		v := &Visitors{}
 		for i := from; i < to; i++ {
-			v.Insert(rollupTestHash(i))
+			v.Insert(testHash(i))
 		}
 		return v
 	}
@@ -118,11 +118,11 @@ func TestVisitorsCloneIsIndependent(t *testing.T) {
 	for _, n := range []uint64{5, 2000} {
 		v := &Visitors{}
 		for i := range n {
-			v.Insert(rollupTestHash(i))
+			v.Insert(testHash(i))
 		}
 		c := v.Clone()
 		for i := n; i < n+500; i++ {
-			v.Insert(rollupTestHash(i))
+			v.Insert(testHash(i))
 		}
 		if got := c.Count(); math.Abs(float64(got)-float64(n)) > 0.02*float64(n) {
 			t.Errorf("clone of %d counts %d after the original grew", n, got)
@@ -130,14 +130,14 @@ func TestVisitorsCloneIsIndependent(t *testing.T) {
 	}
 }
 
-// rollupTestV1Sketch is a version-1 encoding, as written before small visitor
+// v1Sketch is a version-1 encoding, as written before small visitor
 // sets were kept exactly: one slot (index 3, one impression) with a sketch of
 // three visitors.
-func rollupTestV1Sketch(tb testing.TB) []byte {
+func v1Sketch(tb testing.TB) []byte {
 	tb.Helper()
 	sk := hyperloglog.New14()
 	for i := range uint64(3) {
-		sk.InsertHash(rollupTestHash(i))
+		sk.InsertHash(testHash(i))
 	}
 	skb, err := sk.MarshalBinary()
 	if err != nil {
@@ -155,7 +155,7 @@ func rollupTestV1Sketch(tb testing.TB) []byte {
 func TestRollupDecodesVersion1(t *testing.T) {
 	t.Parallel()
 	var r Rollup
-	if err := r.UnmarshalBinary(rollupTestV1Sketch(t)); err != nil {
+	if err := r.UnmarshalBinary(v1Sketch(t)); err != nil {
 		t.Fatal(err)
 	}
 	s := r.Slots[3]
@@ -166,8 +166,8 @@ func TestRollupDecodesVersion1(t *testing.T) {
 		t.Errorf("visitors = %d, want 3", got)
 	}
 	// Re-encoding writes the current version, and a visitor added later counts.
-	s.AddVisitor(rollupTestHash(100))
-	got := rollupTestRoundTrip(t, &r)
+	s.AddVisitor(testHash(100))
+	got := roundTrip(t, &r)
 	if n := got.Slots[3].Visitors.Count(); n != 4 {
 		t.Errorf("after adding one and a round trip: %d visitors, want 4", n)
 	}
@@ -178,7 +178,7 @@ func BenchmarkVisitorsInsert(b *testing.B) {
 	for b.Loop() {
 		var v Visitors
 		for i := range uint64(200) {
-			v.Insert(rollupTestHash(i % 150))
+			v.Insert(testHash(i % 150))
 		}
 	}
 }

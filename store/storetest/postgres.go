@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,8 +99,8 @@ func TempDir(t testing.TB) string {
 // It never skips: if it cannot start, t.Fatal with the reason.
 //
 // The server listens on a free port of 127.0.0.1 and has an empty database
-// "admetric" (see devserver.Postgres.DSN), with the settings of this package.
-// Tests may Stop and Restart it.
+// "admetric", with the settings of this package. Tests may Stop and Restart
+// it.
 //
 // To keep suites fast, initdb runs once per test process: the first call
 // initialises a template data directory (and creates the database in it),
@@ -116,7 +117,7 @@ func TempDir(t testing.TB) string {
 // remove it when the test process exits, so the first call of each process
 // removes the templates and data directories (admetric-pg-<pid>-*) left by
 // processes that are no longer running.
-func Postgres(t testing.TB) *devserver.Postgres {
+func Postgres(t testing.TB) *PostgresServer {
 	t.Helper()
 	tmpl, err := template()
 	if err != nil {
@@ -131,18 +132,74 @@ func Postgres(t testing.TB) *devserver.Postgres {
 
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	pg, err := devserver.StartPostgres(ctx, devserver.PostgresOptions{Dir: dir, Settings: settings()})
+	s, err := startServer(ctx, devserver.PostgresOptions{Dir: dir, Settings: settings()})
 	if err != nil {
 		t.Fatalf("storetest: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 		defer cancel()
-		if err := pg.Stop(ctx); err != nil {
+		if err := s.Stop(ctx); err != nil {
 			t.Errorf("storetest: %v", err)
 		}
 	})
-	return pg
+	return s
+}
+
+// PostgresServer is a PostgreSQL started by Postgres. Its methods are safe
+// for concurrent use.
+type PostgresServer struct {
+	opts devserver.PostgresOptions // its Port that of the first start
+	dsn  string
+
+	mu  sync.Mutex
+	srv *devserver.Postgres // the latest start
+}
+
+// startServer starts a server with opts and fixes its port for restarts.
+func startServer(ctx context.Context, opts devserver.PostgresOptions) (*PostgresServer, error) {
+	srv, err := devserver.StartPostgres(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &PostgresServer{opts: opts, dsn: srv.DSN(), srv: srv}
+	u, err := url.Parse(s.dsn)
+	if err == nil {
+		s.opts.Port, err = strconv.Atoi(u.Port())
+	}
+	if err != nil {
+		_ = srv.Stop(ctx)
+		return nil, fmt.Errorf("port of %s: %w", s.dsn, err)
+	}
+	return s, nil
+}
+
+// DSN returns the postgres:// URL of the database, the same across restarts.
+func (s *PostgresServer) DSN() string { return s.dsn }
+
+// Stop stops the server (see devserver.Postgres.Stop). It does nothing when
+// the server is stopped.
+func (s *PostgresServer) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.srv.Stop(ctx)
+}
+
+// Restart stops the server if it runs, and starts it again on the same data
+// directory and port, so that the DSN stays valid (for outage tests). It
+// fails if another process took the port meanwhile.
+func (s *PostgresServer) Restart(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.srv.Stop(ctx); err != nil {
+		return fmt.Errorf("storetest: restart: %w", err)
+	}
+	srv, err := devserver.StartPostgres(ctx, s.opts)
+	if err != nil {
+		return fmt.Errorf("storetest: restart: %w", err)
+	}
+	s.srv = srv
+	return nil
 }
 
 // makeTemplate initialises a data directory and runs a server on it once, so
@@ -221,7 +278,7 @@ func chooseDataRoot() string {
 
 // DB opens a bun handle on pg, applies the migrations, and closes the handle
 // with t.Cleanup.
-func DB(t testing.TB, pg *devserver.Postgres) *bun.DB {
+func DB(t testing.TB, pg *PostgresServer) *bun.DB {
 	t.Helper()
 	ctx := context.Background()
 	db, err := postgres.Open(ctx, pg.DSN())
