@@ -369,7 +369,7 @@ func (d *daemon) shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("spool: %w", err))
 		}
 	}
-	errs = append(errs, d.backends.close(ctx))
+	errs = append(errs, d.close(ctx)) // the backends, last
 	return errors.Join(errs...)
 }
 

@@ -47,6 +47,12 @@ func runRebuild(ctx context.Context, args []string, lookup func(string) (string,
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	for _, f := range []struct{ name, value string }{{"--from", *fromFlag}, {"--to", *toFlag}} {
+		if f.value == "" {
+			fmt.Fprintf(stderr, "admetric rebuild: %s is required\n%s", f.name, rebuildUsage)
+			return 2
+		}
+	}
 	from, err := parseTime(*fromFlag)
 	if err != nil {
 		fmt.Fprintf(stderr, "admetric rebuild: --from: %v\n", err)

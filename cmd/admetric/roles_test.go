@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/admetric/admetric/aggregator"
+	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
@@ -101,7 +103,11 @@ func TestTwoAggregatorProcesses(t *testing.T) {
 	first.kill(t)
 	publishPhase(2)
 	waitTotals()
-	time.Sleep(2 * time.Second) // nothing more arrives: no event is counted twice
+	// Every partition's consumer has acknowledged its last event: nothing can
+	// come again and be counted twice.
+	for p := range 4 {
+		waitAcknowledged(t, js, aggregator.RollupConsumerName(p))
+	}
 	waitTotals()
 
 	// The archive holds each event once (it may still be catching up after the kill).
@@ -128,4 +134,37 @@ func TestTwoAggregatorProcesses(t *testing.T) {
 func startRole(t *testing.T, bin, role string, env map[string]string) *proc {
 	t.Helper()
 	return startProcArgs(t, bin, []string{role}, env)
+}
+
+// waitAcknowledged waits until the durable consumer name of the event
+// stream has nothing pending, nothing awaiting an ack, and its ack floor at
+// the last event on the subjects it reads.
+func waitAcknowledged(t *testing.T, js jetstream.JetStream, name string) {
+	t.Helper()
+	ctx := context.Background()
+	stream, err := js.Stream(ctx, store.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *jetstream.ConsumerInfo
+	var last uint64
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		cons, err := stream.Consumer(ctx, name)
+		if err == nil {
+			info, err = cons.Info(ctx)
+		}
+		if err == nil {
+			var m *jetstream.RawStreamMsg
+			m, err = stream.GetLastMsgForSubject(ctx, info.Config.FilterSubject)
+			if err == nil {
+				last = m.Sequence
+			}
+		}
+		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream == last {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer %s: not everything acknowledged (last event %d, info %+v, err %v)", name, last, info, err)
+		}
+	}
 }

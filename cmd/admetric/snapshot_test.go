@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"net/http"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/admetric/admetric/api/rollupcache"
+	"github.com/admetric/admetric/config"
+	"github.com/admetric/admetric/store/rollup"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -36,7 +41,7 @@ func TestAnalyticsFromSnapshotWhileNATSDown(t *testing.T) {
 	if fresh["stale"] != false || fresh["as_of"] != nil {
 		t.Fatalf("with NATS up: stale %v as_of %v", fresh["stale"], fresh["as_of"])
 	}
-	time.Sleep(1500 * time.Millisecond) // a snapshot or two with the 7 clicks
+	waitSnapshotClicks(t, env, ad, 7)
 
 	staleAnswer := func(when string, wantClicks float64) time.Time {
 		t.Helper()
@@ -78,4 +83,39 @@ func TestAnalyticsFromSnapshotWhileNATSDown(t *testing.T) {
 		t.Fatalf("after NATS returned: stale %v", back["stale"])
 	}
 	t.Logf("fresh again, with the spooled click, %s after NATS restarted", took.Round(time.Millisecond))
+}
+
+// waitSnapshotClicks waits until the snapshot file in env's DATA_DIR holds
+// want clicks of ad over the last 24 hours.
+func waitSnapshotClicks(t *testing.T, env map[string]string, ad string, want uint64) {
+	t.Helper()
+	cfg, err := config.Load(func(name string) (string, bool) {
+		v, ok := env[name]
+		return v, ok
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := rollup.NewLayout(rollup.Retentions{Minute: cfg.MinuteRetention, Hour: cfg.HourRetention, Day: cfg.DayRetention})
+	file := rollupcache.NewSnapshotFile(filepath.Join(cfg.DataDir, "analytics.snapshot"), layout)
+	var got uint64
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if snap, err := file.Read(); err == nil {
+			now := time.Now()
+			tiling, err := layout.Tile(now.Add(-24*time.Hour), now, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			agg, err := snap.Sum(context.Background(), ad, tiling.Cells)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got = agg.Clicks; got == want {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the snapshot holds %d clicks of %s, want %d", got, ad, want)
+		}
+	}
 }
