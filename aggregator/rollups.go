@@ -64,7 +64,11 @@ const rollupGroup = "rollups"
 // yet acknowledged (the consumer's NumAckPending, after dropping what is at or
 // below the ack floor: another writer committed that): events a dead writer
 // held come back to it after AckWait, and folding waits for them, so the
-// partition is folded in stream order even across a takeover.
+// partition is folded in stream order even across a takeover. It asks the
+// server (consumer info) only when the pin its events came under changed, or
+// the delivery sequence skipped a number: a delivery that never reached it
+// (a fetch that gave up before the server's answer, a dropped connection) is
+// pending on the server, and acknowledging past it (AckAll) would lose it.
 //
 // For each batch it loads every touched key (from its own cache: it is the only
 // writer of these keys), folds the batch, then commits each bucket's touched
@@ -159,6 +163,13 @@ type writerState struct {
 	verifiedPin string                   // the pin under which the gate last passed
 	holding     bool                     // counted in Members as a partition this process holds
 	lastEvent   time.Time                // when a batch was last committed
+	// lastDelivery is the consumer (delivery) sequence of the last message
+	// fetched, and gap records that a fetch skipped one since the gate last
+	// passed: the server delivered a message that never arrived here (a
+	// fetch that gave up before the server's answer, a dropped connection)
+	// or delivered it to another writer.
+	lastDelivery uint64
+	gap          bool
 }
 
 // start creates or updates the partition's consumer and reads the checkpoints.
@@ -196,7 +207,7 @@ func (w *RollupWriter) gather(ctx context.Context, cons jetstream.Consumer, s *w
 		w.letGo(s) // idle, or the server moved the partition
 	}
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
-		return struct{}{}, w.fetch(cons, s.held)
+		return struct{}{}, w.fetch(cons, s)
 	}, w.retryOptions("fetch")...)
 	if err != nil || len(s.held) == 0 {
 		return false // ctx ended, or nothing came
@@ -216,9 +227,10 @@ func (w *RollupWriter) gather(ctx context.Context, cons jetstream.Consumer, s *w
 // them to come back after AckWait.
 func (w *RollupWriter) gate(ctx context.Context, cons jetstream.Consumer, s *writerState) bool {
 	pin := heldPin(s.held)
-	if pin != "" && pin == s.verifiedPin {
+	if pin != "" && pin == s.verifiedPin && !s.gap {
 		// While the server keeps the partition pinned to us no one else
-		// receives any, so the last check holds.
+		// receives any, and every delivery since the last check reached us
+		// (no gap in the delivery sequence), so that check still holds.
 		return true
 	}
 	info, err := backoff.Retry(ctx, func() (*jetstream.ConsumerInfo, error) {
@@ -239,6 +251,7 @@ func (w *RollupWriter) gate(ctx context.Context, cons jetstream.Consumer, s *wri
 		return false
 	}
 	w.gatedWant = 0
+	s.gap = false // everything delivered and unacknowledged is in hand
 	if len(s.held) == 0 {
 		s.first = time.Time{}
 		return false
@@ -319,12 +332,13 @@ func (w *RollupWriter) retryOptions(what string) []backoff.RetryOption {
 	})
 }
 
-// fetch adds to held what one pull brings, keyed by stream sequence so that
-// redeliveries replace the copies they duplicate.
-func (w *RollupWriter) fetch(cons jetstream.Consumer, held map[uint64]jetstream.Msg) error {
+// fetch adds to s.held what one pull brings, keyed by stream sequence so
+// that redeliveries replace the copies they duplicate, and notes a gap in
+// the delivery sequence.
+func (w *RollupWriter) fetch(cons jetstream.Consumer, s *writerState) error {
 	// While gated, ask for as many as others hold, so their redeliveries come
 	// in one pull rather than one by one.
-	want := max(w.opts.BatchSize-len(held), w.gatedWant, 1)
+	want := max(w.opts.BatchSize-len(s.held), w.gatedWant, 1)
 	batch, err := cons.Fetch(want, jetstream.FetchMaxWait(w.opts.MaxWait), jetstream.FetchPriorityGroup(rollupGroup))
 	if err != nil {
 		return err
@@ -335,7 +349,11 @@ func (w *RollupWriter) fetch(cons jetstream.Consumer, held map[uint64]jetstream.
 			w.logger.Warn("message without metadata", "err", err)
 			continue
 		}
-		held[meta.Sequence.Stream] = msg
+		if meta.Sequence.Consumer != s.lastDelivery+1 {
+			s.gap = true
+		}
+		s.lastDelivery = meta.Sequence.Consumer
+		s.held[meta.Sequence.Stream] = msg
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrPinIDMismatch) {
 		return err

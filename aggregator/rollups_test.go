@@ -2,11 +2,14 @@ package aggregator_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -351,5 +354,81 @@ func TestRollupWritersBalance(t *testing.T) {
 	}
 	if sumClicks != total {
 		t.Fatalf("%d clicks in the rollups, want %d", sumClicks, total)
+	}
+}
+
+// TestRollupWriterWaitsForADeliveryItMissed: a message the server delivers
+// under the writer's pin that never reaches the writer (as when a fetch gives
+// up before the server's answer, or the connection drops with deliveries in
+// flight) must not be acknowledged unseen by the writer's next AckAll. Here
+// another client pulls with the writer's pin ID and takes one event; the
+// writer receives the events after it, sees the gap in the delivery
+// sequence, and waits until the missed event comes back to fold everything.
+func TestRollupWriterWaitsForADeliveryItMissed(t *testing.T) {
+	js, rollups := setup(t)
+	now := time.Now().UTC()
+	from, to := now.Add(-time.Hour), now.Add(time.Minute)
+	name := aggregator.RollupConsumerName(0)
+	w := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{AckWait: time.Minute, PinnedTTL: 5 * time.Second, BatchSize: 5, Linger: 10 * time.Millisecond})
+
+	// The writer folds a first batch and so verifies its pin.
+	publish(t, js, clicks("ad-m", 5, now, "m1")...)
+	waitFolded(t, js, rollups, 1)
+	var pin string
+	for _, g := range consumerInfo(t, js, name).PriorityGroups {
+		pin = g.PinnedClientID
+	}
+	if pin == "" {
+		t.Fatal("the writer holds no pin after folding")
+	}
+
+	// Another client pulls under that pin and keeps what it gets.
+	nc := js.Conn()
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	req, _ := json.Marshal(map[string]any{"batch": 1, "expires": int64(time.Minute), "group": "rollups", "id": pin})
+	if err := nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT."+store.StreamName+"."+name, inbox, req); err != nil {
+		t.Fatal(err)
+	}
+	// The writer's pull waiting before it takes what comes first; its next
+	// one queues behind, so an event soon goes to the other client.
+	var missed *nats.Msg
+	for i := 0; missed == nil; i++ {
+		if i == 50 {
+			t.Fatal("the other client never received an event under the writer's pin")
+		}
+		publish(t, js, clicks("ad-m", 1, now, fmt.Sprintf("m2-%d", i))...)
+		m, err := sub.NextMsg(200 * time.Millisecond)
+		if errors.Is(err, nats.ErrTimeout) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Reply == "" {
+			t.Fatalf("the other client got a status instead of an event: %v", m.Header)
+		}
+		missed = m
+	}
+	published := lastSeq(t, js, "")
+
+	// The writer receives the events after the missed one, under its pin.
+	publish(t, js, clicks("ad-m", 5, now, "m3")...)
+	published += 5
+	waitConsumer(t, js, name, "the writer holding events past the missed one", func(info *jetstream.ConsumerInfo) bool {
+		return info.NumPending == 0 && info.Delivered.Stream == published
+	})
+
+	// The missed event comes back (as after AckWait); now all is folded once.
+	if err := missed.Nak(); err != nil {
+		t.Fatal(err)
+	}
+	waitFolded(t, js, rollups, 1)
+	if agg := sum(t, rollups, "ad-m", from, to); agg.Clicks != published || w.Folded() != float64(published) {
+		t.Fatalf("%d clicks in the rollups, %v events folded; want %d", agg.Clicks, w.Folded(), published)
 	}
 }

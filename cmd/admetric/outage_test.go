@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/admetric/admetric/aggregator"
+	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
@@ -235,8 +241,9 @@ func spoolSegments(t *testing.T, dataDir string) []string {
 // waitSettled waits until the 30-day analytics match w exactly and the spool
 // in dataDir is drained, then until the archive holds exactly one row per
 // event of w. It returns how long the analytics took.
-func waitSettled(t *testing.T, c client, w *workload, dataDir, dsn string, timeout time.Duration) time.Duration {
+func waitSettled(t *testing.T, c client, w *workload, env map[string]string, timeout time.Duration) time.Duration {
 	t.Helper()
+	dataDir, dsn := env["DATA_DIR"], env["DATABASE_URL"]
 	start := time.Now()
 	deadline := start.Add(timeout)
 	var mismatch string
@@ -251,6 +258,7 @@ func waitSettled(t *testing.T, c client, w *workload, dataDir, dsn string, timeo
 	}
 	if mismatch != "" {
 		logArchiveCounts(t, dsn, w)
+		logRollupCounts(t, env, w)
 		t.Fatalf("analytics after %s: %s", time.Since(start).Round(time.Millisecond), mismatch)
 	}
 	if len(segs) != 0 {
@@ -313,6 +321,63 @@ func logArchiveCounts(t *testing.T, dsn string, w *workload) {
 		if got["click"] != want.clicks || got["impression"] != want.impressions {
 			t.Logf("archive: %s holds %d clicks %d impressions, workload %d and %d", ad, got["click"], got["impression"], want.clicks, want.impressions)
 		}
+	}
+}
+
+// logRollupCounts logs, for each ad whose 30-day clicks or impressions in
+// the rollup buckets differ from the workload's, both counts, and the state
+// of every rollup consumer with its checkpoints: when analytics disagree with
+// the workload, this tells an event the fold missed from one the read cache
+// missed.
+func logRollupCounts(t *testing.T, env map[string]string, w *workload) {
+	t.Helper()
+	ctx := context.Background()
+	layout := serviceLayout(t, env)
+	nc, err := nats.Connect(env["NATS_URL"])
+	if err != nil {
+		t.Logf("rollups: %v", err)
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Logf("rollups: %v", err)
+		return
+	}
+	rollups, err := store.CreateOrUpdateRollups(ctx, js, layout, 1)
+	if err != nil {
+		t.Logf("rollups: %v", err)
+		return
+	}
+	now := time.Now()
+	tiling, err := layout.Tile(now.Add(-30*24*time.Hour), now, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ad, want := range w.want {
+		agg, err := rollups.Sum(ctx, ad, tiling.Cells)
+		if err != nil {
+			t.Logf("rollups: %s: %v", ad, err)
+			continue
+		}
+		if agg.Clicks != want.clicks || agg.Impressions != want.impressions {
+			t.Logf("rollups: %s holds %d clicks %d impressions, workload %d and %d", ad, agg.Clicks, agg.Impressions, want.clicks, want.impressions)
+		}
+	}
+	partitions, _ := strconv.Atoi(env["PARTITIONS"])
+	for p := range partitions {
+		line := fmt.Sprintf("partition %d:", p)
+		if cons, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(p)); err == nil {
+			if info, err := cons.Info(ctx); err == nil {
+				line += fmt.Sprintf(" pending %d, ack pending %d, redelivered %d, ack floor %d, delivered %d;",
+					info.NumPending, info.NumAckPending, info.NumRedelivered, info.AckFloor.Stream, info.Delivered.Stream)
+			}
+		}
+		for _, res := range layout {
+			seq, _, err := rollups.Checkpoint(ctx, res.Unit, p)
+			line += fmt.Sprintf(" %s checkpoint %d (%v)", res.Unit, seq, err)
+		}
+		t.Log(line)
 	}
 }
 
@@ -436,7 +501,7 @@ func TestNATSOutageSpools(t *testing.T) {
 		t.FailNow()
 	}
 
-	took := waitSettled(t, c, w, dataDir, pg.DSN(), 90*time.Second)
+	took := waitSettled(t, c, w, outageEnv(ns.url, dataDir, pg.DSN()), 90*time.Second)
 	t.Logf("analytics exact and spool drained %s after the load", took.Round(time.Millisecond))
 }
 
@@ -497,6 +562,6 @@ func TestSpooledEventsSurviveSIGKILL(t *testing.T) {
 	startNATSServer(t, natsBin, natsPort, natsDir) // same port and store
 	p = startProc(t, bin, env)
 	c = client{t: t, base: "http://" + p.httpAddr}
-	took := waitSettled(t, c, w, dataDir, pg.DSN(), 45*time.Second)
+	took := waitSettled(t, c, w, env, 45*time.Second)
 	t.Logf("analytics exact and spool drained %s after the restart", took.Round(time.Millisecond))
 }

@@ -89,15 +89,8 @@ func TestAnalyticsFromSnapshotWhileNATSDown(t *testing.T) {
 // want clicks of ad over the last 24 hours.
 func waitSnapshotClicks(t *testing.T, env map[string]string, ad string, want uint64) {
 	t.Helper()
-	cfg, err := config.Load(func(name string) (string, bool) {
-		v, ok := env[name]
-		return v, ok
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	layout := rollup.NewLayout(rollup.Retentions{Minute: cfg.MinuteRetention, Hour: cfg.HourRetention, Day: cfg.DayRetention})
-	file := rollupcache.NewSnapshotFile(filepath.Join(cfg.DataDir, "analytics.snapshot"), layout)
+	layout := serviceLayout(t, env)
+	file := rollupcache.NewSnapshotFile(filepath.Join(env["DATA_DIR"], "analytics.snapshot"), layout)
 	var got uint64
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if snap, err := file.Read(); err == nil {
@@ -118,4 +111,17 @@ func waitSnapshotClicks(t *testing.T, env map[string]string, ad string, want uin
 			t.Fatalf("the snapshot holds %d clicks of %s, want %d", got, ad, want)
 		}
 	}
+}
+
+// serviceLayout is the rollup layout of the service run with env.
+func serviceLayout(t *testing.T, env map[string]string) rollup.Layout {
+	t.Helper()
+	cfg, err := config.Load(func(name string) (string, bool) {
+		v, ok := env[name]
+		return v, ok
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rollup.NewLayout(rollup.Retentions{Minute: cfg.MinuteRetention, Hour: cfg.HourRetention, Day: cfg.DayRetention})
 }
