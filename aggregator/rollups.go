@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -170,6 +169,9 @@ type writerState struct {
 	// or delivered it to another writer.
 	lastDelivery uint64
 	gap          bool
+
+	seqs []uint64 // records' buffers, reused from batch to batch
+	recs []Record
 }
 
 // start creates or updates the partition's consumer and reads the checkpoints.
@@ -263,10 +265,17 @@ func (w *RollupWriter) gate(ctx context.Context, cons jetstream.Consumer, s *wri
 // records decodes s.held in stream order into the records to fold, leaving
 // out what every bucket's checkpoint already covers (committed by a writer
 // that died before its ack) and poison; last is the highest sequence held.
+// The result reuses s's buffers: it is valid until the next call.
 func (w *RollupWriter) records(s *writerState) (recs []Record, last uint64) {
-	seqs := slices.Sorted(maps.Keys(s.held))
+	seqs := s.seqs[:0]
+	for seq := range s.held {
+		seqs = append(seqs, seq)
+	}
+	slices.Sort(seqs)
+	s.seqs = seqs
 	floor := w.lowCheckpoint()
-	recs = make([]Record, 0, len(seqs))
+	recs = s.recs[:0]
+	defer func() { s.recs = recs }()
 	for _, seq := range seqs {
 		if seq <= floor {
 			continue
