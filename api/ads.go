@@ -5,10 +5,14 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 
@@ -162,27 +166,77 @@ func (h *AdHandlers) decodeAd(c *gin.Context) (*adInput, bool) {
 		return nil, false
 	}
 	in.Title = strings.TrimSpace(in.Title)
-	switch {
-	case in.Title == "":
+	if in.Title == "" {
 		respond.Error(c, http.StatusBadRequest, "title", "is required")
 		return nil, false
-	case len(in.Title) > 200:
-		respond.Error(c, http.StatusBadRequest, "title", "must be at most 200 bytes")
-		return nil, false
-	case len(in.Advertiser) > 200:
-		respond.Error(c, http.StatusBadRequest, "advertiser", "must be at most 200 bytes")
-		return nil, false
-	case len(in.VideoURL) > 2048:
-		respond.Error(c, http.StatusBadRequest, "video_url", "must be at most 2048 bytes")
-		return nil, false
-	case len(in.ClickURL) > 2048:
-		respond.Error(c, http.StatusBadRequest, "click_url", "must be at most 2048 bytes")
-		return nil, false
-	case in.DurationSeconds != nil && (*in.DurationSeconds < 0 || *in.DurationSeconds > 86400):
+	}
+	for _, f := range []struct {
+		name, value string
+		check       func(string) string
+	}{
+		{"title", in.Title, checkText},
+		{"advertiser", in.Advertiser, checkText},
+		{"video_url", in.VideoURL, checkURL},
+		{"click_url", in.ClickURL, checkURL},
+	} {
+		if msg := f.check(f.value); msg != "" {
+			respond.Error(c, http.StatusBadRequest, f.name, msg)
+			return nil, false
+		}
+	}
+	if in.DurationSeconds != nil && (*in.DurationSeconds < 0 || *in.DurationSeconds > 86400) {
 		respond.Error(c, http.StatusBadRequest, "duration_seconds", "must be from 0 to 86400")
 		return nil, false
 	}
 	return &in, true
+}
+
+// Bounds of an ad's text fields and URLs, in bytes.
+const (
+	maxAdText = 200
+	maxAdURL  = 2048
+)
+
+// checkText returns what is wrong with an ad's title or advertiser, or "".
+// Control characters are refused: the text goes into HTML, XML and
+// PostgreSQL, which cannot store a NUL.
+func checkText(s string) string {
+	switch {
+	case len(s) > maxAdText:
+		return fmt.Sprintf("must be at most %d bytes", maxAdText)
+	case !utf8.ValidString(s):
+		return "must be valid UTF-8"
+	case strings.ContainsFunc(s, unicode.IsControl):
+		return "must not contain control characters"
+	}
+	return ""
+}
+
+// checkURL returns what is wrong with an ad's video or click URL, or "";
+// empty means none. The URLs become Location headers and VAST content, so
+// only an absolute http or https URL with a host and no credentials will
+// do: not javascript: or data:, not a scheme-relative //host, and nothing
+// that could split a header.
+func checkURL(s string) string {
+	if s == "" {
+		return ""
+	}
+	if len(s) > maxAdURL {
+		return fmt.Sprintf("must be at most %d bytes", maxAdURL)
+	}
+	if strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) || unicode.IsSpace(r) }) || !utf8.ValidString(s) {
+		return "must not contain spaces or control characters"
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return "is not a URL"
+	case u.Scheme != "http" && u.Scheme != "https", u.Host == "", u.Opaque != "":
+		return "must be an absolute http or https URL"
+	case u.User != nil:
+		return "must not contain credentials"
+	}
+	return ""
 }
 
 func (in *adInput) ad(id string) *postgres.Ad {
