@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -146,6 +147,11 @@ type adInput struct {
 	VideoURL        string   `json:"video_url"`
 	ClickURL        string   `json:"click_url"`
 	DurationSeconds *float64 `json:"duration_seconds"`
+	VideoType       string   `json:"video_type"`
+	VideoWidth      *int     `json:"video_width"`
+	VideoHeight     *int     `json:"video_height"`
+	VideoDelivery   string   `json:"video_delivery"`
+	VASTTagURL      string   `json:"vast_tag_url"`
 }
 
 const maxAdBody = 64 << 10
@@ -178,6 +184,9 @@ func (h *AdHandlers) decodeAd(c *gin.Context) (*adInput, bool) {
 		{"advertiser", in.Advertiser, checkText},
 		{"video_url", in.VideoURL, checkURL},
 		{"click_url", in.ClickURL, checkURL},
+		{"vast_tag_url", in.VASTTagURL, checkURL},
+		{"video_type", in.VideoType, checkMediaType},
+		{"video_delivery", in.VideoDelivery, checkDelivery},
 	} {
 		if msg := f.check(f.value); msg != "" {
 			respond.Error(c, http.StatusBadRequest, f.name, msg)
@@ -188,7 +197,41 @@ func (h *AdHandlers) decodeAd(c *gin.Context) (*adInput, bool) {
 		respond.Error(c, http.StatusBadRequest, "duration_seconds", "must be from 0 to 86400")
 		return nil, false
 	}
+	for _, f := range []struct {
+		name  string
+		value *int
+	}{{"video_width", in.VideoWidth}, {"video_height", in.VideoHeight}} {
+		if f.value != nil && (*f.value < 1 || *f.value > maxVideoPixels) {
+			respond.Error(c, http.StatusBadRequest, f.name, fmt.Sprintf("must be from 1 to %d", maxVideoPixels))
+			return nil, false
+		}
+	}
 	return &in, true
+}
+
+// maxVideoPixels bounds a media file's width and height.
+const maxVideoPixels = 16384
+
+// checkMediaType returns what is wrong with a media file's MIME type, or "";
+// empty means the default (video/mp4).
+func checkMediaType(s string) string {
+	if s == "" {
+		return ""
+	}
+	mt, params, err := mime.ParseMediaType(s)
+	if err != nil || len(params) > 0 || mt != strings.ToLower(s) || !strings.Contains(mt, "/") || len(s) > 100 {
+		return "must be a MIME type without parameters, such as video/mp4"
+	}
+	return ""
+}
+
+// checkDelivery returns what is wrong with a media file's VAST delivery, or
+// ""; empty means the default (progressive).
+func checkDelivery(s string) string {
+	if s == "" || s == "progressive" || s == "streaming" {
+		return ""
+	}
+	return "must be progressive or streaming"
 }
 
 // Bounds of an ad's text fields and URLs, in bytes.
@@ -240,9 +283,16 @@ func checkURL(s string) string {
 }
 
 func (in *adInput) ad(id string) *postgres.Ad {
-	ad := &postgres.Ad{ID: id, Title: in.Title, Advertiser: in.Advertiser, VideoURL: in.VideoURL, ClickURL: in.ClickURL}
+	ad := &postgres.Ad{ID: id, Title: in.Title, Advertiser: in.Advertiser, VideoURL: in.VideoURL, ClickURL: in.ClickURL,
+		VideoType: strings.ToLower(in.VideoType), VideoDelivery: in.VideoDelivery, VASTTagURL: in.VASTTagURL}
 	if in.DurationSeconds != nil {
 		ad.DurationSeconds = *in.DurationSeconds
+	}
+	if in.VideoWidth != nil {
+		ad.VideoWidth = *in.VideoWidth
+	}
+	if in.VideoHeight != nil {
+		ad.VideoHeight = *in.VideoHeight
 	}
 	return ad
 }

@@ -64,8 +64,17 @@ func TestAdFieldsRefuseHostileInput(t *testing.T) {
 		t.Fatalf("create a plain ad: %d %v", status, body)
 	}
 	for _, tc := range []struct {
-		name, field, value, msg string
+		name, field string
+		value       any
+		msg         string
 	}{
+		{"VAST tag as javascript", "vast_tag_url", "javascript:alert(1)", "must be an absolute http or https URL"},
+		{"type with parameters", "video_type", "video/mp4; codecs=avc1", "must be a MIME type without parameters, such as video/mp4"},
+		{"type without subtype", "video_type", "mp4", "must be a MIME type without parameters, such as video/mp4"},
+		{"markup as type", "video_type", "<b>video</b>", "must be a MIME type without parameters, such as video/mp4"},
+		{"unknown delivery", "video_delivery", "download", "must be progressive or streaming"},
+		{"zero width", "video_width", 0, "must be from 1 to 16384"},
+		{"huge height", "video_height", 20000, "must be from 1 to 16384"},
 		{"javascript URL", "click_url", "javascript:alert(1)", "must be an absolute http or https URL"},
 		{"data URL", "video_url", "data:video/mp4;base64,AAAA", "must be an absolute http or https URL"},
 		{"scheme-relative", "click_url", "//evil.example.com/x", "must be an absolute http or https URL"},
@@ -99,7 +108,12 @@ func TestAdFieldsRefuseHostileInput(t *testing.T) {
 		t.Errorf("the plain ad changed: %+v %v", ad, err)
 	}
 
-	good := map[string]any{"title": "Coffee", "advertiser": "Café Ünïcode", "video_url": "https://cdn.example.com/v/coffee.mp4?x=1&y=2", "click_url": "HTTP://Example.com:8080/landing#top"}
+	if ad, err := ads.Get(ctx, "ad-ok"); err != nil || ad.VideoType != "video/mp4" || ad.VideoWidth != 1280 || ad.VideoHeight != 720 || ad.VideoDelivery != "progressive" {
+		t.Errorf("an ad created without media attributes: %+v %v; want video/mp4, 1280x720, progressive", ad, err)
+	}
+
+	good := map[string]any{"title": "Coffee", "advertiser": "Café Ünïcode", "video_url": "https://cdn.example.com/v/coffee.mp4?x=1&y=2", "click_url": "HTTP://Example.com:8080/landing#top",
+		"video_type": "Video/WebM", "video_width": 640, "video_height": 360, "video_delivery": "streaming", "vast_tag_url": "https://tags.example.net/vast?id=7"}
 	if status, body := send(t, r, http.MethodPut, "/ads/ad-ok", good); status != http.StatusOK {
 		t.Fatalf("update with good values: %d %v", status, body)
 	}
@@ -107,7 +121,8 @@ func TestAdFieldsRefuseHostileInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ad.Advertiser != good["advertiser"] || ad.VideoURL != good["video_url"] || ad.ClickURL != good["click_url"] {
-		t.Errorf("stored %+v, want the values as given", ad)
+	if ad.Advertiser != good["advertiser"] || ad.VideoURL != good["video_url"] || ad.ClickURL != good["click_url"] ||
+		ad.VideoType != "video/webm" || ad.VideoWidth != 640 || ad.VideoHeight != 360 || ad.VideoDelivery != "streaming" || ad.VASTTagURL != good["vast_tag_url"] {
+		t.Errorf("stored %+v, want the values as given (the MIME type in lower case)", ad)
 	}
 }
