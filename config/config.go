@@ -107,6 +107,11 @@ type Config struct {
 	// proxies whose forwarding headers are believed
 	// (TRUSTED_PROXIES, comma-separated, default none).
 	TrustedProxies []string
+	// CORSAllowedOrigins are the browser origins whose pages may POST events
+	// ("*" for any; origins such as https://player.example.com), answered
+	// with CORS headers and without credentials (CORS_ALLOWED_ORIGINS,
+	// comma-separated, default "*"; set it empty to answer none).
+	CORSAllowedOrigins []string
 
 	// MinuteRetention is how long per-minute rollups are kept
 	// (ROLLUP_MINUTE_RETENTION, default 72h). Must not exceed HourRetention.
@@ -260,6 +265,14 @@ func options() []option {
 			parse: func(c *Config, v string) error { c.TrustedProxies = splitList(v); return nil },
 			check: checkEach("TRUSTED_PROXIES", func(c *Config) *[]string { return &c.TrustedProxies }, ipOrPrefix),
 			value: func(c *Config) slog.Value { return slog.StringValue(strings.Join(c.TrustedProxies, ",")) },
+		},
+		{
+			name:      "CORS_ALLOWED_ORIGINS",
+			def:       "*",
+			keepEmpty: true,
+			parse:     func(c *Config, v string) error { c.CORSAllowedOrigins = splitList(v); return nil },
+			check:     checkEach("CORS_ALLOWED_ORIGINS", func(c *Config) *[]string { return &c.CORSAllowedOrigins }, origin),
+			value:     func(c *Config) slog.Value { return slog.StringValue(strings.Join(c.CORSAllowedOrigins, ",")) },
 		},
 
 		// Also minute <= hour <= day (checkAcross).
@@ -730,6 +743,20 @@ func ipOrPrefix(name, p string) error {
 		return nil
 	}
 	return invalidf(name, "%q is not an IP address or CIDR prefix", p)
+}
+
+// origin checks a CORS origin: "*", or scheme://host[:port] of http or
+// https, without path, query or credentials.
+func origin(name, o string) error {
+	if o == "*" {
+		return nil
+	}
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return invalidf(name, "%q is not \"*\" or an origin such as https://player.example.com", o)
+	}
+	return nil
 }
 
 // EmbeddedNATS reports whether the service runs its own nats-server (NATS_URL empty).

@@ -88,6 +88,7 @@ func defaults() *config.Config {
 		LogFormat:           "text",
 		VisitorSalt:         "",
 		TrustedProxies:      nil,
+		CORSAllowedOrigins:  []string{"*"},
 		MinuteRetention:     72 * time.Hour,
 		HourRetention:       2400 * time.Hour,
 		DayRetention:        43800 * time.Hour,
@@ -182,6 +183,8 @@ func TestLoadValid(t *testing.T) {
 		{"LOG_FORMAT", map[string]string{"LOG_FORMAT": "JSON"}, func(c *config.Config) any { return c.LogFormat }, "json"},
 		{"VISITOR_SALT", map[string]string{"VISITOR_SALT": "salty"}, func(c *config.Config) any { return c.VisitorSalt }, "salty"},
 		{"TRUSTED_PROXIES", map[string]string{"TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,::1,fd00::/8,"}, func(c *config.Config) any { return c.TrustedProxies }, []string{"10.0.0.1", "192.168.0.0/16", "::1", "fd00::/8"}},
+		{"CORS_ALLOWED_ORIGINS", map[string]string{"CORS_ALLOWED_ORIGINS": "https://player.example.com, http://localhost:3000"}, func(c *config.Config) any { return c.CORSAllowedOrigins }, []string{"https://player.example.com", "http://localhost:3000"}},
+		{"CORS_ALLOWED_ORIGINS empty", map[string]string{"CORS_ALLOWED_ORIGINS": ""}, func(c *config.Config) any { return c.CORSAllowedOrigins }, []string(nil)},
 		{"ROLLUP_MINUTE_RETENTION", map[string]string{"ROLLUP_MINUTE_RETENTION": "24h"}, func(c *config.Config) any { return c.MinuteRetention }, 24 * time.Hour},
 		{"ROLLUP_MINUTE_RETENTION equal to hour", map[string]string{"ROLLUP_MINUTE_RETENTION": "100h", "ROLLUP_HOUR_RETENTION": "100h"}, func(c *config.Config) any { return c.MinuteRetention }, 100 * time.Hour},
 		{"ROLLUP_HOUR_RETENTION", map[string]string{"ROLLUP_HOUR_RETENTION": "720h"}, func(c *config.Config) any { return c.HourRetention }, 720 * time.Hour},
@@ -607,6 +610,8 @@ func TestValidate(t *testing.T) {
 		{"empty DB_NAME", func(c *config.Config) { c.DBName = "" }, "DB_NAME"},
 		{"empty DB_USER with DATABASE_URL", func(c *config.Config) { c.DBUser = ""; c.DatabaseURL = "postgres://x/y" }, ""},
 		{"bad proxy", func(c *config.Config) { c.TrustedProxies = []string{""} }, "TRUSTED_PROXIES"},
+		{"origin with a path", func(c *config.Config) { c.CORSAllowedOrigins = []string{"https://player.example.com/app"} }, "CORS_ALLOWED_ORIGINS"},
+		{"origin without scheme", func(c *config.Config) { c.CORSAllowedOrigins = []string{"player.example.com"} }, "CORS_ALLOWED_ORIGINS"},
 		{"zero STREAM_MAX_AGE", func(c *config.Config) { c.StreamMaxAge = 0 }, "STREAM_MAX_AGE"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

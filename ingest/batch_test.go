@@ -109,7 +109,7 @@ func checkRefusedBodies(t *testing.T, in *intake) {
 		{"empty array", "application/json", `[]`, http.StatusBadRequest},
 		{"an object, not an array", "application/json", `{"type":"click","ad_id":"ad-1"}`, http.StatusBadRequest},
 		{"malformed", "application/json", `[{"type":`, http.StatusBadRequest},
-		{"not JSON", "text/plain", `[]`, http.StatusUnsupportedMediaType},
+		{"not JSON", "application/xml", `[]`, http.StatusUnsupportedMediaType},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,11 +13,13 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
+	"github.com/rs/cors"
 
 	"github.com/admetric/admetric/api/respond"
 	"github.com/admetric/admetric/ingest/event"
@@ -41,24 +43,70 @@ type EventPublisher interface {
 	Publish(ctx context.Context, ev *event.Event) (Result, error)
 }
 
+// HandlersOptions configure the intake handlers.
+type HandlersOptions struct {
+	// Limits bound event timestamps.
+	Limits event.Limits
+	// AllowedOrigins are the browser origins whose pages may POST events
+	// (CORS, without credentials): "*" for any, else origins such as
+	// https://player.example.com. Empty answers no cross-origin request.
+	AllowedOrigins []string
+	// Logger is required.
+	Logger *slog.Logger
+}
+
 // Handlers serve event intake. Build with NewHandlers.
 type Handlers struct {
 	pub    EventPublisher
 	ads    AdLookup
 	limits event.Limits
+	cors   *cors.Cors // nil: no cross-origin requests
 	logger *slog.Logger
 }
 
-// NewHandlers returns the intake handlers. limits bound event timestamps.
-func NewHandlers(pub EventPublisher, ads AdLookup, limits event.Limits, logger *slog.Logger) *Handlers {
-	return &Handlers{pub: pub, ads: ads, limits: limits, logger: logger.With("component", "ingest")}
+// NewHandlers returns the intake handlers.
+func NewHandlers(pub EventPublisher, ads AdLookup, opts HandlersOptions) *Handlers {
+	h := &Handlers{pub: pub, ads: ads, limits: opts.Limits, logger: opts.Logger.With("component", "ingest")}
+	if len(opts.AllowedOrigins) > 0 {
+		h.cors = cors.New(cors.Options{
+			AllowedOrigins: opts.AllowedOrigins,
+			AllowedMethods: []string{http.MethodPost},
+			AllowedHeaders: []string{"Content-Type"},
+			MaxAge:         600,
+		})
+	}
+	return h
 }
 
 // Register mounts POST /ads/click, /ads/impression and /ads/events on r.
+// With AllowedOrigins, each also answers the browser's CORS preflight
+// (OPTIONS) and its POST carries the CORS headers.
 func (h *Handlers) Register(r gin.IRouter) {
-	r.POST("/ads/click", h.accept(event.Click))
-	r.POST("/ads/impression", h.accept(event.Impression))
-	r.POST("/ads/events", h.acceptBatch)
+	routes := []struct {
+		path   string
+		handle gin.HandlerFunc
+	}{
+		{"/ads/click", h.accept(event.Click)},
+		{"/ads/impression", h.accept(event.Impression)},
+		{"/ads/events", h.acceptBatch},
+	}
+	for _, rt := range routes {
+		if h.cors == nil {
+			r.POST(rt.path, rt.handle)
+			continue
+		}
+		r.POST(rt.path, h.allowOrigins, rt.handle)
+		r.OPTIONS(rt.path, h.allowOrigins)
+	}
+}
+
+// allowOrigins adds the CORS headers of the request's origin; it answers a
+// preflight itself, with 204.
+func (h *Handlers) allowOrigins(c *gin.Context) {
+	h.cors.HandlerFunc(c.Writer, c.Request)
+	if c.Request.Method == http.MethodOptions {
+		c.AbortWithStatus(http.StatusNoContent)
+	}
 }
 
 // accepted is the body of a 202.
@@ -114,7 +162,7 @@ func appendAccepted(b []byte, eventID string, status Status) []byte {
 // the request itself when it cannot.
 func readJSONBody(c *gin.Context, limit int64, limitText string) ([]byte, bool) {
 	if !isJSON(c.GetHeader("Content-Type")) {
-		respond.Error(c, http.StatusUnsupportedMediaType, "", "Content-Type must be application/json")
+		respond.Error(c, http.StatusUnsupportedMediaType, "", "Content-Type must be application/json, or text/plain as navigator.sendBeacon sends")
 		return nil, false
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, limit))
@@ -297,12 +345,15 @@ func tally(results []itemResult) batchAnswer {
 	return ans
 }
 
+// isJSON reports whether a body of contentType is taken as JSON: JSON's own
+// types, and text/plain, which navigator.sendBeacon and fetch without a
+// preflight send.
 func isJSON(contentType string) bool {
 	if contentType == "" {
 		return false
 	}
 	mt, _, err := mime.ParseMediaType(contentType)
-	return err == nil && (mt == "application/json" || len(mt) > 5 && mt[len(mt)-5:] == "+json")
+	return err == nil && (mt == "application/json" || mt == "text/plain" || strings.HasSuffix(mt, "+json"))
 }
 
 func eventRejection(err error) *rejection {

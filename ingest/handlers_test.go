@@ -36,7 +36,7 @@ func TestIntakeOnRealJetStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ingest.NewHandlers(pub, knownAds{"ad-1": true}, event.Limits{MaxAge: time.Hour}, slog.New(slog.DiscardHandler)).Register(r)
+	ingest.NewHandlers(pub, knownAds{"ad-1": true}, ingest.HandlersOptions{Limits: event.Limits{MaxAge: time.Hour}, Logger: slog.New(slog.DiscardHandler)}).Register(r)
 	in := &intake{router: r, stream: stream}
 
 	future := time.Now().Add(2 * time.Minute).UTC().Format(time.RFC3339)

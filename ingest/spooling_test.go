@@ -113,7 +113,7 @@ func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
 	})
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
-	ingest.NewHandlers(pub, knownAds{"ad-1": true}, event.Limits{MaxAge: time.Hour}, slog.New(slog.DiscardHandler)).Register(r)
+	ingest.NewHandlers(pub, knownAds{"ad-1": true}, ingest.HandlersOptions{Limits: event.Limits{MaxAge: time.Hour}, Logger: slog.New(slog.DiscardHandler)}).Register(r)
 	return &intake{router: r, spool: sp, stream: stream, logs: logs}
 }
 

@@ -214,7 +214,7 @@ func (d *daemon) startAPI(ctx context.Context, engine *gin.Engine) error {
 	if err != nil {
 		return err
 	}
-	ingest.NewHandlers(pub, catalog, d.eventLimits(), d.logger).Register(engine)
+	ingest.NewHandlers(pub, catalog, ingest.HandlersOptions{Limits: d.eventLimits(), AllowedOrigins: d.cfg.CORSAllowedOrigins, Logger: d.logger}).Register(engine)
 	return nil
 }
 

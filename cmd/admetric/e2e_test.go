@@ -284,7 +284,7 @@ func TestEndToEnd(t *testing.T) {
 		{"reserved event_id", "/ads/click", "application/json", `{"ad_id":"e2e-ad","event_id":"$ADMETRIC_EVENTS:1"}`, 400, "event_id"},
 		{"type mismatch", "/ads/impression", "application/json", `{"ad_id":"e2e-ad","type":"click"}`, 400, "type"},
 		{"body over 64 KiB", "/ads/click", "application/json", big, 413, ""},
-		{"not JSON", "/ads/click", "text/plain", `{"ad_id":"e2e-ad"}`, 415, ""},
+		{"not JSON", "/ads/click", "application/xml", `{"ad_id":"e2e-ad"}`, 415, ""},
 		{"bad timeframe", "/ads/analytics?timeframe=2w", "", "", 400, "timeframe"},
 		{"analytics unknown ad", "/ads/analytics?ad_id=nope", "", "", 404, "ad_id"},
 		{"analytics bad ad_id", "/ads/analytics?ad_id=a.b", "", "", 400, "ad_id"},
