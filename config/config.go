@@ -260,20 +260,8 @@ func options() []option {
 
 		secretOpt("ADMIN_TOKEN", func(c *Config) *string { return &c.AdminToken }),
 		secretOpt("VISITOR_SALT", func(c *Config) *string { return &c.VisitorSalt }),
-		{
-			name:  "TRUSTED_PROXIES",
-			parse: func(c *Config, v string) error { c.TrustedProxies = splitList(v); return nil },
-			check: checkEach("TRUSTED_PROXIES", func(c *Config) *[]string { return &c.TrustedProxies }, ipOrPrefix),
-			value: func(c *Config) slog.Value { return slog.StringValue(strings.Join(c.TrustedProxies, ",")) },
-		},
-		{
-			name:      "CORS_ALLOWED_ORIGINS",
-			def:       "*",
-			keepEmpty: true,
-			parse:     func(c *Config, v string) error { c.CORSAllowedOrigins = splitList(v); return nil },
-			check:     checkEach("CORS_ALLOWED_ORIGINS", func(c *Config) *[]string { return &c.CORSAllowedOrigins }, origin),
-			value:     func(c *Config) slog.Value { return slog.StringValue(strings.Join(c.CORSAllowedOrigins, ",")) },
-		},
+		listOpt("TRUSTED_PROXIES", "", func(c *Config) *[]string { return &c.TrustedProxies }, ipOrPrefix),
+		listOpt("CORS_ALLOWED_ORIGINS", "*", func(c *Config) *[]string { return &c.CORSAllowedOrigins }, origin),
 
 		// Also minute <= hour <= day (checkAcross).
 		durationOpt("ROLLUP_MINUTE_RETENTION", "72h", func(c *Config) *time.Duration { return &c.MinuteRetention }, positive),
@@ -365,6 +353,19 @@ func intOpt(name, def string, field func(*Config) *int, r rule[int]) option {
 }
 
 // boolOpt is a boolean variable in strconv.ParseBool's syntax.
+// listOpt is a comma-separated list, each entry checked by r. An explicitly
+// empty value is the empty list, whatever the default.
+func listOpt(name, def string, field func(*Config) *[]string, r rule[string]) option {
+	return option{
+		name:      name,
+		def:       def,
+		keepEmpty: true,
+		parse:     func(c *Config, v string) error { *field(c) = splitList(v); return nil },
+		check:     checkEach(name, field, r),
+		value:     func(c *Config) slog.Value { return slog.StringValue(strings.Join(*field(c), ",")) },
+	}
+}
+
 func boolOpt(name, def string, field func(*Config) *bool) option {
 	return option{
 		name: name,
