@@ -95,6 +95,16 @@ func (c *Catalog) Get(id string) (postgres.Ad, bool) {
 	return ad, ok
 }
 
+// ClickThrough returns the ad's click URL; ok is false for an unknown ad or
+// one without a click URL. It implements ingest.ClickThroughs.
+func (c *Catalog) ClickThrough(adID string) (url string, ok bool) {
+	ad, found := c.Get(adID)
+	if !found || ad.ClickURL == "" {
+		return "", false
+	}
+	return ad.ClickURL, true
+}
+
 // Put records a created or updated ad.
 func (c *Catalog) Put(ad postgres.Ad) {
 	c.mu.Lock()

@@ -9,9 +9,11 @@
 //
 // A variable that is set to the empty string counts as unset and takes its
 // default, except NATS_LISTEN, where an explicit empty value disables the
-// embedded NATS listener. Values are trimmed of surrounding whitespace, except
-// the secrets DB_PASSWORD, ADMIN_TOKEN and VISITOR_SALT, which are taken
-// verbatim. Those three and DATABASE_URL may instead be read from a file named
+// embedded NATS listener, and the lists TRUSTED_PROXIES and
+// CORS_ALLOWED_ORIGINS, where it is the empty list. Values are trimmed of
+// surrounding whitespace, except the secrets DB_PASSWORD, ADMIN_TOKEN,
+// VISITOR_SALT and PIXEL_SECRET, which are taken verbatim. Those four and
+// DATABASE_URL may instead be read from a file named
 // by <NAME>_FILE (for example ADMIN_TOKEN_FILE=/run/secrets/admin_token); the
 // file's content is trimmed of surrounding whitespace.
 package config
@@ -103,6 +105,10 @@ type Config struct {
 	// makes the service generate and persist one
 	// (VISITOR_SALT or VISITOR_SALT_FILE, default "").
 	VisitorSalt string
+	// PixelSecret keys the signatures of VAST tracking URLs, a secret; empty
+	// makes the service generate and persist one. Every API process must
+	// share it (PIXEL_SECRET or PIXEL_SECRET_FILE, default "").
+	PixelSecret string
 	// TrustedProxies lists the IP addresses and CIDR prefixes of reverse
 	// proxies whose forwarding headers are believed
 	// (TRUSTED_PROXIES, comma-separated, default none).
@@ -260,6 +266,7 @@ func options() []option {
 
 		secretOpt("ADMIN_TOKEN", func(c *Config) *string { return &c.AdminToken }),
 		secretOpt("VISITOR_SALT", func(c *Config) *string { return &c.VisitorSalt }),
+		secretOpt("PIXEL_SECRET", func(c *Config) *string { return &c.PixelSecret }),
 		listOpt("TRUSTED_PROXIES", "", func(c *Config) *[]string { return &c.TrustedProxies }, ipOrPrefix),
 		listOpt("CORS_ALLOWED_ORIGINS", "*", func(c *Config) *[]string { return &c.CORSAllowedOrigins }, origin),
 
@@ -792,7 +799,7 @@ func (c *Config) PostgresDSN() string {
 	return u.String()
 }
 
-// LogValue implements slog.LogValuer: all settings, with secrets (DB_PASSWORD, ADMIN_TOKEN, VISITOR_SALT, and the password inside DATABASE_URL) shown as "[redacted]" when set and "" when unset.
+// LogValue implements slog.LogValuer: all settings, with secrets (DB_PASSWORD, ADMIN_TOKEN, VISITOR_SALT, PIXEL_SECRET, and the password inside DATABASE_URL) shown as "[redacted]" when set and "" when unset.
 //
 // The attributes are keyed by environment variable name. Credentials inside
 // NATS_URL (a password, or a user name standing alone, which NATS treats as

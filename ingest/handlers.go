@@ -186,7 +186,6 @@ func (h *Handlers) prepare(c *gin.Context, raw []byte, typ event.Type) (event.Ev
 	if err != nil {
 		return ev, eventRejection(err)
 	}
-	now := time.Now()
 	switch {
 	case typ == "":
 	case ev.Type == "":
@@ -194,11 +193,19 @@ func (h *Handlers) prepare(c *gin.Context, raw []byte, typ event.Type) (event.Ev
 	case ev.Type != typ:
 		return ev, &rejection{http.StatusBadRequest, "type", "must be " + string(typ) + " on this endpoint (or left out)"}
 	}
+	return ev, h.complete(c, &ev)
+}
+
+// complete fills in what the client left out of ev (a generated event ID,
+// the receive time, the connection's IP and User-Agent), validates it and
+// checks that its ad exists.
+func (h *Handlers) complete(c *gin.Context, ev *event.Event) *rejection {
+	now := time.Now()
 	if ev.EventID == "" {
 		id, err := uuid.NewV7()
 		if err != nil {
 			h.logger.Error("generating an event ID", "err", err)
-			return ev, &rejection{http.StatusServiceUnavailable, "", "could not generate an event ID; retry"}
+			return &rejection{http.StatusServiceUnavailable, "", "could not generate an event ID; retry"}
 		}
 		ev.EventID = id.String()
 	}
@@ -213,7 +220,7 @@ func (h *Handlers) prepare(c *gin.Context, raw []byte, typ event.Type) (event.Ev
 		ev.UserAgent = event.SanitizeUserAgent(c.GetHeader("User-Agent"))
 	}
 	if err := ev.Validate(now, h.limits); err != nil {
-		return ev, eventRejection(err)
+		return eventRejection(err)
 	}
 	// A player clock a little ahead of ours is skew, not the future: the
 	// event happened now, and dated now it shows in the current window.
@@ -221,9 +228,9 @@ func (h *Handlers) prepare(c *gin.Context, raw []byte, typ event.Type) (event.Ev
 		ev.Timestamp = now.UTC()
 	}
 	if !h.ads.Exists(ev.AdID) {
-		return ev, &rejection{http.StatusNotFound, "ad_id", "no ad " + ev.AdID}
+		return &rejection{http.StatusNotFound, "ad_id", "no ad " + ev.AdID}
 	}
-	return ev, nil
+	return nil
 }
 
 // publishFailure maps a publisher error to a status and message, logging the

@@ -94,7 +94,7 @@ func adElement(a *Ad) (adEl, error) {
 	}
 	tracking := make([]trackingEl, len(a.Tracking))
 	for i, t := range a.Tracking {
-		tracking[i] = trackingEl{Event: t.Event, URL: t.URL}
+		tracking[i] = trackingEl(t)
 	}
 	switch {
 	case a.WrappedTagURL != "":

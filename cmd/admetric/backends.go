@@ -32,7 +32,9 @@ type backends struct {
 	logger  *slog.Logger
 	dataDir string // absolute
 	salt    []byte
-	layout  rollup.Layout
+	// pixelSecret keys the VAST tracking URLs' signatures.
+	pixelSecret []byte
+	layout      rollup.Layout
 
 	embedded *devserver.NATS // nil with NATS_URL
 	nc       *nats.Conn
@@ -74,7 +76,8 @@ func openBackends(ctx context.Context, cfg *config.Config, logger *slog.Logger) 
 	return b, nil
 }
 
-// openDataDir makes DATA_DIR and reads (or creates) the visitor salt in it.
+// openDataDir makes DATA_DIR and reads (or creates) the visitor salt and the
+// pixel secret in it.
 func (b *backends) openDataDir() error {
 	dir, err := filepath.Abs(b.cfg.DataDir)
 	if err != nil {
@@ -84,7 +87,10 @@ func (b *backends) openDataDir() error {
 		return fmt.Errorf("DATA_DIR: %w", err)
 	}
 	b.dataDir = dir
-	b.salt, err = visitorSalt(b.cfg.VisitorSalt, dir)
+	if b.salt, err = dataDirSecret("VISITOR_SALT", b.cfg.VisitorSalt, dir, "visitor_salt"); err != nil {
+		return err
+	}
+	b.pixelSecret, err = dataDirSecret("PIXEL_SECRET", b.cfg.PixelSecret, dir, "pixel_secret")
 	return err
 }
 
@@ -240,29 +246,31 @@ func (b *backends) closeAfterFailure(ctx context.Context) {
 	}
 }
 
-// visitorSalt returns VISITOR_SALT or the salt kept in DATA_DIR/visitor_salt,
-// creating that file on first start. Changing the salt makes every visitor new.
-func visitorSalt(configured, dataDir string) ([]byte, error) {
+// dataDirSecret returns the secret configured in the variable name, or the
+// one kept in DATA_DIR/file, creating that file (32 random bytes, hex) on
+// first start. Changing the visitor salt makes every visitor new; changing
+// the pixel secret voids the tracking URLs already handed out.
+func dataDirSecret(name, configured, dataDir, file string) ([]byte, error) {
 	if configured != "" {
 		return []byte(configured), nil
 	}
-	path := filepath.Join(dataDir, "visitor_salt")
+	path := filepath.Join(dataDir, file)
 	b, err := os.ReadFile(path)
 	if err == nil {
 		s := strings.TrimSpace(string(b))
 		if len(s) < 32 {
-			return nil, fmt.Errorf("visitor salt %s is too short; delete it to generate a new one, or set VISITOR_SALT", path)
+			return nil, fmt.Errorf("%s %s is too short; delete it to generate a new one, or set %s", strings.ToLower(name), path, name)
 		}
 		return []byte(s), nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("visitor salt: %w", err)
+		return nil, fmt.Errorf("%s: %w", strings.ToLower(name), err)
 	}
 	raw := make([]byte, 32)
 	_, _ = rand.Read(raw)
 	s := hex.EncodeToString(raw)
 	if err := writeNewFile(path, s+"\n"); err != nil {
-		return nil, fmt.Errorf("visitor salt: %w", err)
+		return nil, fmt.Errorf("%s: %w", strings.ToLower(name), err)
 	}
 	return []byte(s), nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/admetric/admetric/config"
 	"github.com/admetric/admetric/ingest"
 	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/ingest/pixel"
 	"github.com/admetric/admetric/ingest/spool"
 	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
@@ -214,7 +215,14 @@ func (d *daemon) startAPI(ctx context.Context, engine *gin.Engine) error {
 	if err != nil {
 		return err
 	}
-	ingest.NewHandlers(pub, catalog, ingest.HandlersOptions{Limits: d.eventLimits(), AllowedOrigins: d.cfg.CORSAllowedOrigins, Logger: d.logger}).Register(engine)
+	intake := ingest.NewHandlers(pub, catalog, ingest.HandlersOptions{Limits: d.eventLimits(), AllowedOrigins: d.cfg.CORSAllowedOrigins, Logger: d.logger})
+	intake.Register(engine)
+	signer, err := pixel.NewSigner(d.pixelSecret)
+	if err != nil {
+		return fmt.Errorf("PIXEL_SECRET: %w", err)
+	}
+	api.NewVASTHandler(catalog, signer, "", d.logger).Register(engine)
+	ingest.NewPixelHandlers(intake, signer, catalog, d.reg).Register(engine)
 	return nil
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"testing"
@@ -138,7 +139,7 @@ func startRole(t *testing.T, bin, role string, env map[string]string) *proc {
 
 // waitAcknowledged waits until the durable consumer name of the event
 // stream has nothing pending, nothing awaiting an ack, and its ack floor at
-// the last event on the subjects it reads.
+// the last event on the subjects it reads (0 when there is none).
 func waitAcknowledged(t *testing.T, js jetstream.JetStream, name string) {
 	t.Helper()
 	ctx := context.Background()
@@ -156,8 +157,11 @@ func waitAcknowledged(t *testing.T, js jetstream.JetStream, name string) {
 		if err == nil {
 			var m *jetstream.RawStreamMsg
 			m, err = stream.GetLastMsgForSubject(ctx, info.Config.FilterSubject)
-			if err == nil {
+			switch {
+			case err == nil:
 				last = m.Sequence
+			case errors.Is(err, jetstream.ErrMsgNotFound): // no event on the partition
+				last, err = 0, nil
 			}
 		}
 		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream == last {

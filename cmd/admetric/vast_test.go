@@ -1,0 +1,227 @@
+package main
+
+import (
+	"encoding/xml"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/admetric/admetric/aggregator"
+	"github.com/admetric/admetric/ingest/pixel"
+)
+
+// vastDoc is what a player reads of a VAST document, parsed with a generic
+// XML decoder: element name to texts, and Tracking by event.
+type vastDoc struct {
+	texts    map[string][]string
+	tracking map[string]string
+}
+
+func parseVAST(t *testing.T, body []byte) vastDoc {
+	t.Helper()
+	d := vastDoc{texts: map[string][]string{}, tracking: map[string]string{}}
+	dec := xml.NewDecoder(strings.NewReader(string(body)))
+	var stack []xml.StartElement
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			return d
+		}
+		if err != nil {
+			t.Fatalf("VAST document is not XML: %v\n%s", err, body)
+		}
+		switch v := tok.(type) {
+		case xml.StartElement:
+			stack = append(stack, v)
+		case xml.EndElement:
+			stack = stack[:len(stack)-1]
+		case xml.CharData:
+			s := strings.TrimSpace(string(v))
+			if s == "" || len(stack) == 0 {
+				continue
+			}
+			el := stack[len(stack)-1]
+			d.texts[el.Name.Local] = append(d.texts[el.Name.Local], s)
+			if el.Name.Local == "Tracking" {
+				for _, a := range el.Attr {
+					if a.Name.Local == "event" {
+						d.tracking[a.Value] = s
+					}
+				}
+			}
+		}
+	}
+}
+
+// fill replaces the VAST macros in u as a player does.
+func fill(u string, playhead string) string {
+	return strings.NewReplacer(
+		"[ADPLAYHEAD]", playhead,
+		"[TIMESTAMP]", url.QueryEscape(time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00")),
+		"[CACHEBUSTING]", strconv.Itoa(int(time.Now().UnixNano()%1e8)),
+		"[ERRORCODE]", "405",
+	).Replace(u)
+}
+
+// TestVASTPlayer plays a standard VAST player against the service: it fetches
+// an ad's document, fires the impression, start, the quartiles, complete and
+// the click with macros filled in (some twice), follows the click-through,
+// and finds each counted once. Forged, tampered and expired pixels still get
+// their image but count nothing; the click redirect goes nowhere but the
+// ad's own click URL; an unknown ad gets the empty VAST document.
+func TestVASTPlayer(t *testing.T) {
+	dataDir := testDataDir(t)
+	d := startTestDaemon(t, testEnv(dataDir))
+	base := "http://" + d.httpAddr()
+	c := client{t: t, base: base}
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	// get requests u without following a redirect: the status and headers.
+	get := func(u string) (int, http.Header) {
+		t.Helper()
+		resp, err := noRedirect.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, resp.Header
+	}
+	pixelOK := func(what, u string) {
+		t.Helper()
+		if status, h := get(u); status != http.StatusOK || h.Get("Content-Type") != "image/gif" {
+			t.Fatalf("%s: %d %s, want a GIF", what, status, h.Get("Content-Type"))
+		}
+	}
+
+	resp, err := http.Get(base + "/vast/coffee-6s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/xml") {
+		t.Fatalf("GET /vast/coffee-6s: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	doc := parseVAST(t, body)
+	if got := doc.texts["MediaFile"]; len(got) != 1 || got[0] != "https://cdn.example.com/ads/coffee-6s.mp4" {
+		t.Fatalf("media files %v", got)
+	}
+	if got := doc.texts["Duration"]; len(got) != 1 || got[0] != "00:00:06.000" {
+		t.Fatalf("duration %v", got)
+	}
+	serving := doc.texts["AdServingId"]
+	if len(serving) != 1 || !pixel.ValidServingID(serving[0]) {
+		t.Fatalf("AdServingId %v", serving)
+	}
+
+	// The player's run: every pixel once, start and complete twice, the
+	// click tracked and followed.
+	pixelOK("impression", fill(doc.texts["Impression"][0], "-1"))
+	for i, e := range []string{"start", "firstQuartile", "midpoint", "thirdQuartile", "complete", "start", "complete"} {
+		pixelOK(e, fill(doc.tracking[e], "00:00:0"+strconv.Itoa(1+i%5)+".500"))
+	}
+	pixelOK("click tracking", fill(doc.texts["ClickTracking"][0], "00:00:04.250"))
+	if status, h := get(fill(doc.texts["ClickThrough"][0], "00:00:04.250")); status != http.StatusFound || h.Get("Location") != "https://bean.example.com" {
+		t.Fatalf("click-through: %d to %q, want 302 to the ad's click URL", status, h.Get("Location"))
+	}
+
+	// Forged, tampered and expired pixels: an image, nothing counted.
+	secret, err := os.ReadFile(filepath.Join(dataDir, "pixel_secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := pixel.NewSigner([]byte(strings.TrimSpace(string(secret))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := pixel.Serving{AdID: "coffee-6s", ServingID: pixel.NewServingID(), Expires: time.Now().Add(-time.Minute).Truncate(time.Second)}
+	start := doc.tracking["start"]
+	for what, u := range map[string]string{
+		"forged signature": strings.Replace(start, "sig=", "sig=AAAA", 1),
+		"other ad":         strings.Replace(start, "ad=coffee-6s", "ad=car-launch-20s", 1),
+		"other event":      strings.Replace(doc.tracking["complete"], "/t/complete", "/t/skip", 1),
+		"expired": base + "/t/start?ad=coffee-6s&sv=" + expired.ServingID + "&exp=" + strconv.FormatInt(expired.Expires.Unix(), 10) +
+			"&sig=" + signer.Sign("start", expired),
+		"no signature": base + "/t/start?ad=coffee-6s&sv=" + pixel.NewServingID(),
+	} {
+		pixelOK(what, fill(u, "00:00:01.000"))
+	}
+
+	// The click redirect only ever goes to the ad's own URL.
+	click := fill(doc.texts["ClickThrough"][0], "00:00:01.000")
+	for what, u := range map[string]string{
+		"a url parameter":  click + "&url=https://evil.example.com",
+		"a redirect param": click + "&redirect=//evil.example.com",
+		"bad signature":    strings.Replace(click, "sig=", "sig=AAAA", 1),
+	} {
+		if status, h := get(u); status != http.StatusFound || h.Get("Location") != "https://bean.example.com" {
+			t.Errorf("click with %s: %d to %q", what, status, h.Get("Location"))
+		}
+	}
+	if status, h := get(base + "/c?ad=no-such-ad"); status != http.StatusNotFound || h.Get("Location") != "" {
+		t.Errorf("click of an unknown ad: %d to %q", status, h.Get("Location"))
+	}
+
+	// Each counted once: once every partition's writer has acknowledged
+	// everything, nothing more can come, and the answer must match.
+	for p := range d.cfg.Partitions {
+		waitAcknowledged(t, d.js, aggregator.RollupConsumerName(p))
+	}
+	c.analytics("timeframe=1h&ad_id=coffee-6s", func(a map[string]any) bool {
+		return num(a, "impressions") == 1 && num(a, "starts") == 1 && num(a, "first_quartiles") == 1 &&
+			num(a, "midpoints") == 1 && num(a, "third_quartiles") == 1 && num(a, "completes") == 1 &&
+			num(a, "clicks") == 1 && num(a, "skips") == 0 && num(a, "avg_playback_time") == 4.25
+	})
+
+	// No ad: the empty VAST document.
+	resp, err = http.Get(base + "/vast/no-such-ad")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || strings.Contains(string(body), "<Ad") || !strings.Contains(string(body), "<VAST") {
+		t.Fatalf("unknown ad: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestDemoAdsVASTValidates: the document of every demo ad, with its macros
+// filled in as a player requests it, is valid against the IAB's VAST 4.2
+// schema (VAST_XSD, else ../shared/vast/vast_4.2.xsd beside the repository).
+func TestDemoAdsVASTValidates(t *testing.T) {
+	schema := os.Getenv("VAST_XSD")
+	if schema == "" {
+		schema = filepath.Join("..", "..", "..", "shared", "vast", "vast_4.2.xsd")
+	}
+	if _, err := os.Stat(schema); err != nil {
+		t.Fatalf("the VAST 4.2 schema: %v; point VAST_XSD at vast_4.2.xsd from github.com/InteractiveAdvertisingBureau/vast (.ci/run does)", err)
+	}
+	if _, err := exec.LookPath("xmllint"); err != nil {
+		t.Fatal("xmllint is missing: install libxml2-utils (.ci/run does)")
+	}
+	d := startTestDaemon(t, testEnv(testDataDir(t)))
+	base := "http://" + d.httpAddr()
+	for _, id := range []string{"summer-sale-15s", "new-phone-30s", "coffee-6s", "car-launch-20s", "no-such-ad"} {
+		resp, err := http.Get(base + "/vast/" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		f := filepath.Join(t.TempDir(), id+".xml")
+		if err := os.WriteFile(f, []byte(fill(string(body), "00:00:01.000")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("xmllint", "--noout", "--schema", schema, f).CombinedOutput(); err != nil {
+			t.Errorf("%s: %v\n%s\n%s", id, err, out, body)
+		}
+	}
+}

@@ -1,0 +1,142 @@
+package ingest
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/ingest/pixel"
+)
+
+// gif is a transparent 1×1 GIF, what a tracking pixel answers.
+var gif = []byte{
+	0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+	0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+}
+
+// ClickThroughs gives an ad's click-through URL, from memory. Safe for
+// concurrent use.
+type ClickThroughs interface {
+	// ClickThrough returns the ad's click URL; ok is false for an unknown ad
+	// or one without a click URL.
+	ClickThrough(adID string) (url string, ok bool)
+}
+
+// PixelHandlers serve the URLs of AdMetric's VAST documents: GET /t/:kind,
+// a tracking pixel answered with a 1×1 GIF whatever happens behind it, and
+// GET /c, the click that redirects to the ad's own click URL. A pixel with a
+// good signature publishes its event through the intake's path (the spool
+// while NATS is down), with an event ID derived from the serving, so a pixel
+// fired twice counts once; one with a bad or expired signature is counted in
+// admetric_pixels_total and not published. Build with NewPixelHandlers.
+type PixelHandlers struct {
+	intake  *Handlers
+	signer  *pixel.Signer
+	clicks  ClickThroughs
+	outcome *prometheus.CounterVec
+	errors  *prometheus.CounterVec
+	logger  *slog.Logger
+}
+
+// NewPixelHandlers returns the pixel handlers, publishing through intake's
+// path and registering admetric_pixels_total with reg.
+func NewPixelHandlers(intake *Handlers, signer *pixel.Signer, clicks ClickThroughs, reg prometheus.Registerer) *PixelHandlers {
+	h := &PixelHandlers{intake: intake, signer: signer, clicks: clicks, logger: intake.logger,
+		outcome: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "admetric_pixels_total",
+			Help: "VAST tracking requests by kind and outcome: published, counted (error pixels), bad_signature, expired, malformed, refused, failed.",
+		}, []string{"kind", "outcome"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "admetric_vast_errors_total",
+			Help: "VAST error pixels with a good signature, by the player's [ERRORCODE] (\"unknown\" when it gave none).",
+		}, []string{"code"}),
+	}
+	reg.MustRegister(h.outcome, h.errors)
+	return h
+}
+
+// Register mounts GET /t/:kind and GET /c on r.
+func (h *PixelHandlers) Register(r gin.IRouter) {
+	r.GET("/t/:kind", h.track)
+	r.GET("/c", h.click)
+}
+
+// track records one tracking pixel and answers the GIF.
+func (h *PixelHandlers) track(c *gin.Context) {
+	kind := c.Param("kind")
+	h.outcome.WithLabelValues(labelKind(kind), h.record(c, kind)).Inc()
+	c.Header("Cache-Control", "no-store")
+	c.Data(http.StatusOK, "image/gif", gif)
+}
+
+// click records the click and redirects to the ad's own click URL, never
+// to one taken from the request; a bad signature still redirects, uncounted.
+func (h *PixelHandlers) click(c *gin.Context) {
+	target, ok := h.clicks.ClickThrough(c.Query("ad"))
+	if !ok {
+		c.String(http.StatusNotFound, "no such ad")
+		return
+	}
+	h.outcome.WithLabelValues("clickthrough", h.record(c, string(event.Click))).Inc()
+	c.Header("Cache-Control", "no-store")
+	c.Redirect(http.StatusFound, target)
+}
+
+// record publishes the event of a pixel of kind and returns the outcome.
+func (h *PixelHandlers) record(c *gin.Context, kind string) string {
+	exp, err := strconv.ParseInt(c.Query("exp"), 10, 64)
+	if err != nil {
+		return "malformed"
+	}
+	sv := pixel.Serving{AdID: c.Query("ad"), ServingID: c.Query("sv"), Expires: time.Unix(exp, 0)}
+	switch err := h.signer.Verify(kind, sv, c.Query("sig"), time.Now()); {
+	case errors.Is(err, pixel.ErrExpired):
+		return "expired"
+	case err != nil:
+		return "bad_signature"
+	}
+	if kind == "error" {
+		code := "unknown"
+		if n, ok := pixel.ErrorCode(c.Query("code")); ok {
+			code = strconv.Itoa(n)
+		}
+		h.errors.WithLabelValues(code).Inc()
+		return "counted"
+	}
+	typ := event.Type(kind)
+	if !typ.Valid() || !pixel.ValidServingID(sv.ServingID) {
+		return "malformed" // signed by us, so not expected
+	}
+	ev := event.Event{EventID: pixel.EventID(sv.ServingID, kind), Type: typ, AdID: sv.AdID}
+	if t, ok := pixel.Timestamp(c.Query("ts")); ok {
+		ev.Timestamp = t.UTC()
+	}
+	if typ == event.Click {
+		if ph, ok := pixel.Playhead(c.Query("ph")); ok && ph <= event.MaxPlaybackTime {
+			ev.PlaybackTime = ph
+		}
+	}
+	if rej := h.intake.complete(c, &ev); rej != nil {
+		return "refused"
+	}
+	if _, err := h.intake.pub.Publish(c.Request.Context(), &ev); err != nil {
+		h.logger.Warn("a tracking pixel's event was not published", "kind", kind, "ad_id", ev.AdID, "err", err)
+		return "failed"
+	}
+	return "published"
+}
+
+// labelKind bounds the kind label to the kinds AdMetric hands out.
+func labelKind(kind string) string {
+	if kind == "error" || event.Type(kind).Valid() {
+		return kind
+	}
+	return "other"
+}
