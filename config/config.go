@@ -113,6 +113,11 @@ type Config struct {
 	// proxies whose forwarding headers are believed
 	// (TRUSTED_PROXIES, comma-separated, default none).
 	TrustedProxies []string
+	// PublicURL is the scheme and host (and port) players reach the service
+	// at, which VAST documents put in their tracking URLs; empty takes it from
+	// each request's Host, which is wrong behind a TLS-terminating proxy
+	// (PUBLIC_URL, e.g. https://ads.example.com, default "").
+	PublicURL string
 	// CORSAllowedOrigins are the browser origins whose pages may POST events
 	// ("*" for any; origins such as https://player.example.com), answered
 	// with CORS headers and without credentials (CORS_ALLOWED_ORIGINS,
@@ -268,6 +273,7 @@ func options() []option {
 		secretOpt("VISITOR_SALT", func(c *Config) *string { return &c.VisitorSalt }),
 		secretOpt("PIXEL_SECRET", func(c *Config) *string { return &c.PixelSecret }),
 		listOpt("TRUSTED_PROXIES", "", func(c *Config) *[]string { return &c.TrustedProxies }, ipOrPrefix),
+		stringOpt("PUBLIC_URL", "", func(c *Config) *string { return &c.PublicURL }, optional(publicURL)),
 		listOpt("CORS_ALLOWED_ORIGINS", "*", func(c *Config) *[]string { return &c.CORSAllowedOrigins }, origin),
 
 		// Also minute <= hour <= day (checkAcross).
@@ -763,6 +769,15 @@ func origin(name, o string) error {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
 		u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
 		return invalidf(name, "%q is not \"*\" or an origin such as https://player.example.com", o)
+	}
+	return nil
+}
+
+// publicURL checks the URL the service is reached at: scheme://host[:port]
+// of http or https, without path, query or credentials.
+func publicURL(name, v string) error {
+	if v == "*" || origin(name, v) != nil {
+		return invalidf(name, "%q is not a URL such as https://ads.example.com (scheme and host, no path)", v)
 	}
 	return nil
 }

@@ -184,6 +184,7 @@ func TestLoadValid(t *testing.T) {
 		{"VISITOR_SALT", map[string]string{"VISITOR_SALT": "salty"}, func(c *config.Config) any { return c.VisitorSalt }, "salty"},
 		{"TRUSTED_PROXIES", map[string]string{"TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16,::1,fd00::/8,"}, func(c *config.Config) any { return c.TrustedProxies }, []string{"10.0.0.1", "192.168.0.0/16", "::1", "fd00::/8"}},
 		{"CORS_ALLOWED_ORIGINS", map[string]string{"CORS_ALLOWED_ORIGINS": "https://player.example.com, http://localhost:3000"}, func(c *config.Config) any { return c.CORSAllowedOrigins }, []string{"https://player.example.com", "http://localhost:3000"}},
+		{"PUBLIC_URL", map[string]string{"PUBLIC_URL": "https://ads.example.com"}, func(c *config.Config) any { return c.PublicURL }, "https://ads.example.com"},
 		{"CORS_ALLOWED_ORIGINS empty", map[string]string{"CORS_ALLOWED_ORIGINS": ""}, func(c *config.Config) any { return c.CORSAllowedOrigins }, []string(nil)},
 		{"ROLLUP_MINUTE_RETENTION", map[string]string{"ROLLUP_MINUTE_RETENTION": "24h"}, func(c *config.Config) any { return c.MinuteRetention }, 24 * time.Hour},
 		{"ROLLUP_MINUTE_RETENTION equal to hour", map[string]string{"ROLLUP_MINUTE_RETENTION": "100h", "ROLLUP_HOUR_RETENTION": "100h"}, func(c *config.Config) any { return c.MinuteRetention }, 100 * time.Hour},
@@ -611,6 +612,8 @@ func TestValidate(t *testing.T) {
 		{"empty DB_USER with DATABASE_URL", func(c *config.Config) { c.DBUser = ""; c.DatabaseURL = "postgres://x/y" }, ""},
 		{"bad proxy", func(c *config.Config) { c.TrustedProxies = []string{""} }, "TRUSTED_PROXIES"},
 		{"origin with a path", func(c *config.Config) { c.CORSAllowedOrigins = []string{"https://player.example.com/app"} }, "CORS_ALLOWED_ORIGINS"},
+		{"public URL with a path", func(c *config.Config) { c.PublicURL = "https://ads.example.com/vast" }, "PUBLIC_URL"},
+		{"public URL *", func(c *config.Config) { c.PublicURL = "*" }, "PUBLIC_URL"},
 		{"origin without scheme", func(c *config.Config) { c.CORSAllowedOrigins = []string{"player.example.com"} }, "CORS_ALLOWED_ORIGINS"},
 		{"zero STREAM_MAX_AGE", func(c *config.Config) { c.StreamMaxAge = 0 }, "STREAM_MAX_AGE"},
 	} {

@@ -1,0 +1,87 @@
+package api_test
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/admetric/admetric/api"
+	"github.com/admetric/admetric/ingest/pixel"
+	"github.com/admetric/admetric/store/postgres"
+)
+
+// adsInMemory is an AdCatalog of fixed ads: the VAST handler's logic needs
+// nothing else.
+type adsInMemory map[string]postgres.Ad
+
+func (m adsInMemory) Put(ad postgres.Ad)                 { m[ad.ID] = ad }
+func (m adsInMemory) Remove(id string)                   { delete(m, id) }
+func (m adsInMemory) Exists(id string) bool              { _, ok := m[id]; return ok }
+func (m adsInMemory) Get(id string) (postgres.Ad, bool)  { ad, ok := m[id]; return ad, ok }
+func (m adsInMemory) IDs() []string                      { return nil }
+func (m adsInMemory) List(int, int) ([]postgres.Ad, int) { return nil, 0 }
+
+// TestVASTDocuments: with PUBLIC_URL every tracking URL points there, each
+// signed for one serving; an ad naming a third party's tag is a Wrapper of
+// it; an unknown ad, or one with neither a media file nor a tag, gets the
+// empty document.
+func TestVASTDocuments(t *testing.T) {
+	signer, err := pixel.NewSigner([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ads := adsInMemory{
+		"hosted":  {ID: "hosted", Title: "Hosted", VideoURL: "https://cdn.example.com/a.mp4", ClickURL: "https://shop.example.com", DurationSeconds: 15, VideoType: "video/mp4", VideoWidth: 640, VideoHeight: 360, VideoDelivery: "progressive"},
+		"wrapped": {ID: "wrapped", Title: "Wrapped", VASTTagURL: "https://tags.example.net/vast?id=7"},
+		"empty":   {ID: "empty", Title: "No media"},
+	}
+	gin.SetMode(gin.TestMode)
+	r := gin.New()
+	api.NewVASTHandler(ads, signer, "https://ads.example.com/", slog.New(slog.DiscardHandler)).Register(r)
+	get := func(id string) string {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://internal:8080/vast/"+id, nil))
+		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/xml; charset=utf-8" || rec.Header().Get("Cache-Control") != "no-store" {
+			t.Fatalf("%s: %d %v", id, rec.Code, rec.Header())
+		}
+		b, _ := io.ReadAll(rec.Body)
+		return string(b)
+	}
+	urls := regexp.MustCompile(`<!\[CDATA\[(.*?)\]\]>`)
+
+	hosted := get("hosted")
+	var tracking int
+	for _, m := range urls.FindAllStringSubmatch(hosted, -1) {
+		u := m[1]
+		if strings.HasPrefix(u, "https://cdn.example.com/") {
+			continue // the media file
+		}
+		if !strings.HasPrefix(u, "https://ads.example.com/") || !strings.Contains(u, "&sig=") || !strings.Contains(u, "ad=hosted&sv=admetric-") {
+			t.Errorf("tracking URL %q is not signed at PUBLIC_URL", u)
+		}
+		tracking++
+	}
+	if tracking != 10 { // impression, error, click-through, click tracking, six events
+		t.Errorf("%d tracking URLs, want 10:\n%s", tracking, hosted)
+	}
+	if again := get("hosted"); again == hosted {
+		t.Error("two responses share a serving")
+	}
+
+	wrapped := get("wrapped")
+	if !strings.Contains(wrapped, "<Wrapper>") || !strings.Contains(wrapped, "<VASTAdTagURI><![CDATA[https://tags.example.net/vast?id=7]]></VASTAdTagURI>") || strings.Contains(wrapped, "<MediaFile") {
+		t.Errorf("wrapped ad:\n%s", wrapped)
+	}
+	for _, id := range []string{"empty", "unknown"} {
+		if doc := get(id); strings.Contains(doc, "<Ad") || !strings.Contains(doc, "<VAST version=\"4.2\"") {
+			t.Errorf("%s: want the empty VAST document, got\n%s", id, doc)
+		}
+	}
+}
