@@ -19,6 +19,14 @@ type knownAds map[string]bool
 
 func (k knownAds) Exists(id string) bool { return k[id] }
 
+// ClickThrough gives each known ad the click URL https://shop.example.com/<id>.
+func (k knownAds) ClickThrough(id string) (string, bool) {
+	if !k[id] {
+		return "", false
+	}
+	return "https://shop.example.com/" + id, true
+}
+
 // TestIntakeOnRealJetStream: an accepted event is in the stream once, with
 // Nats-Msg-Id = event_id, the IP canonical and a clock-skewed timestamp dated
 // at receive time; a retried event_id is stored once; with NATS gone the

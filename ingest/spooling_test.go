@@ -16,9 +16,11 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/admetric/admetric/ingest"
 	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/ingest/pixel"
 	"github.com/admetric/admetric/ingest/spool"
 	"github.com/admetric/admetric/store/devserver"
 	"github.com/admetric/admetric/store/storetest"
@@ -77,7 +79,8 @@ type intake struct {
 	router *gin.Engine
 	spool  *spool.Spool
 	stream jetstream.Stream
-	logs   *logRecorder // the publisher's
+	logs   *logRecorder  // the publisher's
+	signer *pixel.Signer // of the pixel handlers
 }
 
 func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
@@ -113,9 +116,18 @@ func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
 	})
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
-	ingest.NewHandlers(pub, knownAds{"ad-1": true}, ingest.HandlersOptions{Limits: event.Limits{MaxAge: time.Hour}, Logger: slog.New(slog.DiscardHandler)}).Register(r)
-	return &intake{router: r, spool: sp, stream: stream, logs: logs}
+	h := ingest.NewHandlers(pub, knownAds{"ad-1": true}, ingest.HandlersOptions{Limits: event.Limits{MaxAge: time.Hour}, Logger: slog.New(slog.DiscardHandler)})
+	h.Register(r)
+	signer, err := pixel.NewSigner([]byte(testPixelSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest.NewPixelHandlers(h, signer, knownAds{"ad-1": true}, prometheus.NewRegistry()).Register(r)
+	return &intake{router: r, spool: sp, stream: stream, logs: logs, signer: signer}
 }
+
+// testPixelSecret keys the tracking URLs of startIntake's pixel handlers.
+const testPixelSecret = "intake-test-pixel-secret-0123456789"
 
 func (in *intake) post(t *testing.T, path, body string) (int, http.Header, map[string]any) {
 	t.Helper()

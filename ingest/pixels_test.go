@@ -1,0 +1,62 @@
+package ingest_test
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/admetric/admetric/ingest/pixel"
+)
+
+// pixelURL is the signed URL of a pixel of kind (or the click-through, path
+// "/c") for sv, with the player's macros filled in.
+func (in *intake) pixelURL(path, kind string, sv pixel.Serving) string {
+	return path + "?ad=" + sv.AdID + "&sv=" + sv.ServingID + "&exp=" + strconv.FormatInt(sv.Expires.Unix(), 10) +
+		"&sig=" + in.signer.Sign(kind, sv) + "&ph=00:00:02.500&ts=-1&cb=42"
+}
+
+func (in *intake) get(t *testing.T, url string) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	in.router.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, url, nil))
+	return rec
+}
+
+// TestPixelsSpoolWhileNATSIsDown: tracking pixels and the click-through
+// fired while NATS is down answer as always (a GIF, a redirect), their events
+// wait in the spool, and once NATS is back each is in the stream once under
+// its serving's event ID, however often the player fired it.
+func TestPixelsSpoolWhileNATSIsDown(t *testing.T) {
+	ns := startRestartableNATS(t)
+	in := startIntake(t, ns.connect(t), 64<<20)
+	sv := pixel.Serving{AdID: "ad-1", ServingID: pixel.NewServingID(), Expires: time.Now().Add(time.Hour).Truncate(time.Second)}
+
+	ns.stop()
+	for _, kind := range []string{"impression", "start", "firstQuartile", "start", "complete", "complete"} {
+		if rec := in.get(t, in.pixelURL("/t/"+kind, kind, sv)); rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "image/gif" {
+			t.Fatalf("%s pixel with NATS down: %d %v", kind, rec.Code, rec.Header())
+		}
+	}
+	for range 2 {
+		if rec := in.get(t, in.pixelURL("/c", "click", sv)); rec.Code != http.StatusFound || rec.Header().Get("Location") != "https://shop.example.com/ad-1" {
+			t.Fatalf("click-through with NATS down: %d %v", rec.Code, rec.Header())
+		}
+	}
+	if in.spool.Empty() {
+		t.Fatal("nothing was spooled while NATS was down")
+	}
+
+	ns.start()
+	waitFor(t, "the replay", 30*time.Second, in.spool.Empty)
+	ids := streamIDs(t, in.stream)
+	for _, kind := range []string{"impression", "start", "firstQuartile", "complete", "click"} {
+		if n := ids[pixel.EventID(sv.ServingID, kind)]; n != 1 {
+			t.Errorf("%s is in the stream %d times, want once", kind, n)
+		}
+	}
+	if len(ids) != 5 {
+		t.Errorf("the stream holds %v, want the five events of the serving", ids)
+	}
+}
