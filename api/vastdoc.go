@@ -15,11 +15,6 @@ import (
 	"github.com/admetric/admetric/store/postgres"
 )
 
-// TrackingTTL is how long the tracking URLs of one VAST response are
-// counted: a player fires them within the ad's play, and a day covers any
-// delayed or retried pixel.
-const TrackingTTL = 24 * time.Hour
-
 // The macros each kind of tracking URL carries, as the player fills them in.
 const (
 	timeMacros  = "&ts=[TIMESTAMP]&cb=[CACHEBUSTING]"
@@ -37,14 +32,18 @@ type VASTHandler struct {
 	catalog   AdCatalog
 	signer    *pixel.Signer
 	publicURL string
+	ttl       time.Duration
 	logger    *slog.Logger
 }
 
 // NewVASTHandler returns the handler. publicURL is the scheme and host the
 // tracking URLs point at (https://ads.example.com); empty takes them from
-// each request (its Host, and https when the connection is TLS).
-func NewVASTHandler(catalog AdCatalog, signer *pixel.Signer, publicURL string, logger *slog.Logger) *VASTHandler {
-	return &VASTHandler{catalog: catalog, signer: signer, publicURL: strings.TrimSuffix(publicURL, "/"),
+// each request (its Host, and https when the connection is TLS). ttl is how
+// long a response's tracking URLs count: at most the stream's duplicate
+// window, so that a pixel fired again within it is dropped by the stream
+// and can never count twice.
+func NewVASTHandler(catalog AdCatalog, signer *pixel.Signer, publicURL string, ttl time.Duration, logger *slog.Logger) *VASTHandler {
+	return &VASTHandler{catalog: catalog, signer: signer, publicURL: strings.TrimSuffix(publicURL, "/"), ttl: ttl,
 		logger: logger.With("component", "vast")}
 }
 
@@ -85,7 +84,7 @@ func (h *VASTHandler) base(c *gin.Context) string {
 
 // document describes ad for one new serving.
 func (h *VASTHandler) document(base string, ad postgres.Ad, now time.Time) vast.Ad {
-	sv := pixel.Serving{AdID: ad.ID, ServingID: pixel.NewServingID(), Expires: now.Add(TrackingTTL).Truncate(time.Second)}
+	sv := pixel.Serving{AdID: ad.ID, ServingID: pixel.NewServingID(), Expires: now.Add(h.ttl).Truncate(time.Second)}
 	signed := func(path, kind, macros string) string {
 		return base + path + "?ad=" + sv.AdID + "&sv=" + sv.ServingID +
 			"&exp=" + strconv.FormatInt(sv.Expires.Unix(), 10) + "&sig=" + h.signer.Sign(kind, sv) + macros

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -43,7 +44,7 @@ func TestVASTDocuments(t *testing.T) {
 	}
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
-	api.NewVASTHandler(ads, signer, "https://ads.example.com/", slog.New(slog.DiscardHandler)).Register(r)
+	api.NewVASTHandler(ads, signer, "https://ads.example.com/", 20*time.Minute, slog.New(slog.DiscardHandler)).Register(r)
 	get := func(id string) string {
 		t.Helper()
 		rec := httptest.NewRecorder()

@@ -221,7 +221,7 @@ func (d *daemon) startAPI(ctx context.Context, engine *gin.Engine) error {
 	if err != nil {
 		return fmt.Errorf("PIXEL_SECRET: %w", err)
 	}
-	api.NewVASTHandler(catalog, signer, d.cfg.PublicURL, d.logger).Register(engine)
+	api.NewVASTHandler(catalog, signer, d.cfg.PublicURL, d.cfg.DuplicateWindow, d.logger).Register(engine)
 	ingest.NewPixelHandlers(intake, signer, catalog, d.reg).Register(engine)
 	return nil
 }
