@@ -419,14 +419,14 @@ func TestExternalServers(t *testing.T) {
 			}
 			// Both runs share the servers: the second sees the first's click too.
 			c.analytics("timeframe=1h&ad_id=coffee-6s", func(a map[string]any) bool { return num(a, "clicks") == float64(i+1) })
-			// No NATS or PostgreSQL store: only the salt and the intake's spool.
+			// No NATS or PostgreSQL store: only the secrets and the intake's spool.
 			var names []string
 			entries, _ := os.ReadDir(dir)
 			for _, e := range entries {
 				names = append(names, e.Name())
 			}
-			if !slices.Equal(names, []string{"spool", "visitor_salt"}) {
-				t.Errorf("DATA_DIR holds %v, want only the spool and the visitor salt", names)
+			if !slices.Equal(names, []string{"pixel_secret", "spool", "visitor_salt"}) {
+				t.Errorf("DATA_DIR holds %v, want only the pixel secret, the spool and the visitor salt", names)
 			}
 			stopTestDaemon(t, d)
 		})
