@@ -21,7 +21,7 @@ import (
 
 // freePort returns a loopback port that was free a moment ago, for a child
 // that must keep its address across restarts.
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

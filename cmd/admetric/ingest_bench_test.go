@@ -418,11 +418,19 @@ func (r *vegetaRun) checkOpenLoop(allowed ...string) {
 // attack writes n distinct click targets for url (event_ids idPrefix-0 …),
 // runs vegeta against them for d with the extra flags, and returns its report.
 func (v *vegeta) attack(name, url, adID, idPrefix string, n int, d time.Duration, args []string) *vegetaRun {
+	v.b.Helper()
+	return v.attackTargets(name, n, d, args, true, func(path string) { writeTargets(v.b, path, url, adID, idPrefix, n) })
+}
+
+// attackTargets runs vegeta for d with the extra flags against the n targets
+// write puts in the file it is given, and returns its report; with bodies,
+// it reads every answer as an event intake's (202, accepted or spooled).
+func (v *vegeta) attackTargets(name string, n int, d time.Duration, args []string, bodies bool, write func(path string)) *vegetaRun {
 	b := v.b
 	b.Helper()
 	targets := filepath.Join(v.dir, name+".targets")
 	results := filepath.Join(v.dir, name+".bin")
-	writeTargets(b, targets, url, adID, idPrefix, n)
+	write(targets)
 	defer os.Remove(targets)
 	defer os.Remove(results)
 
@@ -444,7 +452,9 @@ func (v *vegeta) attack(name, url, adID, idPrefix string, n int, d time.Duration
 	if err := json.Unmarshal(v.output(ctx, "report", "-type=json", results), &run.report); err != nil {
 		b.Fatalf("%s: vegeta report: %v", name, err)
 	}
-	run.spooled, run.refused = v.readBodies(ctx, results)
+	if bodies {
+		run.spooled, run.refused = v.readBodies(ctx, results)
+	}
 	if len(run.refused) > 0 {
 		b.Logf("%s: answers other than 202: %v", name, run.refused)
 	}

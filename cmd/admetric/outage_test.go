@@ -30,7 +30,7 @@ import (
 
 // buildNATSServer compiles the nats-server of go.mod (from the module cache,
 // offline) for the tests that run NATS as a child process they can stop.
-func buildNATSServer(t *testing.T) string {
+func buildNATSServer(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "nats-server")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput()
@@ -50,7 +50,7 @@ type natsProc struct {
 
 // startNATSServer starts bin with JetStream on 127.0.0.1:port, its store in
 // storeDir, and waits until it logs that it is ready.
-func startNATSServer(t *testing.T, bin, port, storeDir string) *natsProc {
+func startNATSServer(t testing.TB, bin, port, storeDir string) *natsProc {
 	t.Helper()
 	cmd := exec.Command(bin, "-js", "-sd", storeDir, "-a", "127.0.0.1", "-p", port)
 	pr, pw, err := os.Pipe()
