@@ -124,10 +124,18 @@ func (h *PixelHandlers) record(c *gin.Context, kind string) string {
 		}
 	}
 	if rej := h.intake.complete(c, &ev); rej != nil {
-		return "refused"
+		if rej.field != "timestamp" || ev.Timestamp.IsZero() {
+			return "refused"
+		}
+		// A player clock far off: date the event when it arrived instead.
+		ev.Timestamp = time.Time{}
+		if h.intake.complete(c, &ev) != nil {
+			return "refused"
+		}
 	}
 	if _, err := h.intake.pub.Publish(c.Request.Context(), &ev); err != nil {
-		h.logger.Warn("a tracking pixel's event was not published", "kind", kind, "ad_id", ev.AdID, "err", err)
+		// Counted in admetric_pixels_total; one line per pixel would flood the log.
+		h.logger.Debug("a tracking pixel's event was not published", "kind", kind, "ad_id", ev.AdID, "err", err)
 		return "failed"
 	}
 	return "published"

@@ -1,12 +1,15 @@
 package ingest_test
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/ingest/pixel"
 )
 
@@ -58,5 +61,35 @@ func TestPixelsSpoolWhileNATSIsDown(t *testing.T) {
 	}
 	if len(ids) != 5 {
 		t.Errorf("the stream holds %v, want the five events of the serving", ids)
+	}
+}
+
+// TestPixelWithAFarOffClockIsDatedOnArrival: a [TIMESTAMP] the event's rules
+// refuse (a player clock years ahead) does not lose the pixel: its event is
+// published, dated when it arrived.
+func TestPixelWithAFarOffClockIsDatedOnArrival(t *testing.T) {
+	ns := startRestartableNATS(t)
+	in := startIntake(t, ns.connect(t), 64<<20)
+	sv := pixel.Serving{AdID: "ad-1", ServingID: pixel.NewServingID(), Expires: time.Now().Add(time.Hour).Truncate(time.Second)}
+	u := strings.Replace(in.pixelURL("/t/start", "start", sv), "&ts=-1", "&ts=2099-01-01T00:00:00.000Z", 1)
+	before := time.Now().Add(-time.Second)
+	if rec := in.get(t, u); rec.Code != http.StatusOK {
+		t.Fatalf("pixel: %d", rec.Code)
+	}
+	waitFor(t, "the event in the stream", 10*time.Second, func() bool { return streamIDs(t, in.stream)[pixel.EventID(sv.ServingID, "start")] == 1 })
+	info, err := in.stream.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := in.stream.GetMsg(context.Background(), info.State.LastSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := event.Decode(msg.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Timestamp.Before(before) || ev.Timestamp.After(time.Now()) {
+		t.Fatalf("dated %v, want the receive time", ev.Timestamp)
 	}
 }
