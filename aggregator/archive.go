@@ -9,6 +9,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/eapache/go-resiliency/breaker"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/store"
@@ -226,4 +227,25 @@ func toRow(r Record) postgres.ArchivedEvent {
 		StreamSeq:  r.Seq,
 		Partition:  r.Partition,
 	}
+}
+
+// nextBatch waits for one message (until ctx ends), then gathers more until it
+// holds max or none arrives within linger.
+func nextBatch(ctx context.Context, it jetstream.MessagesContext, buf []jetstream.Msg, maxMsgs int, linger time.Duration) ([]jetstream.Msg, error) {
+	msg, err := it.Next(jetstream.NextContext(ctx))
+	if err != nil {
+		return buf, err
+	}
+	buf = append(buf, msg)
+	for len(buf) < maxMsgs {
+		msg, err := it.Next(jetstream.NextMaxWait(linger))
+		if errors.Is(err, nats.ErrTimeout) {
+			break
+		}
+		if err != nil {
+			return buf, err
+		}
+		buf = append(buf, msg)
+	}
+	return buf, nil
 }

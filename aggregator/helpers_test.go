@@ -321,3 +321,14 @@ func waitUnpinned(t *testing.T, js jetstream.JetStream, p int) {
 		return true
 	})
 }
+
+// createConsumer creates partition 0's rollup consumer as a writer with opts
+// does, and stops that writer: with nothing delivered it held no pin, so the
+// next client to pull takes the partition.
+func createConsumer(t *testing.T, js jetstream.JetStream, rollups *store.Rollups, opts aggregator.RollupWriterOptions) {
+	t.Helper()
+	w := runWriterWith(t, js, rollups, opts)
+	waitConsumer(t, js, aggregator.RollupConsumerName(0), "the consumer", func(*jetstream.ConsumerInfo) bool { return true })
+	w.Stop()
+	waitUnpinned(t, js, 0)
+}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/store"
@@ -88,7 +87,6 @@ type RollupWriter struct {
 
 	cache       map[Key]*cachedRollup
 	checkpoints [3]cachedCheckpoint
-	gatedWant   int // events others hold that the gate waits for
 }
 
 type cachedRollup struct {
@@ -169,6 +167,7 @@ type writerState struct {
 	// or delivered it to another writer.
 	lastDelivery uint64
 	gap          bool
+	gatedWant    int // events others hold that the gate waits for
 
 	seqs []uint64 // records' buffers, reused from batch to batch
 	recs []Record
@@ -249,10 +248,10 @@ func (w *RollupWriter) gate(ctx context.Context, cons jetstream.Consumer, s *wri
 		}
 	}
 	if info.NumAckPending > len(s.held) {
-		w.gatedWant = info.NumAckPending - len(s.held)
+		s.gatedWant = info.NumAckPending - len(s.held)
 		return false
 	}
-	w.gatedWant = 0
+	s.gatedWant = 0
 	s.gap = false // everything delivered and unacknowledged is in hand
 	if len(s.held) == 0 {
 		s.first = time.Time{}
@@ -347,7 +346,7 @@ func (w *RollupWriter) retryOptions(what string) []backoff.RetryOption {
 func (w *RollupWriter) fetch(cons jetstream.Consumer, s *writerState) error {
 	// While gated, ask for as many as others hold, so their redeliveries come
 	// in one pull rather than one by one.
-	want := max(w.opts.BatchSize-len(s.held), w.gatedWant, 1)
+	want := max(w.opts.BatchSize-len(s.held), s.gatedWant, 1)
 	batch, err := cons.Fetch(want, jetstream.FetchMaxWait(w.opts.MaxWait), jetstream.FetchPriorityGroup(rollupGroup))
 	if err != nil {
 		return err
@@ -392,27 +391,6 @@ func (w *RollupWriter) lowCheckpoint() uint64 {
 		low = min(low, cp.seq)
 	}
 	return low
-}
-
-// nextBatch waits for one message (until ctx ends), then gathers more until it
-// holds max or none arrives within linger.
-func nextBatch(ctx context.Context, it jetstream.MessagesContext, buf []jetstream.Msg, maxMsgs int, linger time.Duration) ([]jetstream.Msg, error) {
-	msg, err := it.Next(jetstream.NextContext(ctx))
-	if err != nil {
-		return buf, err
-	}
-	buf = append(buf, msg)
-	for len(buf) < maxMsgs {
-		msg, err := it.Next(jetstream.NextMaxWait(linger))
-		if errors.Is(err, nats.ErrTimeout) {
-			break
-		}
-		if err != nil {
-			return buf, err
-		}
-		buf = append(buf, msg)
-	}
-	return buf, nil
 }
 
 // commitRetrying commits until it succeeds, or ctx ends between tries; it

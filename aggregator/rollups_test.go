@@ -153,13 +153,8 @@ func TestRollupWriterTakesOverFromADeadWriter(t *testing.T) {
 	name := aggregator.RollupConsumerName(0)
 	opts := aggregator.RollupWriterOptions{AckWait: time.Minute, PinnedTTL: time.Second, BatchSize: 50}
 
-	// Create the consumer as a writer does and stop that writer (with nothing
-	// delivered it holds no pin), then let "the dead writer" take the pin and
-	// 20 events.
-	first := runWriterWith(t, js, rollups, opts)
-	waitConsumer(t, js, name, "the consumer", func(*jetstream.ConsumerInfo) bool { return true })
-	first.Stop()
-	waitUnpinned(t, js, 0)
+	// Create the consumer, then let "the dead writer" take the pin and 20 events.
+	createConsumer(t, js, rollups, opts)
 	publish(t, js, clicks("ad-t", 20, now, "t1")...)
 	held := fetchHeld(t, js, 20)
 	waitUnpinned(t, js, 0)
@@ -238,12 +233,7 @@ func TestRollupWriterGateIgnoresWhatOthersAcked(t *testing.T) {
 	}
 	name := aggregator.RollupConsumerName(0)
 	opts := aggregator.RollupWriterOptions{AckWait: time.Minute, PinnedTTL: time.Second, BatchSize: 200}
-	// Create the consumer as a writer would, then stop that writer (with
-	// nothing delivered it holds no pin).
-	first := runWriterWith(t, js, rollups, opts)
-	waitConsumer(t, js, name, "the consumer", func(*jetstream.ConsumerInfo) bool { return true })
-	first.Stop()
-	waitUnpinned(t, js, 0)
+	createConsumer(t, js, rollups, opts)
 	now := time.Now().UTC()
 	publish(t, js, clicks("ad-c", 100, now, "c")...)
 	publish(t, js, clicks("ad-b", 100, now, "b")...)

@@ -274,7 +274,7 @@ func checkURL(s string) string {
 	switch {
 	case err != nil:
 		return "is not a URL"
-	case u.Scheme != "http" && u.Scheme != "https", u.Host == "", u.Opaque != "":
+	case u.Scheme != "http" && u.Scheme != "https", u.Host == "": // an opaque URL has no host
 		return "must be an absolute http or https URL"
 	case u.User != nil:
 		return "must not contain credentials"

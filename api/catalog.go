@@ -96,10 +96,12 @@ func (c *Catalog) Get(id string) (postgres.Ad, bool) {
 }
 
 // ClickThrough returns the ad's click URL; ok is false for an unknown ad or
-// one without a click URL. It implements ingest.ClickThroughs.
+// one without a click URL, or with one stored before ads were checked that
+// the checks refuse (it would make the redirect an open one). It implements
+// ingest.ClickThroughs.
 func (c *Catalog) ClickThrough(adID string) (url string, ok bool) {
 	ad, found := c.Get(adID)
-	if !found || ad.ClickURL == "" {
+	if !found || ad.ClickURL == "" || checkURL(ad.ClickURL) != "" {
 		return "", false
 	}
 	return ad.ClickURL, true

@@ -54,6 +54,22 @@ func TestCatalog(t *testing.T) {
 		t.Errorf("after a refresh: %v, want the table's ads", cat.IDs())
 	}
 
+	// Click-through: the ad's own URL; none for an unknown ad, one without a
+	// URL, or one whose URL (stored before ads were checked) would redirect
+	// anywhere.
+	cat.Put(postgres.Ad{ID: "shop", Title: "t", ClickURL: "https://shop.example.com/x"})
+	cat.Put(postgres.Ad{ID: "legacy", Title: "t", ClickURL: "//evil.example.com"})
+	if u, ok := cat.ClickThrough("shop"); !ok || u != "https://shop.example.com/x" {
+		t.Errorf("ClickThrough(shop) = %q, %v", u, ok)
+	}
+	for _, id := range []string{"legacy", "b", "nope"} {
+		if u, ok := cat.ClickThrough(id); ok {
+			t.Errorf("ClickThrough(%s) = %q", id, u)
+		}
+	}
+	cat.Remove("shop")
+	cat.Remove("legacy")
+
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -76,13 +77,26 @@ func (h *AnalyticsHandler) parseZone(c *gin.Context, q *query, _ time.Time) *que
 	if name == "" {
 		return nil
 	}
-	loc, err := time.LoadLocation(name)
-	if err != nil || name == "Local" {
+	if name == "Local" {
 		return badQuery("tz", "must be an IANA time zone name such as Europe/Berlin")
 	}
+	if loc, ok := zones.Load(name); ok {
+		q.loc = loc.(*time.Location)
+		return nil
+	}
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		return badQuery("tz", "must be an IANA time zone name such as Europe/Berlin")
+	}
+	zones.Store(name, loc)
 	q.loc = loc
 	return nil
 }
+
+// zones keeps the time zones loaded so far, by name: LoadLocation reads the
+// zone database on every call. Only names that loaded are kept, so it holds
+// at most the few hundred zones there are.
+var zones sync.Map
 
 // parseWindow reads timeframe, or from and to: a window within the
 // retention of the rollups, with to past now cut to the end of the current
@@ -137,13 +151,15 @@ const (
 	intervalDay    = "day"
 )
 
+// intervalUnits are the interval parameter's values and their resolutions.
+var intervalUnits = map[string]rollup.Unit{intervalMinute: rollup.Minute, intervalHour: rollup.Hour, intervalDay: rollup.Day}
+
 func (h *AnalyticsHandler) parseInterval(c *gin.Context, q *query, now time.Time) *queryError {
 	iv := c.Query("interval")
 	if iv == "" {
 		return nil
 	}
-	units := map[string]rollup.Unit{intervalMinute: rollup.Minute, intervalHour: rollup.Hour, intervalDay: rollup.Day}
-	u, ok := units[iv]
+	u, ok := intervalUnits[iv]
 	if !ok {
 		return badQuery("interval", "must be minute, hour or day")
 	}

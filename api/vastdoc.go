@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -53,11 +52,11 @@ func (h *VASTHandler) Register(r gin.IRouter) {
 }
 
 // serve answers the document, or the empty VAST document (no ad) for an
-// unknown ad or one with neither a media file nor a VAST tag: a player
-// understands that, not an error page.
+// unknown ad or one that is not servable: a player understands that, not an
+// error page.
 func (h *VASTHandler) serve(c *gin.Context) {
 	var doc []vast.Ad
-	if ad, ok := h.catalog.Get(c.Param("ad_id")); ok && (ad.VideoURL != "" || ad.VASTTagURL != "") {
+	if ad, ok := h.catalog.Get(c.Param("ad_id")); ok && servable(ad) {
 		doc = append(doc, h.document(h.base(c), ad, time.Now()))
 	}
 	var buf bytes.Buffer
@@ -68,6 +67,15 @@ func (h *VASTHandler) serve(c *gin.Context) {
 	}
 	c.Header("Cache-Control", "no-store") // every response is a new serving
 	c.Data(http.StatusOK, "application/xml; charset=utf-8", buf.Bytes())
+}
+
+// servable reports whether ad has a media file or a VAST tag, at a URL the
+// ad checks take (one stored before they existed may not be).
+func servable(ad postgres.Ad) bool {
+	if ad.VASTTagURL != "" {
+		return checkURL(ad.VASTTagURL) == ""
+	}
+	return ad.VideoURL != "" && checkURL(ad.VideoURL) == ""
 }
 
 // base is the scheme and host tracking URLs point at.
@@ -86,8 +94,7 @@ func (h *VASTHandler) base(c *gin.Context) string {
 func (h *VASTHandler) document(base string, ad postgres.Ad, now time.Time) vast.Ad {
 	sv := pixel.Serving{AdID: ad.ID, ServingID: pixel.NewServingID(), Expires: now.Add(h.ttl).Truncate(time.Second)}
 	signed := func(path, kind, macros string) string {
-		return base + path + "?ad=" + sv.AdID + "&sv=" + sv.ServingID +
-			"&exp=" + strconv.FormatInt(sv.Expires.Unix(), 10) + "&sig=" + h.signer.Sign(kind, sv) + macros
+		return base + path + "?" + h.signer.Query(kind, sv) + macros
 	}
 	d := vast.Ad{
 		ID: ad.ID, Title: ad.Title, Advertiser: ad.Advertiser, ServingID: sv.ServingID,

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -41,6 +42,8 @@ func TestVASTDocuments(t *testing.T) {
 		"hosted":  {ID: "hosted", Title: "Hosted", VideoURL: "https://cdn.example.com/a.mp4", ClickURL: "https://shop.example.com", DurationSeconds: 15, VideoType: "video/mp4", VideoWidth: 640, VideoHeight: 360, VideoDelivery: "progressive"},
 		"wrapped": {ID: "wrapped", Title: "Wrapped", VASTTagURL: "https://tags.example.net/vast?id=7"},
 		"empty":   {ID: "empty", Title: "No media"},
+		// Stored before ads were checked: served as no ad.
+		"legacy": {ID: "legacy", Title: "Legacy", VideoURL: "javascript:alert(1)", VideoType: "video/mp4", VideoWidth: 1, VideoHeight: 1, VideoDelivery: "progressive"},
 	}
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
@@ -64,9 +67,7 @@ func TestVASTDocuments(t *testing.T) {
 		if strings.HasPrefix(u, "https://cdn.example.com/") {
 			continue // the media file
 		}
-		if !strings.HasPrefix(u, "https://ads.example.com/") || !strings.Contains(u, "&sig=") || !strings.Contains(u, "ad=hosted&sv=admetric-") {
-			t.Errorf("tracking URL %q is not signed at PUBLIC_URL", u)
-		}
+		checkSigned(t, signer, u, "hosted")
 		tracking++
 	}
 	if tracking != 10 { // impression, error, click-through, click tracking, six events
@@ -80,9 +81,40 @@ func TestVASTDocuments(t *testing.T) {
 	if !strings.Contains(wrapped, "<Wrapper>") || !strings.Contains(wrapped, "<VASTAdTagURI><![CDATA[https://tags.example.net/vast?id=7]]></VASTAdTagURI>") || strings.Contains(wrapped, "<MediaFile") {
 		t.Errorf("wrapped ad:\n%s", wrapped)
 	}
-	for _, id := range []string{"empty", "unknown"} {
+	for _, id := range []string{"empty", "legacy", "unknown"} {
 		if doc := get(id); strings.Contains(doc, "<Ad") || !strings.Contains(doc, "<VAST version=\"4.2\"") {
 			t.Errorf("%s: want the empty VAST document, got\n%s", id, doc)
 		}
+	}
+}
+
+// checkSigned fails t unless u is a tracking URL at PUBLIC_URL for adID whose
+// signature holds for the kind its path names, valid for the TTL given to
+// the handler (20 minutes) from about now.
+func checkSigned(t *testing.T, signer *pixel.Signer, u, adID string) {
+	t.Helper()
+	parsed, err := url.Parse(u)
+	if err != nil || parsed.Scheme != "https" || parsed.Host != "ads.example.com" {
+		t.Errorf("tracking URL %q is not at PUBLIC_URL", u)
+		return
+	}
+	kind, ok := strings.CutPrefix(parsed.Path, "/t/")
+	if parsed.Path == "/c" {
+		kind, ok = "click", true
+	}
+	if !ok {
+		t.Errorf("tracking URL %q has an unknown path", u)
+		return
+	}
+	sv, sig, err := pixel.ParseQuery(parsed.Query().Get)
+	if err != nil || sv.AdID != adID || !pixel.ValidServingID(sv.ServingID) {
+		t.Errorf("tracking URL %q: serving %+v, %v", u, sv, err)
+		return
+	}
+	if err := signer.Verify(kind, sv, sig, time.Now()); err != nil {
+		t.Errorf("tracking URL %q is not signed for %s: %v", u, kind, err)
+	}
+	if ttl := time.Until(sv.Expires); ttl < 20*time.Minute-5*time.Second || ttl > 20*time.Minute {
+		t.Errorf("tracking URL %q is valid for %s more, want the 20 minutes given", u, ttl)
 	}
 }

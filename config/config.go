@@ -121,7 +121,7 @@ type Config struct {
 	// CORSAllowedOrigins are the browser origins whose pages may POST events
 	// ("*" for any; origins such as https://player.example.com), answered
 	// with CORS headers and without credentials (CORS_ALLOWED_ORIGINS,
-	// comma-separated, default "*"; set it empty to answer none).
+	// comma-separated, default "*"; empty allows the service's own pages only).
 	CORSAllowedOrigins []string
 
 	// MinuteRetention is how long per-minute rollups are kept
@@ -264,14 +264,14 @@ func options() []option {
 		intOpt("DB_PORT", "5432", func(c *Config) *int { return &c.DBPort }, between(1, 65535)),
 		// DB_USER and DB_NAME must not be empty without DATABASE_URL (checkAcross).
 		stringOpt("DB_USER", "postgres", func(c *Config) *string { return &c.DBUser }, nil),
-		secretOpt("DB_PASSWORD", func(c *Config) *string { return &c.DBPassword }),
+		secretOpt("DB_PASSWORD", func(c *Config) *string { return &c.DBPassword }, nil),
 		stringOpt("DB_NAME", "admetric", func(c *Config) *string { return &c.DBName }, nil),
 		lowerOpt("DB_SSLMODE", "disable", func(c *Config) *string { return &c.DBSSLMode },
 			oneOf("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
 
-		secretOpt("ADMIN_TOKEN", func(c *Config) *string { return &c.AdminToken }),
-		secretOpt("VISITOR_SALT", func(c *Config) *string { return &c.VisitorSalt }),
-		secretOpt("PIXEL_SECRET", func(c *Config) *string { return &c.PixelSecret }),
+		secretOpt("ADMIN_TOKEN", func(c *Config) *string { return &c.AdminToken }, nil),
+		secretOpt("VISITOR_SALT", func(c *Config) *string { return &c.VisitorSalt }, nil),
+		secretOpt("PIXEL_SECRET", func(c *Config) *string { return &c.PixelSecret }, optional(longSecret)),
 		listOpt("TRUSTED_PROXIES", "", func(c *Config) *[]string { return &c.TrustedProxies }, ipOrPrefix),
 		stringOpt("PUBLIC_URL", "", func(c *Config) *string { return &c.PublicURL }, optional(publicURL)),
 		listOpt("CORS_ALLOWED_ORIGINS", "*", func(c *Config) *[]string { return &c.CORSAllowedOrigins }, origin),
@@ -335,14 +335,28 @@ func lowerOpt(name, def string, field func(*Config) *string, r rule[string]) opt
 	return o
 }
 
+// minSecretLen is the shortest secret PIXEL_SECRET may be: what the pixel
+// signer takes (pixel.MinSecretLen), checked here so that a short one is a
+// configuration error at start, not a failure after NATS and PostgreSQL are up.
+const minSecretLen = 16
+
+// longSecret checks that a secret has at least minSecretLen bytes.
+func longSecret(name, v string) error {
+	if len(v) < minSecretLen {
+		return invalidf(name, "has %d bytes, want at least %d", len(v), minSecretLen)
+	}
+	return nil
+}
+
 // secretOpt is a secret: taken verbatim, readable from <name>_FILE,
-// redacted by LogValue, default empty, any value valid.
-func secretOpt(name string, field func(*Config) *string) option {
+// redacted by LogValue, default empty, checked by r unless r is nil.
+func secretOpt(name string, field func(*Config) *string, r rule[string]) option {
 	return option{
 		name:     name,
 		verbatim: true,
 		fromFile: true,
 		parse:    func(c *Config, v string) error { *field(c) = v; return nil },
+		check:    checkValue(name, field, r),
 		value:    func(c *Config) slog.Value { return slog.StringValue(redactSecret(*field(c))) },
 	}
 }
@@ -365,7 +379,6 @@ func intOpt(name, def string, field func(*Config) *int, r rule[int]) option {
 	}
 }
 
-// boolOpt is a boolean variable in strconv.ParseBool's syntax.
 // listOpt is a comma-separated list, each entry checked by r. An explicitly
 // empty value is the empty list, whatever the default.
 func listOpt(name, def string, field func(*Config) *[]string, r rule[string]) option {
@@ -379,6 +392,7 @@ func listOpt(name, def string, field func(*Config) *[]string, r rule[string]) op
 	}
 }
 
+// boolOpt is a boolean variable in strconv.ParseBool's syntax.
 func boolOpt(name, def string, field func(*Config) *bool) option {
 	return option{
 		name: name,

@@ -614,6 +614,7 @@ func TestValidate(t *testing.T) {
 		{"origin with a path", func(c *config.Config) { c.CORSAllowedOrigins = []string{"https://player.example.com/app"} }, "CORS_ALLOWED_ORIGINS"},
 		{"public URL with a path", func(c *config.Config) { c.PublicURL = "https://ads.example.com/vast" }, "PUBLIC_URL"},
 		{"public URL *", func(c *config.Config) { c.PublicURL = "*" }, "PUBLIC_URL"},
+		{"short pixel secret", func(c *config.Config) { c.PixelSecret = "fifteen-bytes!!" }, "PIXEL_SECRET"},
 		{"origin without scheme", func(c *config.Config) { c.CORSAllowedOrigins = []string{"player.example.com"} }, "CORS_ALLOWED_ORIGINS"},
 		{"zero STREAM_MAX_AGE", func(c *config.Config) { c.StreamMaxAge = 0 }, "STREAM_MAX_AGE"},
 	} {

@@ -18,8 +18,10 @@ import (
 // TestBrowserPlayersPostEvents: a page on an allowed origin gets its CORS
 // preflight answered and its POSTs the CORS headers; a body sent as
 // text/plain (navigator.sendBeacon) is taken as JSON and lands in the
-// stream; another origin gets no CORS header (its browser refuses the
-// answer); with "*" any origin may post; other content types answer 415.
+// stream; a page of another origin is refused (403), its event nowhere;
+// with "*" any origin may post; without allowed origins the service's own
+// pages and clients without an Origin still may; other content types
+// answer 415.
 func TestBrowserPlayersPostEvents(t *testing.T) {
 	srv := storetest.NATS(t)
 	js, nc := storetest.JetStream(t, srv)
@@ -74,11 +76,16 @@ func TestBrowserPlayersPostEvents(t *testing.T) {
 		t.Fatalf("the beacon's event is not in the stream once: %v", ids)
 	}
 
+	// A page of another origin may not post, even the text/plain POST that
+	// needs no preflight.
 	for _, method := range []string{http.MethodOptions, http.MethodPost} {
-		rec := do(one, method, "/ads/click", "https://evil.example.com", "application/json", `{"event_id":"evil-1","ad_id":"ad-1"}`)
-		if got := rec.Header().Get("Access-Control-Allow-Origin"); got != "" {
-			t.Errorf("%s from another origin: Access-Control-Allow-Origin %q", method, got)
+		rec := do(one, method, "/ads/click", "https://evil.example.com", "text/plain", `{"event_id":"evil-1","ad_id":"ad-1"}`)
+		if rec.Code != http.StatusForbidden || rec.Header().Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("%s from another origin: %d %v, want 403 without CORS headers", method, rec.Code, rec.Header())
 		}
+	}
+	if ids := streamIDs(t, stream); ids["evil-1"] != 0 {
+		t.Fatalf("another origin's event reached the stream: %v", ids)
 	}
 
 	anyOrigin := router("*")
@@ -86,9 +93,21 @@ func TestBrowserPlayersPostEvents(t *testing.T) {
 		t.Fatalf("with *: %d %v", rec.Code, rec.Header())
 	}
 
+	// Without allowed origins only the service's own pages (and clients that
+	// send no Origin) may post.
 	none := router()
 	if rec := do(none, http.MethodOptions, "/ads/click", player, "", ""); rec.Header().Get("Access-Control-Allow-Origin") != "" || rec.Code == http.StatusNoContent {
 		t.Errorf("without allowed origins, a preflight was answered: %d %v", rec.Code, rec.Header())
+	}
+	if rec := do(none, http.MethodPost, "/ads/click", player, "text/plain", `{"event_id":"cross-1","ad_id":"ad-1"}`); rec.Code != http.StatusForbidden {
+		t.Errorf("without allowed origins, a cross-origin POST: %d, want 403", rec.Code)
+	}
+	// httptest requests go to example.com.
+	if rec := do(none, http.MethodPost, "/ads/click", "http://example.com", "text/plain", `{"event_id":"own-1","ad_id":"ad-1"}`); rec.Code != http.StatusAccepted {
+		t.Errorf("without allowed origins, a POST of the service's own page: %d %s", rec.Code, rec.Body)
+	}
+	if rec := do(none, http.MethodPost, "/ads/click", "", "application/json", `{"event_id":"server-1","ad_id":"ad-1"}`); rec.Code != http.StatusAccepted {
+		t.Errorf("without allowed origins, a POST without Origin: %d %s", rec.Code, rec.Body)
 	}
 
 	for _, ct := range []string{"application/xml", "text/html", ""} {

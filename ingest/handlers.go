@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,7 +50,7 @@ type HandlersOptions struct {
 	Limits event.Limits
 	// AllowedOrigins are the browser origins whose pages may POST events
 	// (CORS, without credentials): "*" for any, else origins such as
-	// https://player.example.com. Empty answers no cross-origin request.
+	// https://player.example.com. Empty allows the service's own pages only.
 	AllowedOrigins []string
 	// Logger is required.
 	Logger *slog.Logger
@@ -79,8 +80,9 @@ func NewHandlers(pub EventPublisher, ads AdLookup, opts HandlersOptions) *Handle
 }
 
 // Register mounts POST /ads/click, /ads/impression and /ads/events on r.
-// With AllowedOrigins, each also answers the browser's CORS preflight
-// (OPTIONS) and its POST carries the CORS headers.
+// A browser's POST from a page of another origin is refused (403) unless
+// AllowedOrigins has that origin; when it has, the answer carries the CORS
+// headers and the route also answers the browser's preflight (OPTIONS).
 func (h *Handlers) Register(r gin.IRouter) {
 	routes := []struct {
 		path   string
@@ -91,22 +93,37 @@ func (h *Handlers) Register(r gin.IRouter) {
 		{"/ads/events", h.acceptBatch},
 	}
 	for _, rt := range routes {
-		if h.cors == nil {
-			r.POST(rt.path, rt.handle)
-			continue
+		r.POST(rt.path, h.checkOrigin, rt.handle)
+		if h.cors != nil {
+			r.OPTIONS(rt.path, h.checkOrigin)
 		}
-		r.POST(rt.path, h.allowOrigins, rt.handle)
-		r.OPTIONS(rt.path, h.allowOrigins)
 	}
 }
 
-// allowOrigins adds the CORS headers of the request's origin; it answers a
-// preflight itself, with 204.
-func (h *Handlers) allowOrigins(c *gin.Context) {
+// checkOrigin refuses a request whose Origin (which browsers send, and
+// other clients do not) is neither the service's own nor an allowed one:
+// CORS alone would not stop a page from posting, since a text/plain POST
+// needs no preflight. An allowed origin gets the CORS headers, and its
+// preflight is answered here, with 204.
+func (h *Handlers) checkOrigin(c *gin.Context) {
+	origin := c.GetHeader("Origin")
+	if origin == "" || sameOrigin(origin, c.Request.Host) {
+		return
+	}
+	if h.cors == nil || !h.cors.OriginAllowed(c.Request) {
+		respond.Error(c, http.StatusForbidden, "Origin", "pages of "+origin+" may not post events here (CORS_ALLOWED_ORIGINS)")
+		return
+	}
 	h.cors.HandlerFunc(c.Writer, c.Request)
 	if c.Request.Method == http.MethodOptions {
 		c.AbortWithStatus(http.StatusNoContent)
 	}
+}
+
+// sameOrigin reports whether origin names the host the request was sent to.
+func sameOrigin(origin, host string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && u.Host != "" && strings.EqualFold(u.Host, host)
 }
 
 // accepted is the body of a 202.

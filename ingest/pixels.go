@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/admetric/admetric/api/respond"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/ingest/pixel"
 )
@@ -81,7 +83,7 @@ func (h *PixelHandlers) track(c *gin.Context) {
 func (h *PixelHandlers) click(c *gin.Context) {
 	target, ok := h.clicks.ClickThrough(c.Query("ad"))
 	if !ok {
-		c.String(http.StatusNotFound, "no such ad")
+		respond.Error(c, http.StatusNotFound, "ad", "no ad "+c.Query("ad")+" with a click URL")
 		return
 	}
 	h.outcome.WithLabelValues("clickthrough", h.record(c, string(event.Click))).Inc()
@@ -91,12 +93,12 @@ func (h *PixelHandlers) click(c *gin.Context) {
 
 // record publishes the event of a pixel of kind and returns the outcome.
 func (h *PixelHandlers) record(c *gin.Context, kind string) string {
-	exp, err := strconv.ParseInt(c.Query("exp"), 10, 64)
+	sv, sig, err := pixel.ParseQuery(c.Query)
 	if err != nil {
 		return "malformed"
 	}
-	sv := pixel.Serving{AdID: c.Query("ad"), ServingID: c.Query("sv"), Expires: time.Unix(exp, 0)}
-	switch err := h.signer.Verify(kind, sv, c.Query("sig"), time.Now()); {
+	now := time.Now()
+	switch err := h.signer.Verify(kind, sv, sig, now); {
 	case errors.Is(err, pixel.ErrExpired):
 		return "expired"
 	case err != nil:
@@ -115,7 +117,9 @@ func (h *PixelHandlers) record(c *gin.Context, kind string) string {
 		return "malformed" // signed by us, so not expected
 	}
 	ev := event.Event{EventID: pixel.EventID(sv.ServingID, kind), Type: typ, AdID: sv.AdID}
-	if t, ok := pixel.Timestamp(c.Query("ts")); ok {
+	// A player clock far off (a timestamp the event rules refuse) must not
+	// lose the pixel: the event is then dated when it arrived.
+	if t, ok := pixel.Timestamp(c.Query("ts")); ok && h.intake.limits.CheckTimestamp(t, now) == nil {
 		ev.Timestamp = t.UTC()
 	}
 	if typ == event.Click {
@@ -123,17 +127,12 @@ func (h *PixelHandlers) record(c *gin.Context, kind string) string {
 			ev.PlaybackTime = ph
 		}
 	}
-	if rej := h.intake.complete(c, &ev); rej != nil {
-		if rej.field != "timestamp" || ev.Timestamp.IsZero() {
-			return "refused"
-		}
-		// A player clock far off: date the event when it arrived instead.
-		ev.Timestamp = time.Time{}
-		if h.intake.complete(c, &ev) != nil {
-			return "refused"
-		}
+	if h.intake.complete(c, &ev) != nil {
+		return "refused"
 	}
-	if _, err := h.intake.pub.Publish(c.Request.Context(), &ev); err != nil {
+	// Players never retry a pixel: one that hangs up mid-publish must not
+	// take the event with it.
+	if _, err := h.intake.pub.Publish(context.WithoutCancel(c.Request.Context()), &ev); err != nil {
 		// Counted in admetric_pixels_total; one line per pixel would flood the log.
 		h.logger.Debug("a tracking pixel's event was not published", "kind", kind, "ad_id", ev.AdID, "err", err)
 		return "failed"

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +15,7 @@ import (
 // pixelURL is the signed URL of a pixel of kind (or the click-through, path
 // "/c") for sv, with the player's macros filled in.
 func (in *intake) pixelURL(path, kind string, sv pixel.Serving) string {
-	return path + "?ad=" + sv.AdID + "&sv=" + sv.ServingID + "&exp=" + strconv.FormatInt(sv.Expires.Unix(), 10) +
-		"&sig=" + in.signer.Sign(kind, sv) + "&ph=00:00:02.500&ts=-1&cb=42"
+	return path + "?" + in.signer.Query(kind, sv) + "&ph=00:00:02.500&ts=-1&cb=42"
 }
 
 func (in *intake) get(t *testing.T, url string) *httptest.ResponseRecorder {

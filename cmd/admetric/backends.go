@@ -32,9 +32,7 @@ type backends struct {
 	logger  *slog.Logger
 	dataDir string // absolute
 	salt    []byte
-	// pixelSecret keys the VAST tracking URLs' signatures.
-	pixelSecret []byte
-	layout      rollup.Layout
+	layout  rollup.Layout
 
 	embedded *devserver.NATS // nil with NATS_URL
 	nc       *nats.Conn
@@ -76,8 +74,7 @@ func openBackends(ctx context.Context, cfg *config.Config, logger *slog.Logger) 
 	return b, nil
 }
 
-// openDataDir makes DATA_DIR and reads (or creates) the visitor salt and the
-// pixel secret in it.
+// openDataDir makes DATA_DIR and reads (or creates) the visitor salt in it.
 func (b *backends) openDataDir() error {
 	dir, err := filepath.Abs(b.cfg.DataDir)
 	if err != nil {
@@ -87,10 +84,7 @@ func (b *backends) openDataDir() error {
 		return fmt.Errorf("DATA_DIR: %w", err)
 	}
 	b.dataDir = dir
-	if b.salt, err = dataDirSecret("VISITOR_SALT", b.cfg.VisitorSalt, dir, "visitor_salt"); err != nil {
-		return err
-	}
-	b.pixelSecret, err = dataDirSecret("PIXEL_SECRET", b.cfg.PixelSecret, dir, "pixel_secret")
+	b.salt, err = dataDirSecret("VISITOR_SALT", b.cfg.VisitorSalt, dir, "visitor_salt")
 	return err
 }
 

@@ -217,7 +217,12 @@ func (d *daemon) startAPI(ctx context.Context, engine *gin.Engine) error {
 	}
 	intake := ingest.NewHandlers(pub, catalog, ingest.HandlersOptions{Limits: d.eventLimits(), AllowedOrigins: d.cfg.CORSAllowedOrigins, Logger: d.logger})
 	intake.Register(engine)
-	signer, err := pixel.NewSigner(d.pixelSecret)
+	// Only the API signs and checks tracking URLs: the secret is its own.
+	secret, err := dataDirSecret("PIXEL_SECRET", d.cfg.PixelSecret, d.dataDir, "pixel_secret")
+	if err != nil {
+		return err
+	}
+	signer, err := pixel.NewSigner(secret)
 	if err != nil {
 		return fmt.Errorf("PIXEL_SECRET: %w", err)
 	}

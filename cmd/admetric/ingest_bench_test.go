@@ -267,11 +267,18 @@ func startCeiling(b *testing.B) string {
 			Status  string `json:"status"`
 		}{ev.EventID, "accepted"})
 	})
+	return serveCeiling(b, engine) + "/ads/click"
+}
+
+// serveCeiling serves engine on a free port of 127.0.0.1 until the benchmark
+// ends, with the service's server timeouts so that both keep connections
+// alike, and returns its base URL.
+func serveCeiling(b *testing.B, engine *gin.Engine) string {
+	b.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The service's server timeouts, so that both keep connections alike.
 	srv := &http.Server{
 		Handler:           engine.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -281,7 +288,7 @@ func startCeiling(b *testing.B) string {
 	}
 	go func() { _ = srv.Serve(ln) }()
 	b.Cleanup(func() { _ = srv.Close() })
-	return "http://" + ln.Addr().String() + "/ads/click"
+	return "http://" + ln.Addr().String()
 }
 
 // streamDrainer returns a function that waits until every consumer of the
@@ -538,6 +545,25 @@ func (v *vegeta) readBodies(ctx context.Context, results string) (spooled int, r
 // event_id, ip and playback_time.
 func writeTargets(b *testing.B, path, url, adID, idPrefix string, n int) {
 	b.Helper()
+	header := http.Header{"Content-Type": {"application/json"}, "User-Agent": {"admetric-bench/1.0"}}
+	writeTargetsFunc(b, path, n, func(i int) vegetaTarget {
+		body := fmt.Sprintf(`{"event_id":"bench-%s-%d","ad_id":%q,"ip":"10.%d.%d.%d","playback_time":%d.%02d}`,
+			idPrefix, i, adID, i>>16&0xff, i>>8&0xff, i&0xff, i%6, i%100)
+		return vegetaTarget{Method: http.MethodPost, URL: url, Body: []byte(body), Header: header}
+	})
+}
+
+// vegetaTarget is one request of vegeta's JSON target format.
+type vegetaTarget struct {
+	Method string      `json:"method"`
+	URL    string      `json:"url"`
+	Body   []byte      `json:"body,omitempty"`
+	Header http.Header `json:"header"`
+}
+
+// writeTargetsFunc writes n vegeta JSON targets to path, the i-th target(i).
+func writeTargetsFunc(b *testing.B, path string, n int, target func(i int) vegetaTarget) {
+	b.Helper()
 	f, err := os.Create(path)
 	if err != nil {
 		b.Fatal(err)
@@ -545,17 +571,8 @@ func writeTargets(b *testing.B, path, url, adID, idPrefix string, n int) {
 	defer f.Close()
 	w := bufio.NewWriterSize(f, 1<<20)
 	enc := json.NewEncoder(w)
-	header := http.Header{"Content-Type": {"application/json"}, "User-Agent": {"admetric-bench/1.0"}}
 	for i := range n {
-		body := fmt.Sprintf(`{"event_id":"bench-%s-%d","ad_id":%q,"ip":"10.%d.%d.%d","playback_time":%d.%02d}`,
-			idPrefix, i, adID, i>>16&0xff, i>>8&0xff, i&0xff, i%6, i%100)
-		target := struct {
-			Method string      `json:"method"`
-			URL    string      `json:"url"`
-			Body   []byte      `json:"body"`
-			Header http.Header `json:"header"`
-		}{http.MethodPost, url, []byte(body), header}
-		if err := enc.Encode(target); err != nil {
+		if err := enc.Encode(target(i)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -93,7 +90,7 @@ func BenchmarkPixels(b *testing.B) {
 }
 
 // startPixelCeiling serves GET /t/:kind with a 43-byte GIF-sized answer and
-// nothing behind it, with the service's server timeouts; it returns the base URL.
+// nothing behind it (see serveCeiling); it returns the base URL.
 func startPixelCeiling(b *testing.B) string {
 	b.Helper()
 	gin.SetMode(gin.ReleaseMode)
@@ -103,15 +100,7 @@ func startPixelCeiling(b *testing.B) string {
 		c.Header("Cache-Control", "no-store")
 		c.Data(http.StatusOK, "image/gif", answer)
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &http.Server{Handler: engine.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
-	go func() { _ = srv.Serve(ln) }()
-	b.Cleanup(func() { _ = srv.Close() })
-	return "http://" + ln.Addr().String()
+	return serveCeiling(b, engine)
 }
 
 // pixelKinds are the pixels a player fires for one serving, in order.
@@ -122,46 +111,21 @@ var pixelKinds = []string{"impression", "start", "firstQuartile", "midpoint", "t
 func writePixelTargets(b *testing.B, path, base string, signer *pixel.Signer, n int) {
 	b.Helper()
 	exp := time.Now().Add(time.Hour).Truncate(time.Second)
-	expires := strconv.FormatInt(exp.Unix(), 10)
-	writeTargetsFunc(b, path, n, func(i int) string {
+	writeTargetsFunc(b, path, n, func(i int) vegetaTarget {
 		kind := pixelKinds[i%len(pixelKinds)]
 		sv := pixel.Serving{AdID: "coffee-6s", ServingID: pixel.NewServingID(), Expires: exp}
-		return base + "/t/" + kind + "?ad=coffee-6s&sv=" + sv.ServingID + "&exp=" + expires +
-			"&sig=" + signer.Sign(kind, sv) + "&ph=00:00:03.250&ts=-1&cb=" + strconv.Itoa(i)
+		return getTarget(base + "/t/" + kind + "?" + signer.Query(kind, sv) + "&ph=00:00:03.250&ts=-1&cb=" + strconv.Itoa(i))
 	})
 }
 
 // writeGetTargets writes n GET targets of url.
 func writeGetTargets(b *testing.B, path, url string, n int) {
 	b.Helper()
-	writeTargetsFunc(b, path, n, func(int) string { return url })
+	writeTargetsFunc(b, path, n, func(int) vegetaTarget { return getTarget(url) })
 }
 
-// writeTargetsFunc writes n vegeta JSON GET targets, the i-th at url(i).
-func writeTargetsFunc(b *testing.B, path string, n int, url func(i int) string) {
-	b.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	w := bufio.NewWriterSize(f, 1<<20)
-	enc := json.NewEncoder(w)
-	header := http.Header{"User-Agent": {"admetric-bench/1.0"}}
-	for i := range n {
-		target := struct {
-			Method string      `json:"method"`
-			URL    string      `json:"url"`
-			Header http.Header `json:"header"`
-		}{http.MethodGet, url(i), header}
-		if err := enc.Encode(target); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := w.Flush(); err != nil {
-		b.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		b.Fatal(err)
-	}
+var benchHeader = http.Header{"User-Agent": {"admetric-bench/1.0"}}
+
+func getTarget(url string) vegetaTarget {
+	return vegetaTarget{Method: http.MethodGet, URL: url, Header: benchHeader}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/config"
+	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
 )
 
@@ -79,8 +80,9 @@ func runRebuild(ctx context.Context, args []string, lookup func(string) (string,
 }
 
 // rebuild recomputes the rollups of [from, to) from the archive. It opens
-// the backends and the streams as the service does, but neither migrates
-// nor seeds: it reads the database the service made.
+// the backends as the service does and the rollup buckets, but leaves the
+// event streams alone, and neither migrates nor seeds: it works on what the
+// service made.
 func rebuild(ctx context.Context, cfg *config.Config, logger *slog.Logger, out io.Writer, from, to time.Time) (err error) {
 	b, err := openBackends(ctx, cfg, logger)
 	if err != nil {
@@ -91,7 +93,10 @@ func rebuild(ctx context.Context, cfg *config.Config, logger *slog.Logger, out i
 		defer cancel()
 		err = errors.Join(err, b.close(sctx))
 	}()
-	rollups, err := b.openStreams(ctx)
+	// The rollup buckets only (a deleted one is made again): the event
+	// stream is the service's, and a rebuild run with other settings (say,
+	// PARTITIONS) must not reconfigure it.
+	rollups, err := store.CreateOrUpdateRollups(ctx, b.js, b.layout, cfg.NATSReplicas)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -142,15 +143,26 @@ func TestVASTPlayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expired := pixel.Serving{AdID: "coffee-6s", ServingID: pixel.NewServingID(), Expires: time.Now().Add(-time.Minute).Truncate(time.Second)}
-	start := doc.tracking["start"]
+	// Each forgery names a serving of its own, so that the stream's
+	// deduplication cannot hide one that was counted.
+	fresh := func() pixel.Serving {
+		return pixel.Serving{AdID: "coffee-6s", ServingID: pixel.NewServingID(), Expires: time.Now().Add(time.Hour).Truncate(time.Second)}
+	}
+	otherKey, err := pixel.NewSigner([]byte("not-the-service-secret-0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := fresh()
+	expired.Expires = time.Now().Add(-time.Minute).Truncate(time.Second)
+	otherAd := fresh()
+	svParam := regexp.MustCompile(`sv=[^&]+`)
 	for what, u := range map[string]string{
-		"forged signature": strings.Replace(start, "sig=", "sig=AAAA", 1),
-		"other ad":         strings.Replace(start, "ad=coffee-6s", "ad=car-launch-20s", 1),
-		"other event":      strings.Replace(doc.tracking["complete"], "/t/complete", "/t/skip", 1),
-		"expired": base + "/t/start?ad=coffee-6s&sv=" + expired.ServingID + "&exp=" + strconv.FormatInt(expired.Expires.Unix(), 10) +
-			"&sig=" + signer.Sign("start", expired),
-		"no signature": base + "/t/start?ad=coffee-6s&sv=" + pixel.NewServingID(),
+		"another key":     base + "/t/start?" + otherKey.Query("start", fresh()),
+		"another serving": svParam.ReplaceAllString(doc.tracking["start"], "sv="+fresh().ServingID),
+		"another ad":      base + "/t/start?" + strings.Replace(signer.Query("start", otherAd), "ad=coffee-6s", "ad=car-launch-20s", 1),
+		"another event":   strings.Replace(doc.tracking["complete"], "/t/complete", "/t/skip", 1),
+		"expired":         base + "/t/start?" + signer.Query("start", expired),
+		"no signature":    base + "/t/start?ad=coffee-6s&sv=" + fresh().ServingID,
 	} {
 		pixelOK(what, fill(u, "00:00:01.000"))
 	}
@@ -160,7 +172,7 @@ func TestVASTPlayer(t *testing.T) {
 	for what, u := range map[string]string{
 		"a url parameter":  click + "&url=https://evil.example.com",
 		"a redirect param": click + "&redirect=//evil.example.com",
-		"bad signature":    strings.Replace(click, "sig=", "sig=AAAA", 1),
+		"another key":      base + "/c?" + otherKey.Query("click", fresh()) + "&ph=00:00:01.000",
 	} {
 		if status, h := get(u); status != http.StatusFound || h.Get("Location") != "https://bean.example.com" {
 			t.Errorf("click with %s: %d to %q", what, status, h.Get("Location"))
@@ -179,6 +191,9 @@ func TestVASTPlayer(t *testing.T) {
 		return num(a, "impressions") == 1 && num(a, "starts") == 1 && num(a, "first_quartiles") == 1 &&
 			num(a, "midpoints") == 1 && num(a, "third_quartiles") == 1 && num(a, "completes") == 1 &&
 			num(a, "clicks") == 1 && num(a, "skips") == 0 && num(a, "avg_playback_time") == 4.25
+	})
+	c.analytics("timeframe=1h&ad_id=car-launch-20s", func(a map[string]any) bool {
+		return num(a, "impressions") == 0 && num(a, "starts") == 0 && num(a, "clicks") == 0
 	})
 
 	// No ad: the empty VAST document.

@@ -242,6 +242,26 @@ type Limits struct {
 	MaxAge time.Duration
 }
 
+// CheckTimestamp returns the *FieldError of a timestamp t, received at now,
+// that these limits refuse (too far ahead, older than MaxAge, outside the
+// years an event can have), or nil.
+func (lim Limits) CheckTimestamp(t, now time.Time) error {
+	if y := t.Year(); y < minYear || y > maxYear {
+		return fieldErr("timestamp", "must be between the years %d and %d", minYear, maxYear)
+	}
+	maxFuture := lim.MaxFuture
+	if maxFuture == 0 {
+		maxFuture = defaultMaxFuture
+	}
+	if t.After(now.Add(maxFuture)) {
+		return fieldErr("timestamp", "is more than %s in the future", maxFuture)
+	}
+	if lim.MaxAge > 0 && t.Before(now.Add(-lim.MaxAge)) {
+		return fieldErr("timestamp", "is older than the retention of %s", lim.MaxAge)
+	}
+	return nil
+}
+
 // Validate checks every field of e against the rules in DESIGN.md section 4.
 // now is the receive time. It expects defaults (event ID, timestamp) already filled.
 // A returned error is always a *FieldError naming the first field at fault.
@@ -270,18 +290,8 @@ func (e *Event) Validate(now time.Time, lim Limits) error {
 	if e.Timestamp.IsZero() {
 		return fieldErr("timestamp", "is required")
 	}
-	if y := e.Timestamp.Year(); y < minYear || y > maxYear {
-		return fieldErr("timestamp", "must be between the years %d and %d", minYear, maxYear)
-	}
-	maxFuture := lim.MaxFuture
-	if maxFuture == 0 {
-		maxFuture = defaultMaxFuture
-	}
-	if e.Timestamp.After(now.Add(maxFuture)) {
-		return fieldErr("timestamp", "is more than %s in the future", maxFuture)
-	}
-	if lim.MaxAge > 0 && e.Timestamp.Before(now.Add(-lim.MaxAge)) {
-		return fieldErr("timestamp", "is older than the retention of %s", lim.MaxAge)
+	if err := lim.CheckTimestamp(e.Timestamp, now); err != nil {
+		return err
 	}
 	if math.IsNaN(e.PlaybackTime) || e.PlaybackTime < 0 {
 		return fieldErr("playback_time", "must be at least 0")

@@ -86,6 +86,28 @@ func (s *Signer) Verify(what string, sv Serving, sig string, now time.Time) erro
 	return nil
 }
 
+// Query returns the signed query of a tracking URL of what for sv:
+// ad, sv (the serving ID), exp (Unix seconds) and sig. Ad IDs, serving IDs
+// and signatures are URL-safe as they are. ParseQuery reads it back.
+func (s *Signer) Query(what string, sv Serving) string {
+	return "ad=" + sv.AdID + "&sv=" + sv.ServingID + "&exp=" + strconv.FormatInt(sv.Expires.Unix(), 10) +
+		"&sig=" + s.Sign(what, sv)
+}
+
+// ErrMalformed: a tracking URL's query lacks what Query puts in it.
+var ErrMalformed = errors.New("pixel: malformed tracking URL")
+
+// ParseQuery reads back what Query wrote, get being the query's lookup
+// (url.Values.Get, gin.Context.Query): the serving and its signature, to
+// check with Verify. It fails with ErrMalformed when exp is not a number.
+func ParseQuery(get func(key string) string) (sv Serving, sig string, err error) {
+	exp, err := strconv.ParseInt(get("exp"), 10, 64)
+	if err != nil {
+		return Serving{}, "", ErrMalformed
+	}
+	return Serving{AdID: get("ad"), ServingID: get("sv"), Expires: time.Unix(exp, 0)}, get("sig"), nil
+}
+
 func (s *Signer) mac(what string, sv Serving) []byte {
 	h := hmac.New(sha256.New, s.key)
 	// NUL cannot occur in any field (ad IDs, serving IDs and kinds are

@@ -2,6 +2,7 @@ package pixel_test
 
 import (
 	"errors"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -173,4 +174,26 @@ func FuzzMacros(f *testing.F) {
 		}
 		_, _ = pixel.Timestamp(v) // must not panic; the event's validation bounds the year
 	})
+}
+
+// TestQueryRoundTrip: what Query writes, ParseQuery reads back and Verify
+// accepts; a query without a numeric exp is malformed.
+func TestQueryRoundTrip(t *testing.T) {
+	s := newSigner(t)
+	sv := pixel.Serving{AdID: "coffee-6s", ServingID: pixel.NewServingID(), Expires: time.Now().Add(time.Hour).Truncate(time.Second)}
+	q, err := url.ParseQuery(s.Query("midpoint", sv) + "&ph=[ADPLAYHEAD]")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, sig, err := pixel.ParseQuery(q.Get)
+	if err != nil || got != sv {
+		t.Fatalf("ParseQuery = %+v, %v; want %+v", got, err, sv)
+	}
+	if err := s.Verify("midpoint", got, sig, time.Now()); err != nil {
+		t.Fatalf("Verify of a parsed query: %v", err)
+	}
+	q.Set("exp", "soon")
+	if _, _, err := pixel.ParseQuery(q.Get); !errors.Is(err, pixel.ErrMalformed) {
+		t.Fatalf("exp=soon: %v, want ErrMalformed", err)
+	}
 }
