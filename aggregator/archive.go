@@ -226,6 +226,10 @@ func toRow(r Record) postgres.ArchivedEvent {
 		PlaybackMS: int64(r.Event.PlaybackMillis()),
 		StreamSeq:  r.Seq,
 		Partition:  r.Partition,
+
+		ServingID:     r.Event.ServingID,
+		ErrorCode:     r.Event.ErrorCode,
+		InvalidReason: string(r.Event.InvalidReason),
 	}
 }
 

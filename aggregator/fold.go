@@ -99,15 +99,27 @@ func Fold(layout rollup.Layout, values map[Key]*rollup.Rollup, recs []Record, no
 }
 
 // apply folds r into s. Every event moves a counter: the rollup cache tells
-// an unchanged slot by its counters (rollupcache.Cache's range sums).
+// an unchanged slot by its counters (rollupcache.Cache's range sums). An
+// invalid event counts as invalid and in nothing else, its visitor included.
 func apply(s *rollup.Slot, r *Record) {
+	if r.Event.InvalidReason != "" {
+		s.Invalid++
+		return
+	}
+	served := r.Event.ServingID != ""
 	switch r.Event.Type {
 	case event.Impression:
 		s.Impressions++
+		if served {
+			s.Servings++
+		}
 	case event.Click:
 		s.Clicks++
 		s.PlaybackMillis += r.Event.PlaybackMillis()
 		s.PlaybackCount++
+		if served {
+			s.ServingClicks++
+		}
 	case event.Start:
 		s.Starts++
 	case event.FirstQuartile:
@@ -120,6 +132,9 @@ func apply(s *rollup.Slot, r *Record) {
 		s.Completes++
 	case event.Skip:
 		s.Skips++
+	case event.Error:
+		s.Errors++
+		s.ErrorCodes.Inc(uint32(r.Event.ErrorCode))
 	}
 	if r.Visitor != 0 {
 		s.AddVisitor(r.Visitor)

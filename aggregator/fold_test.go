@@ -120,27 +120,52 @@ func foldTestSlot(t *testing.T, values map[Key]*rollup.Rollup, u rollup.Unit, ad
 func TestFoldCountsEachType(t *testing.T) {
 	t.Parallel()
 	ts := time.Date(2026, 11, 25, 12, 10, 30, 0, time.UTC)
+	served := func(e *event.Event) { e.ServingID = "admetric-0b5f3c1e-9f5a-4f3e-8d47-2a1c9e6b7d10" }
 	tests := []struct {
-		typ  event.Type
-		want rollup.Counters
+		name     string
+		typ      event.Type
+		edit     func(*event.Event)
+		want     rollup.Counters
+		codes    rollup.CodeCounts
+		visitors uint64
 	}{
-		{event.Impression, rollup.Counters{Impressions: 1}},
-		{event.Click, rollup.Counters{Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}},
-		{event.Start, rollup.Counters{Starts: 1}},
-		{event.FirstQuartile, rollup.Counters{FirstQuartiles: 1}},
-		{event.Midpoint, rollup.Counters{Midpoints: 1}},
-		{event.ThirdQuartile, rollup.Counters{ThirdQuartiles: 1}},
-		{event.Complete, rollup.Counters{Completes: 1}},
-		{event.Skip, rollup.Counters{Skips: 1}},
+		{"impression", event.Impression, nil, rollup.Counters{Impressions: 1}, nil, 1},
+		{"click", event.Click, nil, rollup.Counters{Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}, nil, 1},
+		{"start", event.Start, nil, rollup.Counters{Starts: 1}, nil, 1},
+		{"firstQuartile", event.FirstQuartile, nil, rollup.Counters{FirstQuartiles: 1}, nil, 1},
+		{"midpoint", event.Midpoint, nil, rollup.Counters{Midpoints: 1}, nil, 1},
+		{"thirdQuartile", event.ThirdQuartile, nil, rollup.Counters{ThirdQuartiles: 1}, nil, 1},
+		{"complete", event.Complete, nil, rollup.Counters{Completes: 1}, nil, 1},
+		{"skip", event.Skip, nil, rollup.Counters{Skips: 1}, nil, 1},
+		{"error without a code", event.Error, nil, rollup.Counters{Errors: 1}, rollup.CodeCounts{{Code: 0, N: 1}}, 1},
+		{"error 402", event.Error, func(e *event.Event) { e.ErrorCode = 402 },
+			rollup.Counters{Errors: 1}, rollup.CodeCounts{{Code: 402, N: 1}}, 1},
+		{"served impression", event.Impression, served, rollup.Counters{Impressions: 1, Servings: 1}, nil, 1},
+		{"served click", event.Click, served,
+			rollup.Counters{Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1, ServingClicks: 1}, nil, 1},
+		{"served quartile", event.Midpoint, served, rollup.Counters{Midpoints: 1}, nil, 1},
+		{"invalid click", event.Click, func(e *event.Event) { served(e); e.InvalidReason = event.BadSignature },
+			rollup.Counters{Invalid: 1}, nil, 0},
+		{"invalid error", event.Error, func(e *event.Event) { e.ErrorCode = 402; e.InvalidReason = event.BadSignature },
+			rollup.Counters{Invalid: 1}, nil, 0},
 	}
-	if len(tests) != len(event.Types) {
-		t.Fatalf("table covers %d types, event.Types has %d", len(tests), len(event.Types))
+	covered := map[event.Type]bool{}
+	for _, tc := range tests {
+		covered[tc.typ] = true
+	}
+	for _, typ := range event.Types {
+		if !covered[typ] {
+			t.Errorf("the table does not cover type %s", typ)
+		}
 	}
 	for _, tc := range tests {
-		t.Run(string(tc.typ), func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			// Every event carries a playback time; only a click's is summed.
-			recs := []Record{foldTestRec(10, tc.typ, "ad-1", ts, 12.5, 0)}
+			recs := []Record{foldTestRec(10, tc.typ, "ad-1", ts, 12.5, foldTestVisitor(7))}
+			if tc.edit != nil {
+				tc.edit(&recs[0].Event)
+			}
 			values := foldTestValues(nil, recs)
 			st := Fold(foldTestLayout, values, recs, foldTestNow)
 			if want := (FoldStats{Applied: 3}); st != want {
@@ -150,6 +175,12 @@ func TestFoldCountsEachType(t *testing.T) {
 				s := foldTestSlot(t, values, u, "ad-1", ts)
 				if s.Counters != tc.want {
 					t.Errorf("%v slot counters = %+v, want %+v", u, s.Counters, tc.want)
+				}
+				if !slices.Equal(s.ErrorCodes, tc.codes) {
+					t.Errorf("%v slot error codes = %v, want %v", u, s.ErrorCodes, tc.codes)
+				}
+				if got := s.Visitors.Count(); got != tc.visitors {
+					t.Errorf("%v slot visitors = %d, want %d", u, got, tc.visitors)
 				}
 			}
 		})

@@ -313,6 +313,10 @@ func recordOf(row *postgres.ArchivedEvent, salt []byte) Record {
 		IP:           event.CanonicalIP(row.IP),
 		UserAgent:    row.UserAgent,
 		PlaybackTime: float64(row.PlaybackMS) / 1000,
+
+		ServingID:     row.ServingID,
+		ErrorCode:     row.ErrorCode,
+		InvalidReason: event.InvalidReason(row.InvalidReason),
 	}
 	rec := Record{Seq: row.StreamSeq, Event: ev, Partition: row.Partition}
 	rec.Visitor = visitorOf(&rec.Event, salt)

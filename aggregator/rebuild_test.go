@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -33,8 +34,14 @@ func TestRebuild(t *testing.T) {
 	for day := range 4 { // today and three days back: beyond the minute retention
 		at := now.Add(-time.Duration(day) * 24 * time.Hour)
 		for i, e := range clicks("ad-r", 30+day, at, fmt.Sprintf("r%d", day)) {
-			if i%3 == 0 {
+			switch {
+			case i%3 == 0:
 				e.Type = event.Impression
+				e.ServingID = fmt.Sprintf("sv-%d-%d", day, i)
+			case i%5 == 1: // what VAST brings must come back from the archive too
+				e.Type, e.ErrorCode, e.ServingID = event.Error, 400+i%3, fmt.Sprintf("sv-%d-%d", day, i)
+			case i%7 == 2:
+				e.InvalidReason = event.BadSignature
 			}
 			evs = append(evs, e)
 		}
@@ -43,7 +50,7 @@ func TestRebuild(t *testing.T) {
 	from, to := now.Add(-4*24*time.Hour), now.Add(time.Minute)
 	var wantClicks uint64
 	for _, e := range evs {
-		if e.Type == event.Click {
+		if e.Type == event.Click && e.InvalidReason == "" {
 			wantClicks++
 		}
 	}
@@ -102,6 +109,9 @@ func TestRebuild(t *testing.T) {
 	got := sum(t, rollups, "ad-r", from, to)
 	if got.Counters != want.Counters || got.UniqueVisitors() != want.UniqueVisitors() {
 		t.Fatalf("after rebuild %+v (%d visitors), want %+v (%d visitors)", got.Counters, got.UniqueVisitors(), want.Counters, want.UniqueVisitors())
+	}
+	if want.Errors == 0 || want.Servings == 0 || want.Invalid == 0 || !slices.Equal(got.ErrorCodes, want.ErrorCodes) {
+		t.Fatalf("after rebuild error codes %v, want %v (and VAST counters in %+v)", got.ErrorCodes, want.ErrorCodes, want.Counters)
 	}
 
 	// Idempotent: a second rebuild writes the same bytes.

@@ -119,6 +119,19 @@ type Metrics struct {
 	Skips          uint64   `json:"skips"`
 	// CompletionRate is completes / starts; null without starts.
 	CompletionRate *float64 `json:"completion_rate"`
+	// VASTErrors counts VAST error events; VASTErrorsByCode splits them by
+	// error code ("unknown" when the player gave none), omitted when none.
+	VASTErrors       uint64            `json:"vast_errors"`
+	VASTErrorsByCode map[string]uint64 `json:"vast_errors_by_code,omitempty"`
+	// Servings counts VAST servings with an impression; ServingClicks the
+	// clicks through them; ClicksPerServing is their ratio, null without
+	// servings.
+	Servings         uint64   `json:"servings"`
+	ServingClicks    uint64   `json:"serving_clicks"`
+	ClicksPerServing *float64 `json:"clicks_per_serving"`
+	// Invalid counts the events that are not valid traffic (a forged or
+	// expired VAST pixel): counted in nothing above.
+	Invalid uint64 `json:"invalid"`
 	// Series holds one point per interval when the query asks for one.
 	Series []Point `json:"series,omitempty"`
 }

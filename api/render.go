@@ -2,6 +2,7 @@ package api
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,6 +90,23 @@ func metricsOf(adID string, a *rollup.Aggregate) Metrics {
 		ThirdQuartiles: a.ThirdQuartiles,
 		Completes:      a.Completes,
 		Skips:          a.Skips,
+		VASTErrors:     a.Errors,
+		Servings:       a.Servings,
+		ServingClicks:  a.ServingClicks,
+		Invalid:        a.Invalid,
+	}
+	if len(a.ErrorCodes) > 0 {
+		m.VASTErrorsByCode = make(map[string]uint64, len(a.ErrorCodes))
+		for _, c := range a.ErrorCodes {
+			code := "unknown"
+			if c.Code != 0 {
+				code = strconv.FormatUint(uint64(c.Code), 10)
+			}
+			m.VASTErrorsByCode[code] = c.N
+		}
+	}
+	if a.Servings > 0 {
+		m.ClicksPerServing = ratio(a.ServingClicks, a.Servings)
 	}
 	if a.PlaybackCount > 0 {
 		m.AvgPlaybackTime = ratio(a.PlaybackMillis, a.PlaybackCount*1000)

@@ -203,6 +203,9 @@ func (h *Handlers) prepare(c *gin.Context, raw []byte, typ event.Type) (event.Ev
 	if err != nil {
 		return ev, eventRejection(err)
 	}
+	if ev.InvalidReason != "" {
+		return ev, &rejection{http.StatusBadRequest, "invalid_reason", "is decided by the service: leave it out"}
+	}
 	switch {
 	case typ == "":
 	case ev.Type == "":

@@ -36,8 +36,10 @@ type ClickThroughs interface {
 // GET /c, the click that redirects to the ad's own click URL. A pixel with a
 // good signature publishes its event through the intake's path (the spool
 // while NATS is down), with an event ID derived from the serving, so a pixel
-// fired twice counts once; one with a bad or expired signature is counted in
-// admetric_pixels_total and not published. Build with NewPixelHandlers.
+// fired twice counts once; one with a bad or expired signature is published
+// as invalid traffic (reason "signature"), archived but not counted as
+// valid. Both are counted in admetric_pixels_total. Build with
+// NewPixelHandlers.
 type PixelHandlers struct {
 	intake  *Handlers
 	signer  *pixel.Signer
@@ -53,7 +55,7 @@ func NewPixelHandlers(intake *Handlers, signer *pixel.Signer, clicks ClickThroug
 	h := &PixelHandlers{intake: intake, signer: signer, clicks: clicks, logger: intake.logger,
 		outcome: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "admetric_pixels_total",
-			Help: "VAST tracking requests by kind and outcome: published, counted (error pixels), bad_signature, expired, malformed, refused, failed.",
+			Help: "VAST tracking requests by kind and outcome: published, bad_signature and expired (published as invalid traffic), malformed, refused, failed.",
 		}, []string{"kind", "outcome"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "admetric_vast_errors_total",
@@ -91,40 +93,50 @@ func (h *PixelHandlers) click(c *gin.Context) {
 	c.Redirect(http.StatusFound, target)
 }
 
-// record publishes the event of a pixel of kind and returns the outcome.
+// record publishes the event of a pixel of kind and returns the outcome. A
+// pixel with a good signature is its serving's event, with an ID derived from
+// the serving; one with a bad or expired signature is archived as invalid
+// traffic under an ID of its own, so that a forged pixel can neither count
+// nor take the ID of the serving it names.
 func (h *PixelHandlers) record(c *gin.Context, kind string) string {
 	sv, sig, err := pixel.ParseQuery(c.Query)
-	if err != nil {
+	typ := event.Type(kind)
+	if err != nil || !typ.Valid() || event.ValidateAdID(sv.AdID) != nil {
 		return "malformed"
 	}
 	now := time.Now()
+	ev := event.Event{Type: typ, AdID: sv.AdID}
+	if pixel.ValidServingID(sv.ServingID) {
+		ev.ServingID = sv.ServingID
+	}
+	outcome := "published"
 	switch err := h.signer.Verify(kind, sv, sig, now); {
 	case errors.Is(err, pixel.ErrExpired):
-		return "expired"
+		ev.InvalidReason, outcome = event.BadSignature, "expired"
 	case err != nil:
-		return "bad_signature"
-	}
-	if kind == "error" {
-		code := "unknown"
-		if n, ok := pixel.ErrorCode(c.Query("code")); ok {
-			code = strconv.Itoa(n)
-		}
-		h.errors.WithLabelValues(code).Inc()
-		return "counted"
-	}
-	typ := event.Type(kind)
-	if !typ.Valid() || !pixel.ValidServingID(sv.ServingID) {
+		ev.InvalidReason, outcome = event.BadSignature, "bad_signature"
+	case ev.ServingID == "":
 		return "malformed" // signed by us, so not expected
+	default:
+		ev.EventID = pixel.EventID(sv.ServingID, kind)
 	}
-	ev := event.Event{EventID: pixel.EventID(sv.ServingID, kind), Type: typ, AdID: sv.AdID}
 	// A player clock far off (a timestamp the event rules refuse) must not
 	// lose the pixel: the event is then dated when it arrived.
 	if t, ok := pixel.Timestamp(c.Query("ts")); ok && h.intake.limits.CheckTimestamp(t, now) == nil {
 		ev.Timestamp = t.UTC()
 	}
-	if typ == event.Click {
+	switch typ {
+	case event.Click:
 		if ph, ok := pixel.Playhead(c.Query("ph")); ok && ph <= event.MaxPlaybackTime {
 			ev.PlaybackTime = ph
+		}
+	case event.Error:
+		code := "unknown"
+		if n, ok := pixel.ErrorCode(c.Query("code")); ok {
+			ev.ErrorCode, code = n, strconv.Itoa(n)
+		}
+		if ev.InvalidReason == "" {
+			h.errors.WithLabelValues(code).Inc()
 		}
 	}
 	if h.intake.complete(c, &ev) != nil {
@@ -137,12 +149,12 @@ func (h *PixelHandlers) record(c *gin.Context, kind string) string {
 		h.logger.Debug("a tracking pixel's event was not published", "kind", kind, "ad_id", ev.AdID, "err", err)
 		return "failed"
 	}
-	return "published"
+	return outcome
 }
 
 // labelKind bounds the kind label to the kinds AdMetric hands out.
 func labelKind(kind string) string {
-	if kind == "error" || event.Type(kind).Valid() {
+	if event.Type(kind).Valid() {
 		return kind
 	}
 	return "other"

@@ -154,7 +154,12 @@ func waitAcknowledged(t *testing.T, js jetstream.JetStream, name string) {
 		if err == nil {
 			info, err = cons.Info(ctx)
 		}
-		if err == nil {
+		if err == nil && info.Config.FilterSubject == "" { // the whole stream's
+			var si *jetstream.StreamInfo
+			if si, err = stream.Info(ctx); err == nil {
+				last = si.State.LastSeq
+			}
+		} else if err == nil {
 			var m *jetstream.RawStreamMsg
 			m, err = stream.GetLastMsgForSubject(ctx, info.Config.FilterSubject)
 			switch {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -75,9 +77,10 @@ func fill(u string, playhead string) string {
 // TestVASTPlayer plays a standard VAST player against the service: it fetches
 // an ad's document, fires the impression, start, the quartiles, complete and
 // the click with macros filled in (some twice), follows the click-through,
-// and finds each counted once. Forged, tampered and expired pixels still get
-// their image but count nothing; the click redirect goes nowhere but the
-// ad's own click URL; an unknown ad gets the empty VAST document.
+// and finds each counted once; a second serving fails with a VAST error.
+// Forged, tampered and expired pixels still get their image but count only
+// as invalid, archived with their reason; the click redirect goes nowhere
+// but the ad's own click URL; an unknown ad gets the empty VAST document.
 func TestVASTPlayer(t *testing.T) {
 	dataDir := testDataDir(t)
 	d := startTestDaemon(t, testEnv(dataDir))
@@ -134,7 +137,20 @@ func TestVASTPlayer(t *testing.T) {
 		t.Fatalf("click-through: %d to %q, want 302 to the ad's click URL", status, h.Get("Location"))
 	}
 
-	// Forged, tampered and expired pixels: an image, nothing counted.
+	// A second serving that the player cannot play: the impression, then
+	// the error pixel with [ERRORCODE] 405, fired twice.
+	resp, err = http.Get(base + "/vast/coffee-6s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	doc2 := parseVAST(t, body)
+	pixelOK("second impression", fill(doc2.texts["Impression"][0], "-1"))
+	pixelOK("error", fill(doc2.texts["Error"][0], "-1"))
+	pixelOK("error again", fill(doc2.texts["Error"][0], "-1"))
+
+	// Forged, tampered and expired pixels: an image, counted as invalid only.
 	secret, err := os.ReadFile(filepath.Join(dataDir, "pixel_secret"))
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +178,7 @@ func TestVASTPlayer(t *testing.T) {
 		"another ad":      base + "/t/start?" + strings.Replace(signer.Query("start", otherAd), "ad=coffee-6s", "ad=car-launch-20s", 1),
 		"another event":   strings.Replace(doc.tracking["complete"], "/t/complete", "/t/skip", 1),
 		"expired":         base + "/t/start?" + signer.Query("start", expired),
-		"no signature":    base + "/t/start?ad=coffee-6s&sv=" + fresh().ServingID,
+		"no signature":    base + "/t/start?ad=coffee-6s&sv=" + fresh().ServingID, // malformed: not recorded
 	} {
 		pixelOK(what, fill(u, "00:00:01.000"))
 	}
@@ -187,14 +203,56 @@ func TestVASTPlayer(t *testing.T) {
 	for p := range d.cfg.Partitions {
 		waitAcknowledged(t, d.js, aggregator.RollupConsumerName(p))
 	}
+	// Invalid on coffee-6s: four start and skip forgeries and the forged click.
 	c.analytics("timeframe=1h&ad_id=coffee-6s", func(a map[string]any) bool {
-		return num(a, "impressions") == 1 && num(a, "starts") == 1 && num(a, "first_quartiles") == 1 &&
+		byCode, _ := a["vast_errors_by_code"].(map[string]any)
+		return num(a, "impressions") == 2 && num(a, "starts") == 1 && num(a, "first_quartiles") == 1 &&
 			num(a, "midpoints") == 1 && num(a, "third_quartiles") == 1 && num(a, "completes") == 1 &&
-			num(a, "clicks") == 1 && num(a, "skips") == 0 && num(a, "avg_playback_time") == 4.25
+			num(a, "clicks") == 1 && num(a, "skips") == 0 && num(a, "avg_playback_time") == 4.25 &&
+			num(a, "vast_errors") == 1 && len(byCode) == 1 && num(byCode, "405") == 1 &&
+			num(a, "servings") == 2 && num(a, "serving_clicks") == 1 && num(a, "clicks_per_serving") == 0.5 &&
+			num(a, "invalid") == 5
 	})
 	c.analytics("timeframe=1h&ad_id=car-launch-20s", func(a map[string]any) bool {
-		return num(a, "impressions") == 0 && num(a, "starts") == 0 && num(a, "clicks") == 0
+		return num(a, "impressions") == 0 && num(a, "starts") == 0 && num(a, "clicks") == 0 && num(a, "invalid") == 1
 	})
+
+	// The archive keeps every event with its serving, and the invalid ones
+	// with their reason.
+	waitAcknowledged(t, d.js, aggregator.ArchiveConsumerName)
+	var rows []struct {
+		Type          string `bun:"type"`
+		ErrorCode     int    `bun:"error_code"`
+		InvalidReason string `bun:"invalid_reason"`
+	}
+	for _, sv := range []string{serving[0], doc2.texts["AdServingId"][0]} {
+		rows = nil
+		if err := d.db.NewSelect().Table("events").Column("type", "error_code").
+			ColumnExpr("coalesce(invalid_reason, '') AS invalid_reason").
+			Where("serving_id = ?", sv).Order("type").Scan(context.Background(), &rows); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range rows {
+			got = append(got, fmt.Sprintf("%s/%d/%s", r.Type, r.ErrorCode, r.InvalidReason))
+		}
+		// The skip forged from the complete pixel names this serving too.
+		want := "click/0/ complete/0/ firstQuartile/0/ impression/0/ midpoint/0/ skip/0/signature start/0/ thirdQuartile/0/"
+		if sv != serving[0] {
+			want = "error/405/ impression/0/"
+		}
+		if strings.Join(got, " ") != want {
+			t.Errorf("archived events of serving %s: %v, want %s", sv, got, want)
+		}
+	}
+	var invalid int
+	if err := d.db.NewSelect().Table("events").ColumnExpr("count(*)").
+		Where("invalid_reason = ?", "signature").Scan(context.Background(), &invalid); err != nil {
+		t.Fatal(err)
+	}
+	if invalid != 6 {
+		t.Errorf("%d events archived as invalid for their signature, want 6", invalid)
+	}
 
 	// No ad: the empty VAST document.
 	resp, err = http.Get(base + "/vast/no-such-ad")

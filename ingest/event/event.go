@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -24,7 +25,9 @@ import (
 // Type is what happened to an ad.
 type Type string
 
-// The event types: impression and click first, the others come with VAST tracking.
+// The event types: impression and click first, the others come with VAST
+// tracking. Error is a VAST error: the player could not play the ad, and
+// says why with an error code.
 const (
 	Impression    Type = "impression"
 	Start         Type = "start"
@@ -34,15 +37,16 @@ const (
 	Complete      Type = "complete"
 	Skip          Type = "skip"
 	Click         Type = "click"
+	Error         Type = "error"
 )
 
 // Types lists every valid Type in a stable order.
-var Types = []Type{Impression, Start, FirstQuartile, Midpoint, ThirdQuartile, Complete, Skip, Click}
+var Types = []Type{Impression, Start, FirstQuartile, Midpoint, ThirdQuartile, Complete, Skip, Click, Error}
 
 // Valid reports whether t is one of Types.
 func (t Type) Valid() bool {
 	switch t {
-	case Impression, Start, FirstQuartile, Midpoint, ThirdQuartile, Complete, Skip, Click:
+	case Impression, Start, FirstQuartile, Midpoint, ThirdQuartile, Complete, Skip, Click, Error:
 		return true
 	}
 	return false
@@ -50,7 +54,12 @@ func (t Type) Valid() bool {
 
 // Limits on field sizes and values.
 const (
-	MaxEventIDLen    = 128
+	MaxEventIDLen   = 128
+	MaxServingIDLen = 128
+	// MinErrorCode and MaxErrorCode bound a VAST error code (VAST 4.2
+	// section 2.3.6.3 defines codes from 100 to 902).
+	MinErrorCode     = 100
+	MaxErrorCode     = 999
 	MaxAdIDLen       = 64
 	MaxUserAgentLen  = 1024
 	MaxPlaybackTime  = 86400.0 // seconds: a day-long video is already absurd
@@ -71,9 +80,34 @@ type Event struct {
 	IP           string    `json:"ip,omitempty"`
 	UserAgent    string    `json:"user_agent,omitempty"`
 	PlaybackTime float64   `json:"playback_time"`
+	// ServingID is the VAST AdServingId of the response the event belongs
+	// to, when it came through one: a serving's events join on it.
+	ServingID string `json:"serving_id,omitempty"`
+	// ErrorCode is an error event's VAST error code; 0 when the player gave none.
+	ErrorCode int `json:"error_code,omitempty"`
+	// InvalidReason is empty for a valid event, else the reason it is not
+	// counted as one (one of InvalidReasons). The event is still archived
+	// with it, and counted apart.
+	InvalidReason InvalidReason `json:"invalid_reason,omitempty"`
 
 	derivedID bool // EventID was set by SetDerivedID
 }
+
+// InvalidReason says why an event does not count as valid traffic.
+type InvalidReason string
+
+// The reasons an event is invalid.
+const (
+	// BadSignature: a VAST pixel whose signature is wrong or expired, so
+	// its serving cannot be trusted.
+	BadSignature InvalidReason = "signature"
+)
+
+// InvalidReasons lists every reason in a stable order.
+var InvalidReasons = []InvalidReason{BadSignature}
+
+// Valid reports whether r is one of InvalidReasons.
+func (r InvalidReason) Valid() bool { return r == BadSignature }
 
 // DerivedIDPrefix starts the IDs the service derives for events published to
 // NATS without any ID; clients may not send IDs with it, so the two never collide.
@@ -147,6 +181,12 @@ type wire struct {
 	IP           string          `json:"ip"`
 	UserAgent    string          `json:"user_agent"`
 	PlaybackTime *float64        `json:"playback_time"`
+	ServingID    string          `json:"serving_id"`
+	ErrorCode    *int            `json:"error_code"`
+	// InvalidReason is read so that Validate can check it; the HTTP intake
+	// refuses it (the service decides what is invalid), publishers on NATS
+	// may set it.
+	InvalidReason string `json:"invalid_reason"`
 }
 
 // Decode parses one JSON event. It checks only the form of each field; Validate
@@ -163,11 +203,16 @@ func Decode(data []byte) (Event, error) {
 		return Event{}, jsonError(err)
 	}
 	ev := Event{
-		EventID:   w.EventID,
-		Type:      Type(w.Type),
-		AdID:      w.AdID,
-		IP:        w.IP,
-		UserAgent: w.UserAgent,
+		EventID:       w.EventID,
+		Type:          Type(w.Type),
+		AdID:          w.AdID,
+		IP:            w.IP,
+		UserAgent:     w.UserAgent,
+		ServingID:     w.ServingID,
+		InvalidReason: InvalidReason(w.InvalidReason),
+	}
+	if w.ErrorCode != nil {
+		ev.ErrorCode = *w.ErrorCode
 	}
 	if w.PlaybackTime != nil {
 		ev.PlaybackTime = *w.PlaybackTime
@@ -186,6 +231,12 @@ func jsonError(err error) *FieldError {
 		field := typeErr.Field
 		if field == "" {
 			return fieldErr("", "malformed JSON: expected an object")
+		}
+		switch typeErr.Type.Kind() {
+		case reflect.Int:
+			return fieldErr(field, "must be a whole number")
+		case reflect.Float64:
+			return fieldErr(field, "must be a number")
 		}
 		return fieldErr(field, "must be a %s", typeErr.Type.Kind())
 	}
@@ -311,6 +362,21 @@ func (e *Event) Validate(now time.Time, lim Limits) error {
 	if !utf8.ValidString(e.UserAgent) || strings.ContainsFunc(e.UserAgent, unicode.IsControl) {
 		return fieldErr("user_agent", "must be UTF-8 text without control characters")
 	}
+	if len(e.ServingID) > MaxServingIDLen {
+		return fieldErr("serving_id", "must be at most %d characters", MaxServingIDLen)
+	}
+	if !printableASCII(e.ServingID) {
+		return fieldErr("serving_id", "must be printable ASCII without spaces")
+	}
+	switch {
+	case e.ErrorCode != 0 && e.Type != Error:
+		return fieldErr("error_code", "is only for events of type %q", Error)
+	case e.ErrorCode != 0 && (e.ErrorCode < MinErrorCode || e.ErrorCode > MaxErrorCode):
+		return fieldErr("error_code", "must be a VAST error code, %d to %d", MinErrorCode, MaxErrorCode)
+	}
+	if e.InvalidReason != "" && !e.InvalidReason.Valid() {
+		return fieldErr("invalid_reason", "must be empty or one of %s", reasonList())
+	}
 	return nil
 }
 
@@ -343,6 +409,14 @@ func printableASCII(s string) bool {
 		}
 	}
 	return true
+}
+
+func reasonList() string {
+	names := make([]string, len(InvalidReasons))
+	for i, r := range InvalidReasons {
+		names[i] = string(r)
+	}
+	return strings.Join(names, ", ")
 }
 
 func typeList() string {

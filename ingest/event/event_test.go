@@ -2,6 +2,7 @@ package event
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -62,6 +63,12 @@ func sameEvent(got, want Event) string {
 		return "user_agent " + got.UserAgent + " != " + want.UserAgent
 	case got.PlaybackTime != want.PlaybackTime || math.Signbit(got.PlaybackTime) != math.Signbit(want.PlaybackTime):
 		return "playback_time differs"
+	case got.ServingID != want.ServingID:
+		return "serving_id " + got.ServingID + " != " + want.ServingID
+	case got.ErrorCode != want.ErrorCode:
+		return fmt.Sprintf("error_code %d != %d", got.ErrorCode, want.ErrorCode)
+	case got.InvalidReason != want.InvalidReason:
+		return "invalid_reason " + string(got.InvalidReason) + " != " + string(want.InvalidReason)
 	}
 	return ""
 }
@@ -151,6 +158,21 @@ func TestValidateRules(t *testing.T) {
 		{"user_agent absent", func(e *Event) { e.UserAgent = "" }, Limits{}, ""},
 		{"user_agent max", func(e *Event) { e.UserAgent = strings.Repeat("u", MaxUserAgentLen) }, Limits{}, ""},
 		{"user_agent too long", func(e *Event) { e.UserAgent = strings.Repeat("u", MaxUserAgentLen+1) }, Limits{}, "user_agent"},
+		// serving_id, error_code, invalid_reason
+		{"serving_id 128 chars", func(e *Event) { e.ServingID = strings.Repeat("s", MaxServingIDLen) }, Limits{}, ""},
+		{"serving_id 129 chars", func(e *Event) { e.ServingID = strings.Repeat("s", MaxServingIDLen+1) }, Limits{}, "serving_id"},
+		{"serving_id with space", func(e *Event) { e.ServingID = "a b" }, Limits{}, "serving_id"},
+		{"serving_id with NUL", func(e *Event) { e.ServingID = "a\x00" }, Limits{}, "serving_id"},
+		{"error code on an error", func(e *Event) { e.Type, e.ErrorCode = Error, 402 }, Limits{}, ""},
+		{"error without a code", func(e *Event) { e.Type = Error }, Limits{}, ""},
+		{"error code 100", func(e *Event) { e.Type, e.ErrorCode = Error, MinErrorCode }, Limits{}, ""},
+		{"error code 999", func(e *Event) { e.Type, e.ErrorCode = Error, MaxErrorCode }, Limits{}, ""},
+		{"error code 99", func(e *Event) { e.Type, e.ErrorCode = Error, MinErrorCode-1 }, Limits{}, "error_code"},
+		{"error code 1000", func(e *Event) { e.Type, e.ErrorCode = Error, MaxErrorCode+1 }, Limits{}, "error_code"},
+		{"error code negative", func(e *Event) { e.Type, e.ErrorCode = Error, -1 }, Limits{}, "error_code"},
+		{"error code on a click", func(e *Event) { e.ErrorCode = 402 }, Limits{}, "error_code"},
+		{"invalid for a bad signature", func(e *Event) { e.InvalidReason = BadSignature }, Limits{}, ""},
+		{"invalid for no known reason", func(e *Event) { e.InvalidReason = "boring" }, Limits{}, "invalid_reason"},
 		// first field at fault wins
 		{"several faults name the first", func(e *Event) {
 			e.Type = "bogus"
@@ -217,8 +239,8 @@ func TestFieldErrorText(t *testing.T) {
 
 func TestTypeValid(t *testing.T) {
 	t.Parallel()
-	if len(Types) != 8 {
-		t.Fatalf("len(Types) = %d, want 8", len(Types))
+	if len(Types) != 9 {
+		t.Fatalf("len(Types) = %d, want 9", len(Types))
 	}
 	seen := map[Type]bool{}
 	for _, typ := range Types {
@@ -271,6 +293,9 @@ func TestDecode(t *testing.T) {
 		{name: "empty object", in: `{}`, want: Event{}},
 		{name: "surrounding whitespace", in: " \n\t{\"type\":\"skip\"} \r\n", want: Event{Type: Skip}},
 		{name: "unicode escapes", in: `{"user_agent":"caf\u00e9 \u003cb\u003e"}`, want: Event{UserAgent: "café <b>"}},
+		{name: "VAST fields", in: `{"type":"error","serving_id":"admetric-1","error_code":402,"invalid_reason":"signature"}`,
+			want: Event{Type: Error, ServingID: "admetric-1", ErrorCode: 402, InvalidReason: BadSignature}},
+		{name: "error_code null", in: `{"type":"error","error_code":null}`, want: Event{Type: Error}},
 
 		{name: "fractional Unix ms", in: withTS(`1764072000000.5`), fail: true, field: "timestamp"},
 		{name: "timestamp not RFC 3339", in: withTS(`"2026-11-25 12:00:00"`), fail: true, field: "timestamp"},
@@ -290,6 +315,9 @@ func TestDecode(t *testing.T) {
 		{name: "type array", in: `{"type":["click"]}`, fail: true, field: "type"},
 		{name: "ip number", in: `{"ip":1}`, fail: true, field: "ip"},
 		{name: "user_agent bool", in: `{"user_agent":true}`, fail: true, field: "user_agent"},
+		{name: "error_code string", in: `{"type":"error","error_code":"402"}`, fail: true, field: "error_code"},
+		{name: "error_code fraction", in: `{"type":"error","error_code":402.5}`, fail: true, field: "error_code"},
+		{name: "serving_id number", in: `{"serving_id":7}`, fail: true, field: "serving_id"},
 		{name: "trailing object", in: `{"type":"click"} {}`, fail: true, field: ""},
 		{name: "trailing garbage", in: `{"type":"click"} x`, fail: true, field: ""},
 		{name: "trailing number", in: `{"type":"click"}1`, fail: true, field: ""},
@@ -335,6 +363,8 @@ func TestMarshalDecodeRoundTrip(t *testing.T) {
 		{EventID: "y", Type: ThirdQuartile, AdID: "b_c-9", Timestamp: time.Date(2026, 11, 25, 21, 0, 0, 1, zone),
 			IP: "2001:db8::7", UserAgent: "<script>&\"quoted\"\u2028 ünïcödé", PlaybackTime: 0.1 + 0.2},
 		{EventID: "z", Type: Complete, AdID: "z", Timestamp: time.UnixMilli(1764072000123), PlaybackTime: MaxPlaybackTime},
+		{EventID: "admetric-1.error", Type: Error, AdID: "v", Timestamp: time.UnixMilli(1764072000123),
+			ServingID: "admetric-1", ErrorCode: 402, InvalidReason: BadSignature},
 	}
 	for i, ev := range events {
 		b, err := ev.Marshal()

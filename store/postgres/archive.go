@@ -23,6 +23,11 @@ type ArchivedEvent struct {
 	StreamSeq  uint64 `bun:"stream_seq,notnull"`
 	// Partition is the stream partition the event was stored in; -1 when not known.
 	Partition int `bun:"partition,notnull"`
+	// ServingID, ErrorCode and InvalidReason are stored as NULL when empty
+	// or zero.
+	ServingID     string `bun:"serving_id,nullzero"`
+	ErrorCode     int    `bun:"error_code,nullzero"`
+	InvalidReason string `bun:"invalid_reason,nullzero"`
 }
 
 // Archive writes the events table. Safe for concurrent use.

@@ -23,8 +23,10 @@ import (
 // (see sparseForm).
 type Aggregate struct {
 	Counters
-	runs   []run // exact lists added and not yet in sketch
-	sketch *hyperloglog.Sketch
+	// ErrorCodes counts the error events by VAST error code.
+	ErrorCodes CodeCounts
+	runs       []run // exact lists added and not yet in sketch
+	sketch     *hyperloglog.Sketch
 	// dense is true when sketch is known to be dense (registers, not a
 	// sparse list). False when unknown.
 	dense   bool
@@ -52,6 +54,7 @@ const maxExactAggregate = 64 << 10
 // AddSlot folds s into a. s must not change while a is in use.
 func (a *Aggregate) AddSlot(s *Slot) error {
 	a.Add(&s.Counters)
+	a.ErrorCodes.Add(s.ErrorCodes)
 	if s.Visitors == nil {
 		return nil
 	}
@@ -63,6 +66,7 @@ func (a *Aggregate) AddSlot(s *Slot) error {
 // while a is in use (a sealed o never changes).
 func (a *Aggregate) AddAggregate(o *Aggregate) error {
 	a.Add(&o.Counters)
+	a.ErrorCodes.Add(o.ErrorCodes)
 	if o.sealed {
 		return a.merge(run{hashes: o.hashes, from: o}, o.sketch, o.dense)
 	}
@@ -304,7 +308,7 @@ func (a *Aggregate) Seal() (weight int) {
 	}
 	a.sealed = true
 	// An exact list may get a sparse form too (about 2 bytes a member).
-	weight = 128 + 8*len(a.hashes)
+	weight = 128 + 8*len(a.hashes) + 16*len(a.ErrorCodes)
 	if len(a.hashes) > sparseBatch {
 		weight += 4 * len(a.hashes)
 	}

@@ -21,6 +21,16 @@ type Counters struct {
 	// PlaybackMillis sums the playback position of clicks; PlaybackCount counts them.
 	PlaybackMillis uint64 `json:"playback_millis"`
 	PlaybackCount  uint64 `json:"playback_count"`
+	// Errors counts VAST error events (their codes are in the slot's
+	// ErrorCodes).
+	Errors uint64 `json:"errors"`
+	// Servings counts the impressions that came through a VAST serving
+	// (one per serving); ServingClicks the clicks that did.
+	Servings      uint64 `json:"servings"`
+	ServingClicks uint64 `json:"serving_clicks"`
+	// Invalid counts the events that are not valid traffic, which count in
+	// nothing else.
+	Invalid uint64 `json:"invalid"`
 }
 
 // Add adds o to c.
@@ -35,18 +45,34 @@ func (c *Counters) Add(o *Counters) {
 	c.Skips += o.Skips
 	c.PlaybackMillis += o.PlaybackMillis
 	c.PlaybackCount += o.PlaybackCount
+	c.Errors += o.Errors
+	c.Servings += o.Servings
+	c.ServingClicks += o.ServingClicks
+	c.Invalid += o.Invalid
 }
 
-func (c *Counters) fields() [10]*uint64 {
-	return [10]*uint64{
+// fields lists the counters in their encoding's order; codec version 2 has
+// the first v2Fields of them.
+func (c *Counters) fields() [numFields]*uint64 {
+	return [numFields]*uint64{
 		&c.Impressions, &c.Clicks, &c.Starts, &c.FirstQuartiles, &c.Midpoints,
 		&c.ThirdQuartiles, &c.Completes, &c.Skips, &c.PlaybackMillis, &c.PlaybackCount,
+		&c.Errors, &c.Servings, &c.ServingClicks, &c.Invalid,
 	}
 }
 
-// Slot is one time slot of a rollup: counters and the sketch of its visitors.
+const (
+	numFields = 14
+	v2Fields  = 10
+)
+
+// Slot is one time slot of a rollup: counters, the VAST error codes of its
+// error events, and the set of its visitors.
 type Slot struct {
 	Counters
+	// ErrorCodes counts the slot's error events by VAST error code; it sums
+	// to Errors.
+	ErrorCodes CodeCounts
 	// Visitors is nil until a visitor is seen.
 	Visitors *Visitors
 }
@@ -83,17 +109,19 @@ func (r *Rollup) Slot(i int) *Slot {
 }
 
 // Codec versions: 1 stored every visitor set as a HyperLogLog; 2 stores small
-// sets exactly (see ExactVisitors). Version 1 values still decode.
+// sets exactly (see ExactVisitors); 3 adds the VAST counters and the error
+// codes. Versions 1 and 2 still decode.
 const (
 	rollupCodecV1      = 1
-	rollupCodecVersion = 2
+	rollupCodecVersion = 3
 )
 
 // ErrCorrupt is returned when a KV value cannot be decoded.
 var ErrCorrupt = errors.New("rollup: corrupt rollup value")
 
 // MarshalBinary encodes the rollup: a version byte, MaxSeq, then each slot in
-// index order with its ten counters as uvarints and its visitor set.
+// index order with its counters as uvarints, its error codes (a count, then
+// code and count pairs) and its visitor set.
 func (r *Rollup) MarshalBinary() ([]byte, error) {
 	idx := make([]int, 0, len(r.Slots))
 	for i := range r.Slots {
@@ -110,6 +138,7 @@ func (r *Rollup) MarshalBinary() ([]byte, error) {
 		for _, f := range s.fields() {
 			buf = binary.AppendUvarint(buf, *f)
 		}
+		buf = s.ErrorCodes.appendBinary(buf)
 		var err error
 		if buf, err = s.Visitors.appendBinary(buf); err != nil {
 			return nil, err
@@ -123,10 +152,15 @@ const maxSlots = 1 << 10
 
 // UnmarshalBinary decodes what MarshalBinary produced. Errors wrap ErrCorrupt.
 func (r *Rollup) UnmarshalBinary(data []byte) error {
-	if len(data) == 0 || (data[0] != rollupCodecVersion && data[0] != rollupCodecV1) {
+	if len(data) == 0 || data[0] < rollupCodecV1 || data[0] > rollupCodecVersion {
 		return fmt.Errorf("%w: unknown version", ErrCorrupt)
 	}
-	v1 := data[0] == rollupCodecV1
+	version := data[0]
+	v1 := version == rollupCodecV1
+	nFields := numFields
+	if version < rollupCodecVersion {
+		nFields = v2Fields
+	}
 	d := decoder{buf: data[1:]}
 	r.MaxSeq = d.uvarint()
 	n := d.uvarint()
@@ -140,8 +174,12 @@ func (r *Rollup) UnmarshalBinary(data []byte) error {
 			return fmt.Errorf("%w: slot index %d", ErrCorrupt, i)
 		}
 		s := &Slot{}
-		for _, f := range s.fields() {
+		fields := s.fields()
+		for _, f := range fields[:nFields] {
 			*f = d.uvarint()
+		}
+		if version == rollupCodecVersion {
+			s.ErrorCodes = d.codes()
 		}
 		if v1 {
 			skLen := d.uvarint()

@@ -176,22 +176,27 @@ func TestRollupCodecGolden(t *testing.T) {
 	t.Parallel()
 	// The encoding is persisted in KV: a format change must be deliberate.
 	r := &Rollup{MaxSeq: 300, Slots: map[int]*Slot{
-		130: {Counters: Counters{Clicks: 2}},
-		2:   {Counters: Counters{Impressions: 1, PlaybackCount: 128}},
+		130: {Counters: Counters{Clicks: 2, Errors: 3, ServingClicks: 1, Invalid: 4},
+			ErrorCodes: CodeCounts{{Code: 0, N: 1}, {Code: 303, N: 2}}},
+		2: {Counters: Counters{Impressions: 1, PlaybackCount: 128, Servings: 1}},
 	}}
 	r.Slots[2].AddVisitor(0x0102030405060708)
 	r.Slots[2].AddVisitor(0x01)
 	want := []byte{
-		2,          // version
+		3,          // version
 		0xac, 0x02, // MaxSeq 300
 		2,                                     // two slots, in index order
 		2,                                     // slot 2
 		1, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x01, // counters
+		0, 1, 0, 0, // errors, servings, serving clicks, invalid
+		0,    // no error codes
 		1, 2, // two exact visitor hashes, ascending
 		0, 0, 0, 0, 0, 0, 0, 1,
 		1, 2, 3, 4, 5, 6, 7, 8,
 		0x82, 0x01, // slot 130
 		0, 2, 0, 0, 0, 0, 0, 0, 0, 0, // counters
+		3, 0, 1, 4, // errors, servings, serving clicks, invalid
+		2, 0, 1, 0xaf, 0x02, 2, // two error codes: 0 once, 303 twice
 		0, // no visitors
 	}
 	for range 3 { // map order must not matter
@@ -205,15 +210,93 @@ func TestRollupCodecGolden(t *testing.T) {
 	}
 }
 
+func TestRollupDecodesVersion2(t *testing.T) {
+	t.Parallel()
+	// Values written before the VAST counters: ten counters, no codes.
+	v2 := []byte{
+		2, 0xac, 0x02, 2,
+		2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x01,
+		1, 2, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8,
+		0x82, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	}
+	var r Rollup
+	if err := r.UnmarshalBinary(v2); err != nil {
+		t.Fatal(err)
+	}
+	want := &Rollup{MaxSeq: 300, Slots: map[int]*Slot{
+		130: {Counters: Counters{Clicks: 2}},
+		2:   {Counters: Counters{Impressions: 1, PlaybackCount: 128}},
+	}}
+	want.Slots[2].AddVisitor(0x0102030405060708)
+	want.Slots[2].AddVisitor(0x01)
+	for i, ws := range want.Slots {
+		gs := r.Slots[i]
+		if gs == nil || gs.Counters != ws.Counters || gs.ErrorCodes != nil || gs.Visitors.Count() != ws.Visitors.Count() {
+			t.Errorf("slot %d = %+v, want %+v", i, gs, ws)
+		}
+	}
+	if r.MaxSeq != 300 || len(r.Slots) != 2 {
+		t.Errorf("MaxSeq %d, %d slots; want 300, 2", r.MaxSeq, len(r.Slots))
+	}
+}
+
+func TestCodeCounts(t *testing.T) {
+	t.Parallel()
+	var a CodeCounts
+	for _, c := range []uint32{303, 0, 303, 100, 900} {
+		a.Inc(c)
+	}
+	if want := (CodeCounts{{0, 1}, {100, 1}, {303, 2}, {900, 1}}); !slices.Equal(a, want) {
+		t.Fatalf("after Inc: %v, want %v", a, want)
+	}
+	tests := []struct {
+		name      string
+		into, add CodeCounts
+		want      CodeCounts
+	}{
+		{"into empty", nil, CodeCounts{{303, 2}}, CodeCounts{{303, 2}}},
+		{"nothing", CodeCounts{{303, 2}}, nil, CodeCounts{{303, 2}}},
+		{"same codes", CodeCounts{{100, 1}, {303, 2}}, CodeCounts{{303, 5}}, CodeCounts{{100, 1}, {303, 7}}},
+		{"new codes on both sides", CodeCounts{{100, 1}, {303, 2}}, CodeCounts{{0, 4}, {303, 1}, {901, 3}},
+			CodeCounts{{0, 4}, {100, 1}, {303, 3}, {901, 3}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			add := slices.Clone(tt.add)
+			into := slices.Clone(tt.into)
+			into.Add(add)
+			if !slices.Equal(into, tt.want) {
+				t.Errorf("Add = %v, want %v", into, tt.want)
+			}
+			if !slices.Equal(add, tt.add) {
+				t.Errorf("Add changed its argument: %v", add)
+			}
+			if into.Total() != tt.into.Total()+tt.add.Total() {
+				t.Errorf("Total %d, want %d", into.Total(), tt.into.Total()+tt.add.Total())
+			}
+			// What was added is not shared: counting into the sum leaves it alone.
+			into.Inc(303)
+			if !slices.Equal(add, tt.add) {
+				t.Errorf("the sum shares its argument's array: %v", add)
+			}
+		})
+	}
+}
+
 // craftEncoding builds an encoding by hand: version, MaxSeq, slot count, then
-// for each slot its index, ten counters of zero and an empty sketch.
+// for each slot its index, the version's counters of zero (and from version 3
+// no error codes) and an empty sketch.
 func craftEncoding(version byte, count uint64, indices ...uint64) []byte {
 	b := []byte{version}
 	b = binary.AppendUvarint(b, 9)
 	b = binary.AppendUvarint(b, count)
 	for _, i := range indices {
 		b = binary.AppendUvarint(b, i)
-		b = append(b, make([]byte, 10)...)
+		if version >= 3 {
+			b = append(b, make([]byte, numFields+1)...)
+		} else {
+			b = append(b, make([]byte, v2Fields)...)
+		}
 		b = append(b, 0)
 	}
 	return b
@@ -250,7 +333,11 @@ func TestRollupUnmarshalRejects(t *testing.T) {
 		{"nil", nil},
 		{"empty", []byte{}},
 		{"version 0", append([]byte{0}, valid[1:]...)},
-		{"version 3", append([]byte{3}, valid[1:]...)},
+		{"version 4", append([]byte{4}, valid[1:]...)},
+		{"v3 too many codes", append(craftEncoding(3, 1, 0)[:18], 0x81, 0x08)},
+		{"v3 codes out of order", append(craftEncoding(3, 1, 0)[:18], 2, 5, 1, 4, 1, 0)},
+		{"v3 code counted zero times", append(craftEncoding(3, 1, 0)[:18], 1, 5, 0, 0)},
+		{"v3 codes past end", append(craftEncoding(3, 1, 0)[:18], 2, 5, 1)},
 		{"version only", []byte{1}},
 		{"version 2 only", []byte{2}},
 		{"unknown visitors kind", append(craftEncoding(2, 1, 0)[:14], 3)},
@@ -354,13 +441,13 @@ func TestRollupSlot(t *testing.T) {
 
 func TestRollupCountersAdd(t *testing.T) {
 	t.Parallel()
-	a := Counters{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
-	b := Counters{10, 20, 30, 40, 50, 60, 70, 80, 90, 100}
+	a := Counters{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}
+	b := Counters{10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140}
 	a.Add(&b)
-	if want := (Counters{11, 22, 33, 44, 55, 66, 77, 88, 99, 110}); a != want {
+	if want := (Counters{11, 22, 33, 44, 55, 66, 77, 88, 99, 110, 121, 132, 143, 154}); a != want {
 		t.Errorf("Add = %+v, want %+v", a, want)
 	}
-	if want := (Counters{10, 20, 30, 40, 50, 60, 70, 80, 90, 100}); b != want {
+	if want := (Counters{10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140}); b != want {
 		t.Errorf("Add changed its argument: %+v", b)
 	}
 }
@@ -375,6 +462,8 @@ func TestAggregateCounters(t *testing.T) {
 		{Counters: Counters{Impressions: 10, Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}},
 		{Counters: Counters{Impressions: 5, Starts: 4, FirstQuartiles: 3, Midpoints: 2, ThirdQuartiles: 2, Completes: 1, Skips: 1}},
 		{},
+		{Counters: Counters{Errors: 3, Servings: 2, ServingClicks: 1, Invalid: 5}, ErrorCodes: CodeCounts{{0, 1}, {402, 2}}},
+		{Counters: Counters{Errors: 1}, ErrorCodes: CodeCounts{{402, 1}}},
 	}
 	for _, s := range slots {
 		if err := a.AddSlot(s); err != nil {
@@ -382,9 +471,16 @@ func TestAggregateCounters(t *testing.T) {
 		}
 	}
 	want := Counters{Impressions: 15, Clicks: 1, Starts: 4, FirstQuartiles: 3, Midpoints: 2, ThirdQuartiles: 2,
-		Completes: 1, Skips: 1, PlaybackMillis: 12500, PlaybackCount: 1}
+		Completes: 1, Skips: 1, PlaybackMillis: 12500, PlaybackCount: 1,
+		Errors: 4, Servings: 2, ServingClicks: 1, Invalid: 5}
 	if a.Counters != want {
 		t.Errorf("counters = %+v, want %+v", a.Counters, want)
+	}
+	if w := (CodeCounts{{0, 1}, {402, 3}}); !slices.Equal(a.ErrorCodes, w) {
+		t.Errorf("error codes = %v, want %v", a.ErrorCodes, w)
+	}
+	if w := (CodeCounts{{402, 1}}); !slices.Equal(slots[4].ErrorCodes, w) {
+		t.Errorf("adding a slot changed its error codes to %v", slots[4].ErrorCodes)
 	}
 	if a.UniqueVisitors() != 0 {
 		t.Errorf("no sketches added, yet %d visitors", a.UniqueVisitors())
@@ -400,6 +496,9 @@ func TestAggregateCounters(t *testing.T) {
 	want.Add(&want)
 	if b.Counters != want {
 		t.Errorf("after adding twice: %+v, want %+v", b.Counters, want)
+	}
+	if w := (CodeCounts{{0, 2}, {402, 6}}); !slices.Equal(b.ErrorCodes, w) {
+		t.Errorf("after adding twice: error codes %v, want %v", b.ErrorCodes, w)
 	}
 	if err := b.AddAggregate(&Aggregate{}); err != nil {
 		t.Fatal(err)
@@ -790,6 +889,7 @@ func FuzzRollupUnmarshal(f *testing.F) {
 	f.Add(craftEncoding(1, 1, maxSlots))
 	f.Add(craftEncoding(1, 2, 5, 5))
 	f.Add(craftEncoding(2, 1, 7))
+	f.Add(craftEncoding(3, 1, 7))
 	f.Add(v1Sketch(f))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var r Rollup

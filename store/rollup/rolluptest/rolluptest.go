@@ -3,6 +3,7 @@
 package rolluptest
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -45,7 +46,9 @@ func Sample() *rollup.Rollup {
 	r.Slots[7] = Slot(rollup.Counters{
 		Impressions: 1, Clicks: 2, Starts: 3, FirstQuartiles: 4, Midpoints: 5,
 		ThirdQuartiles: 6, Completes: 7, Skips: 8, PlaybackMillis: 9, PlaybackCount: 10,
+		Errors: 3, Servings: 1, ServingClicks: 2, Invalid: 4,
 	}, 0, 10)
+	r.Slots[7].ErrorCodes = rollup.CodeCounts{{Code: 0, N: 1}, {Code: 402, N: 2}}
 	r.Slots[59] = Slot(rollup.Counters{Clicks: 300, PlaybackMillis: 1 << 40, PlaybackCount: 300}, 100, 100+2*rollup.ExactVisitors)
 	return r
 }
@@ -69,6 +72,9 @@ func Equal(t testing.TB, got, want *rollup.Rollup) {
 		}
 		if gs.Counters != ws.Counters {
 			t.Errorf("slot %d counters = %+v, want %+v", i, gs.Counters, ws.Counters)
+		}
+		if !slices.Equal(gs.ErrorCodes, ws.ErrorCodes) {
+			t.Errorf("slot %d error codes = %v, want %v", i, gs.ErrorCodes, ws.ErrorCodes)
 		}
 		if (gs.Visitors == nil) != (ws.Visitors == nil) {
 			t.Errorf("slot %d: visitors present = %v, want %v", i, gs.Visitors != nil, ws.Visitors != nil)
