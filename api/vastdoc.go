@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/admetric/admetric/api/respond"
 	"github.com/admetric/admetric/api/vast"
 	"github.com/admetric/admetric/ingest/pixel"
 	"github.com/admetric/admetric/store/postgres"
@@ -46,21 +48,56 @@ func NewVASTHandler(catalog AdCatalog, signer *pixel.Signer, publicURL string, t
 		logger: logger.With("component", "vast")}
 }
 
-// Register mounts GET /vast/:ad_id on r.
+// MaxPodAds bounds the ads of one pod request.
+const MaxPodAds = 10
+
+// Register mounts GET /vast/:ad_id and GET /vast (a pod) on r.
 func (h *VASTHandler) Register(r gin.IRouter) {
-	r.GET("/vast/:ad_id", h.serve)
+	r.GET("/vast/:ad_id", h.serveOne)
+	r.GET("/vast", h.servePod)
 }
 
-// serve answers the document, or the empty VAST document (no ad) for an
-// unknown ad or one that is not servable: a player understands that, not an
-// error page.
-func (h *VASTHandler) serve(c *gin.Context) {
+// serveOne answers the ad's document, or the empty VAST document (no ad)
+// for an unknown ad or one that is not servable: a player understands that,
+// not an error page.
+func (h *VASTHandler) serveOne(c *gin.Context) {
 	var doc []vast.Ad
 	if ad, ok := h.catalog.Get(c.Param("ad_id")); ok && servable(ad) {
 		doc = append(doc, h.document(h.base(c), ad, time.Now()))
 	}
+	h.write(c, doc)
+}
+
+// servePod answers an ad pod, GET /vast?ad_id=a&ad_id=b: the servable ads
+// among those named, in that order, numbered by sequence, each a serving of
+// its own. Ads that are unknown or not servable are left out (all of them:
+// the empty document). No ad_id, or more than MaxPodAds, is a 400.
+func (h *VASTHandler) servePod(c *gin.Context) {
+	ids := c.QueryArray("ad_id")
+	switch {
+	case len(ids) == 0:
+		respond.Error(c, http.StatusBadRequest, "ad_id", "name the pod's ads: /vast?ad_id=a&ad_id=b (or /vast/<ad_id> for one)")
+		return
+	case len(ids) > MaxPodAds:
+		respond.Error(c, http.StatusBadRequest, "ad_id", fmt.Sprintf("a pod holds at most %d ads", MaxPodAds))
+		return
+	}
+	base, now := h.base(c), time.Now()
+	var doc []vast.Ad
+	for _, id := range ids {
+		if ad, ok := h.catalog.Get(id); ok && servable(ad) {
+			d := h.document(base, ad, now)
+			d.Sequence = len(doc) + 1
+			doc = append(doc, d)
+		}
+	}
+	h.write(c, doc)
+}
+
+// write answers the document of ads.
+func (h *VASTHandler) write(c *gin.Context, ads []vast.Ad) {
 	var buf bytes.Buffer
-	if err := vast.Write(&buf, doc...); err != nil {
+	if err := vast.Write(&buf, ads...); err != nil {
 		h.logger.Error("writing a VAST document", "err", err)
 		buf.Reset()
 		_ = vast.Write(&buf)

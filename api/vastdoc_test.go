@@ -51,7 +51,11 @@ func TestVASTDocuments(t *testing.T) {
 	get := func(id string) string {
 		t.Helper()
 		rec := httptest.NewRecorder()
-		r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://internal:8080/vast/"+id, nil))
+		path := "/vast/" + id
+		if strings.HasPrefix(id, "?") {
+			path = "/vast" + id
+		}
+		r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://internal:8080"+path, nil))
 		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/xml; charset=utf-8" || rec.Header().Get("Cache-Control") != "no-store" {
 			t.Fatalf("%s: %d %v", id, rec.Code, rec.Header())
 		}
@@ -84,6 +88,32 @@ func TestVASTDocuments(t *testing.T) {
 	for _, id := range []string{"empty", "legacy", "unknown"} {
 		if doc := get(id); strings.Contains(doc, "<Ad") || !strings.Contains(doc, "<VAST version=\"4.2\"") {
 			t.Errorf("%s: want the empty VAST document, got\n%s", id, doc)
+		}
+	}
+
+	// A pod: the servable ads named, in order, numbered, a serving each.
+	pod := get("?ad_id=wrapped&ad_id=unknown&ad_id=hosted&ad_id=empty")
+	podAds := regexp.MustCompile(`<Ad id="([^"]+)" sequence="(\d+)">`).FindAllStringSubmatch(pod, -1)
+	if len(podAds) != 2 || podAds[0][1] != "wrapped" || podAds[0][2] != "1" || podAds[1][1] != "hosted" || podAds[1][2] != "2" {
+		t.Errorf("pod ads %v, want wrapped then hosted, sequence 1 and 2:\n%s", podAds, pod)
+	}
+	servings := map[string]bool{}
+	for _, m := range urls.FindAllStringSubmatch(pod, -1) {
+		if u, err := url.Parse(m[1]); err == nil && u.Host == "ads.example.com" {
+			servings[u.Query().Get("ad")+" "+u.Query().Get("sv")] = true
+		}
+	}
+	if len(servings) != 2 {
+		t.Errorf("the pod's tracking URLs name %d servings (%v), want one per ad", len(servings), servings)
+	}
+	if doc := get("?ad_id=unknown"); strings.Contains(doc, "<Ad") {
+		t.Errorf("a pod of no servable ad: want the empty VAST document, got\n%s", doc)
+	}
+	for _, q := range []string{"", "?ad_id=a&ad_id=b&ad_id=c&ad_id=d&ad_id=e&ad_id=f&ad_id=g&ad_id=h&ad_id=i&ad_id=j&ad_id=k"} {
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/vast"+q, nil))
+		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), `"field":"ad_id"`) {
+			t.Errorf("GET /vast%s: %d %s, want 400 naming ad_id", q, rec.Code, rec.Body)
 		}
 	}
 }

@@ -34,6 +34,9 @@ type Ad struct {
 	Media *Media
 	// WrappedTagURL, when set, makes the ad a Wrapper around that tag.
 	WrappedTagURL string
+	// Sequence is the ad's place, from 1, in an ad pod (ads a player plays
+	// one after the other); 0 for a stand-alone ad.
+	Sequence int
 
 	ImpressionURL string
 	ErrorURL      string
@@ -98,7 +101,7 @@ func adElement(a *Ad) (adEl, error) {
 	}
 	switch {
 	case a.WrappedTagURL != "":
-		return adEl{ID: a.ID, Wrapper: &wrapper{
+		return adEl{ID: a.ID, Sequence: a.Sequence, Wrapper: &wrapper{
 			adBase: base,
 			Creatives: wrapperCreatives{Creative: []wrapperCreative{{
 				ID: a.ID,
@@ -111,7 +114,7 @@ func adElement(a *Ad) (adEl, error) {
 		}}, nil
 	case a.Media != nil:
 		m := a.Media
-		return adEl{ID: a.ID, InLine: &inline{
+		return adEl{ID: a.ID, Sequence: a.Sequence, InLine: &inline{
 			adBase:      base,
 			AdServingID: a.ServingID,
 			AdTitle:     a.Title,
@@ -153,9 +156,10 @@ type document struct {
 }
 
 type adEl struct {
-	ID      string   `xml:"id,attr"`
-	InLine  *inline  `xml:"InLine,omitempty"`
-	Wrapper *wrapper `xml:"Wrapper,omitempty"`
+	ID       string   `xml:"id,attr"`
+	Sequence int      `xml:"sequence,attr,omitempty"`
+	InLine   *inline  `xml:"InLine,omitempty"`
+	Wrapper  *wrapper `xml:"Wrapper,omitempty"`
 }
 
 type adBase struct {

@@ -86,6 +86,11 @@ func TestDocumentsValidate(t *testing.T) {
 		{"inline", []vast.Ad{inlineAd()}},
 		{"wrapper", []vast.Ad{wrapped}},
 		{"two ads", []vast.Ad{inlineAd(), wrapped}},
+		{"pod", func() []vast.Ad {
+			first, second := inlineAd(), wrapped
+			first.Sequence, second.Sequence = 1, 2
+			return []vast.Ad{first, second}
+		}()},
 		{"no ad", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -266,8 +266,9 @@ func TestVASTPlayer(t *testing.T) {
 	}
 }
 
-// TestDemoAdsVASTValidates: the document of every demo ad, with its macros
-// filled in as a player requests it, is valid against the IAB's VAST 4.2
+// TestDemoAdsVASTValidates: the document of every demo ad, and the pod of
+// them all, with its macros filled in as a player requests it, is valid
+// against the IAB's VAST 4.2
 // schema (VAST_XSD, else ../shared/vast/vast_4.2.xsd beside the repository).
 func TestDemoAdsVASTValidates(t *testing.T) {
 	schema := os.Getenv("VAST_XSD")
@@ -282,8 +283,13 @@ func TestDemoAdsVASTValidates(t *testing.T) {
 	}
 	d := startTestDaemon(t, testEnv(testDataDir(t)))
 	base := "http://" + d.httpAddr()
-	for _, id := range []string{"summer-sale-15s", "new-phone-30s", "coffee-6s", "car-launch-20s", "no-such-ad"} {
-		resp, err := http.Get(base + "/vast/" + id)
+	pod := "?ad_id=summer-sale-15s&ad_id=new-phone-30s&ad_id=coffee-6s&ad_id=car-launch-20s&ad_id=no-such-ad"
+	for _, id := range []string{"summer-sale-15s", "new-phone-30s", "coffee-6s", "car-launch-20s", "no-such-ad", pod} {
+		path := "/vast/" + id
+		if id == pod {
+			path, id = "/vast"+pod, "pod"
+		}
+		resp, err := http.Get(base + path)
 		if err != nil {
 			t.Fatal(err)
 		}
