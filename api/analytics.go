@@ -30,6 +30,12 @@ type StaleReader interface {
 	AsOf() time.Time
 }
 
+// currentReader is a live RollupReader that knows the last moment it held
+// every rollup update (*rollupcache.Cache): its answers say so in as_of.
+type currentReader interface {
+	CurrentAsOf() time.Time
+}
+
 // AnalyticsOptions are the handler's optional parts.
 type AnalyticsOptions struct {
 	// Snapshot returns the latest snapshot of the rollups, read when the live
@@ -155,8 +161,10 @@ type Report struct {
 	Interval    string    `json:"interval,omitempty"`
 	TZ          string    `json:"tz"`
 	Resolutions []string  `json:"resolutions"`
-	// Stale is true when the rollups did not answer and the figures come from
-	// the snapshot taken at AsOf.
+	// Stale is true when the rollups did not answer and the figures come
+	// from the last snapshot. AsOf is the last moment the figures are known
+	// to include every event the rollups held: about a second ago for a live
+	// answer, when NATS went away for a stale one. Absent when not known.
 	Stale bool       `json:"stale"`
 	AsOf  *time.Time `json:"as_of,omitempty"`
 	// TotalAds is how many ads the query covers; Ads holds the page of them
@@ -196,8 +204,10 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 		respond.Error(c, http.StatusInternalServerError, "", "could not add up the rollups")
 		return
 	}
-	if stale {
-		rep.Stale, rep.AsOf = true, &asOf
+	rep.Stale = stale
+	if !asOf.IsZero() {
+		asOf = asOf.UTC()
+		rep.AsOf = &asOf
 	}
 	c.JSON(http.StatusOK, rep)
 }
@@ -206,6 +216,11 @@ func (h *AnalyticsHandler) serve(c *gin.Context) {
 // unreachable or the breaker is open, from the latest snapshot (stale).
 func (h *AnalyticsHandler) read(ctx context.Context, ids []string, windows [][]rollup.Cell) (aggs [][]*rollup.Aggregate, stale bool, asOf time.Time, err error) {
 	if live := h.live.Load(); live != nil && (h.opts.LiveUp == nil || h.opts.LiveUp()) {
+		// Taken before the reads: they see at least what the cache held then.
+		var current time.Time
+		if cr, ok := (*live).(currentReader); ok {
+			current = cr.CurrentAsOf()
+		}
 		err = h.opts.Breaker.Run(func() error {
 			rctx, cancel := context.WithTimeout(ctx, h.opts.ReadTimeout)
 			defer cancel()
@@ -220,7 +235,7 @@ func (h *AnalyticsHandler) read(ctx context.Context, ids []string, windows [][]r
 			return nil, false, time.Time{}, ctx.Err()
 		}
 		if err == nil {
-			return aggs, false, time.Time{}, nil
+			return aggs, false, current, nil
 		}
 		if !errors.Is(err, breaker.ErrBreakerOpen) {
 			h.logger.Warn("live rollups failed; answering from the snapshot", "err", err)

@@ -118,8 +118,13 @@ type Cache struct {
 	metrics cacheMetrics
 
 	running atomic.Bool
-	mu      sync.Mutex       // guards watch
+	mu      sync.Mutex       // guards watch, probes and current
 	watch   [3]watchPosition // by rollup.Unit
+	// probes and current say how current the cache is, by rollup.Unit:
+	// the open question to the bucket's stream, and the last moment the
+	// cache is known to have held all of the bucket (see CurrentAsOf).
+	probes  [3]currentProbe
+	current [3]time.Time
 	// gens counts, by rollup.Unit, the times dropUnit emptied the cache of a
 	// bucket: a bucket made anew numbers its revisions from 1 again, so a
 	// revision names a value only within one generation.
@@ -288,7 +293,7 @@ func (c *Cache) Warm(s *Snapshot) {
 	// to a key that the snapshot then sets back.
 	for u := range layout {
 		if s.layout[u].Bucket == layout[u].Bucket {
-			c.rewind(rollup.Unit(u), s.through[u]+1)
+			c.rewind(rollup.Unit(u), s.through[u]+1, s.asOf)
 		}
 	}
 }

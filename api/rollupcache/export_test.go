@@ -34,7 +34,18 @@ func (c *Cache) CleanUpForTest() { c.cache.CleanUp() }
 
 // WriteSnapshotForTest writes one snapshot of c to path, as each tick of
 // WriteSnapshots does, and returns its error.
-func (c *Cache) WriteSnapshotForTest(path string) error { return c.writeSnapshot(path) }
+// A cache that never ran has not caught up with anything: it is taken as
+// current now, as the snapshot of whatever it loaded.
+func (c *Cache) WriteSnapshotForTest(path string) error {
+	c.mu.Lock()
+	for u := range c.current {
+		if c.current[u].IsZero() {
+			c.current[u] = time.Now()
+		}
+	}
+	c.mu.Unlock()
+	return c.writeSnapshot(path)
+}
 
 // ClockForTest is a time source for Idle that moves only when Advance
 // moves it; safe for concurrent use.

@@ -28,7 +28,8 @@ var errCorruptSnapshot = errors.New("rollupcache: corrupt rollup snapshot")
 //
 //	magic    8 bytes  "ADMSNAP\n"
 //	version  1 byte   1
-//	written  8 bytes  time written, Unix nanoseconds (int64)
+//	as of    8 bytes  the last moment the cache held every update of the
+//	                  buckets (Cache.CurrentAsOf), Unix nanoseconds (int64)
 //	3 times, for the minute, hour and day resolution:
 //	  bucket   uvarint length, then the bucket name
 //	  through  uvarint: every update of the bucket's stream up to this
@@ -63,7 +64,8 @@ type Snapshot struct {
 	entries map[cacheKey]*cacheEntry
 }
 
-// AsOf returns when the snapshot was written.
+// AsOf returns the last moment the cache it was taken of was known to hold
+// every rollup update: what the snapshot reflects at least.
 func (s *Snapshot) AsOf() time.Time { return s.asOf }
 
 // Layout returns the layout the snapshot was read for (NewSnapshotFile's).
@@ -113,9 +115,14 @@ func (c *Cache) writeSnapshot(path string) error {
 	slices.SortFunc(recs, func(a, b snapshotRecord) int {
 		return cmp.Or(cmp.Compare(a.k.unit, b.k.unit), cmp.Compare(a.k.key, b.k.key))
 	})
-	written := time.Now()
+	// Stamped with the moment the cache last held everything, not the time
+	// of writing: during an outage that moment stays put.
+	asOf := c.CurrentAsOf()
+	if asOf.IsZero() {
+		return errNotCurrentYet
+	}
 	err := writeFileAtomic(path, func(w io.Writer) error {
-		return encodeSnapshot(w, written, c.r.Layout(), through, recs)
+		return encodeSnapshot(w, asOf, c.r.Layout(), through, recs)
 	})
 	if err != nil {
 		return fmt.Errorf("rollupcache: write snapshot %s: %w", path, err)
@@ -346,6 +353,10 @@ func (d *decoder) uvarint() uint64 {
 	return v
 }
 
+// errNotCurrentYet: the cache was never known to hold every rollup update,
+// so a snapshot could not say as of when it is.
+var errNotCurrentYet = errors.New("rollupcache: the cache has not caught up with the rollups yet")
+
 // WriteSnapshots writes a snapshot of the cache to path every interval until
 // ctx ends, then a last one, so that a restart without NATS has the freshest;
 // it returns nil. Each write replaces path atomically (a temporary file of
@@ -359,12 +370,15 @@ func (c *Cache) WriteSnapshots(ctx context.Context, path string, every time.Dura
 	for {
 		select {
 		case <-ctx.Done():
-			if err := c.writeSnapshot(path); err != nil {
+			if err := c.writeSnapshot(path); err != nil && !errors.Is(err, errNotCurrentYet) {
 				c.logger.Warn("writing the last analytics snapshot", "err", err)
 			}
 			return nil
 		case <-t.C:
-			if err := c.writeSnapshot(path); err != nil {
+			switch err := c.writeSnapshot(path); {
+			case errors.Is(err, errNotCurrentYet):
+				c.logger.Debug("no analytics snapshot yet", "err", err)
+			case err != nil:
 				c.logger.Warn("writing the analytics snapshot", "err", err)
 			}
 		}

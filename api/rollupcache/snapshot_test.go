@@ -33,6 +33,10 @@ func (l layoutOnly) Watch(context.Context, rollup.Unit, uint64) (jetstream.KeyWa
 	return nil, errNoServer
 }
 
+// snapshotTestAsOf is when the caches of snapshotTestCache last held every
+// rollup update.
+var snapshotTestAsOf = time.Date(2026, 11, 25, 12, 30, 0, 0, time.UTC)
+
 // snapshotTestCache returns a cache with no server behind it: only what
 // offer puts in can be read.
 func snapshotTestCache(t *testing.T) *Cache {
@@ -42,6 +46,10 @@ func snapshotTestCache(t *testing.T) *Cache {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.stopCaches)
+	// No watch to catch up: what offer puts in is all there is.
+	for u := range c.current {
+		c.current[u] = snapshotTestAsOf
+	}
 	return c
 }
 
@@ -122,16 +130,15 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	ads := []string{"ad-a", "ad-b"}
 	cells := snapshotTestFill(t, c, ads...)
 	c.watch[rollup.Hour].next = 4242
-	before := time.Now()
+	c.current[rollup.Day] = snapshotTestAsOf.Add(-time.Second) // the least current bucket says
 	path := snapshotTestWrite(t, c)
-	after := time.Now()
 
 	s, err := readSnapshot(path, snapshotTestLayout)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.AsOf().Before(before) || s.AsOf().After(after) {
-		t.Errorf("AsOf %s, want within [%s, %s]", s.AsOf(), before, after)
+	if want := snapshotTestAsOf.Add(-time.Second); !s.AsOf().Equal(want) {
+		t.Errorf("AsOf %s, want %s: when the cache last held every bucket", s.AsOf(), want)
 	}
 	if s.Layout() != snapshotTestLayout {
 		t.Errorf("rollup.Layout = %+v", s.Layout())

@@ -57,6 +57,7 @@ func (c *Cache) Run(ctx context.Context) error {
 	for _, res := range c.r.Layout() {
 		wg.Go(func() { c.watchBucket(ctx, res.Unit, res.Bucket) })
 	}
+	wg.Go(func() { c.probeCurrent(ctx) })
 	wg.Wait()
 	return nil
 }
@@ -230,6 +231,7 @@ func (c *Cache) advance(u rollup.Unit, epoch, next uint64) {
 	defer c.mu.Unlock()
 	if c.watch[u].epoch == epoch && next > c.watch[u].next {
 		c.watch[u].next = next
+		c.answerProbe(u)
 	}
 }
 
@@ -242,10 +244,12 @@ func (c *Cache) reset(u rollup.Unit, epoch, next uint64) {
 	}
 }
 
-// rewind moves the watch of unit's bucket back to next, restarting it if it runs.
-func (c *Cache) rewind(u rollup.Unit, next uint64) {
+// rewind moves the watch of unit's bucket back to next, restarting it if it
+// runs, for entries added that are only as current as asOf.
+func (c *Cache) rewind(u rollup.Unit, next uint64, asOf time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.warmedAsOf(u, asOf)
 	w := &c.watch[u]
 	if next >= w.next {
 		return

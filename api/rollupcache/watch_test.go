@@ -17,25 +17,22 @@ import (
 	"github.com/admetric/admetric/store/storetest"
 )
 
-// flakySource is the rollup buckets of a real server, except that LastSeq of
-// the minute bucket fails while failLastSeq counts down to zero, and every
-// minute watch that starts is handed to the test on watches.
+// flakySource is the rollup buckets of a real server, except that a watch
+// of the minute bucket fails to start while failWatch counts down to zero,
+// and every minute watch that starts is handed to the test on watches.
+// (LastSeq works: the cache also asks it how current it is.)
 type flakySource struct {
 	*store.Rollups
-	failLastSeq atomic.Int32
-	watches     chan jetstream.KeyWatcher
+	failWatch atomic.Int32
+	watches   chan jetstream.KeyWatcher
 }
 
 var errFlaky = errors.New("flaky source")
 
-func (s *flakySource) LastSeq(ctx context.Context, u rollup.Unit) (uint64, error) {
-	if u == rollup.Minute && s.failLastSeq.Add(-1) >= 0 {
-		return 0, errFlaky
-	}
-	return s.Rollups.LastSeq(ctx, u)
-}
-
 func (s *flakySource) Watch(ctx context.Context, u rollup.Unit, from uint64) (jetstream.KeyWatcher, error) {
+	if u == rollup.Minute && s.failWatch.Add(-1) >= 0 {
+		return nil, errFlaky
+	}
 	w, err := s.Rollups.Watch(ctx, u, from)
 	if err == nil && u == rollup.Minute {
 		s.watches <- w
@@ -111,7 +108,7 @@ func TestWatchRetries(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitThrough(t, c, revs[0])
-	c.rewind(rollup.Minute, 1)
+	c.rewind(rollup.Minute, 1, time.Now())
 	w := src.nextWatch(t, "after the rewind")
 	waitThrough(t, c, revs[0])
 	if pauses, _ := logged.retries(bucket); len(pauses) != 2 {
@@ -145,7 +142,7 @@ func TestWatchRetries(t *testing.T) {
 }
 
 // newFlakyCache returns a cache over a flakySource on a real server whose
-// minute LastSeq fails the first failures times, logging its warnings to the
+// minute watch fails to start the first failures times, logging its warnings to the
 // warnings returned.
 func newFlakyCache(t *testing.T, failures int32) (*Cache, *flakySource, *warnings) {
 	t.Helper()
@@ -156,7 +153,7 @@ func newFlakyCache(t *testing.T, failures int32) (*Cache, *flakySource, *warning
 		t.Fatal(err)
 	}
 	src := &flakySource{Rollups: r, watches: make(chan jetstream.KeyWatcher, 8)}
-	src.failLastSeq.Store(failures)
+	src.failWatch.Store(failures)
 	logged := &warnings{}
 	c, err := New(src, Options{MaxBytes: 1 << 20, Idle: time.Hour, Logger: slog.New(logged)})
 	if err != nil {
