@@ -6,6 +6,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type Metrics struct {
 	outcomes *prometheus.CounterVec
 	replays  prometheus.Counter
+	byName   map[string]prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -20,11 +21,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.outcomes, m.replays)
+	m.byName = map[string]prometheus.Counter{}
+	for _, o := range []string{"accepted", "duplicate", "spooled", "busy", "spool_full", "unavailable"} {
+		m.byName[o] = m.outcomes.WithLabelValues(o)
+	}
 	return m
 }
 
 func (m *Metrics) outcome(o string) {
 	if m != nil {
+		if c, ok := m.byName[o]; ok {
+			c.Inc()
+			return
+		}
 		m.outcomes.WithLabelValues(o).Inc()
 	}
 }

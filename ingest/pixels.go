@@ -5,7 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -41,18 +43,22 @@ type ClickThroughs interface {
 // valid. Both are counted in admetric_pixels_total. Build with
 // NewPixelHandlers.
 type PixelHandlers struct {
-	intake  *Handlers
-	signer  *pixel.Signer
-	clicks  ClickThroughs
-	outcome *prometheus.CounterVec
-	errors  *prometheus.CounterVec
-	logger  *slog.Logger
+	intake   *Handlers
+	detached *DetachedPublisher // nil: each pixel waits for its PubAck
+	signer   *pixel.Signer
+	clicks   ClickThroughs
+	outcome  *prometheus.CounterVec
+	errors   *prometheus.CounterVec
+	logger   *slog.Logger
+	counts   map[[2]string]prometheus.Counter // outcome's children, by kind label and outcome
 }
 
-// NewPixelHandlers returns the pixel handlers, publishing through intake's
-// path and registering admetric_pixels_total with reg.
-func NewPixelHandlers(intake *Handlers, signer *pixel.Signer, clicks ClickThroughs, reg prometheus.Registerer) *PixelHandlers {
-	h := &PixelHandlers{intake: intake, signer: signer, clicks: clicks, logger: intake.logger,
+// NewPixelHandlers returns the pixel handlers, checking events as intake
+// does and publishing them through detached (nil: through intake's
+// publisher, each pixel waiting for its PubAck), and registering
+// admetric_pixels_total with reg.
+func NewPixelHandlers(intake *Handlers, detached *DetachedPublisher, signer *pixel.Signer, clicks ClickThroughs, reg prometheus.Registerer) *PixelHandlers {
+	h := &PixelHandlers{intake: intake, detached: detached, signer: signer, clicks: clicks, logger: intake.logger,
 		outcome: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "admetric_pixels_total",
 			Help: "VAST tracking requests by kind and outcome: published, bad_signature and expired (published as invalid traffic), malformed, refused, failed.",
@@ -63,7 +69,110 @@ func NewPixelHandlers(intake *Handlers, signer *pixel.Signer, clicks ClickThroug
 		}, []string{"code"}),
 	}
 	reg.MustRegister(h.outcome, h.errors)
+	if detached != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "admetric_pixel_publishes_in_flight",
+			Help: "Tracking events answered and handed to the stream, not yet acknowledged or spooled (at most MAX_PENDING_PUBLISHES; beyond, they are spooled at once).",
+		}, func() float64 { return float64(detached.InFlight()) }))
+	}
+	h.counts = map[[2]string]prometheus.Counter{}
+	for _, k := range append([]string{"other", "clickthrough"}, typeNames()...) {
+		for _, o := range []string{"published", "bad_signature", "expired", "malformed", "refused", "failed"} {
+			h.counts[[2]string{k, o}] = h.outcome.WithLabelValues(k, o)
+		}
+	}
 	return h
+}
+
+func typeNames() []string {
+	var names []string
+	for _, t := range event.Types {
+		names = append(names, string(t))
+	}
+	return names
+}
+
+// count adds one to admetric_pixels_total{kind, outcome}, without hashing
+// the labels for the usual ones.
+func (h *PixelHandlers) count(kind, outcome string) {
+	if c, ok := h.counts[[2]string{kind, outcome}]; ok {
+		c.Inc()
+		return
+	}
+	h.outcome.WithLabelValues(kind, outcome).Inc()
+}
+
+// pixelQuery is what a tracking URL's query carries, read in one pass over
+// the raw query: the first value of each key, as url.ParseQuery and
+// url.Values.Get read it (FuzzPixelQuery checks), without building a map
+// of every value: it is read once per pixel.
+type pixelQuery struct{ ad, sv, exp, sig, ts, ph, code string }
+
+func parsePixelQuery(raw string) (q pixelQuery) {
+	var seen uint8
+	for raw != "" {
+		var kv string
+		kv, raw, _ = strings.Cut(raw, "&")
+		if strings.Contains(kv, ";") {
+			continue // as url.ParseQuery, which refuses the pair
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.ContainsAny(k, "%+") {
+			u, err := url.QueryUnescape(k)
+			if err != nil {
+				continue
+			}
+			k = u
+		}
+		var dst *string
+		var bit uint8
+		switch k {
+		case "ad":
+			dst, bit = &q.ad, 1
+		case "sv":
+			dst, bit = &q.sv, 2
+		case "exp":
+			dst, bit = &q.exp, 4
+		case "sig":
+			dst, bit = &q.sig, 8
+		case "ts":
+			dst, bit = &q.ts, 16
+		case "ph":
+			dst, bit = &q.ph, 32
+		case "code":
+			dst, bit = &q.code, 64
+		default:
+			continue
+		}
+		if seen&bit != 0 {
+			continue
+		}
+		if strings.ContainsAny(v, "%+") {
+			u, err := url.QueryUnescape(v)
+			if err != nil {
+				continue // as url.ParseQuery: the pair is skipped
+			}
+			v = u
+		}
+		seen |= bit
+		*dst = v
+	}
+	return q
+}
+
+// get is pixel.ParseQuery's lookup.
+func (q *pixelQuery) get(key string) string {
+	switch key {
+	case "ad":
+		return q.ad
+	case "sv":
+		return q.sv
+	case "exp":
+		return q.exp
+	case "sig":
+		return q.sig
+	}
+	return ""
 }
 
 // Register mounts GET /t/:kind and GET /c on r.
@@ -75,7 +184,7 @@ func (h *PixelHandlers) Register(r gin.IRouter) {
 // track records one tracking pixel and answers the GIF.
 func (h *PixelHandlers) track(c *gin.Context) {
 	kind := c.Param("kind")
-	h.outcome.WithLabelValues(labelKind(kind), h.record(c, kind)).Inc()
+	h.count(labelKind(kind), h.record(c, kind))
 	c.Header("Cache-Control", "no-store")
 	c.Data(http.StatusOK, "image/gif", gif)
 }
@@ -99,7 +208,8 @@ func (h *PixelHandlers) click(c *gin.Context) {
 // traffic under an ID of its own, so that a forged pixel can neither count
 // nor take the ID of the serving it names.
 func (h *PixelHandlers) record(c *gin.Context, kind string) string {
-	sv, sig, err := pixel.ParseQuery(c.Query)
+	q := parsePixelQuery(c.Request.URL.RawQuery)
+	sv, sig, err := pixel.ParseQuery(q.get)
 	typ := event.Type(kind)
 	if err != nil || !typ.Valid() || event.ValidateAdID(sv.AdID) != nil {
 		return "malformed"
@@ -122,17 +232,17 @@ func (h *PixelHandlers) record(c *gin.Context, kind string) string {
 	}
 	// A player clock far off (a timestamp the event rules refuse) must not
 	// lose the pixel: the event is then dated when it arrived.
-	if t, ok := pixel.Timestamp(c.Query("ts")); ok && h.intake.limits.CheckTimestamp(t, now) == nil {
+	if t, ok := pixel.Timestamp(q.ts); ok && h.intake.limits.CheckTimestamp(t, now) == nil {
 		ev.Timestamp = t.UTC()
 	}
 	switch typ {
 	case event.Click:
-		if ph, ok := pixel.Playhead(c.Query("ph")); ok && ph <= event.MaxPlaybackTime {
+		if ph, ok := pixel.Playhead(q.ph); ok && ph <= event.MaxPlaybackTime {
 			ev.PlaybackTime = ph
 		}
 	case event.Error:
 		code := "unknown"
-		if n, ok := pixel.ErrorCode(c.Query("code")); ok {
+		if n, ok := pixel.ErrorCode(q.code); ok {
 			ev.ErrorCode, code = n, strconv.Itoa(n)
 		}
 		if ev.InvalidReason == "" {
@@ -142,9 +252,16 @@ func (h *PixelHandlers) record(c *gin.Context, kind string) string {
 	if h.intake.complete(c, &ev) != nil {
 		return "refused"
 	}
-	// Players never retry a pixel: one that hangs up mid-publish must not
+	// Players never retry a pixel and the GIF says nothing of the event, so
+	// it need not wait for the PubAck: a detached publish completes (or
+	// spools) in the background. A player that hangs up mid-publish must not
 	// take the event with it.
-	if _, err := h.intake.pub.Publish(context.WithoutCancel(c.Request.Context()), &ev); err != nil {
+	if h.detached != nil {
+		err = h.detached.Publish(&ev)
+	} else {
+		_, err = h.intake.pub.Publish(context.WithoutCancel(c.Request.Context()), &ev)
+	}
+	if err != nil {
 		// Counted in admetric_pixels_total; one line per pixel would flood the log.
 		h.logger.Debug("a tracking pixel's event was not published", "kind", kind, "ad_id", ev.AdID, "err", err)
 		return "failed"

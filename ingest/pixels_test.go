@@ -45,6 +45,10 @@ func TestPixelsSpoolWhileNATSIsDown(t *testing.T) {
 			t.Fatalf("click-through with NATS down: %d %v", rec.Code, rec.Header())
 		}
 	}
+	// The pixels answered at once; their events are spooled once the
+	// client gives up on them (at once when it knows NATS is gone, else
+	// after the publish timeout).
+	waitFor(t, "every pixel's event spooled", 30*time.Second, func() bool { return in.detached.InFlight() == 0 })
 	if in.spool.Empty() {
 		t.Fatal("nothing was spooled while NATS was down")
 	}

@@ -76,11 +76,12 @@ func (r *restartableNATS) connect(t *testing.T) *nats.Conn {
 
 // intake is the handlers over a publisher with a spool and its replayer.
 type intake struct {
-	router *gin.Engine
-	spool  *spool.Spool
-	stream jetstream.Stream
-	logs   *logRecorder  // the publisher's
-	signer *pixel.Signer // of the pixel handlers
+	router   *gin.Engine
+	spool    *spool.Spool
+	stream   jetstream.Stream
+	logs     *logRecorder  // the publisher's
+	signer   *pixel.Signer // of the pixel handlers
+	detached *ingest.DetachedPublisher
 }
 
 func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
@@ -122,8 +123,21 @@ func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ingest.NewPixelHandlers(h, signer, knownAds{"ad-1": true}, prometheus.NewRegistry()).Register(r)
-	return &intake{router: r, spool: sp, stream: stream, logs: logs, signer: signer}
+	detached, err := ingest.NewDetachedPublisher(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, dcancel := context.WithCancel(ctx)
+	ddone := make(chan error, 1)
+	go func() { ddone <- detached.Run(dctx) }()
+	t.Cleanup(func() {
+		dcancel()
+		if err := <-ddone; err != nil {
+			t.Error(err)
+		}
+	})
+	ingest.NewPixelHandlers(h, detached, signer, knownAds{"ad-1": true}, prometheus.NewRegistry()).Register(r)
+	return &intake{router: r, spool: sp, stream: stream, logs: logs, signer: signer, detached: detached}
 }
 
 // testPixelSecret keys the tracking URLs of startIntake's pixel handlers.

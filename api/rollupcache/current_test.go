@@ -52,7 +52,12 @@ func TestCurrentAsOf(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
 
 	started := time.Now()
 	waitCurrent(t, c, "the first probes", func(at time.Time) bool { return !at.Before(started) })

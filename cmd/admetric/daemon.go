@@ -227,7 +227,14 @@ func (d *daemon) startAPI(ctx context.Context, engine *gin.Engine) error {
 		return fmt.Errorf("PIXEL_SECRET: %w", err)
 	}
 	api.NewVASTHandler(catalog, signer, d.cfg.PublicURL, d.cfg.DuplicateWindow, d.logger).Register(engine)
-	ingest.NewPixelHandlers(intake, signer, catalog, d.reg).Register(engine)
+	// Pixels need not wait for their PubAcks: a detached publisher batches
+	// them, and spools what the stream does not take.
+	detached, err := ingest.NewDetachedPublisher(pub)
+	if err != nil {
+		return err
+	}
+	d.goWorker("pixel-publisher", detached.Run)
+	ingest.NewPixelHandlers(intake, detached, signer, catalog, d.reg).Register(engine)
 	return nil
 }
 

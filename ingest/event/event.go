@@ -434,6 +434,9 @@ func (e *Event) Subject() string {
 
 // Marshal encodes e in the canonical JSON form published to the stream.
 func (e *Event) Marshal() ([]byte, error) {
+	if b, ok := e.appendJSON(make([]byte, 0, 320)); ok {
+		return b, nil
+	}
 	out := *e
 	out.Timestamp = e.Timestamp.UTC()
 	b, err := json.Marshal(&out)
@@ -441,6 +444,63 @@ func (e *Event) Marshal() ([]byte, error) {
 		return nil, fmt.Errorf("event: marshal: %w", err)
 	}
 	return b, nil
+}
+
+// appendJSON is Marshal's fast path, byte for byte what json.Marshal writes
+// (FuzzMarshal checks it), at a third of the cost: an event is marshalled
+// once per request. ok is false when a string would need escaping or the
+// playback time an exponent (or is not a number), which Marshal leaves to
+// encoding/json.
+func (e *Event) appendJSON(b []byte) (_ []byte, ok bool) {
+	if !plainJSON(e.EventID) || !plainJSON(string(e.Type)) || !plainJSON(e.AdID) || !plainJSON(e.IP) ||
+		!plainJSON(e.UserAgent) || !plainJSON(e.ServingID) || !plainJSON(string(e.InvalidReason)) ||
+		math.IsNaN(e.PlaybackTime) || e.PlaybackTime != 0 && (math.Abs(e.PlaybackTime) < 1e-6 || math.Abs(e.PlaybackTime) >= 1e21) {
+		return nil, false
+	}
+	ts, err := e.Timestamp.UTC().MarshalJSON()
+	if err != nil {
+		return nil, false
+	}
+	str := func(b []byte, key, v string) []byte {
+		b = append(b, key...)
+		b = append(b, v...)
+		return append(b, '"')
+	}
+	b = str(b, `{"event_id":"`, e.EventID)
+	b = str(b, `,"type":"`, string(e.Type))
+	b = str(b, `,"ad_id":"`, e.AdID)
+	b = append(b, `,"timestamp":`...)
+	b = append(b, ts...)
+	if e.IP != "" {
+		b = str(b, `,"ip":"`, e.IP)
+	}
+	if e.UserAgent != "" {
+		b = str(b, `,"user_agent":"`, e.UserAgent)
+	}
+	b = append(b, `,"playback_time":`...)
+	b = strconv.AppendFloat(b, e.PlaybackTime, 'f', -1, 64)
+	if e.ServingID != "" {
+		b = str(b, `,"serving_id":"`, e.ServingID)
+	}
+	if e.ErrorCode != 0 {
+		b = append(b, `,"error_code":`...)
+		b = strconv.AppendInt(b, int64(e.ErrorCode), 10)
+	}
+	if e.InvalidReason != "" {
+		b = str(b, `,"invalid_reason":"`, string(e.InvalidReason))
+	}
+	return append(b, '}'), true
+}
+
+// plainJSON reports whether s is written as it is in a JSON string by
+// encoding/json: printable ASCII other than ", \, <, > and &.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 // PlaybackMillis is the playback time in whole milliseconds, the unit rollups sum

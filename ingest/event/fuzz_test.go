@@ -1,6 +1,8 @@
 package event
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -73,6 +75,27 @@ func FuzzDecode(f *testing.F) {
 		}
 		if again.Subject() != ev.Subject() || again.PlaybackMillis() != ev.PlaybackMillis() {
 			t.Fatalf("round trip changed subject or playback millis")
+		}
+	})
+}
+
+// FuzzMarshal: Marshal writes what encoding/json writes for the event, its
+// fast path included, for any strings and numbers.
+func FuzzMarshal(f *testing.F) {
+	f.Add("admetric-x.start", "start", "ad-1", int64(1764072000123), "10.0.0.1", "bench/1.0", 3.25, "admetric-x", 0, "")
+	f.Add("x", "error", "a", int64(1), "", "", 0.0, "", 402, "signature")
+	f.Add("x", "click", "a", int64(-5), "", "a\"<b>&\u00e9\x7f", 86400.0, "", 0, "")
+	f.Add("x", "click", "a", int64(0), "", "", 1e-9, "", 0, "")
+	f.Add("x", "click", "a", int64(0), "", "\xff", 1e21, "s\\", -1, "r")
+	f.Fuzz(func(t *testing.T, id, typ, ad string, ms int64, ip, ua string, playback float64, serving string, code int, reason string) {
+		e := Event{EventID: id, Type: Type(typ), AdID: ad, Timestamp: time.UnixMilli(ms % (1 << 45)).In(time.FixedZone("z", 3600)),
+			IP: ip, UserAgent: ua, PlaybackTime: playback, ServingID: serving, ErrorCode: code, InvalidReason: InvalidReason(reason)}
+		got, err := e.Marshal()
+		out := e
+		out.Timestamp = e.Timestamp.UTC()
+		want, werr := json.Marshal(&out)
+		if (err != nil) != (werr != nil) || !bytes.Equal(got, want) {
+			t.Fatalf("Marshal = %s, %v\nencoding/json: %s, %v", got, err, want, werr)
 		}
 	})
 }

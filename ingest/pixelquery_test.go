@@ -1,0 +1,24 @@
+package ingest
+
+import (
+	"net/url"
+	"testing"
+)
+
+// FuzzPixelQuery: parsePixelQuery reads every key of a tracking URL as
+// url.ParseQuery and url.Values.Get do, whatever the query holds.
+func FuzzPixelQuery(f *testing.F) {
+	f.Add("ad=coffee-6s&sv=admetric-0f9c8e2a-4b1d-4e5f-9a6b-7c8d9e0f1a2b&exp=1800000000&sig=abc_-XYZ&ph=00:00:03.000&ts=2026-12-07T08%3A15%3A07.127Z&cb=1")
+	f.Add("ad=a&ad=b&sig=&code=405&code=%ZZ&code=901")
+	f.Add("%61d=x&a%64=y;z&ts=%2B01:00&ph=[ADPLAYHEAD]&&=&sv")
+	f.Add("ad=a+b&exp=1%2&sig=%E2%82%AC")
+	f.Fuzz(func(t *testing.T, raw string) {
+		q := parsePixelQuery(raw)
+		want, _ := url.ParseQuery(raw) // on error it still holds the pairs it could read
+		for key, got := range map[string]string{"ad": q.ad, "sv": q.sv, "exp": q.exp, "sig": q.sig, "ts": q.ts, "ph": q.ph, "code": q.code} {
+			if w := want.Get(key); got != w {
+				t.Fatalf("%q: %s = %q, url.ParseQuery says %q", raw, key, got, w)
+			}
+		}
+	})
+}
