@@ -106,7 +106,10 @@ func apply(s *rollup.Slot, r *Record) {
 		s.Invalid++
 		return
 	}
-	served := r.Event.ServingID != ""
+	// A serving's impression and click count as such only under the ID the
+	// serving derives, which the stream and the archive keep once: any
+	// number of events merely naming a serving_id count as plain ones.
+	served := r.Event.FromServing()
 	switch r.Event.Type {
 	case event.Impression:
 		s.Impressions++

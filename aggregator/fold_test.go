@@ -120,7 +120,11 @@ func foldTestSlot(t *testing.T, values map[Key]*rollup.Rollup, u rollup.Unit, ad
 func TestFoldCountsEachType(t *testing.T) {
 	t.Parallel()
 	ts := time.Date(2026, 11, 25, 12, 10, 30, 0, time.UTC)
-	served := func(e *event.Event) { e.ServingID = "admetric-0b5f3c1e-9f5a-4f3e-8d47-2a1c9e6b7d10" }
+	served := func(e *event.Event) {
+		e.ServingID = "admetric-0b5f3c1e-9f5a-4f3e-8d47-2a1c9e6b7d10"
+		e.EventID = e.ServingID + "." + string(e.Type)
+	}
+	namesServing := func(e *event.Event) { e.ServingID = "admetric-0b5f3c1e-9f5a-4f3e-8d47-2a1c9e6b7d10" }
 	tests := []struct {
 		name     string
 		typ      event.Type
@@ -144,6 +148,9 @@ func TestFoldCountsEachType(t *testing.T) {
 		{"served click", event.Click, served,
 			rollup.Counters{Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1, ServingClicks: 1}, nil, 1},
 		{"served quartile", event.Midpoint, served, rollup.Counters{Midpoints: 1}, nil, 1},
+		{"impression naming a serving under an ID of its own", event.Impression, namesServing, rollup.Counters{Impressions: 1}, nil, 1},
+		{"click naming a serving under an ID of its own", event.Click, namesServing,
+			rollup.Counters{Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}, nil, 1},
 		{"invalid click", event.Click, func(e *event.Event) { served(e); e.InvalidReason = event.BadSignature },
 			rollup.Counters{Invalid: 1}, nil, 0},
 		{"invalid error", event.Error, func(e *event.Event) { e.ErrorCode = 402; e.InvalidReason = event.BadSignature },

@@ -38,6 +38,7 @@ func TestRebuild(t *testing.T) {
 			case i%3 == 0:
 				e.Type = event.Impression
 				e.ServingID = fmt.Sprintf("sv-%d-%d", day, i)
+				e.EventID = e.ServingID + ".impression"
 			case i%5 == 1: // what VAST brings must come back from the archive too
 				e.Type, e.ErrorCode, e.ServingID = event.Error, 400+i%3, fmt.Sprintf("sv-%d-%d", day, i)
 			case i%7 == 2:

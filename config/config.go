@@ -568,6 +568,11 @@ func (c *Config) checkAcross() []error {
 	if c.StreamMaxAge > 0 && c.DuplicateWindow > c.StreamMaxAge {
 		errs = append(errs, invalidf("STREAM_DUPLICATE_WINDOW", "%s is longer than STREAM_MAX_AGE (%s)", c.DuplicateWindow, c.StreamMaxAge))
 	}
+	// A stop waits up to PUBLISH_TIMEOUT for the tracking events in flight
+	// (answered, not yet acknowledged) to be stored or spooled.
+	if c.PublishTimeout > 0 && c.ShutdownTimeout > 0 && c.PublishTimeout >= c.ShutdownTimeout {
+		errs = append(errs, invalidf("PUBLISH_TIMEOUT", "%s is not shorter than SHUTDOWN_TIMEOUT (%s): a stop could not wait for the events in flight", c.PublishTimeout, c.ShutdownTimeout))
+	}
 	if c.DatabaseURL == "" {
 		// Used to connect to DB_HOST or to set up the local PostgreSQL.
 		if c.DBUser == "" {

@@ -254,6 +254,8 @@ func TestLoadInvalid(t *testing.T) {
 		{map[string]string{"ROLLUP_DAY_RETENTION": "forever"}, "ROLLUP_DAY_RETENTION", "not a duration"},
 		{map[string]string{"STREAM_MAX_AGE": "0s"}, "STREAM_MAX_AGE", "greater than zero"},
 		{map[string]string{"STREAM_MAX_AGE": "10m"}, "STREAM_DUPLICATE_WINDOW", "longer than STREAM_MAX_AGE"},
+		{map[string]string{"PUBLISH_TIMEOUT": "10s"}, "PUBLISH_TIMEOUT", "not shorter than SHUTDOWN_TIMEOUT"},
+		{map[string]string{"PUBLISH_TIMEOUT": "3s", "SHUTDOWN_TIMEOUT": "2s"}, "PUBLISH_TIMEOUT", "not shorter than SHUTDOWN_TIMEOUT (2s)"},
 		{map[string]string{"STREAM_DUPLICATE_WINDOW": "0s"}, "STREAM_DUPLICATE_WINDOW", "greater than zero"},
 		{map[string]string{"SPOOL_MAX_BYTES": "1000"}, "SPOOL_MAX_BYTES", "minimum"},
 		{map[string]string{"SPOOL_MAX_BYTES": "1GiB"}, "SPOOL_MAX_BYTES", ""},

@@ -2,9 +2,9 @@ package ingest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,12 +33,26 @@ type DetachedPublisher struct {
 	js    jetstream.JetStream
 	slots chan struct{} // one per event queued or awaiting its PubAck
 	queue chan *nats.Msg
+	// sent holds the messages handed to the client and not yet completed:
+	// whoever removes one (the ack handler, the error handler, or send when
+	// the client refused it) completes it, once, and frees its slot. The
+	// client may report one failure twice (a reconnect's sweep, then the
+	// publish itself failing).
+	sent sync.Map // *nats.Msg → struct{}
 	// failed receives what the stream did not acknowledge, from the
-	// client's goroutine, for Run to spool. It holds MaxPending: never full.
-	failed chan *nats.Msg
+	// client's goroutines, for Run to spool. It holds MaxPending: one per
+	// slot, so it is never full.
+	failed chan failedMsg
 
 	mu      sync.RWMutex // Lock: Run stops taking events; RLock: Publish queues one
 	stopped bool
+	losing  atomic.Bool // the last spool failed too; for logging transitions only
+}
+
+// failedMsg is a message the stream did not take, and why.
+type failedMsg struct {
+	msg *nats.Msg
+	err error
 }
 
 // detachedLinger is how long Run lets events gather after the first of a
@@ -51,12 +65,15 @@ func NewDetachedPublisher(pub *Publisher) (*DetachedPublisher, error) {
 	d := &DetachedPublisher{pub: pub,
 		slots:  make(chan struct{}, pub.opts.MaxPending),
 		queue:  make(chan *nats.Msg, pub.opts.MaxPending),
-		failed: make(chan *nats.Msg, pub.opts.MaxPending),
+		failed: make(chan failedMsg, pub.opts.MaxPending),
 	}
 	js, err := jetstream.New(pub.nc,
 		jetstream.WithPublishAsyncMaxPending(pub.opts.MaxPending+64),
 		jetstream.WithPublishAsyncTimeout(pub.opts.Timeout),
-		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, _ *nats.Msg, ack *jetstream.PubAck) {
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, ack *jetstream.PubAck) {
+			if _, ok := d.sent.LoadAndDelete(msg); !ok {
+				return
+			}
 			<-d.slots
 			if ack.Duplicate {
 				pub.opts.Metrics.outcome("duplicate")
@@ -64,8 +81,16 @@ func NewDetachedPublisher(pub *Publisher) (*DetachedPublisher, error) {
 				pub.opts.Metrics.outcome(string(Accepted))
 			}
 		}),
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, msg *nats.Msg, _ error) {
-			d.failed <- msg // its slot is freed once it is spooled
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, msg *nats.Msg, err error) {
+			if _, ok := d.sent.LoadAndDelete(msg); !ok {
+				return
+			}
+			// Never blocks (see failed); the client may hold a lock here.
+			select {
+			case d.failed <- failedMsg{msg, err}:
+			default:
+				go d.spoolFailed(msg, err)
+			}
 		}))
 	if err != nil {
 		return nil, fmt.Errorf("ingest: jetstream: %w", err)
@@ -110,15 +135,16 @@ func (d *DetachedPublisher) spool(msg *nats.Msg, why error) error {
 // Run publishes what Publish queues, in batches, and spools what the stream
 // does not acknowledge, until ctx ends. Then it stops taking events (later
 // ones are spooled by Publish), publishes the queue, and waits until every
-// event is acknowledged or spooled; it returns nil.
+// event is acknowledged or spooled, at most about the publisher's Timeout;
+// it returns nil. Call it once; the spool must stay open until it returns.
 func (d *DetachedPublisher) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
 			d.drain()
 			return nil
-		case msg := <-d.failed:
-			d.spoolFailed(msg)
+		case f := <-d.failed:
+			d.spoolFailed(f.msg, f.err)
 		case msg := <-d.queue:
 			// Let a batch gather, so that the client writes it at once.
 			time.Sleep(detachedLinger)
@@ -132,18 +158,27 @@ func (d *DetachedPublisher) Run(ctx context.Context) error {
 
 // send publishes msg; what the client refuses outright is spooled.
 func (d *DetachedPublisher) send(msg *nats.Msg) {
+	d.sent.Store(msg, struct{}{})
 	if _, err := d.js.PublishMsgAsync(msg); err != nil {
-		d.spoolFailed(msg)
+		if _, ok := d.sent.LoadAndDelete(msg); ok {
+			d.spoolFailed(msg, err)
+		}
 	}
 }
 
-// spoolFailed spools msg, which holds a slot, and frees the slot.
-func (d *DetachedPublisher) spoolFailed(msg *nats.Msg) {
-	if err := d.spool(msg, errors.New("ingest: no PubAck for a detached publish")); err != nil {
-		d.pub.logger.Error("a tracking event the stream did not take could not be spooled either; it is lost",
-			"event_id", msg.Header.Get(jetstream.MsgIDHeader), "err", err)
+// spoolFailed spools msg, which the stream did not take (why) and which
+// holds a slot, and frees the slot. A spool that fails too (full) loses the
+// event: logged once until the spool takes one again, counted always.
+func (d *DetachedPublisher) spoolFailed(msg *nats.Msg, why error) {
+	defer func() { <-d.slots }()
+	if err := d.spool(msg, fmt.Errorf("ingest: detached publish: %w", why)); err != nil {
+		if d.losing.CompareAndSwap(false, true) {
+			d.pub.logger.Error("tracking events the stream does not take cannot be spooled either; they are lost until the spool takes them again",
+				"event_id", msg.Header.Get(jetstream.MsgIDHeader), "err", err)
+		}
+		return
 	}
-	<-d.slots
+	d.losing.Store(false)
 }
 
 // drain stops Publish from queueing, publishes the queue and spools what
@@ -158,11 +193,18 @@ func (d *DetachedPublisher) drain() {
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
+	// A bound in case the client never answers for a message (it should,
+	// after Timeout): a stop must end.
+	giveUp := time.After(2*d.pub.opts.Timeout + 5*time.Second)
 	for len(d.slots) > 0 {
 		select {
-		case msg := <-d.failed:
-			d.spoolFailed(msg)
+		case f := <-d.failed:
+			d.spoolFailed(f.msg, f.err)
 		case <-tick.C:
+		case <-giveUp:
+			d.pub.logger.Error("tracking events still in flight at shutdown were neither acknowledged nor spooled; they may be lost",
+				"events", len(d.slots))
+			return
 		}
 	}
 }

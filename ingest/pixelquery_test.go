@@ -3,6 +3,9 @@ package ingest
 import (
 	"net/url"
 	"testing"
+
+	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/ingest/pixel"
 )
 
 // FuzzPixelQuery: parsePixelQuery reads every key of a tracking URL as
@@ -21,4 +24,16 @@ func FuzzPixelQuery(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPixelEventIDsAreTheServings: the event IDs pixels derive are the ones
+// the fold counts as a serving's own.
+func TestPixelEventIDsAreTheServings(t *testing.T) {
+	sv := pixel.NewServingID()
+	for _, typ := range event.Types {
+		ev := event.Event{EventID: pixel.EventID(sv, string(typ)), ServingID: sv, Type: typ}
+		if !ev.FromServing() {
+			t.Errorf("%s: %q is not its serving's", typ, ev.EventID)
+		}
+	}
 }

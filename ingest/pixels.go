@@ -197,7 +197,7 @@ func (h *PixelHandlers) click(c *gin.Context) {
 		respond.Error(c, http.StatusNotFound, "ad", "no ad "+c.Query("ad")+" with a click URL")
 		return
 	}
-	h.outcome.WithLabelValues("clickthrough", h.record(c, string(event.Click))).Inc()
+	h.count("clickthrough", h.record(c, string(event.Click)))
 	c.Header("Cache-Control", "no-store")
 	c.Redirect(http.StatusFound, target)
 }
@@ -216,23 +216,28 @@ func (h *PixelHandlers) record(c *gin.Context, kind string) string {
 	}
 	now := time.Now()
 	ev := event.Event{Type: typ, AdID: sv.AdID}
-	if pixel.ValidServingID(sv.ServingID) {
-		ev.ServingID = sv.ServingID
-	}
 	outcome := "published"
 	switch err := h.signer.Verify(kind, sv, sig, now); {
 	case errors.Is(err, pixel.ErrExpired):
+		// Our serving, tracked too late: invalid, once per serving and kind.
+		if !pixel.ValidServingID(sv.ServingID) {
+			return "malformed" // signed by us, so not expected
+		}
+		ev.ServingID, ev.EventID = sv.ServingID, pixel.EventID(sv.ServingID, kind)+".expired"
 		ev.InvalidReason, outcome = event.BadSignature, "expired"
 	case err != nil:
+		// Nothing in a forged URL is to be trusted but that someone sent
+		// it: it names no serving (a real serving's events must not gain
+		// it) and is dated on arrival, under an ID of its own.
 		ev.InvalidReason, outcome = event.BadSignature, "bad_signature"
-	case ev.ServingID == "":
+	case !pixel.ValidServingID(sv.ServingID):
 		return "malformed" // signed by us, so not expected
 	default:
-		ev.EventID = pixel.EventID(sv.ServingID, kind)
+		ev.ServingID, ev.EventID = sv.ServingID, pixel.EventID(sv.ServingID, kind)
 	}
 	// A player clock far off (a timestamp the event rules refuse) must not
 	// lose the pixel: the event is then dated when it arrived.
-	if t, ok := pixel.Timestamp(q.ts); ok && h.intake.limits.CheckTimestamp(t, now) == nil {
+	if t, ok := pixel.Timestamp(q.ts); ok && outcome != "bad_signature" && h.intake.limits.CheckTimestamp(t, now) == nil {
 		ev.Timestamp = t.UTC()
 	}
 	switch typ {

@@ -71,7 +71,18 @@ func (c *Cache) probe(ctx context.Context, u rollup.Unit) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.watch[u].next > last {
+	switch next := c.watch[u].next; {
+	case next > last+1:
+		// The stream is behind what the cache applied: it was made anew,
+		// and a watch still running on the old numbering would never see
+		// it. Restarting the watch drops what the cache holds of it (see
+		// watchOnce); until it has caught up again, nothing is current.
+		if w := c.watch[u].cancel; w != nil {
+			w()
+		}
+		c.probes[u].pending = false
+		return
+	case next == last+1:
 		c.caughtUp(u, at)
 		return
 	}

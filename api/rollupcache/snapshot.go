@@ -23,11 +23,12 @@ import (
 // something else.
 var errCorruptSnapshot = errors.New("rollupcache: corrupt rollup snapshot")
 
-// The snapshot file format (version 1). Integers are big-endian unless
+// The snapshot file format (version 2; version 1 differs only in that its
+// time is when the file was written). Integers are big-endian unless
 // marked uvarint (encoding/binary's unsigned varint):
 //
 //	magic    8 bytes  "ADMSNAP\n"
-//	version  1 byte   1
+//	version  1 byte   2
 //	as of    8 bytes  the last moment the cache held every update of the
 //	                  buckets (Cache.CurrentAsOf), Unix nanoseconds (int64)
 //	3 times, for the minute, hour and day resolution:
@@ -46,7 +47,8 @@ var errCorruptSnapshot = errors.New("rollupcache: corrupt rollup snapshot")
 // Records are sorted by unit, then key.
 const (
 	snapshotMagic   = "ADMSNAP\n"
-	snapshotVersion = 1
+	snapshotV1      = 1
+	snapshotVersion = 2
 	// maxSnapshotKey bounds a record's key length, against a damaged length
 	// that the checksum happened to miss.
 	maxSnapshotKey = 1 << 12
@@ -106,7 +108,13 @@ type snapshotRecord struct {
 // alongside readers and the watch; an entry updated while it runs is written
 // as it was before or after the update.
 func (c *Cache) writeSnapshot(path string) error {
-	// Read before the entries: each entry is at least as fresh as this.
+	// Stamped with the moment the cache last held everything, not the time
+	// of writing: during an outage that moment stays put. Read first, like
+	// through: each entry copied after is at least as current.
+	asOf := c.CurrentAsOf()
+	if asOf.IsZero() {
+		return errNotCurrentYet
+	}
 	through := c.through()
 	var recs []snapshotRecord
 	for k, e := range c.cache.All() {
@@ -115,12 +123,6 @@ func (c *Cache) writeSnapshot(path string) error {
 	slices.SortFunc(recs, func(a, b snapshotRecord) int {
 		return cmp.Or(cmp.Compare(a.k.unit, b.k.unit), cmp.Compare(a.k.key, b.k.key))
 	})
-	// Stamped with the moment the cache last held everything, not the time
-	// of writing: during an outage that moment stays put.
-	asOf := c.CurrentAsOf()
-	if asOf.IsZero() {
-		return errNotCurrentYet
-	}
 	err := writeFileAtomic(path, func(w io.Writer) error {
 		return encodeSnapshot(w, asOf, c.r.Layout(), through, recs)
 	})
@@ -250,7 +252,9 @@ func decodeSnapshotHeader(data []byte, layout rollup.Layout) (s *Snapshot, d *de
 	if len(data) < head+8+4 || string(data[:len(snapshotMagic)]) != snapshotMagic {
 		return nil, nil, keep, errors.New("not a rollup snapshot")
 	}
-	if v := data[len(snapshotMagic)]; v != snapshotVersion {
+	// Version 1 held the time of writing where 2 holds as of when the cache
+	// was current: the same field, only later, so it is read as it is.
+	if v := data[len(snapshotMagic)]; v != snapshotVersion && v != snapshotV1 {
 		return nil, nil, keep, fmt.Errorf("unknown version %d", v)
 	}
 	body, sum := data[:len(data)-4], binary.BigEndian.Uint32(data[len(data)-4:])

@@ -3,8 +3,10 @@ package rollupcache
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"testing"
@@ -232,8 +234,21 @@ func TestSnapshotCorrupt(t *testing.T) {
 	}
 	check("extended", append(bytes.Clone(good), 0))
 	version := bytes.Clone(good)
-	version[len(snapshotMagic)] = 2
-	check("version 2", version)
+	version[len(snapshotMagic)] = 3
+	binary.BigEndian.PutUint32(version[len(version)-4:], crc32.Checksum(version[:len(version)-4], castagnoli))
+	check("version 3", version)
+
+	// Version 1, whose time was the time of writing, is still read.
+	v1 := bytes.Clone(good)
+	v1[len(snapshotMagic)] = snapshotV1
+	binary.BigEndian.PutUint32(v1[len(v1)-4:], crc32.Checksum(v1[:len(v1)-4], castagnoli))
+	p := filepath.Join(dir, "v1.snap")
+	if err := os.WriteFile(p, v1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := readSnapshot(p, snapshotTestLayout); err != nil || !s.AsOf().Equal(snapshotTestAsOf) {
+		t.Errorf("a version 1 snapshot: %v, %v", s, err)
+	}
 }
 
 // TestSnapshotLayoutMismatch: records of a bucket the layout does not name are

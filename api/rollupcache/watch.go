@@ -235,12 +235,14 @@ func (c *Cache) advance(u rollup.Unit, epoch, next uint64) {
 	}
 }
 
-// reset sets the position of the watch of epoch to next, backwards allowed.
+// reset sets the position of the watch of epoch to next, backwards allowed,
+// for a bucket made anew: a question put to the old one means nothing now.
 func (c *Cache) reset(u rollup.Unit, epoch, next uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.watch[u].epoch == epoch {
 		c.watch[u].next = next
+		c.probes[u].pending = false
 	}
 }
 

@@ -236,8 +236,9 @@ func TestVASTPlayer(t *testing.T) {
 		for _, r := range rows {
 			got = append(got, fmt.Sprintf("%s/%d/%s", r.Type, r.ErrorCode, r.InvalidReason))
 		}
-		// The skip forged from the complete pixel names this serving too.
-		want := "click/0/ complete/0/ firstQuartile/0/ impression/0/ midpoint/0/ skip/0/signature start/0/ thirdQuartile/0/"
+		// The skip forged from the complete pixel is not among them: a
+		// forged pixel names no serving.
+		want := "click/0/ complete/0/ firstQuartile/0/ impression/0/ midpoint/0/ start/0/ thirdQuartile/0/"
 		if sv != serving[0] {
 			want = "error/405/ impression/0/"
 		}
@@ -245,13 +246,18 @@ func TestVASTPlayer(t *testing.T) {
 			t.Errorf("archived events of serving %s: %v, want %s", sv, got, want)
 		}
 	}
-	var invalid int
+	var invalid, expiredRows int
 	if err := d.db.NewSelect().Table("events").ColumnExpr("count(*)").
 		Where("invalid_reason = ?", "signature").Scan(context.Background(), &invalid); err != nil {
 		t.Fatal(err)
 	}
-	if invalid != 6 {
-		t.Errorf("%d events archived as invalid for their signature, want 6", invalid)
+	if err := d.db.NewSelect().Table("events").ColumnExpr("count(*)").
+		Where("invalid_reason = ? AND serving_id = ? AND event_id = ?", "signature", expired.ServingID, expired.ServingID+".start.expired").
+		Scan(context.Background(), &expiredRows); err != nil {
+		t.Fatal(err)
+	}
+	if invalid != 6 || expiredRows != 1 {
+		t.Errorf("%d events archived as invalid for their signature (want 6), %d of them the expired serving's (want 1)", invalid, expiredRows)
 	}
 
 	// No ad: the empty VAST document.

@@ -109,6 +109,17 @@ var InvalidReasons = []InvalidReason{BadSignature}
 // Valid reports whether r is one of InvalidReasons.
 func (r InvalidReason) Valid() bool { return r == BadSignature }
 
+// FromServing reports whether e's ID is the one a VAST serving's event of
+// its type derives, "<serving_id>.<type>", as AdMetric's tracking pixels
+// give: the stream (within its duplicate window) and the archive then hold
+// one such event per serving, so it counts as the serving's own (one
+// serving per impression, one click per serving).
+func (e *Event) FromServing() bool {
+	id, sv, typ := e.EventID, e.ServingID, string(e.Type)
+	return sv != "" && len(id) == len(sv)+1+len(typ) &&
+		strings.HasPrefix(id, sv) && id[len(sv)] == '.' && strings.HasSuffix(id, typ)
+}
+
 // DerivedIDPrefix starts the IDs the service derives for events published to
 // NATS without any ID; clients may not send IDs with it, so the two never collide.
 const DerivedIDPrefix = "$"

@@ -562,3 +562,27 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func TestFromServing(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		id, serving string
+		typ         Type
+		want        bool
+	}{
+		{"admetric-1.impression", "admetric-1", Impression, true},
+		{"admetric-1.click", "admetric-1", Click, true},
+		{"admetric-1.click", "admetric-1", Impression, false},
+		{"admetric-1.impression", "", Impression, false},
+		{"admetric-12.impression", "admetric-1", Impression, false},
+		{"admetric-1ximpression", "admetric-1", Impression, false},
+		{"admetric-1.impression.expired", "admetric-1", Impression, false},
+		{"0193-uuid", "admetric-1", Impression, false},
+	}
+	for _, tc := range tests {
+		e := Event{EventID: tc.id, ServingID: tc.serving, Type: tc.typ}
+		if got := e.FromServing(); got != tc.want {
+			t.Errorf("FromServing(%q, serving %q, %s) = %v, want %v", tc.id, tc.serving, tc.typ, got, tc.want)
+		}
+	}
+}

@@ -26,14 +26,21 @@ func TestArchiveInsert(t *testing.T) {
 	if applied, err := postgres.Migrate(ctx, db); err != nil || len(applied) != 0 {
 		t.Fatalf("second Migrate applied %v, %v; want nothing", applied, err)
 	}
+	// The serving index, built outside a transaction, is there and valid.
+	var valid bool
+	if err := db.NewRaw(`SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'events_serving_id'`).
+		Scan(ctx, &valid); err != nil || !valid {
+		t.Fatalf("index events_serving_id: valid %v, %v", valid, err)
+	}
 	archive := postgres.NewArchive(db)
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	rows := []postgres.ArchivedEvent{
 		{EventID: "a", Type: "click", AdID: "ad", OccurredAt: at, IP: "192.0.2.1", PlaybackMS: 1500, StreamSeq: 1},
 		{EventID: "b", Type: "impression", AdID: "ad", OccurredAt: at, StreamSeq: 2},
+		{EventID: "sv.error", Type: "error", AdID: "ad", OccurredAt: at, StreamSeq: 3, ServingID: "sv", ErrorCode: 402, InvalidReason: "signature"},
 	}
-	if n, err := archive.Insert(ctx, rows); err != nil || n != 2 {
-		t.Fatalf("Insert = %d, %v; want 2 new rows", n, err)
+	if n, err := archive.Insert(ctx, rows); err != nil || n != 3 {
+		t.Fatalf("Insert = %d, %v; want 3 new rows", n, err)
 	}
 	if n, err := archive.Insert(ctx, rows); err != nil || n != 0 {
 		t.Fatalf("Insert again = %d, %v; want 0 new rows", n, err)
@@ -42,8 +49,20 @@ func TestArchiveInsert(t *testing.T) {
 	if err := db.NewSelect().Model((*postgres.ArchivedEvent)(nil)).Column("ip").Where("event_id = 'b'").Scan(ctx, &ip); err != nil || ip != nil {
 		t.Fatalf("event without ip: stored %v, %v; want NULL", ip, err)
 	}
+	// The VAST columns: NULL when empty, read back by Scan as stored.
+	var nulls int
+	if err := db.NewRaw(`SELECT count(*) FROM events WHERE event_id = 'b' AND serving_id IS NULL AND error_code IS NULL AND invalid_reason IS NULL`).Scan(ctx, &nulls); err != nil || nulls != 1 {
+		t.Fatalf("event without VAST fields: %d rows with NULLs, %v; want 1", nulls, err)
+	}
+	var got []postgres.ArchivedEvent
+	if err := archive.Scan(ctx, at, at.Add(time.Second), func(ev *postgres.ArchivedEvent) error { got = append(got, *ev); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[2].ServingID != "sv" || got[2].ErrorCode != 402 || got[2].InvalidReason != "signature" || got[0].ServingID != "" {
+		t.Fatalf("scanned %+v", got)
+	}
 
-	_, err = archive.Insert(ctx, []postgres.ArchivedEvent{{EventID: "c", Type: "click", AdID: "ad", OccurredAt: at, IP: "not-an-ip", StreamSeq: 3}})
+	_, err = archive.Insert(ctx, []postgres.ArchivedEvent{{EventID: "c", Type: "click", AdID: "ad", OccurredAt: at, IP: "not-an-ip", StreamSeq: 4}})
 	if err == nil || !postgres.IsDataError(err) {
 		t.Fatalf("bad inet: err %v, IsDataError %v; want a data error", err, postgres.IsDataError(err))
 	}
