@@ -63,8 +63,33 @@ func NewArchiver(js jetstream.JetStream, archive *postgres.Archive, logger *slog
 }
 
 // Run archives events until ctx ends; the batch in hand is finished first when
-// PostgreSQL answers. It returns nil on cancellation, an error only if it cannot start.
+// PostgreSQL answers. It returns nil once ctx ends, and only then: a NATS
+// failure (no connection at start, a missing heartbeat while a consumer
+// leader moves, the consumer deleted) is logged, counted in
+// admetric_consumer_restarts_total and retried, the consumer set up again,
+// after a pause that grows while it keeps failing.
 func (a *Archiver) Run(ctx context.Context) error {
+	pauses := backoff.NewExponentialBackOff()
+	pauses.InitialInterval, pauses.MaxInterval = 200*time.Millisecond, 15*time.Second
+	for {
+		progressed, err := a.consume(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if progressed {
+			pauses.Reset()
+		}
+		wait := pauses.NextBackOff()
+		a.metrics.restarts.WithLabelValues(ArchiveConsumerName).Inc()
+		a.logger.Warn("archive consumer failed; setting it up again", "err", err, "pause", wait)
+		pause(ctx, wait)
+	}
+}
+
+// consume sets up the archive consumer and archives from it until ctx ends
+// (nil) or NATS fails it (the error). progressed reports that a batch was
+// archived.
+func (a *Archiver) consume(ctx context.Context) (progressed bool, err error) {
 	cons, err := a.js.CreateOrUpdateConsumer(ctx, store.StreamName, jetstream.ConsumerConfig{
 		Durable:       ArchiveConsumerName,
 		Description:   "AdMetric: events into the PostgreSQL archive",
@@ -74,11 +99,11 @@ func (a *Archiver) Run(ctx context.Context) error {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
-		return fmt.Errorf("aggregator: archive consumer: %w", err)
+		return false, fmt.Errorf("aggregator: archive consumer: %w", err)
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(2 * a.opts.BatchSize))
 	if err != nil {
-		return fmt.Errorf("aggregator: archive consumer: %w", err)
+		return false, fmt.Errorf("aggregator: archive consumer: %w", err)
 	}
 	defer it.Stop()
 	a.logger.Info("archiver started")
@@ -88,12 +113,14 @@ func (a *Archiver) Run(ctx context.Context) error {
 	msgs := make([]jetstream.Msg, 0, a.opts.BatchSize)
 	for {
 		batch, err = nextBatch(ctx, it, batch[:0], a.opts.BatchSize, a.opts.Linger)
-		if err != nil {
+		if err != nil && len(batch) == 0 {
 			if ctx.Err() != nil {
-				return nil
+				return progressed, nil
 			}
-			return fmt.Errorf("aggregator: archive consumer: %w", err)
+			return progressed, fmt.Errorf("aggregator: archive consumer: %w", err)
 		}
+		// A failure after some messages came: archive those first (the
+		// error comes again at the next Next).
 		rows, msgs = rows[:0], msgs[:0]
 		for _, msg := range batch {
 			rec, err := decodeMsg(msg, nil)
@@ -105,8 +132,9 @@ func (a *Archiver) Run(ctx context.Context) error {
 			msgs = append(msgs, msg)
 		}
 		if !a.archiveBatch(ctx, rows, msgs) {
-			return nil // shutting down; the unacked rest is redelivered later
+			return progressed, nil // shutting down; the unacked rest is redelivered later
 		}
+		progressed = true
 	}
 }
 

@@ -103,3 +103,26 @@ func TestArchiverDeadLetters(t *testing.T) {
 		}
 	}
 }
+
+// TestArchiverOutlivesItsConsumer: a NATS failure under the archiver (here
+// its consumer deleted, as a lost consumer leader can leave it) does not
+// stop it: it sets the consumer up again, counts the restart, and archives
+// what comes next, the events before kept once.
+func TestArchiverOutlivesItsConsumer(t *testing.T) {
+	js, _ := setup(t)
+	db := storetest.DB(t, storetest.Postgres(t))
+	reg := runArchiver(t, js, db, aggregator.ArchiverOptions{})
+	now := time.Now().UTC()
+	publish(t, js, clicks("ad-x", 5, now, "before")...)
+	waitRows(t, db, 5)
+	waitConsumed(t, js, aggregator.ArchiveConsumerName)
+
+	if err := js.DeleteConsumer(context.Background(), store.StreamName, aggregator.ArchiveConsumerName); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, js, clicks("ad-x", 7, now, "after")...)
+	waitRows(t, db, 12)
+	if n := counter(t, reg, "admetric_consumer_restarts_total"); n < 1 {
+		t.Errorf("admetric_consumer_restarts_total = %v, want the restart counted", n)
+	}
+}

@@ -12,6 +12,7 @@ type Metrics struct {
 	commitSeconds prometheus.Histogram
 	archived      prometheus.Counter
 	archiveErrors prometheus.Counter
+	restarts      *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -42,7 +43,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		archiveErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "admetric_archive_errors_total", Help: "Failed archive batch inserts (retried).",
 		}),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "admetric_consumer_restarts_total",
+			Help: "Times a consumer was set up again after NATS failed it (no connection, a missing heartbeat while a leader moved, the consumer deleted), by consumer.",
+		}, []string{"consumer"}),
 	}
-	reg.MustRegister(m.folded, m.duplicates, m.tooOld, m.poison, m.commitErrors, m.commitSeconds, m.archived, m.archiveErrors)
+	reg.MustRegister(m.folded, m.duplicates, m.tooOld, m.poison, m.commitErrors, m.commitSeconds, m.archived, m.archiveErrors, m.restarts)
 	return m
 }

@@ -126,14 +126,18 @@ func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slo
 }
 
 // Run folds the partition until ctx ends; the batch in hand is committed before
-// it returns. It returns nil on cancellation, an error only if it cannot start.
+// it returns. It returns nil once ctx ends, and only then: setting up the
+// consumer is retried while NATS fails it (counted in
+// admetric_consumer_restarts_total), as is every fetch.
 func (w *RollupWriter) Run(ctx context.Context) error {
-	cons, err := w.start(ctx)
+	consumer := RollupConsumerName(w.opts.Partition)
+	cons, err := backoff.Retry(ctx, func() (jetstream.Consumer, error) { return w.start(ctx) },
+		retryForever(200*time.Millisecond, 15*time.Second, func(err error, pause time.Duration) {
+			w.metrics.restarts.WithLabelValues(consumer).Inc()
+			w.logger.Warn("setting up the rollup consumer failed; retrying", "err", err, "pause", pause)
+		})...)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
+		return nil // ctx ended
 	}
 	s := &writerState{held: make(map[uint64]jetstream.Msg, w.opts.BatchSize)}
 	defer w.letGo(s)

@@ -422,3 +422,22 @@ func TestRollupWriterWaitsForADeliveryItMissed(t *testing.T) {
 		t.Fatalf("%d clicks in the rollups, %v events folded; want %d", agg.Clicks, w.Folded(), published)
 	}
 }
+
+// TestRollupWriterWaitsForItsStream: a writer that cannot set up its
+// consumer (here the event stream is not there yet, as while NATS starts)
+// does not stop: it retries, counting each failure, and folds once it can.
+func TestRollupWriterWaitsForItsStream(t *testing.T) {
+	js, _ := storetest.JetStream(t, storetest.NATS(t))
+	rollups, err := store.CreateOrUpdateRollups(context.Background(), js, testLayout, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{})
+	waitFor(t, func() bool { return counter(t, w.reg, "admetric_consumer_restarts_total") >= 2 },
+		func() string { return "no retried consumer set-up counted" })
+
+	storetest.EventStream(t, js, 1)
+	publish(t, js, clicks("ad-w", 5, time.Now().UTC(), "w")...)
+	waitFor(t, func() bool { return w.Folded() == 5 },
+		func() string { return fmt.Sprintf("%v events folded, want 5", w.Folded()) })
+}
