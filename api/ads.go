@@ -124,7 +124,10 @@ func (h *AdHandlers) list(c *gin.Context) {
 }
 
 func (h *AdHandlers) get(c *gin.Context) {
-	id := c.Param("id")
+	id, ok := pathID(c)
+	if !ok {
+		return
+	}
 	if ad, ok := h.catalog.Get(id); ok {
 		c.JSON(http.StatusOK, ad)
 		return
@@ -325,7 +328,10 @@ func (h *AdHandlers) update(c *gin.Context) {
 	if !ok {
 		return
 	}
-	id := c.Param("id")
+	id, ok := pathID(c)
+	if !ok {
+		return
+	}
 	if in.ID != "" && in.ID != id {
 		respond.Error(c, http.StatusBadRequest, "id", "differs from the ID in the path; an ad's ID cannot change")
 		return
@@ -340,7 +346,10 @@ func (h *AdHandlers) update(c *gin.Context) {
 }
 
 func (h *AdHandlers) delete(c *gin.Context) {
-	id := c.Param("id")
+	id, ok := pathID(c)
+	if !ok {
+		return
+	}
 	if err := h.ads.Delete(c.Request.Context(), id); err != nil {
 		h.storeFailed(c, err)
 		return
@@ -349,14 +358,30 @@ func (h *AdHandlers) delete(c *gin.Context) {
 	c.Status(http.StatusNoContent)
 }
 
+// pathID returns the ad ID of the path, answering 404 for one no ad can
+// have (ad IDs are checked tokens): such text, a NUL byte say, must not
+// reach PostgreSQL, whose refusal would read as an outage.
+func pathID(c *gin.Context) (string, bool) {
+	id := c.Param("id")
+	if event.ValidateAdID(id) != nil {
+		respond.Error(c, http.StatusNotFound, "id", "no such ad")
+		return "", false
+	}
+	return id, true
+}
+
 // storeFailed maps a store error to its answer, and logs it once when it is the
-// server's fault.
+// server's fault: only a store that does not answer is a 503.
 func (h *AdHandlers) storeFailed(c *gin.Context, err error) {
 	switch {
 	case errors.Is(err, postgres.ErrNotFound):
 		respond.Error(c, http.StatusNotFound, "id", "no such ad")
 	case errors.Is(err, postgres.ErrExists):
 		respond.Error(c, http.StatusConflict, "id", "an ad with this ID exists")
+	case postgres.IsDataError(err):
+		// A value no check foresaw: the request's fault, not an outage.
+		h.logger.Warn("the ads database refused a value", "err", err)
+		respond.Error(c, http.StatusBadRequest, "", "a value cannot be stored (such as text with a NUL byte)")
 	case errors.Is(err, context.Canceled):
 		c.Abort()
 	default:

@@ -104,6 +104,16 @@ func TestAdFieldsRefuseHostileInput(t *testing.T) {
 	if _, err := ads.Get(ctx, "ad-bad"); err == nil {
 		t.Error("a refused ad was stored")
 	}
+	// An ID no ad can have, a NUL byte say, is no such ad: it must not reach
+	// PostgreSQL, whose refusal would answer 503 as if it were down.
+	for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodDelete} {
+		for _, path := range []string{"/ads/ad-ok%00", "/ads/ad%20ok", "/ads/" + strings.Repeat("a", 65)} {
+			status, resp := send(t, r, method, path, map[string]any{"title": "t"})
+			if status != http.StatusNotFound || resp["field"] != "id" {
+				t.Errorf("%s %s: %d %v; want 404 naming id", method, path, status, resp)
+			}
+		}
+	}
 	if ad, err := ads.Get(ctx, "ad-ok"); err != nil || ad.Title != "ok" || ad.ClickURL != "" {
 		t.Errorf("the plain ad changed: %+v %v", ad, err)
 	}

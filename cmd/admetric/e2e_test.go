@@ -293,6 +293,7 @@ func TestEndToEnd(t *testing.T) {
 		{"analytics bad ad_id", "/ads/analytics?ad_id=a.b", "", "", 400, "ad_id"},
 		{"bad limit", "/ads?limit=0", "", "", 400, "limit"},
 		{"unknown ad by id", "/ads/nope", "", "", 404, "id"},
+		{"NUL in an ad's id", "/ads/coffee-6s%00", "", "", 404, "id"},
 	}
 	for _, tc := range badCases {
 		t.Run(tc.name, func(t *testing.T) {
