@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -102,14 +103,17 @@ func (h *PixelHandlers) count(kind, outcome string) {
 	h.outcome.WithLabelValues(kind, outcome).Inc()
 }
 
+// pixelKeys are the query keys of a tracking URL that AdMetric reads.
+var pixelKeys = [...]string{"ad", "sv", "exp", "sig", "ts", "ph", "code"}
+
 // pixelQuery is what a tracking URL's query carries, read in one pass over
-// the raw query: the first value of each key, as url.ParseQuery and
+// the raw query: the first value of each of pixelKeys, as url.ParseQuery and
 // url.Values.Get read it (FuzzPixelQuery checks), without building a map
 // of every value: it is read once per pixel.
-type pixelQuery struct{ ad, sv, exp, sig, ts, ph, code string }
+type pixelQuery [len(pixelKeys)]string
 
 func parsePixelQuery(raw string) (q pixelQuery) {
-	var seen uint8
+	var seen [len(pixelKeys)]bool
 	for raw != "" {
 		var kv string
 		kv, raw, _ = strings.Cut(raw, "&")
@@ -117,60 +121,33 @@ func parsePixelQuery(raw string) (q pixelQuery) {
 			continue // as url.ParseQuery, which refuses the pair
 		}
 		k, v, _ := strings.Cut(kv, "=")
-		if strings.ContainsAny(k, "%+") {
-			u, err := url.QueryUnescape(k)
-			if err != nil {
-				continue
-			}
-			k = u
-		}
-		var dst *string
-		var bit uint8
-		switch k {
-		case "ad":
-			dst, bit = &q.ad, 1
-		case "sv":
-			dst, bit = &q.sv, 2
-		case "exp":
-			dst, bit = &q.exp, 4
-		case "sig":
-			dst, bit = &q.sig, 8
-		case "ts":
-			dst, bit = &q.ts, 16
-		case "ph":
-			dst, bit = &q.ph, 32
-		case "code":
-			dst, bit = &q.code, 64
-		default:
+		k, okK := unescapeQuery(k)
+		i := slices.Index(pixelKeys[:], k)
+		if !okK || i < 0 || seen[i] {
 			continue
 		}
-		if seen&bit != 0 {
-			continue
+		if v, ok := unescapeQuery(v); ok { // else, as url.ParseQuery, the pair is skipped
+			q[i], seen[i] = v, true
 		}
-		if strings.ContainsAny(v, "%+") {
-			u, err := url.QueryUnescape(v)
-			if err != nil {
-				continue // as url.ParseQuery: the pair is skipped
-			}
-			v = u
-		}
-		seen |= bit
-		*dst = v
 	}
 	return q
 }
 
-// get is pixel.ParseQuery's lookup.
+// unescapeQuery decodes s as a query key or value, sparing the call when
+// there is nothing to decode.
+func unescapeQuery(s string) (string, bool) {
+	if !strings.ContainsAny(s, "%+") {
+		return s, true
+	}
+	u, err := url.QueryUnescape(s)
+	return u, err == nil
+}
+
+// get is the value of key, one of pixelKeys ("" for another); it is
+// pixel.ParseQuery's lookup.
 func (q *pixelQuery) get(key string) string {
-	switch key {
-	case "ad":
-		return q.ad
-	case "sv":
-		return q.sv
-	case "exp":
-		return q.exp
-	case "sig":
-		return q.sig
+	if i := slices.Index(pixelKeys[:], key); i >= 0 {
+		return q[i]
 	}
 	return ""
 }
@@ -237,17 +214,17 @@ func (h *PixelHandlers) record(c *gin.Context, kind string) string {
 	}
 	// A player clock far off (a timestamp the event rules refuse) must not
 	// lose the pixel: the event is then dated when it arrived.
-	if t, ok := pixel.Timestamp(q.ts); ok && outcome != "bad_signature" && h.intake.limits.CheckTimestamp(t, now) == nil {
+	if t, ok := pixel.Timestamp(q.get("ts")); ok && outcome != "bad_signature" && h.intake.limits.CheckTimestamp(t, now) == nil {
 		ev.Timestamp = t.UTC()
 	}
 	switch typ {
 	case event.Click:
-		if ph, ok := pixel.Playhead(q.ph); ok && ph <= event.MaxPlaybackTime {
+		if ph, ok := pixel.Playhead(q.get("ph")); ok && ph <= event.MaxPlaybackTime {
 			ev.PlaybackTime = ph
 		}
 	case event.Error:
 		code := "unknown"
-		if n, ok := pixel.ErrorCode(q.code); ok {
+		if n, ok := pixel.ErrorCode(q.get("code")); ok {
 			ev.ErrorCode, code = n, strconv.Itoa(n)
 		}
 		if ev.InvalidReason == "" {
