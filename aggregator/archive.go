@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -21,6 +22,8 @@ const ArchiveConsumerName = "archive"
 
 // ArchiverOptions configure an Archiver. Zero values take the defaults.
 type ArchiverOptions struct {
+	// Partitions is how many partition streams there are; default 1.
+	Partitions int
 	// BatchSize bounds the rows of one INSERT; default 500.
 	BatchSize int
 	// Linger is how long a batch waits for more events once it has one; default 50ms.
@@ -29,13 +32,16 @@ type ArchiverOptions struct {
 	AckWait time.Duration
 }
 
-// Archiver copies every event from the stream into the PostgreSQL events table
-// through a durable consumer. Inserts skip event IDs already archived, so a
-// redelivered message never adds a row; a batch is acknowledged only after its
-// insert committed. While PostgreSQL is down it retries the batch in hand
-// behind a circuit breaker and fetches nothing new; the stream keeps the rest
-// until it returns. A message that is not a valid event goes to the
-// dead-letter stream (ads.dlq.<reason>) and is terminated.
+// Archiver copies every event from the partition streams into the PostgreSQL
+// events table, through a durable consumer on each, whose messages it
+// gathers into one batch of inserts. Inserts skip event IDs already
+// archived, so a redelivered message never adds a row; a message is
+// acknowledged only after its insert committed. While PostgreSQL is down it
+// retries the batch in hand behind a circuit breaker and takes nothing new;
+// the streams keep the rest until it returns. A message that is not a valid
+// event goes to the dead-letter stream (ads.dlq.<reason>) and is terminated.
+// While the legacy single stream exists, it archives that stream's events
+// too, and retires the stream once drained.
 type Archiver struct {
 	js      jetstream.JetStream
 	breaker *breaker.Breaker
@@ -47,6 +53,9 @@ type Archiver struct {
 
 // NewArchiver returns an archiver; Run starts it.
 func NewArchiver(js jetstream.JetStream, archive *postgres.Archive, logger *slog.Logger, metrics *Metrics, opts ArchiverOptions) *Archiver {
+	if opts.Partitions <= 0 {
+		opts.Partitions = 1
+	}
 	if opts.BatchSize <= 0 {
 		opts.BatchSize = 500
 	}
@@ -64,33 +73,63 @@ func NewArchiver(js jetstream.JetStream, archive *postgres.Archive, logger *slog
 
 // Run archives events until ctx ends; the batch in hand is finished first when
 // PostgreSQL answers. It returns nil once ctx ends, and only then: a NATS
-// failure (no connection at start, a missing heartbeat while a consumer
-// leader moves, the consumer deleted) is logged, counted in
-// admetric_consumer_restarts_total and retried, the consumer set up again,
-// after a pause that grows while it keeps failing.
+// failure of one stream's consumer (no connection at start, a missing
+// heartbeat while a consumer leader moves, the consumer deleted) is logged,
+// counted in admetric_consumer_restarts_total and retried, that consumer set
+// up again after a pause that grows while it keeps failing; the other
+// streams' events go on being archived meanwhile.
 func (a *Archiver) Run(ctx context.Context) error {
+	msgs := make(chan jetstream.Msg, a.opts.BatchSize)
+	fctx, stopFeeds := context.WithCancel(ctx)
+	var feeds sync.WaitGroup
+	defer feeds.Wait()
+	defer stopFeeds()
+	for p := range a.opts.Partitions {
+		feeds.Go(func() { a.feed(fctx, store.EventStreamName(p), false, msgs) })
+	}
+	feeds.Go(func() {
+		legacy, err := backoff.Retry(fctx, func() (bool, error) { return store.LegacyStreamExists(fctx, a.js) },
+			retryForever(200*time.Millisecond, 15*time.Second, nil)...)
+		if err == nil && legacy {
+			a.feed(fctx, store.LegacyStreamName, true, msgs)
+		}
+	})
+	a.archiveFrom(ctx, msgs)
+	return nil
+}
+
+// feed sends the messages of stream's archive consumer to msgs until ctx
+// ends, setting the consumer up again when NATS fails it. With drain (the
+// sealed legacy stream) it returns once the consumer has nothing left, and
+// retires the stream.
+func (a *Archiver) feed(ctx context.Context, stream string, drain bool, msgs chan<- jetstream.Msg) {
 	pauses := backoff.NewExponentialBackOff()
 	pauses.InitialInterval, pauses.MaxInterval = 200*time.Millisecond, 15*time.Second
 	for {
-		progressed, err := a.consume(ctx)
+		progressed, err := a.consume(ctx, stream, drain, msgs)
 		if ctx.Err() != nil {
-			return nil
+			return
+		}
+		if drain && (err == nil || isGone(err)) {
+			a.logger.Info("drained the legacy stream", "stream", stream)
+			retireLegacy(ctx, a.js, a.logger)
+			return
 		}
 		if progressed {
 			pauses.Reset()
 		}
 		wait := pauses.NextBackOff()
 		a.metrics.restarts.WithLabelValues(ArchiveConsumerName).Inc()
-		a.logger.Warn("archive consumer failed; setting it up again", "err", err, "pause", wait)
+		a.logger.Warn("archive consumer failed; setting it up again", "stream", stream, "err", err, "pause", wait)
 		pause(ctx, wait)
 	}
 }
 
-// consume sets up the archive consumer and archives from it until ctx ends
-// (nil) or NATS fails it (the error). progressed reports that a batch was
-// archived.
-func (a *Archiver) consume(ctx context.Context) (progressed bool, err error) {
-	cons, err := a.js.CreateOrUpdateConsumer(ctx, store.StreamName, jetstream.ConsumerConfig{
+// consume sets up stream's archive consumer and sends its messages to msgs
+// until ctx ends (nil), NATS fails it (the error) or, with drain, it has
+// nothing left (nil). progressed reports that a message was taken.
+func (a *Archiver) consume(ctx context.Context, stream string, drain bool, msgs chan<- jetstream.Msg) (progressed bool, err error) {
+	cons, err := a.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:       ArchiveConsumerName,
 		Description:   "AdMetric: events into the PostgreSQL archive",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -99,42 +138,65 @@ func (a *Archiver) consume(ctx context.Context) (progressed bool, err error) {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
-		return false, fmt.Errorf("aggregator: archive consumer: %w", err)
+		return false, fmt.Errorf("aggregator: archive consumer on %s: %w", stream, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * a.opts.BatchSize))
+	it, err := cons.Messages(jetstream.PullMaxMessages(a.opts.BatchSize))
 	if err != nil {
-		return false, fmt.Errorf("aggregator: archive consumer: %w", err)
+		return false, fmt.Errorf("aggregator: archive consumer on %s: %w", stream, err)
 	}
 	defer it.Stop()
-	a.logger.Info("archiver started")
-
-	batch := make([]jetstream.Msg, 0, a.opts.BatchSize)
-	rows := make([]postgres.ArchivedEvent, 0, a.opts.BatchSize)
-	msgs := make([]jetstream.Msg, 0, a.opts.BatchSize)
+	a.logger.Debug("archive consumer started", "stream", stream)
 	for {
-		batch, err = nextBatch(ctx, it, batch[:0], a.opts.BatchSize, a.opts.Linger)
-		if err != nil && len(batch) == 0 {
-			if ctx.Err() != nil {
+		wait := jetstream.NextContext(ctx)
+		if drain {
+			wait = jetstream.NextMaxWait(drainCheckEvery)
+		}
+		msg, err := it.Next(wait)
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			return progressed, nil
+		case drain && errors.Is(err, nats.ErrTimeout):
+			if drained(ctx, cons) {
 				return progressed, nil
 			}
-			return progressed, fmt.Errorf("aggregator: archive consumer: %w", err)
+			continue
+		default:
+			return progressed, fmt.Errorf("aggregator: archive consumer on %s: %w", stream, err)
 		}
-		// A failure after some messages came: archive those first (the
-		// error comes again at the next Next).
-		rows, msgs = rows[:0], msgs[:0]
+		select {
+		case msgs <- msg:
+			progressed = true
+		case <-ctx.Done():
+			return progressed, nil
+		}
+	}
+}
+
+// archiveFrom archives the messages of msgs in batches until ctx ends.
+func (a *Archiver) archiveFrom(ctx context.Context, msgs <-chan jetstream.Msg) {
+	a.logger.Info("archiver started", "streams", a.opts.Partitions)
+	batch := make([]jetstream.Msg, 0, a.opts.BatchSize)
+	rows := make([]postgres.ArchivedEvent, 0, a.opts.BatchSize)
+	good := make([]jetstream.Msg, 0, a.opts.BatchSize)
+	for {
+		batch = nextBatch(ctx, msgs, batch[:0], a.opts.BatchSize, a.opts.Linger)
+		if len(batch) == 0 {
+			return // ctx ended
+		}
+		rows, good = rows[:0], good[:0]
 		for _, msg := range batch {
-			rec, err := decodeMsg(msg, nil)
+			rec, err := decodeMsg(msg, nil, a.opts.Partitions)
 			if err != nil {
 				a.poison(ctx, msg, err)
 				continue
 			}
 			rows = append(rows, toRow(rec))
-			msgs = append(msgs, msg)
+			good = append(good, msg)
 		}
-		if !a.archiveBatch(ctx, rows, msgs) {
-			return progressed, nil // shutting down; the unacked rest is redelivered later
+		if !a.archiveBatch(ctx, rows, good) {
+			return // shutting down; the unacked rest is redelivered later
 		}
-		progressed = true
 	}
 }
 
@@ -263,21 +325,22 @@ func toRow(r Record) postgres.ArchivedEvent {
 
 // nextBatch waits for one message (until ctx ends), then gathers more until it
 // holds max or none arrives within linger.
-func nextBatch(ctx context.Context, it jetstream.MessagesContext, buf []jetstream.Msg, maxMsgs int, linger time.Duration) ([]jetstream.Msg, error) {
-	msg, err := it.Next(jetstream.NextContext(ctx))
-	if err != nil {
-		return buf, err
-	}
-	buf = append(buf, msg)
-	for len(buf) < maxMsgs {
-		msg, err := it.Next(jetstream.NextMaxWait(linger))
-		if errors.Is(err, nats.ErrTimeout) {
-			break
-		}
-		if err != nil {
-			return buf, err
-		}
+func nextBatch(ctx context.Context, msgs <-chan jetstream.Msg, buf []jetstream.Msg, maxMsgs int, linger time.Duration) []jetstream.Msg {
+	select {
+	case msg := <-msgs:
 		buf = append(buf, msg)
+	case <-ctx.Done():
+		return buf
 	}
-	return buf, nil
+	t := time.NewTimer(linger)
+	defer t.Stop()
+	for len(buf) < maxMsgs {
+		select {
+		case msg := <-msgs:
+			buf = append(buf, msg)
+		case <-t.C:
+			return buf
+		}
+	}
+	return buf
 }

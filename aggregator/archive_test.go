@@ -117,7 +117,7 @@ func TestArchiverOutlivesItsConsumer(t *testing.T) {
 	waitRows(t, db, 5)
 	waitConsumed(t, js, aggregator.ArchiveConsumerName)
 
-	if err := js.DeleteConsumer(context.Background(), store.StreamName, aggregator.ArchiveConsumerName); err != nil {
+	if err := js.DeleteConsumer(context.Background(), store.EventStreamName(0), aggregator.ArchiveConsumerName); err != nil {
 		t.Fatal(err)
 	}
 	publish(t, js, clicks("ad-x", 7, now, "after")...)

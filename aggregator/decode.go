@@ -22,7 +22,11 @@ const (
 	ReasonDecode   = "decode"   // not an event's JSON
 	ReasonSubject  = "subject"  // subject not ads.events.<type>.<ad_id>, or the body disagrees
 	ReasonInvalid  = "invalid"  // an event that breaks a rule
-	ReasonDatabase = "database" // PostgreSQL refused it
+	// ReasonPartition is an event stored in a partition its ad does not hash
+	// to: published straight to a partition subject, past the mapping.
+	// Folding it would give the ad's keys a second writer.
+	ReasonPartition = "partition"
+	ReasonDatabase  = "database" // PostgreSQL refused it
 )
 
 // poisonError is a poison message with its reason.
@@ -53,11 +57,12 @@ func PoisonReason(err error) string {
 // consumerMaxFuture is how far past the stream's store time an event may be dated.
 const consumerMaxFuture = time.Hour
 
-// decodeMsg turns a stream message into a Record. Publishers other than our own
+// decodeMsg turns a stream message into a Record; with partitions above 0,
+// an event stored in a partition other than its ad's is poison. Publishers other than our own
 // intake may leave out what the subject already says (type, ad_id), the event ID
 // (the Nats-Msg-Id header or, failing that, the stream sequence stands in) and the
 // timestamp (the time the stream stored the message stands in).
-func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
+func decodeMsg(msg jetstream.Msg, salt []byte, partitions int) (Record, error) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		return Record{}, poison(ReasonMetadata, "metadata: %w", err)
@@ -69,6 +74,9 @@ func decodeMsg(msg jetstream.Msg, salt []byte) (Record, error) {
 	partition, typ, adID, ok := store.ParseEventSubject(msg.Subject())
 	if !ok {
 		return Record{}, poison(ReasonSubject, "seq %d: subject %q is not ads.events.<type>.<ad_id>", meta.Sequence.Stream, msg.Subject())
+	}
+	if partitions > 0 && partition != store.PartitionOf(adID, partitions) {
+		return Record{}, poison(ReasonPartition, "seq %d: subject %q is not the partition of ad %q (%d of %d)", meta.Sequence.Stream, msg.Subject(), adID, store.PartitionOf(adID, partitions), partitions)
 	}
 	if ev.Type == "" {
 		ev.Type = event.Type(typ)

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -213,7 +215,7 @@ func consumerInfo(t *testing.T, js jetstream.JetStream, name string) *jetstream.
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cons, err := js.Consumer(ctx, store.StreamName, name)
+	cons, err := js.Consumer(ctx, store.EventStreamName(streamOf(name)), name)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil
 	}
@@ -245,31 +247,32 @@ func waitConsumer(t *testing.T, js jetstream.JetStream, name, what string, cond 
 	return info
 }
 
-// lastSeq is the stream sequence of the last message on filter (the whole
-// stream when filter is empty), or 0 when there is none.
-func lastSeq(t *testing.T, js jetstream.JetStream, filter string) uint64 {
+// lastSeq is the sequence of the last message of partition p's stream, or
+// 0 when there is none.
+func lastSeq(t *testing.T, js jetstream.JetStream, p int) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, store.StreamName)
+	s, err := js.Stream(ctx, store.EventStreamName(p))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if filter == "" {
-		info, err := s.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// streamOf is the partition stream a test's consumer reads: rollups-p<N>
+// reads partition N's; every other consumer of these tests, partition 0's.
+func streamOf(name string) int {
+	if n, ok := strings.CutPrefix(name, "rollups-p"); ok {
+		if p, err := strconv.Atoi(n); err == nil {
+			return p
 		}
-		return info.State.LastSeq
 	}
-	m, err := s.GetLastMsgForSubject(ctx, filter)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m.Sequence
+	return 0
 }
 
 // waitConsumed waits until the durable consumer has nothing pending, nothing
@@ -280,7 +283,7 @@ func waitConsumed(t *testing.T, js jetstream.JetStream, name string) uint64 {
 	t.Helper()
 	var last uint64
 	waitConsumer(t, js, name, "everything acknowledged", func(info *jetstream.ConsumerInfo) bool {
-		last = lastSeq(t, js, info.Config.FilterSubject)
+		last = lastSeq(t, js, streamOf(name))
 		return info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream == last
 	})
 	return last

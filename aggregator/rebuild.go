@@ -44,27 +44,55 @@ type RebuildOptions struct {
 	AdIDs []string
 	// VisitorSalt keys the visitor hash: the rollup writers' salt.
 	VisitorSalt []byte
-	// ArchiveFloor returns the stream sequence up to which the archive is
-	// complete (ArchiveFloor reads it from the archive consumer).
-	ArchiveFloor func(context.Context) (uint64, error)
+	// ArchiveFloor returns the sequence of partition's stream up to which the
+	// archive is complete (ArchiveFloor reads it from the archive consumers).
+	ArchiveFloor func(ctx context.Context, partition int) (uint64, error)
+	// Partitions is how many partitions there are: an ad without archived
+	// events is in the one its ID hashes to.
+	Partitions int
 	// Progress, when not nil, is told how far the rebuild has come.
 	Progress RebuildProgress
 }
 
 // ArchiveFloor returns the function that reads, from the archive
-// consumer's ack floor, the stream sequence up to which the archive is
-// complete.
-func ArchiveFloor(js jetstream.JetStream) func(context.Context) (uint64, error) {
-	return func(ctx context.Context) (uint64, error) {
-		cons, err := js.Consumer(ctx, store.StreamName, ArchiveConsumerName)
+// consumers' ack floors, the sequence of a partition's stream up to which
+// the archive is complete. While the legacy stream's archive consumer has
+// events left, its ack floor bounds every partition: the legacy stream's
+// sequences are below the partition streams'.
+func ArchiveFloor(js jetstream.JetStream) func(context.Context, int) (uint64, error) {
+	return func(ctx context.Context, partition int) (uint64, error) {
+		legacy, err := js.Consumer(ctx, store.LegacyStreamName, ArchiveConsumerName)
+		switch {
+		case err == nil:
+			info, err := legacy.Info(ctx)
+			if err != nil && !isGone(err) {
+				return 0, fmt.Errorf("aggregator: legacy archive consumer: %w", err)
+			}
+			if err == nil && (info.NumPending > 0 || info.NumAckPending > 0) {
+				return info.AckFloor.Stream, nil
+			}
+		case !isGone(err):
+			return 0, fmt.Errorf("aggregator: legacy archive consumer: %w", err)
+		}
+		name := store.EventStreamName(partition)
+		stream, err := js.Stream(ctx, name)
 		if err != nil {
-			return 0, fmt.Errorf("aggregator: archive consumer: %w", err)
+			return 0, fmt.Errorf("aggregator: stream %s: %w", name, err)
+		}
+		// The legacy stream, whose sequences end below the first, is archived.
+		floor := max(stream.CachedInfo().Config.FirstSeq, 1) - 1
+		cons, err := js.Consumer(ctx, name, ArchiveConsumerName)
+		if isGone(err) {
+			return floor, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("aggregator: archive consumer of %s: %w", name, err)
 		}
 		info, err := cons.Info(ctx)
 		if err != nil {
-			return 0, fmt.Errorf("aggregator: archive consumer: %w", err)
+			return 0, fmt.Errorf("aggregator: archive consumer of %s: %w", name, err)
 		}
-		return info.AckFloor.Stream, nil
+		return max(floor, info.AckFloor.Stream), nil
 	}
 }
 
@@ -82,7 +110,7 @@ func ArchiveFloor(js jetstream.JetStream) func(context.Context) (uint64, error) 
 // floor fails with ErrArchiveBehind. Run twice on an unchanged archive,
 // Rebuild writes the same values.
 func Rebuild(ctx context.Context, rollups *store.Rollups, archive *postgres.Archive, opts RebuildOptions) (RebuildResult, error) {
-	rb := &rebuilder{rollups: rollups, archive: archive, opts: opts, layout: rollups.Layout(), now: time.Now(),
+	rb := &rebuilder{rollups: rollups, archive: archive, opts: opts, layout: rollups.Layout(), now: time.Now(), floors: make(map[int]uint64),
 		from: rollup.Day.Truncate(opts.From), to: rollup.Day.Ceil(opts.To)}
 	if rb.opts.Progress == nil {
 		rb.opts.Progress = func(string, int, int) {}
@@ -97,9 +125,6 @@ func Rebuild(ctx context.Context, rollups *store.Rollups, archive *postgres.Arch
 	res.Events = len(rb.recs)
 	ads, err := rb.ads(ctx)
 	if err != nil {
-		return res, err
-	}
-	if rb.floor, err = opts.ArchiveFloor(ctx); err != nil {
 		return res, err
 	}
 	res.Keys, err = rb.rewrite(ctx, ads)
@@ -119,7 +144,7 @@ type rebuilder struct {
 	byKey       map[Key][]int  // which of recs each key holds
 	partitionOf map[string]int // ad → stream partition, from its archived events
 	checkpoints map[unitPartition]uint64
-	floor       uint64 // the archive is complete up to this stream sequence
+	floors      map[int]uint64 // the archive is complete up to these sequences, by partition
 }
 
 type unitPartition struct {
@@ -214,6 +239,20 @@ func (rb *rebuilder) checkpoint(ctx context.Context, u rollup.Unit, ad string) (
 	if !ok {
 		return 0, nil
 	}
+	return rb.partitionCheckpoint(ctx, u, p)
+}
+
+// partitionOfAd is the partition of ad: the one its archived events were
+// in, or the one it hashes to.
+func (rb *rebuilder) partitionOfAd(ad string) int {
+	if p, ok := rb.partitionOf[ad]; ok {
+		return p
+	}
+	return store.PartitionOf(ad, rb.opts.Partitions)
+}
+
+// partitionCheckpoint returns partition p's checkpoint in unit's bucket.
+func (rb *rebuilder) partitionCheckpoint(ctx context.Context, u rollup.Unit, p int) (uint64, error) {
 	up := unitPartition{u, p}
 	if cp, ok := rb.checkpoints[up]; ok {
 		return cp, nil
@@ -245,7 +284,7 @@ func (rb *rebuilder) replaceRange(ctx context.Context, k Key, ad string, periodS
 			return false, backoff.Permanent(err)
 		}
 		bound := max(cur.MaxSeq, checkpoint)
-		if err := rb.checkFloor(ctx, k, bound); err != nil {
+		if err := rb.checkFloor(ctx, k, rb.partitionOfAd(ad), bound); err != nil {
 			return false, backoff.Permanent(err)
 		}
 		next, changed := rb.refold(k, periodStart, cur, bound)
@@ -260,19 +299,20 @@ func (rb *rebuilder) replaceRange(ctx context.Context, k Key, ad string, periodS
 	}, backoff.WithBackOff(&backoff.ZeroBackOff{}), backoff.WithMaxTries(maxConflicts+1))
 }
 
-// checkFloor fails with ErrArchiveBehind when key k holds events up to bound
-// that the archive may not have yet; it reads the floor again first.
-func (rb *rebuilder) checkFloor(ctx context.Context, k Key, bound uint64) error {
-	if bound <= rb.floor {
+// checkFloor fails with ErrArchiveBehind when key k, of partition p, holds
+// events up to bound that the archive may not have yet; it reads the floor
+// again first.
+func (rb *rebuilder) checkFloor(ctx context.Context, k Key, p int, bound uint64) error {
+	if floor, ok := rb.floors[p]; ok && bound <= floor {
 		return nil
 	}
-	floor, err := rb.opts.ArchiveFloor(ctx)
+	floor, err := rb.opts.ArchiveFloor(ctx, p)
 	if err != nil {
 		return err
 	}
-	rb.floor = floor
+	rb.floors[p] = floor
 	if bound > floor {
-		return fmt.Errorf("%w: %s %s holds sequence %d, the archive is complete to %d", ErrArchiveBehind, k.Unit, k.Key, bound, floor)
+		return fmt.Errorf("%w: %s %s holds sequence %d, the archive of partition %d is complete to %d", ErrArchiveBehind, k.Unit, k.Key, bound, p, floor)
 	}
 	return nil
 }

@@ -88,7 +88,7 @@ func TestRebuild(t *testing.T) {
 
 	archiveFloor := aggregator.ArchiveFloor(js)
 	// An archive that is behind the rollups is refused: rebuilding would drop events.
-	behind := func(context.Context) (uint64, error) { return 1, nil }
+	behind := func(context.Context, int) (uint64, error) { return 1, nil }
 	if _, err := aggregator.Rebuild(ctx, rollups, archive, aggregator.RebuildOptions{From: from, To: to, VisitorSalt: []byte("salt"), ArchiveFloor: behind}); !errors.Is(err, aggregator.ErrArchiveBehind) {
 		t.Fatalf("rebuild with the archive behind: %v, want ErrArchiveBehind", err)
 	}

@@ -18,8 +18,8 @@ import (
 
 // RollupWriterOptions configure a RollupWriter. Zero values take the defaults.
 type RollupWriterOptions struct {
-	// Partition is the partition this writer folds: its durable consumer, its
-	// subject filter and its checkpoint key.
+	// Partition is the partition this writer folds: its stream, its durable
+	// consumer and its checkpoint key.
 	Partition int
 	// BatchSize bounds the events folded per commit; default 10,000.
 	BatchSize int
@@ -40,7 +40,9 @@ type RollupWriterOptions struct {
 	PinnedTTL time.Duration
 	// Members, when set, lets the writer hand its partition to another process
 	// when this one holds more than its share of Partitions.
-	Members    *Members
+	Members *Members
+	// Partitions is how many partitions there are: an event whose ad hashes
+	// to another one is poison.
 	Partitions int
 	// VisitorSalt keys the visitor hash.
 	VisitorSalt []byte
@@ -127,22 +129,103 @@ func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slo
 
 // Run folds the partition until ctx ends; the batch in hand is committed before
 // it returns. It returns nil once ctx ends, and only then: setting up the
-// consumer is retried while NATS fails it (counted in
-// admetric_consumer_restarts_total), as is every fetch.
+// consumer is retried while NATS fails it, and set up again when it is
+// deleted (each counted in admetric_consumer_restarts_total), and every
+// fetch is retried.
+//
+// While the legacy single stream exists, the writer first folds the
+// partition's events in it, until its consumer there has nothing left,
+// then retires the stream if every other consumer is done with it too
+// (store.RetireLegacyStream), and goes on with the partition stream, whose
+// sequences start past the legacy stream's.
 func (w *RollupWriter) Run(ctx context.Context) error {
-	consumer := RollupConsumerName(w.opts.Partition)
-	cons, err := backoff.Retry(ctx, func() (jetstream.Consumer, error) { return w.start(ctx) },
-		retryForever(200*time.Millisecond, 15*time.Second, func(err error, pause time.Duration) {
-			w.metrics.restarts.WithLabelValues(consumer).Inc()
-			w.logger.Warn("setting up the rollup consumer failed; retrying", "err", err, "pause", pause)
-		})...)
+	legacy, err := backoff.Retry(ctx, func() (bool, error) { return store.LegacyStreamExists(ctx, w.js) },
+		w.retryOptions("looking for the legacy stream")...)
 	if err != nil {
 		return nil // ctx ended
 	}
+	if legacy {
+		src := source{stream: store.LegacyStreamName, filter: store.PartitionFilter(w.opts.Partition), drain: true}
+		if !w.runSource(ctx, src) {
+			return nil
+		}
+		w.logger.Info("drained the partition's events from the legacy stream", "stream", store.LegacyStreamName)
+		retireLegacy(ctx, w.js, w.logger)
+	}
+	w.runSource(ctx, source{stream: store.EventStreamName(w.opts.Partition)})
+	return nil
+}
+
+// source is a stream a writer folds its partition from.
+type source struct {
+	stream, filter string
+	// drain: the stream gets nothing new (the sealed legacy stream); folding
+	// ends once its consumer has nothing left.
+	drain bool
+}
+
+// runSource folds from src until ctx ends (false) or, for a drain source,
+// until it is drained or gone (true).
+func (w *RollupWriter) runSource(ctx context.Context, src source) bool {
+	consumer := RollupConsumerName(w.opts.Partition)
+	for ctx.Err() == nil {
+		cons, err := backoff.Retry(ctx, func() (jetstream.Consumer, error) {
+			cons, err := w.start(ctx, src)
+			if src.drain && errors.Is(err, jetstream.ErrStreamNotFound) {
+				return nil, backoff.Permanent(err) // another writer retired it
+			}
+			return cons, err
+		}, retryForever(200*time.Millisecond, 15*time.Second, func(err error, pause time.Duration) {
+			w.metrics.restarts.WithLabelValues(consumer).Inc()
+			w.logger.Warn("setting up the rollup consumer failed; retrying", "stream", src.stream, "err", err, "pause", pause)
+		})...)
+		switch {
+		case err == nil:
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			return true
+		default:
+			return false // ctx ended
+		}
+		switch w.fold(ctx, cons, src) {
+		case foldDrained:
+			return true
+		case foldLost:
+			w.metrics.restarts.WithLabelValues(consumer).Inc()
+			w.logger.Warn("the rollup consumer is gone; setting it up again", "stream", src.stream)
+		}
+	}
+	return false
+}
+
+// foldEnd says why fold returned.
+type foldEnd int
+
+const (
+	foldStopped foldEnd = iota // ctx ended
+	foldDrained                // a drain source has nothing left
+	foldLost                   // the consumer or its stream was deleted
+)
+
+// drainCheckEvery is how often an idle writer on a drain source asks whether
+// it is drained.
+const drainCheckEvery = time.Second
+
+// fold gathers, orders, commits and acknowledges batches from cons.
+func (w *RollupWriter) fold(ctx context.Context, cons jetstream.Consumer, src source) foldEnd {
 	s := &writerState{held: make(map[uint64]jetstream.Msg, w.opts.BatchSize)}
 	defer w.letGo(s)
+	var checked time.Time
 	for ctx.Err() == nil {
 		if !w.gather(ctx, cons, s) || !w.gate(ctx, cons, s) {
+			if s.lost {
+				return foldLost
+			}
+			if src.drain && len(s.held) == 0 && time.Since(checked) > drainCheckEvery {
+				checked = time.Now()
+				if drained(ctx, cons) {
+					return foldDrained
+				}
+			}
 			continue
 		}
 		recs, last := w.records(s)
@@ -154,7 +237,38 @@ func (w *RollupWriter) Run(ctx context.Context) error {
 		w.ack(ctx, s, last)
 		w.share(ctx, s)
 	}
-	return nil
+	return foldStopped
+}
+
+// drained reports whether cons has nothing to deliver and nothing
+// unacknowledged, or is gone.
+func drained(ctx context.Context, cons jetstream.Consumer) bool {
+	info, err := cons.Info(ctx)
+	if isGone(err) {
+		return true
+	}
+	return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+}
+
+// isGone reports whether err says a consumer or its stream was deleted.
+func isGone(err error) bool {
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+		errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// retireLegacy deletes the legacy stream when every consumer of it is
+// drained; the last one to finish does.
+func retireLegacy(ctx context.Context, js jetstream.JetStream, logger *slog.Logger) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	switch err := store.RetireLegacyStream(rctx, js); {
+	case err == nil:
+		logger.Info("the legacy stream is retired", "stream", store.LegacyStreamName)
+	case errors.Is(err, store.ErrLegacyNotDrained):
+		logger.Debug("the legacy stream stays for its other consumers", "reason", err)
+	default:
+		logger.Warn("retiring the legacy stream failed; the last consumer to drain it tries again", "err", err)
+	}
 }
 
 // writerState is what Run carries from one fetch to the next.
@@ -171,18 +285,20 @@ type writerState struct {
 	// or delivered it to another writer.
 	lastDelivery uint64
 	gap          bool
-	gatedWant    int // events others hold that the gate waits for
+	gatedWant    int  // events others hold that the gate waits for
+	lost         bool // the consumer or its stream is gone
 
 	seqs []uint64 // records' buffers, reused from batch to batch
 	recs []Record
 }
 
-// start creates or updates the partition's consumer and reads the checkpoints.
-func (w *RollupWriter) start(ctx context.Context) (jetstream.Consumer, error) {
-	cons, err := w.js.CreateOrUpdateConsumer(ctx, store.StreamName, jetstream.ConsumerConfig{
+// start creates or updates the partition's consumer on src and reads the
+// checkpoints.
+func (w *RollupWriter) start(ctx context.Context, src source) (jetstream.Consumer, error) {
+	cons, err := w.js.CreateOrUpdateConsumer(ctx, src.stream, jetstream.ConsumerConfig{
 		Durable:        RollupConsumerName(w.opts.Partition),
 		Description:    "AdMetric: partition " + strconv.Itoa(w.opts.Partition) + " into the rollups",
-		FilterSubject:  store.PartitionFilter(w.opts.Partition),
+		FilterSubject:  src.filter,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 		AckPolicy:      jetstream.AckAllPolicy,
 		AckWait:        w.opts.AckWait,
@@ -192,7 +308,7 @@ func (w *RollupWriter) start(ctx context.Context) (jetstream.Consumer, error) {
 		PinnedTTL:      w.opts.PinnedTTL,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("aggregator: rollup consumer p%d: %w", w.opts.Partition, err)
+		return nil, fmt.Errorf("aggregator: rollup consumer p%d on %s: %w", w.opts.Partition, src.stream, err)
 	}
 	if err := w.loadCheckpoints(ctx); err != nil {
 		return nil, err
@@ -201,7 +317,7 @@ func (w *RollupWriter) start(ctx context.Context) (jetstream.Consumer, error) {
 	if !w.rollups.Atomic() {
 		mode = "per-key writes (server without atomic batches)"
 	}
-	w.logger.Info("rollup writer started", "commit", mode)
+	w.logger.Info("rollup writer started", "stream", src.stream, "commit", mode)
 	return cons, nil
 }
 
@@ -212,7 +328,12 @@ func (w *RollupWriter) gather(ctx context.Context, cons jetstream.Consumer, s *w
 		w.letGo(s) // idle, or the server moved the partition
 	}
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
-		return struct{}{}, w.fetch(cons, s)
+		err := w.fetch(cons, s)
+		if isGone(err) {
+			s.lost = true
+			return struct{}{}, backoff.Permanent(err)
+		}
+		return struct{}{}, err
 	}, w.retryOptions("fetch")...)
 	if err != nil || len(s.held) == 0 {
 		return false // ctx ended, or nothing came
@@ -239,7 +360,12 @@ func (w *RollupWriter) gate(ctx context.Context, cons jetstream.Consumer, s *wri
 		return true
 	}
 	info, err := backoff.Retry(ctx, func() (*jetstream.ConsumerInfo, error) {
-		return cons.Info(ctx)
+		info, err := cons.Info(ctx)
+		if isGone(err) {
+			s.lost = true
+			return nil, backoff.Permanent(err)
+		}
+		return info, err
 	}, w.retryOptions("consumer info")...)
 	if err != nil {
 		return false
@@ -283,7 +409,7 @@ func (w *RollupWriter) records(s *writerState) (recs []Record, last uint64) {
 		if seq <= floor {
 			continue
 		}
-		rec, err := decodeMsg(s.held[seq], w.opts.VisitorSalt)
+		rec, err := decodeMsg(s.held[seq], w.opts.VisitorSalt, w.opts.Partitions)
 		if err != nil {
 			w.metrics.poison.WithLabelValues("rollups").Inc()
 			w.logger.Warn("skipping poison message", "err", err)

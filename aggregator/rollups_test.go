@@ -37,7 +37,7 @@ func TestRollupWriterReplayCountsOnce(t *testing.T) {
 
 	for round, rewind := range []bool{false, true} {
 		// A new consumer delivers the partition from the start again.
-		if err := js.DeleteConsumer(ctx, store.StreamName, aggregator.RollupConsumerName(0)); err != nil {
+		if err := js.DeleteConsumer(ctx, store.EventStreamName(0), aggregator.RollupConsumerName(0)); err != nil {
 			t.Fatal(err)
 		}
 		if rewind {
@@ -119,7 +119,7 @@ func nakAll(t *testing.T, msgs []jetstream.Msg) {
 func fetchHeld(t *testing.T, js jetstream.JetStream, n int) []jetstream.Msg {
 	t.Helper()
 	ctx := context.Background()
-	cons, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(0))
+	cons, err := js.Consumer(ctx, store.EventStreamName(0), aggregator.RollupConsumerName(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func TestRollupWriterGateIgnoresWhatOthersAcked(t *testing.T) {
 // totals stay exact.
 func TestRollupWritersBalance(t *testing.T) {
 	const partitions = 4
-	srv := storetest.NATS(t)
+	srv := storetest.NATSPartitions(t, partitions)
 	js, _ := storetest.JetStream(t, srv)
 	ctx := context.Background()
 	storetest.EventStream(t, js, partitions)
@@ -381,7 +381,7 @@ func TestRollupWriterWaitsForADeliveryItMissed(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	req, _ := json.Marshal(map[string]any{"batch": 1, "expires": int64(time.Minute), "group": "rollups", "id": pin})
-	if err := nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT."+store.StreamName+"."+name, inbox, req); err != nil {
+	if err := nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT."+store.EventStreamName(0)+"."+name, inbox, req); err != nil {
 		t.Fatal(err)
 	}
 	// The writer's pull waiting before it takes what comes first; its next
@@ -404,7 +404,7 @@ func TestRollupWriterWaitsForADeliveryItMissed(t *testing.T) {
 		}
 		missed = m
 	}
-	published := lastSeq(t, js, "")
+	published := lastSeq(t, js, 0)
 
 	// The writer receives the events after the missed one, under its pin.
 	publish(t, js, clicks("ad-m", 5, now, "m3")...)

@@ -12,7 +12,8 @@
 // embedded NATS listener, and the lists TRUSTED_PROXIES and
 // CORS_ALLOWED_ORIGINS, where it is the empty list. Values are trimmed of
 // surrounding whitespace, except the secrets DB_PASSWORD, ADMIN_TOKEN,
-// VISITOR_SALT and PIXEL_SECRET, which are taken verbatim. Those four and
+// VISITOR_SALT, PIXEL_SECRET, NATS_PASSWORD and NATS_PUBLISHER_PASSWORD,
+// which are taken verbatim. Those and
 // DATABASE_URL may instead be read from a file named
 // by <NAME>_FILE (for example ADMIN_TOKEN_FILE=/run/secrets/admin_token); the
 // file's content is trimmed of surrounding whitespace.
@@ -59,6 +60,17 @@ type Config struct {
 	// empty disables the listener (in-process connections only)
 	// (NATS_LISTEN, default "127.0.0.1:4222").
 	NATSListen string
+	// NATSPassword is the password of AdMetric's own user ("admetric") on the
+	// embedded nats-server, a secret; empty lets clients on a loopback
+	// NATS_LISTEN in without credentials (as that user), and is refused with
+	// a NATS_LISTEN beyond loopback (NATS_PASSWORD or NATS_PASSWORD_FILE,
+	// default ""). With NATS_URL, credentials go in the URL.
+	NATSPassword string
+	// NATSPublisherPassword, when set, adds the publish-only user
+	// ("publisher") to the embedded nats-server: other services publish
+	// events with it and can do nothing else (NATS_PUBLISHER_PASSWORD or
+	// NATS_PUBLISHER_PASSWORD_FILE, default "").
+	NATSPublisherPassword string
 	// NATSSyncAlways makes the embedded server fsync every JetStream write
 	// (NATS_SYNC_ALWAYS, default false).
 	NATSSyncAlways bool
@@ -235,6 +247,8 @@ func options() []option {
 			check:     checkValue("NATS_LISTEN", func(c *Config) *string { return &c.NATSListen }, optional(hostPort)),
 			value:     func(c *Config) slog.Value { return slog.StringValue(c.NATSListen) },
 		},
+		secretOpt("NATS_PASSWORD", func(c *Config) *string { return &c.NATSPassword }, nil),
+		secretOpt("NATS_PUBLISHER_PASSWORD", func(c *Config) *string { return &c.NATSPublisherPassword }, nil),
 		boolOpt("NATS_SYNC_ALWAYS", "false", func(c *Config) *bool { return &c.NATSSyncAlways }),
 		intOpt("NATS_REPLICAS", "1", func(c *Config) *int { return &c.NATSReplicas }, between(1, 5)),
 		intOpt("PARTITIONS", "8", func(c *Config) *int { return &c.Partitions }, between(1, 1024)),
@@ -573,6 +587,11 @@ func (c *Config) checkAcross() []error {
 	if c.PublishTimeout > 0 && c.ShutdownTimeout > 0 && c.PublishTimeout >= c.ShutdownTimeout {
 		errs = append(errs, invalidf("PUBLISH_TIMEOUT", "%s is not shorter than SHUTDOWN_TIMEOUT (%s): a stop could not wait for the events in flight", c.PublishTimeout, c.ShutdownTimeout))
 	}
+	// Clients beyond this machine reach the embedded server only with
+	// credentials.
+	if loopback, ok := loopbackListen(c.NATSListen); ok && !loopback && c.EmbeddedNATS() && c.NATSPassword == "" {
+		errs = append(errs, invalidf("NATS_LISTEN", "%s is beyond loopback: set NATS_PASSWORD, or listen on 127.0.0.1", c.NATSListen))
+	}
 	if c.DatabaseURL == "" {
 		// Used to connect to DB_HOST or to set up the local PostgreSQL.
 		if c.DBUser == "" {
@@ -590,6 +609,20 @@ func (c *Config) checkAcross() []error {
 		errs = append(errs, invalidf("ROLLUP_HOUR_RETENTION", "%v is longer than ROLLUP_DAY_RETENTION (%v)", c.HourRetention, c.DayRetention))
 	}
 	return errs
+}
+
+// loopbackListen reports whether host:port addr listens on loopback only;
+// ok is false when addr is empty or not host:port (its own rule says so).
+func loopbackListen(addr string) (loopback, ok bool) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, false
+	}
+	if host == "localhost" {
+		return true, true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback(), true
 }
 
 // A rule checks one value of the variable name: nil if it is valid, else a

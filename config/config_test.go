@@ -157,7 +157,7 @@ func TestLoadValid(t *testing.T) {
 		{"DATA_DIR", map[string]string{"DATA_DIR": "/var/lib/admetric"}, func(c *config.Config) any { return c.DataDir }, "/var/lib/admetric"},
 		{"NATS_URL", map[string]string{"NATS_URL": "nats://n1:4222"}, func(c *config.Config) any { return c.NATSURL }, "nats://n1:4222"},
 		{"NATS_URL list", map[string]string{"NATS_URL": "nats://a:4222, tls://b:4222,ws://c,wss://d:443"}, func(c *config.Config) any { return c.NATSURL }, "nats://a:4222, tls://b:4222,ws://c,wss://d:443"},
-		{"NATS_LISTEN", map[string]string{"NATS_LISTEN": "0.0.0.0:4333"}, func(c *config.Config) any { return c.NATSListen }, "0.0.0.0:4333"},
+		{"NATS_LISTEN", map[string]string{"NATS_LISTEN": "0.0.0.0:4333", "NATS_PASSWORD": "s3cret"}, func(c *config.Config) any { return c.NATSListen }, "0.0.0.0:4333"},
 		{"NATS_LISTEN random port", map[string]string{"NATS_LISTEN": "127.0.0.1:0"}, func(c *config.Config) any { return c.NATSListen }, "127.0.0.1:0"},
 		{"NATS_SYNC_ALWAYS", map[string]string{"NATS_SYNC_ALWAYS": "true"}, func(c *config.Config) any { return c.NATSSyncAlways }, true},
 		{"NATS_REPLICAS", map[string]string{"NATS_REPLICAS": "3"}, func(c *config.Config) any { return c.NATSReplicas }, 3},
@@ -222,6 +222,8 @@ func TestLoadInvalid(t *testing.T) {
 		{map[string]string{"NATS_URL": "nats://a:4222,b:4222"}, "NATS_URL", `"b:4222"`},
 		{map[string]string{"NATS_URL": "nats://"}, "NATS_URL", ""},
 		{map[string]string{"NATS_LISTEN": "4222"}, "NATS_LISTEN", "host:port"},
+		{map[string]string{"NATS_LISTEN": "0.0.0.0:4222"}, "NATS_LISTEN", "beyond loopback: set NATS_PASSWORD"},
+		{map[string]string{"NATS_LISTEN": "[::]:4222"}, "NATS_LISTEN", "beyond loopback"},
 		{map[string]string{"NATS_LISTEN": "127.0.0.1:99999"}, "NATS_LISTEN", ""},
 		{map[string]string{"NATS_SYNC_ALWAYS": "yes"}, "NATS_SYNC_ALWAYS", `"yes" is not a boolean`},
 		{map[string]string{"NATS_REPLICAS": "0"}, "NATS_REPLICAS", "1..5"},
@@ -327,7 +329,9 @@ func TestNATSListen(t *testing.T) {
 		{"unset uses default", map[string]string{}, "127.0.0.1:4222"},
 		{"set to empty disables", map[string]string{"NATS_LISTEN": ""}, ""},
 		{"set to blanks disables", map[string]string{"NATS_LISTEN": "  "}, ""},
-		{"set", map[string]string{"NATS_LISTEN": ":4223"}, ":4223"},
+		{"set", map[string]string{"NATS_LISTEN": "127.0.0.1:4223"}, "127.0.0.1:4223"},
+		{"all addresses, with a password", map[string]string{"NATS_LISTEN": ":4223", "NATS_PASSWORD": "s3cret"}, ":4223"},
+		{"all addresses, NATS_URL set", map[string]string{"NATS_LISTEN": ":4223", "NATS_URL": "nats://n:4222"}, ":4223"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

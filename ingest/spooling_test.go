@@ -52,7 +52,7 @@ func (r *restartableNATS) start() {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := devserver.StartNATS(ctx, devserver.NATSOptions{StoreDir: r.dir, Listen: r.addr, Logger: slog.New(slog.DiscardHandler)})
+	srv, err := devserver.StartNATS(ctx, storetest.NATSOptions(r.dir, r.addr, 1))
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -1,36 +1,57 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// StreamName is the JetStream stream holding every accepted event.
-const StreamName = "ADMETRIC_EVENTS"
+// LegacyStreamName is the single event stream of AdMetric before the
+// partition streams: CreateOrUpdateEventStreams seals it, the aggregators
+// drain it, and RetireLegacyStream deletes it once drained.
+const LegacyStreamName = "ADMETRIC_EVENTS"
 
-// StreamOptions size the event stream. Every field must be set: the
+// eventStreamPrefix starts the name of every partition stream.
+const eventStreamPrefix = "ADMETRIC_EVENTS_"
+
+// EventStreamName is the stream of partition p: it holds
+// ads.events.<p>.<type>.<ad_id>, where the server's subject mapping puts
+// the events of the ads that hash to p.
+func EventStreamName(p int) string { return eventStreamPrefix + strconv.Itoa(p) }
+
+// StreamOptions size the event streams. Every field must be set: the
 // defaults are the service's configuration's (package config).
 type StreamOptions struct {
 	// MaxAge is how long events stay: the longest outage of a consumer (the
 	// archive during a PostgreSQL outage) that can be caught up from the stream.
 	MaxAge time.Duration
 	// Duplicates is the window within which a repeated Nats-Msg-Id is dropped.
+	// An event's ID always maps to the same partition (its ad's), so one
+	// stream's window is enough.
 	Duplicates time.Duration
 	// Replicas is 1 for a single server, 3 for a production cluster.
 	Replicas int
-	// Partitions is how many partitions the stream spreads ads over.
+	// Partitions is how many partition streams there are; the server's
+	// mapping (PartitionMapping) must use the same number.
 	Partitions int
 }
 
 // ErrInvalidOptions is returned for options a stream or bucket cannot be
 // made with.
 var ErrInvalidOptions = errors.New("store: invalid options")
+
+// ErrPartitionsChanged is returned when the partition streams on the server
+// are more than the configured partitions: ads would move to another
+// partition, and another rollup writer, with the counts of the old one.
+var ErrPartitionsChanged = errors.New("store: the number of partitions changed")
 
 func (o StreamOptions) validate() error {
 	switch {
@@ -46,27 +67,126 @@ func (o StreamOptions) validate() error {
 	return nil
 }
 
-// CreateOrUpdateEventStream creates the event stream, or updates it to opts.
-func CreateOrUpdateEventStream(ctx context.Context, js jetstream.JetStream, opts StreamOptions) (jetstream.Stream, error) {
+// CreateOrUpdateEventStreams creates the partition streams, or updates them
+// to opts. The first time, when the legacy single stream exists, it seals it
+// first (takes its subjects away, so nothing more lands there) and starts
+// every partition stream's sequence after the legacy stream's last: the
+// rollups record the highest sequence folded into each key, and those
+// numbers must keep growing across the switch. The aggregators then drain
+// the legacy stream (LegacyStream) before they read the partition streams.
+//
+// It fails with ErrPartitionsChanged when a partition stream at or above
+// opts.Partitions exists. Safe to run from several processes at once.
+func CreateOrUpdateEventStreams(ctx context.Context, js jetstream.JetStream, opts StreamOptions) error {
 	if err := opts.validate(); err != nil {
-		return nil, err
+		return err
 	}
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:             StreamName,
-		Description:      "AdMetric ad events: ads.events.<type>.<ad_id>, stored as ads.events.<partition>.<type>.<ad_id>",
-		Subjects:         []string{eventSubjects},
-		Storage:          jetstream.FileStorage,
-		Retention:        jetstream.LimitsPolicy,
-		MaxAge:           opts.MaxAge,
-		Duplicates:       opts.Duplicates,
-		Replicas:         opts.Replicas,
-		Discard:          jetstream.DiscardOld,
-		SubjectTransform: partitionTransform(opts.Partitions),
-	})
+	if err := checkPartitionCount(ctx, js, opts.Partitions); err != nil {
+		return err
+	}
+	firstSeq, err := sealLegacyStream(ctx, js, opts.Partitions)
 	if err != nil {
-		return nil, fmt.Errorf("store: stream %s: %w", StreamName, err)
+		return err
 	}
-	return s, nil
+	for p := range opts.Partitions {
+		cfg := jetstream.StreamConfig{
+			Name:        EventStreamName(p),
+			Description: "AdMetric ad events of partition " + strconv.Itoa(p) + ": ads.events.<type>.<ad_id>, mapped by the server to ads.events." + strconv.Itoa(p) + ".<type>.<ad_id>",
+			Subjects:    []string{PartitionFilter(p)},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      opts.MaxAge,
+			Duplicates:  opts.Duplicates,
+			Replicas:    opts.Replicas,
+			Discard:     jetstream.DiscardOld,
+			Metadata:    map[string]string{partitionsMetadata: strconv.Itoa(opts.Partitions)},
+		}
+		switch s, err := js.Stream(ctx, cfg.Name); {
+		case err == nil:
+			cfg.FirstSeq = s.CachedInfo().Config.FirstSeq
+			if _, err := js.UpdateStream(ctx, cfg); err != nil {
+				return fmt.Errorf("store: stream %s: %w", cfg.Name, err)
+			}
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			cfg.FirstSeq = firstSeq
+			if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return fmt.Errorf("store: stream %s: %w", cfg.Name, err)
+			}
+		default:
+			return fmt.Errorf("store: stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+// partitionsMetadata is the stream metadata key where each partition stream
+// records how many partitions there are.
+const partitionsMetadata = "admetric.partitions"
+
+// checkPartitionCount fails when an event stream was made for another number
+// of partitions: a different count moves ads to other partitions, whose
+// sequences are unrelated to the ones their rollups recorded.
+func checkPartitionCount(ctx context.Context, js jetstream.JetStream, partitions int) error {
+	streams := js.ListStreams(ctx, jetstream.WithStreamListSubject(eventSubjects))
+	for info := range streams.Info() {
+		name := info.Config.Name
+		if !strings.HasPrefix(name, eventStreamPrefix) {
+			continue
+		}
+		if have := info.Config.Metadata[partitionsMetadata]; have != strconv.Itoa(partitions) {
+			return fmt.Errorf("%w: stream %s was made for %s partitions, and PARTITIONS is %d; set PARTITIONS back, or drain every partition stream and delete them before changing it", ErrPartitionsChanged, name, cmp.Or(have, "an unknown number of"), partitions)
+		}
+	}
+	if err := streams.Err(); err != nil {
+		return fmt.Errorf("store: listing the event streams: %w", err)
+	}
+	return nil
+}
+
+// legacySubject is what a sealed legacy stream listens on: nothing publishes
+// there.
+const legacySubject = "admetric.retired.events"
+
+// sealLegacyStream takes the legacy stream's subjects away and returns the
+// first sequence the partition streams start at: one past the legacy
+// stream's last, or 0 (the server's default, 1) without a legacy stream. It
+// fails with ErrPartitionsChanged when the legacy stream partitioned its
+// events into another number of partitions.
+func sealLegacyStream(ctx context.Context, js jetstream.JetStream, partitions int) (uint64, error) {
+	s, err := js.Stream(ctx, LegacyStreamName)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: stream %s: %w", LegacyStreamName, err)
+	}
+	cfg := s.CachedInfo().Config
+	had := cfg.Metadata[partitionsMetadata]
+	if t := cfg.SubjectTransform; t != nil {
+		_, dst := PartitionMapping(partitions)
+		if t.Destination != dst {
+			had = "another number of"
+		} else {
+			had = strconv.Itoa(partitions)
+		}
+	}
+	if had != strconv.Itoa(partitions) {
+		return 0, fmt.Errorf("%w: stream %s partitioned its events into %s partitions, and PARTITIONS is %d; set PARTITIONS back until it is drained", ErrPartitionsChanged, LegacyStreamName, cmp.Or(had, "an unknown number of"), partitions)
+	}
+	if !slices.Equal(cfg.Subjects, []string{legacySubject}) {
+		cfg.Metadata = map[string]string{partitionsMetadata: had}
+		cfg.Subjects = []string{legacySubject}
+		cfg.SubjectTransform = nil
+		cfg.Description = "AdMetric's single event stream before the partition streams; deleted once drained"
+		if s, err = js.UpdateStream(ctx, cfg); err != nil {
+			return 0, fmt.Errorf("store: sealing stream %s: %w", LegacyStreamName, err)
+		}
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("store: stream %s: %w", LegacyStreamName, err)
+	}
+	return info.State.LastSeq + 1, nil
 }
 
 // DeadLetterStream holds the stream messages that can never be processed, on
@@ -116,6 +236,55 @@ func DeadLetter(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, 
 	}
 	if _, err := js.PublishMsg(ctx, dl); err != nil {
 		return fmt.Errorf("store: dead-letter to %s: %w", dl.Subject, err)
+	}
+	return nil
+}
+
+// LegacyStreamExists reports whether the legacy single stream is still there
+// (sealed, and not yet drained and retired).
+func LegacyStreamExists(ctx context.Context, js jetstream.JetStream) (bool, error) {
+	_, err := js.Stream(ctx, LegacyStreamName)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return false, nil
+	default:
+		return false, fmt.Errorf("store: stream %s: %w", LegacyStreamName, err)
+	}
+}
+
+// ErrLegacyNotDrained is returned by RetireLegacyStream while a consumer of
+// the legacy stream still has events to deliver or to be acknowledged.
+var ErrLegacyNotDrained = errors.New("store: the legacy event stream is not drained")
+
+// RetireLegacyStream deletes the sealed legacy stream once every consumer of
+// it has nothing left to deliver and nothing unacknowledged. It returns nil
+// when it deleted the stream or there is none, and ErrLegacyNotDrained
+// (naming the consumer) while one is not drained: the last consumer to
+// finish deletes it.
+func RetireLegacyStream(ctx context.Context, js jetstream.JetStream) error {
+	s, err := js.Stream(ctx, LegacyStreamName)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: stream %s: %w", LegacyStreamName, err)
+	}
+	if subjects := s.CachedInfo().Config.Subjects; !slices.Equal(subjects, []string{legacySubject}) {
+		return fmt.Errorf("%w: it is not sealed (subjects %v)", ErrLegacyNotDrained, subjects)
+	}
+	consumers := s.ListConsumers(ctx)
+	for info := range consumers.Info() {
+		if info.NumPending > 0 || info.NumAckPending > 0 {
+			return fmt.Errorf("%w: consumer %s has %d to deliver, %d unacknowledged", ErrLegacyNotDrained, info.Name, info.NumPending, info.NumAckPending)
+		}
+	}
+	if err := consumers.Err(); err != nil {
+		return fmt.Errorf("store: consumers of %s: %w", LegacyStreamName, err)
+	}
+	if err := js.DeleteStream(ctx, LegacyStreamName); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("store: deleting stream %s: %w", LegacyStreamName, err)
 	}
 	return nil
 }

@@ -2,18 +2,19 @@ package store
 
 import (
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
-
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Every subject of AdMetric's streams and buckets is spelled here.
 //
 // Publishers put an event on ads.events.<type>.<ad_id> (event.Event.Subject
 // spells it for the intake; external publishers use the same). The event
-// stream stores it as ads.events.<partition>.<type>.<ad_id>, the partition a
-// hash of the ad ID, so that one rollup writer owns each ad's keys. A message
+// server's subject mapping (PartitionMapping) moves it to
+// ads.events.<partition>.<type>.<ad_id>, the partition a hash of the ad ID,
+// where partition stream ADMETRIC_EVENTS_<partition> stores it, so that one
+// rollup writer owns each ad's keys. A message
 // that can never be processed goes to ads.dlq.<reason>. A rollup key lives on
 // $KV.<bucket>.<key>, as in every KV bucket.
 const (
@@ -23,12 +24,22 @@ const (
 	deadLetterPrefix   = "ads.dlq."
 )
 
-// partitionTransform maps a published subject onto its stored, partitioned form.
-func partitionTransform(partitions int) *jetstream.SubjectTransformConfig {
-	return &jetstream.SubjectTransformConfig{
-		Source:      eventSubjectPrefix + "*.*",
-		Destination: fmt.Sprintf(eventSubjectPrefix+"{{partition(%d,2)}}.{{wildcard(1)}}.{{wildcard(2)}}", max(partitions, 1)),
-	}
+// PartitionMapping is the account subject mapping that puts a published
+// event, ads.events.<type>.<ad_id>, on its partition's subject,
+// ads.events.<partition>.<type>.<ad_id>; the partition is the FNV-1a hash
+// of the ad ID modulo partitions (PartitionOf), so all of an ad's events
+// reach one stream and one rollup writer.
+func PartitionMapping(partitions int) (source, destination string) {
+	return eventSubjectPrefix + "*.*",
+		fmt.Sprintf(eventSubjectPrefix+"{{partition(%d,2)}}.{{wildcard(1)}}.{{wildcard(2)}}", max(partitions, 1))
+}
+
+// PartitionOf is the partition the server's mapping puts adID in: the same
+// hash as nats-server's partition function.
+func PartitionOf(adID string, partitions int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(adID))
+	return int(h.Sum32() % uint32(max(partitions, 1)))
 }
 
 // PartitionFilter is the subject filter of partition p's events in the event

@@ -894,7 +894,7 @@ func restartableNATS(t *testing.T) (js jetstream.JetStream, nc *nats.Conn, resta
 	dir := t.TempDir()
 	start := func(listen string) *devserver.NATS {
 		t.Helper()
-		srv, err := devserver.StartNATS(context.Background(), devserver.NATSOptions{StoreDir: dir, Listen: listen})
+		srv, err := devserver.StartNATS(context.Background(), storetest.NATSOptions(dir, listen, 1))
 		if err != nil {
 			t.Fatal(err)
 		}

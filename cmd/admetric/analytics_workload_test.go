@@ -339,7 +339,7 @@ func awWaitIngested(tb testing.TB, d *daemon, hc *http.Client, w *awWorkload, ti
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		for p := range d.cfg.Partitions {
-			cons, err := d.js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(p))
+			cons, err := d.js.Consumer(ctx, store.EventStreamName(p), aggregator.RollupConsumerName(p))
 			if err != nil {
 				return false // not created yet
 			}

@@ -113,16 +113,15 @@ func (b *backends) connectNATS(ctx context.Context) error {
 	}
 	var err error
 	if b.cfg.EmbeddedNATS() {
-		b.embedded, err = devserver.StartNATS(ctx, devserver.NATSOptions{
-			StoreDir:   filepath.Join(b.dataDir, "nats"),
-			Listen:     b.cfg.NATSListen,
-			SyncAlways: b.cfg.NATSSyncAlways,
-			Logger:     b.logger.With("component", "nats"),
-		})
+		password := b.cfg.NATSPassword
+		if password == "" {
+			password = randomSecret() // for in-process connections alone
+		}
+		b.embedded, err = devserver.StartNATS(ctx, embeddedNATSOptions(b.cfg, password, filepath.Join(b.dataDir, "nats"), b.logger))
 		if err != nil {
 			return err
 		}
-		b.nc, err = b.embedded.Connect("admetric", opts...)
+		b.nc, err = b.embedded.Connect("admetric", append(opts, nats.UserInfo(store.ServiceUser, password))...)
 	} else {
 		b.nc, err = nats.Connect(b.cfg.NATSURL, append(opts, nats.RetryOnFailedConnect(true))...)
 		if err != nil {
@@ -145,6 +144,41 @@ func (b *backends) connectNATS(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// embeddedNATSOptions configure the embedded server as an external one
+// should be (store.ServerConfig): AdMetric's account with its subject
+// mapping, AdMetric's user with password, the publish-only user with
+// NATS_PUBLISHER_PASSWORD when set and, without NATS_PASSWORD, clients
+// without credentials let in as AdMetric's user (the configuration allows
+// that on loopback only).
+func embeddedNATSOptions(cfg *config.Config, password, storeDir string, logger *slog.Logger) devserver.NATSOptions {
+	users := []devserver.NATSUser{{Name: store.ServiceUser, Password: password}}
+	if cfg.NATSPublisherPassword != "" {
+		pub, sub := store.PublisherPermissions()
+		users = append(users, devserver.NATSUser{Name: store.PublisherUser, Password: cfg.NATSPublisherPassword, Publish: pub, Subscribe: sub})
+	}
+	noAuth := ""
+	if cfg.NATSPassword == "" {
+		noAuth = store.ServiceUser
+	}
+	return devserver.NATSOptions{
+		StoreDir:   storeDir,
+		Listen:     cfg.NATSListen,
+		SyncAlways: cfg.NATSSyncAlways,
+		Config:     store.ServerConfig(store.ServerConfigOptions{Partitions: cfg.Partitions}),
+		Account:    store.Account,
+		Users:      users,
+		NoAuthUser: noAuth,
+		Logger:     logger.With("component", "nats"),
+	}
+}
+
+// randomSecret is 32 random bytes, hex.
+func randomSecret() string {
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw)
+	return hex.EncodeToString(raw)
 }
 
 // connectPostgres connects to DATABASE_URL or DB_*, or starts the private
@@ -175,23 +209,35 @@ func (b *backends) connectPostgres(ctx context.Context) error {
 	return nil
 }
 
-// openStreams creates or updates the event stream, the dead-letter stream
-// and the rollup buckets, and returns the buckets. The try is bounded, so
-// that an unreachable NATS fails it rather than blocking.
+// openStreams creates or updates the partition streams, the dead-letter
+// stream and the rollup buckets, checks that the server's subject mapping
+// puts each event in its partition's stream, and returns the buckets. The
+// try is bounded, so that an unreachable NATS fails it rather than
+// blocking; a missing mapping or a changed PARTITIONS fails it with an
+// error no retry mends (isPermanentStreamError).
 func (b *backends) openStreams(ctx context.Context) (*store.Rollups, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cfg := b.cfg
-	_, err := store.CreateOrUpdateEventStream(ctx, b.js, store.StreamOptions{
+	err := store.CreateOrUpdateEventStreams(ctx, b.js, store.StreamOptions{
 		MaxAge: cfg.StreamMaxAge, Duplicates: cfg.DuplicateWindow, Replicas: cfg.NATSReplicas, Partitions: cfg.Partitions,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := store.CheckPartitionMapping(ctx, b.nc, cfg.Partitions); err != nil {
 		return nil, err
 	}
 	if err := store.CreateOrUpdateDeadLetterStream(ctx, b.js, deadLetterMaxAge, cfg.NATSReplicas); err != nil {
 		return nil, err
 	}
 	return store.CreateOrUpdateRollups(ctx, b.js, b.layout, cfg.NATSReplicas)
+}
+
+// isPermanentStreamError reports whether openStreams failed for a reason
+// that waiting does not mend.
+func isPermanentStreamError(err error) bool {
+	return errors.Is(err, store.ErrMappingMissing) || errors.Is(err, store.ErrPartitionsChanged)
 }
 
 // natsURL says where NATS is, for the start-up log.
@@ -260,9 +306,7 @@ func dataDirSecret(name, configured, dataDir, file string) ([]byte, error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s: %w", strings.ToLower(name), err)
 	}
-	raw := make([]byte, 32)
-	_, _ = rand.Read(raw)
-	s := hex.EncodeToString(raw)
+	s := randomSecret()
 	if err := writeNewFile(path, s+"\n"); err != nil {
 		return nil, fmt.Errorf("%s: %w", strings.ToLower(name), err)
 	}

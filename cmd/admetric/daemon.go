@@ -148,7 +148,7 @@ func (d *daemon) openStreamsAtStart(ctx context.Context) (rollups *store.Rollups
 	switch {
 	case err == nil:
 		return rollups, true, nil
-	case d.role.api && !d.cfg.EmbeddedNATS() && !d.nc.IsConnected():
+	case d.role.api && !d.cfg.EmbeddedNATS() && !d.nc.IsConnected() && !isPermanentStreamError(err):
 		d.logger.Warn("NATS is unreachable: starting without it; intake spools events and analytics answer from the last snapshot until it is back", "err", err)
 		return nil, false, nil
 	default:
@@ -161,9 +161,18 @@ func (d *daemon) openStreamsAtStart(ctx context.Context) (rollups *store.Rollups
 func (d *daemon) awaitStreams(ctx context.Context) error {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = 500*time.Millisecond, 5*time.Second
-	rollups, err := backoff.Retry(ctx, func() (*store.Rollups, error) { return d.openStreams(ctx) },
+	rollups, err := backoff.Retry(ctx, func() (*store.Rollups, error) {
+		r, err := d.openStreams(ctx)
+		if isPermanentStreamError(err) {
+			return nil, backoff.Permanent(err)
+		}
+		return r, err
+	},
 		backoff.WithBackOff(b), backoff.WithMaxElapsedTime(0),
 		backoff.WithNotify(func(err error, _ time.Duration) { d.logger.Debug("NATS still unreachable", "err", err) }))
+	if isPermanentStreamError(err) {
+		return err
+	}
 	if err != nil {
 		return nil
 	}
@@ -270,7 +279,7 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 		})
 		d.goWorker("rollup-writer", w.Run)
 	}
-	archiver := aggregator.NewArchiver(d.js, postgres.NewArchive(d.db), d.logger, d.aggMetrics, aggregator.ArchiverOptions{})
+	archiver := aggregator.NewArchiver(d.js, postgres.NewArchive(d.db), d.logger, d.aggMetrics, aggregator.ArchiverOptions{Partitions: d.cfg.Partitions})
 	d.goWorker("archiver", archiver.Run)
 	return nil
 }

@@ -393,7 +393,7 @@ func TestAdManagementDisabled(t *testing.T) {
 // TestExternalServers: with NATS_URL and DATABASE_URL (or the DB_* parts) the
 // service uses those servers and starts none of its own.
 func TestExternalServers(t *testing.T) {
-	natsSrv := storetest.NATS(t)
+	natsSrv := storetest.NATSPartitions(t, 8) // the service's default PARTITIONS
 	pg := storetest.Postgres(t)
 	u, err := url.Parse(pg.DSN())
 	if err != nil {
@@ -446,7 +446,7 @@ func TestInvalidConfigurationExits(t *testing.T) {
 		"NATS_URL":  {"NATS_URL": "http://example.com"},
 	} {
 		var stderr bytes.Buffer
-		if code := run(context.Background(), nil, lookupIn(env), &stderr); code != 2 {
+		if code := run(context.Background(), nil, lookupIn(env), io.Discard, &stderr); code != 2 {
 			t.Errorf("%s: exit code %d, want 2", name, code)
 		}
 		if !strings.Contains(stderr.String(), name) {
@@ -462,7 +462,7 @@ func TestBadDatabaseURLExits(t *testing.T) {
 	env["NATS_LISTEN"] = ""
 	env["DATABASE_URL"] = "postgres://u@127.0.0.1:1/db?sslmode=bogus"
 	var stderr bytes.Buffer
-	if code := run(context.Background(), nil, lookupIn(env), &stderr); code != 1 {
+	if code := run(context.Background(), nil, lookupIn(env), io.Discard, &stderr); code != 1 {
 		t.Errorf("exit code %d, want 1; stderr:\n%s", code, stderr.String())
 	}
 	if !strings.Contains(stderr.String(), "DATABASE_URL") || strings.Contains(stderr.String(), "panic") {

@@ -117,7 +117,7 @@ func BenchmarkIngest(b *testing.B) {
 	} else {
 		resp.Body.Close()
 	}
-	drain, streamMsgs := streamDrainer(b, d.natsURL())
+	drain, streamMsgs := streamDrainer(b, d.natsURL(), d.cfg.Partitions)
 	b.Logf("service: role %s, NATS_SYNC_ALWAYS=%v; %d s per measurement, constant rate %d/s", roleName, syncAlways, seconds, rate)
 
 	satTargets := max(200_000, 25_000*seconds)
@@ -292,9 +292,9 @@ func serveCeiling(b *testing.B, engine *gin.Engine) string {
 }
 
 // streamDrainer returns a function that waits until every consumer of the
-// event stream has caught up (nothing pending, nothing awaiting an ack) and
+// partition streams has caught up (nothing pending, nothing awaiting an ack) and
 // logs how long that took, and one that counts the stream's messages.
-func streamDrainer(b *testing.B, natsURL string) (drain func(after string), msgs func() uint64) {
+func streamDrainer(b *testing.B, natsURL string, partitions int) (drain func(after string), msgs func() uint64) {
 	b.Helper()
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
@@ -308,25 +308,34 @@ func streamDrainer(b *testing.B, natsURL string) (drain func(after string), msgs
 	pending := func() (uint64, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		s, err := js.Stream(ctx, store.StreamName)
-		if err != nil {
-			return 0, err
-		}
 		var n uint64
-		consumers := s.ListConsumers(ctx)
-		for ci := range consumers.Info() {
-			n += ci.NumPending + uint64(ci.NumAckPending)
+		for p := range partitions {
+			s, err := js.Stream(ctx, store.EventStreamName(p))
+			if err != nil {
+				return 0, err
+			}
+			consumers := s.ListConsumers(ctx)
+			for ci := range consumers.Info() {
+				n += ci.NumPending + uint64(ci.NumAckPending)
+			}
+			if err := consumers.Err(); err != nil {
+				return 0, err
+			}
 		}
-		return n, consumers.Err()
+		return n, nil
 	}
 	msgs = func() uint64 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		s, err := js.Stream(ctx, store.StreamName)
-		if err != nil {
-			b.Fatalf("stream: %v", err)
+		var n uint64
+		for p := range partitions {
+			s, err := js.Stream(ctx, store.EventStreamName(p))
+			if err != nil {
+				b.Fatalf("stream: %v", err)
+			}
+			n += s.CachedInfo().State.Msgs
 		}
-		return s.CachedInfo().State.Msgs
+		return n
 	}
 	drain = func(after string) {
 		b.Helper()

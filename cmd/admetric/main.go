@@ -19,9 +19,10 @@ import (
 	_ "time/tzdata"
 
 	"github.com/admetric/admetric/config"
+	"github.com/admetric/admetric/store"
 )
 
-const usage = `usage: admetric [serve | api | aggregator | rebuild --from T --to T]
+const usage = `usage: admetric [serve | api | aggregator | rebuild --from T --to T | nats-config]
 
   serve       the whole service in one process (the default)
   api         HTTP only: event intake, ads, analytics
@@ -29,6 +30,9 @@ const usage = `usage: admetric [serve | api | aggregator | rebuild --from T --to
               /healthz, /readyz and /metrics); run several to share the
               partitions
   rebuild     recompute the rollups of a time range from the archive
+  nats-config print the accounts block an external nats-server needs
+              (AdMetric's account, its mapping onto PARTITIONS partition
+              streams, its users), for the configured PARTITIONS
 
 Configuration is by environment variables (see .env.example); with none set
 it runs an embedded NATS server and a private PostgreSQL under ./data and
@@ -37,13 +41,13 @@ serves HTTP on :8080.
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.LookupEnv, os.Stderr)
+	code := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
 // run is main without the process globals, so tests can drive it.
-func run(ctx context.Context, args []string, lookup func(string) (string, bool), stderr io.Writer) int {
+func run(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
 	tuneGC(lookup)
 	cmd := "serve"
 	if len(args) > 0 {
@@ -59,6 +63,14 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		r = roleAggregator
 	case "rebuild":
 		return runRebuild(ctx, args[1:], lookup, stderr)
+	case "nats-config":
+		cfg, err := config.Load(lookup)
+		if err != nil {
+			fmt.Fprintf(stderr, "admetric: invalid configuration:\n%v\n", err)
+			return 2
+		}
+		fmt.Fprint(stdout, store.ServerConfig(store.ServerConfigOptions{Partitions: cfg.Partitions, Users: true}))
+		return 0
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stderr, usage)
 		return 0

@@ -48,11 +48,25 @@ type natsProc struct {
 	reaped bool
 }
 
+// Passwords of the users of the configuration `admetric nats-config` writes,
+// in the servers startNATSServer starts.
+const (
+	testNATSPassword      = "test-nats-password"
+	testPublisherPassword = "test-publisher-password"
+)
+
 // startNATSServer starts bin with JetStream on 127.0.0.1:port, its store in
-// storeDir, and waits until it logs that it is ready.
-func startNATSServer(t testing.TB, bin, port, storeDir string) *natsProc {
+// storeDir, configured as the README says (the configuration `admetric
+// nats-config` writes, for partitions), and waits until it logs that it is
+// ready. Its url carries AdMetric's user.
+func startNATSServer(t testing.TB, bin, port, storeDir string, partitions int) *natsProc {
 	t.Helper()
-	cmd := exec.Command(bin, "-js", "-sd", storeDir, "-a", "127.0.0.1", "-p", port)
+	conf := filepath.Join(storeDir, "admetric.conf")
+	if err := os.WriteFile(conf, []byte(store.ServerConfig(store.ServerConfigOptions{Partitions: partitions, Users: true})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-c", conf, "-js", "-sd", storeDir, "-a", "127.0.0.1", "-p", port)
+	cmd.Env = append(os.Environ(), "ADMETRIC_NATS_PASSWORD="+testNATSPassword, "ADMETRIC_PUBLISHER_PASSWORD="+testPublisherPassword)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +78,7 @@ func startNATSServer(t testing.TB, bin, port, storeDir string) *natsProc {
 		t.Fatal(err)
 	}
 	pw.Close() // the child holds its own copy: EOF once it exits
-	n := &natsProc{cmd: cmd, url: "nats://127.0.0.1:" + port, exited: make(chan error, 1)}
+	n := &natsProc{cmd: cmd, url: "nats://" + store.ServiceUser + ":" + testNATSPassword + "@127.0.0.1:" + port, exited: make(chan error, 1)}
 	ready := make(chan struct{})
 	var (
 		mu   sync.Mutex
@@ -367,7 +381,7 @@ func logRollupCounts(t *testing.T, env map[string]string, w *workload) {
 	partitions, _ := strconv.Atoi(env["PARTITIONS"])
 	for p := range partitions {
 		line := fmt.Sprintf("partition %d:", p)
-		if cons, err := js.Consumer(ctx, store.StreamName, aggregator.RollupConsumerName(p)); err == nil {
+		if cons, err := js.Consumer(ctx, store.EventStreamName(p), aggregator.RollupConsumerName(p)); err == nil {
 			if info, err := cons.Info(ctx); err == nil {
 				line += fmt.Sprintf(" pending %d, ack pending %d, redelivered %d, ack floor %d, delivered %d;",
 					info.NumPending, info.NumAckPending, info.NumRedelivered, info.AckFloor.Stream, info.Delivered.Stream)
@@ -414,7 +428,7 @@ func TestNATSOutageSpools(t *testing.T) {
 	bin := buildBinary(t)
 	natsBin := buildNATSServer(t)
 	natsPort, natsDir := freePort(t), t.TempDir()
-	ns := startNATSServer(t, natsBin, natsPort, natsDir)
+	ns := startNATSServer(t, natsBin, natsPort, natsDir, 4)
 	pg := storetest.Postgres(t)
 	dataDir := testDataDir(t)
 	p := startProc(t, bin, outageEnv(ns.url, dataDir, pg.DSN()))
@@ -453,7 +467,7 @@ func TestNATSOutageSpools(t *testing.T) {
 	}
 	restartAt := time.Now()
 	answeredAtRestart := answered.Load()
-	startNATSServer(t, natsBin, natsPort, natsDir) // same port and store
+	startNATSServer(t, natsBin, natsPort, natsDir, 4) // same port and store
 	upAt := time.Now()
 	t.Logf("nats-server down %s (SIGTERM to ready again %s); restarted after %d answers",
 		restartAt.Sub(downAt).Round(time.Millisecond), upAt.Sub(stopAt).Round(time.Millisecond), answeredAtRestart)
@@ -519,7 +533,7 @@ func TestSpooledEventsSurviveSIGKILL(t *testing.T) {
 	bin := buildBinary(t)
 	natsBin := buildNATSServer(t)
 	natsPort, natsDir := freePort(t), t.TempDir()
-	ns := startNATSServer(t, natsBin, natsPort, natsDir)
+	ns := startNATSServer(t, natsBin, natsPort, natsDir, 4)
 	pg := storetest.Postgres(t)
 	dataDir := testDataDir(t)
 	env := outageEnv(ns.url, dataDir, pg.DSN())
@@ -559,7 +573,7 @@ func TestSpooledEventsSurviveSIGKILL(t *testing.T) {
 		t.Fatalf("no spool segment with data under %s after the SIGKILL: %v", dataDir, segs)
 	}
 
-	startNATSServer(t, natsBin, natsPort, natsDir) // same port and store
+	startNATSServer(t, natsBin, natsPort, natsDir, 4) // same port and store
 	p = startProc(t, bin, env)
 	c = client{t: t, base: "http://" + p.httpAddr}
 	took := waitSettled(t, c, w, env, 45*time.Second)

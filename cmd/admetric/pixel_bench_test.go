@@ -52,7 +52,7 @@ func BenchmarkPixels(b *testing.B) {
 	vg := &vegeta{b: b, ctx: ctx, bin: buildVegeta(b, ctx, tmp), dir: tmp}
 	ceiling := startPixelCeiling(b)
 
-	ns := startNATSServer(b, buildNATSServer(b), freePort(b), b.TempDir())
+	ns := startNATSServer(b, buildNATSServer(b), freePort(b), b.TempDir(), 8)
 	dataDir := testDataDir(b)
 	env := testEnv(dataDir)
 	env["LOG_LEVEL"] = "error"

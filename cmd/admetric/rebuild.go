@@ -107,8 +107,8 @@ func rebuild(ctx context.Context, cfg *config.Config, logger *slog.Logger, out i
 	bar := newStageBar(out)
 	res, err := aggregator.Rebuild(ctx, rollups, postgres.NewArchive(b.db), aggregator.RebuildOptions{
 		From: from, To: to, AdIDs: ads, VisitorSalt: b.salt,
-		ArchiveFloor: aggregator.ArchiveFloor(b.js),
-		Progress:     bar.set,
+		ArchiveFloor: aggregator.ArchiveFloor(b.js), Partitions: cfg.Partitions,
+		Progress: bar.set,
 	})
 	bar.finish()
 	if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"testing"
@@ -24,7 +23,7 @@ import (
 func TestTwoAggregatorProcesses(t *testing.T) {
 	const ads, perPhase = 20, 5000
 	bin := buildBinary(t)
-	natsSrv := storetest.NATS(t)
+	natsSrv := storetest.NATSPartitions(t, 4)
 	pg := storetest.Postgres(t)
 	common := map[string]string{
 		"NATS_URL":     natsSrv.ClientURL(),
@@ -107,7 +106,7 @@ func TestTwoAggregatorProcesses(t *testing.T) {
 	// Every partition's consumer has acknowledged its last event: nothing can
 	// come again and be counted twice.
 	for p := range 4 {
-		waitAcknowledged(t, js, aggregator.RollupConsumerName(p))
+		waitAcknowledged(t, js, store.EventStreamName(p), aggregator.RollupConsumerName(p))
 	}
 	waitTotals()
 
@@ -137,43 +136,34 @@ func startRole(t *testing.T, bin, role string, env map[string]string) *proc {
 	return startProcArgs(t, bin, []string{role}, env)
 }
 
-// waitAcknowledged waits until the durable consumer name of the event
-// stream has nothing pending, nothing awaiting an ack, and its ack floor at
-// the last event on the subjects it reads (0 when there is none).
-func waitAcknowledged(t *testing.T, js jetstream.JetStream, name string) {
+// waitAcknowledged waits until the durable consumer name of stream has
+// nothing pending, nothing awaiting an ack, and its ack floor at the
+// stream's last event (0 when there is none).
+func waitAcknowledged(t *testing.T, js jetstream.JetStream, stream, name string) {
 	t.Helper()
 	ctx := context.Background()
-	stream, err := js.Stream(ctx, store.StreamName)
+	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var info *jetstream.ConsumerInfo
 	var last uint64
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
-		cons, err := stream.Consumer(ctx, name)
+		cons, err := s.Consumer(ctx, name)
 		if err == nil {
 			info, err = cons.Info(ctx)
 		}
-		if err == nil && info.Config.FilterSubject == "" { // the whole stream's
+		if err == nil {
 			var si *jetstream.StreamInfo
-			if si, err = stream.Info(ctx); err == nil {
+			if si, err = s.Info(ctx); err == nil {
 				last = si.State.LastSeq
-			}
-		} else if err == nil {
-			var m *jetstream.RawStreamMsg
-			m, err = stream.GetLastMsgForSubject(ctx, info.Config.FilterSubject)
-			switch {
-			case err == nil:
-				last = m.Sequence
-			case errors.Is(err, jetstream.ErrMsgNotFound): // no event on the partition
-				last, err = 0, nil
 			}
 		}
 		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream == last {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("consumer %s: not everything acknowledged (last event %d, info %+v, err %v)", name, last, info, err)
+			t.Fatalf("consumer %s of %s: not everything acknowledged (last event %d, info %+v, err %v)", name, stream, last, info, err)
 		}
 	}
 }

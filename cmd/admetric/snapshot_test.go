@@ -24,7 +24,7 @@ func TestAnalyticsFromSnapshotWhileNATSDown(t *testing.T) {
 	bin := buildBinary(t)
 	natsBin := buildNATSServer(t)
 	natsPort, natsDir := freePort(t), t.TempDir()
-	ns := startNATSServer(t, natsBin, natsPort, natsDir)
+	ns := startNATSServer(t, natsBin, natsPort, natsDir, 4)
 	pg := storetest.Postgres(t)
 	dataDir := testDataDir(t)
 	env := outageEnv(ns.url, dataDir, pg.DSN())
@@ -92,7 +92,7 @@ func TestAnalyticsFromSnapshotWhileNATSDown(t *testing.T) {
 		t.Fatalf("after a restart without NATS: as_of %v is after NATS went away at %v", asOf, began)
 	}
 
-	startNATSServer(t, natsBin, natsPort, natsDir)
+	startNATSServer(t, natsBin, natsPort, natsDir, 4)
 	back, took := c.analytics(query, func(a map[string]any) bool { return num(a, "clicks") == 8 })
 	if back["stale"] != false {
 		t.Fatalf("after NATS returned: stale %v", back["stale"])

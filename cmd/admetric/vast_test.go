@@ -19,6 +19,7 @@ import (
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/ingest/pixel"
+	"github.com/admetric/admetric/store"
 )
 
 // vastDoc is what a player reads of a VAST document, parsed with a generic
@@ -201,7 +202,7 @@ func TestVASTPlayer(t *testing.T) {
 	// Each counted once: once every partition's writer has acknowledged
 	// everything, nothing more can come, and the answer must match.
 	for p := range d.cfg.Partitions {
-		waitAcknowledged(t, d.js, aggregator.RollupConsumerName(p))
+		waitAcknowledged(t, d.js, store.EventStreamName(p), aggregator.RollupConsumerName(p))
 	}
 	// Invalid on coffee-6s: four start and skip forgeries and the forged click.
 	c.analytics("timeframe=1h&ad_id=coffee-6s", func(a map[string]any) bool {
@@ -219,7 +220,9 @@ func TestVASTPlayer(t *testing.T) {
 
 	// The archive keeps every event with its serving, and the invalid ones
 	// with their reason.
-	waitAcknowledged(t, d.js, aggregator.ArchiveConsumerName)
+	for p := range d.cfg.Partitions {
+		waitAcknowledged(t, d.js, store.EventStreamName(p), aggregator.ArchiveConsumerName)
+	}
 	var rows []struct {
 		Type          string `bun:"type"`
 		ErrorCode     int    `bun:"error_code"`
