@@ -2,6 +2,7 @@ package aggregator_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -124,5 +125,63 @@ func TestArchiverOutlivesItsConsumer(t *testing.T) {
 	waitRows(t, db, 12)
 	if n := counter(t, reg, "admetric_consumer_restarts_total"); n < 1 {
 		t.Errorf("admetric_consumer_restarts_total = %v, want the restart counted", n)
+	}
+}
+
+// TestWrongPartitionIsPoison: an event published straight to a partition
+// subject, past the mapping, into a partition its ad does not hash to, would
+// give that ad's rollups a second writer: the rollup writer skips it and the
+// archiver dead-letters it (reason partition); the events around it count.
+func TestWrongPartitionIsPoison(t *testing.T) {
+	const partitions = 2
+	ctx := context.Background()
+	js, _ := storetest.JetStream(t, storetest.NATSPartitions(t, partitions))
+	storetest.EventStream(t, js, partitions)
+	if err := store.CreateOrUpdateDeadLetterStream(ctx, js, time.Hour, 1); err != nil {
+		t.Fatal(err)
+	}
+	rollups, err := store.CreateOrUpdateRollups(ctx, js, testLayout, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := storetest.DB(t, storetest.Postgres(t))
+	runArchiver(t, js, db, aggregator.ArchiverOptions{Partitions: partitions})
+	ad := "ad-w"
+	wrong := 1 - store.PartitionOf(ad, partitions)
+	w := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{Partition: wrong, Partitions: partitions})
+	now := time.Now().UTC()
+	stray := clicks(ad, 1, now, "stray")[0]
+	data, _ := stray.Marshal()
+	subject := fmt.Sprintf("ads.events.%d.click.%s", wrong, ad)
+	if ack, err := js.Publish(ctx, subject, data); err != nil || ack.Stream != store.EventStreamName(wrong) {
+		t.Fatalf("publish to %s: %+v, %v", subject, ack, err)
+	}
+	other := "ad-v"
+	for store.PartitionOf(other, partitions) != wrong {
+		other += "v"
+	}
+	publish(t, js, clicks(other, 3, now, "good")...)
+	waitConsumed(t, js, aggregator.RollupConsumerName(wrong))
+	if got := sum(t, rollups, ad, now.Add(-time.Hour), now.Add(time.Hour)).Clicks; got != 0 {
+		t.Errorf("the stray event was folded: %s has %d clicks", ad, got)
+	}
+	if got := sum(t, rollups, other, now.Add(-time.Hour), now.Add(time.Hour)).Clicks; got != 3 {
+		t.Errorf("%s has %d clicks, want 3", other, got)
+	}
+	if w.Folded() != 3 {
+		t.Errorf("the writer folded %v events, want 3", w.Folded())
+	}
+	waitRows(t, db, 3)
+	waitFor(t, func() bool {
+		m, err := js.Stream(ctx, store.DeadLetterStream)
+		return err == nil && m.CachedInfo().State.Msgs == 1
+	}, func() string { return "the stray event never reached the dead-letter stream" })
+	dlq, _ := js.Stream(ctx, store.DeadLetterStream)
+	m, err := dlq.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != "ads.dlq."+aggregator.ReasonPartition {
+		t.Errorf("dead letter on %s, want ads.dlq.%s", m.Subject, aggregator.ReasonPartition)
 	}
 }

@@ -36,16 +36,17 @@ type Members struct {
 	last  time.Time    // when a writer of this process last released
 }
 
-// NewMembers creates or updates the members bucket and returns this
-// process's view of it; id names this process and must be unique among the
-// live ones. Run starts the heartbeat.
-func NewMembers(ctx context.Context, js jetstream.JetStream, id string, logger *slog.Logger) (*Members, error) {
+// NewMembers creates or updates the members bucket, with replicas copies,
+// and returns this process's view of it; id names this process and must be
+// unique among the live ones. Run starts the heartbeat.
+func NewMembers(ctx context.Context, js jetstream.JetStream, id string, replicas int, logger *slog.Logger) (*Members, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      MembersBucket,
 		Description: "AdMetric: live aggregator processes",
 		TTL:         memberTTL,
 		History:     1,
 		Storage:     jetstream.MemoryStorage,
+		Replicas:    max(replicas, 1),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("aggregator: members bucket: %w", err)

@@ -286,7 +286,7 @@ func TestRollupWritersBalance(t *testing.T) {
 	start := func(id string) group {
 		t.Helper()
 		gctx, cancel := context.WithCancel(ctx)
-		members, err := aggregator.NewMembers(gctx, js, id, logger)
+		members, err := aggregator.NewMembers(gctx, js, id, 1, logger)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -440,4 +440,26 @@ func TestRollupWriterWaitsForItsStream(t *testing.T) {
 	publish(t, js, clicks("ad-w", 5, time.Now().UTC(), "w")...)
 	waitFor(t, func() bool { return w.Folded() == 5 },
 		func() string { return fmt.Sprintf("%v events folded, want 5", w.Folded()) })
+}
+
+// TestRollupWriterOutlivesItsConsumer: a rollup consumer deleted under a
+// running writer (by an operator, or lost with a stream's state) is set up
+// again by the writer, counted in admetric_consumer_restarts_total, and the
+// events after it are counted once.
+func TestRollupWriterOutlivesItsConsumer(t *testing.T) {
+	js, rollups := setup(t)
+	now := time.Now().UTC()
+	w := runWriter(t, js, rollups)
+	publish(t, js, clicks("ad-d", 10, now, "d1")...)
+	waitFolded(t, js, rollups, 1)
+	if err := js.DeleteConsumer(context.Background(), store.EventStreamName(0), aggregator.RollupConsumerName(0)); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, js, clicks("ad-d", 5, now, "d2")...)
+	waitFor(t, func() bool { return counter(t, w.reg, "admetric_consumer_restarts_total") >= 1 },
+		func() string { return "the writer never set its consumer up again" })
+	waitFolded(t, js, rollups, 1)
+	if got := sum(t, rollups, "ad-d", now.Add(-time.Hour), now.Add(time.Hour)).Clicks; got != 15 {
+		t.Fatalf("ad-d has %d clicks, want 15", got)
+	}
 }

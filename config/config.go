@@ -78,10 +78,16 @@ type Config struct {
 	// buckets: 1 for a single server, 3 for a production cluster
 	// (NATS_REPLICAS, default 1, 1..5). Applied at every start.
 	NATSReplicas int
-	// Partitions is how many partitions the event stream spreads ads over;
+	// LeaderSpreadInterval is how often an aggregator on a cluster
+	// (NATS_REPLICAS above 1) looks at the leaders of the partition streams
+	// and moves one from a server that leads more than its share
+	// (LEADER_SPREAD_INTERVAL, default 30s).
+	LeaderSpreadInterval time.Duration
+	// Partitions is how many partition streams ads are spread over (the
+	// server's subject mapping must say the same: `admetric nats-config`);
 	// each has one active rollup writer, so it bounds how many aggregator
-	// processes share the work (PARTITIONS, default 8, 1..1024). Change it only
-	// with the stream drained.
+	// processes share the work (PARTITIONS, default 8, 1..1024). A start with
+	// another number than the streams were made for is refused.
 	Partitions int
 
 	// DatabaseURL is a PostgreSQL connection URL; when set, the DB_* settings
@@ -251,6 +257,7 @@ func options() []option {
 		secretOpt("NATS_PUBLISHER_PASSWORD", func(c *Config) *string { return &c.NATSPublisherPassword }, nil),
 		boolOpt("NATS_SYNC_ALWAYS", "false", func(c *Config) *bool { return &c.NATSSyncAlways }),
 		intOpt("NATS_REPLICAS", "1", func(c *Config) *int { return &c.NATSReplicas }, between(1, 5)),
+		durationOpt("LEADER_SPREAD_INTERVAL", "30s", func(c *Config) *time.Duration { return &c.LeaderSpreadInterval }, positive),
 		intOpt("PARTITIONS", "8", func(c *Config) *int { return &c.Partitions }, between(1, 1024)),
 		durationOpt("STREAM_MAX_AGE", "168h", func(c *Config) *time.Duration { return &c.StreamMaxAge }, positive),
 		// Also at most STREAM_MAX_AGE (checkAcross).

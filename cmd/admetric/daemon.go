@@ -266,9 +266,9 @@ func (d *daemon) startWithStreams(ctx context.Context, rollups *store.Rollups) e
 }
 
 // startAggregation starts the membership heartbeat, a rollup writer per
-// partition and the archiver.
+// partition, the archiver and, on a cluster, the leader spreader.
 func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) error {
-	members, err := aggregator.NewMembers(ctx, d.js, instanceID(), d.logger)
+	members, err := aggregator.NewMembers(ctx, d.js, instanceID(), d.cfg.NATSReplicas, d.logger)
 	if err != nil {
 		return err
 	}
@@ -280,6 +280,10 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 		d.goWorker("rollup-writer", w.Run)
 	}
 	archiver := aggregator.NewArchiver(d.js, postgres.NewArchive(d.db), d.logger, d.aggMetrics, aggregator.ArchiverOptions{Partitions: d.cfg.Partitions})
+	if d.cfg.NATSReplicas > 1 {
+		spreader := &aggregator.LeaderSpreader{JS: d.js, Partitions: d.cfg.Partitions, Every: d.cfg.LeaderSpreadInterval, Logger: d.logger}
+		d.goWorker("leader-spreader", spreader.Run)
+	}
 	d.goWorker("archiver", archiver.Run)
 	return nil
 }

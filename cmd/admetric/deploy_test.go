@@ -3,12 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/admetric/admetric/store"
 )
 
 // TestDeployNATSConfiguration: deploy/nats/admetric.conf is what `admetric
@@ -61,5 +68,56 @@ func TestComposeFile(t *testing.T) {
 		if !strings.Contains(" "+strings.Join(services, " ")+" ", " "+want+" ") {
 			t.Errorf("the cluster profile has no service %s (it has %v)", want, services)
 		}
+	}
+}
+
+// TestEmbeddedNATSUsers: the embedded server runs AdMetric's account with
+// the publish-only user NATS_PUBLISHER_PASSWORD configures: its events are
+// counted, it can read nothing, and with NATS_PASSWORD set a client without
+// credentials is refused.
+func TestEmbeddedNATSUsers(t *testing.T) {
+	env := testEnv(testDataDir(t))
+	env["NATS_PASSWORD"] = "embedded-service-password"
+	env["NATS_PUBLISHER_PASSWORD"] = "embedded-publisher-password"
+	d := startTestDaemon(t, env)
+	t.Cleanup(func() { stopTestDaemon(t, d) })
+	url := d.embedded.ClientURL()
+
+	if nc, err := nats.Connect(url); err == nil {
+		nc.Close()
+		t.Fatal("a client without credentials got in although NATS_PASSWORD is set")
+	}
+	violations := make(chan error, 4)
+	pc, err := nats.Connect(url, nats.UserInfo(store.PublisherUser, env["NATS_PUBLISHER_PASSWORD"]),
+		nats.CustomInboxPrefix(store.PublisherInboxPrefix),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pc.Close)
+	pjs, err := jetstream.New(pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pjs.Publish(context.Background(), "ads.events.click.coffee-6s", []byte(`{"ip":"198.51.100.7","playback_time":2}`),
+		jetstream.WithMsgID("publisher-click-1")); err != nil {
+		t.Fatalf("the publisher's event: %v", err)
+	}
+	c := client{t: t, base: "http://" + d.httpAddr()}
+	c.analytics("timeframe=1h&ad_id=coffee-6s", func(a map[string]any) bool { return num(a, "clicks") == 1 })
+
+	if _, err := pc.SubscribeSync("ads.events.>"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-violations:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Fatalf("subscribing to the events: %v, want a permissions violation", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the publisher subscribed to the events")
 	}
 }
