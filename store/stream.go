@@ -48,9 +48,10 @@ type StreamOptions struct {
 // made with.
 var ErrInvalidOptions = errors.New("store: invalid options")
 
-// ErrPartitionsChanged is returned when the partition streams on the server
-// are more than the configured partitions: ads would move to another
-// partition, and another rollup writer, with the counts of the old one.
+// ErrPartitionsChanged is returned when the event streams on the server were
+// made for another number of partitions than the configured one: ads would
+// move to another partition, whose sequences are unrelated to those their
+// rollups recorded.
 var ErrPartitionsChanged = errors.New("store: the number of partitions changed")
 
 func (o StreamOptions) validate() error {
@@ -73,10 +74,11 @@ func (o StreamOptions) validate() error {
 // every partition stream's sequence after the legacy stream's last: the
 // rollups record the highest sequence folded into each key, and those
 // numbers must keep growing across the switch. The aggregators then drain
-// the legacy stream (LegacyStream) before they read the partition streams.
+// the legacy stream before they read the partition streams, and the last
+// one retires it (RetireLegacyStream).
 //
-// It fails with ErrPartitionsChanged when a partition stream at or above
-// opts.Partitions exists. Safe to run from several processes at once.
+// It fails with ErrPartitionsChanged when the streams were made for another
+// number of partitions. Safe to run from several processes at once.
 func CreateOrUpdateEventStreams(ctx context.Context, js jetstream.JetStream, opts StreamOptions) error {
 	if err := opts.validate(); err != nil {
 		return err
@@ -123,9 +125,8 @@ func CreateOrUpdateEventStreams(ctx context.Context, js jetstream.JetStream, opt
 // records how many partitions there are.
 const partitionsMetadata = "admetric.partitions"
 
-// checkPartitionCount fails when an event stream was made for another number
-// of partitions: a different count moves ads to other partitions, whose
-// sequences are unrelated to the ones their rollups recorded.
+// checkPartitionCount fails with ErrPartitionsChanged when a partition
+// stream was made for another number of partitions.
 func checkPartitionCount(ctx context.Context, js jetstream.JetStream, partitions int) error {
 	streams := js.ListStreams(ctx, jetstream.WithStreamListSubject(eventSubjects))
 	for info := range streams.Info() {
