@@ -26,8 +26,14 @@ type RollupWriterOptions struct {
 	// MaxWait is how long one fetch waits for events; default 50ms.
 	MaxWait time.Duration
 	// Linger is how long a batch keeps gathering events after its first one,
-	// unless it fills up first: it bounds the lag at low rates. Default 200ms.
+	// unless it fills up first or the writer has caught up with its stream:
+	// it bounds the lag while events keep coming. Default 200ms.
 	Linger time.Duration
+	// CaughtUpWait is how long a batch still gathers once the writer holds
+	// everything its stream had (the last event fetched had nothing pending
+	// behind it); default 0, commit at once. Longer waits trade lag for fewer
+	// commits at low rates.
+	CaughtUpWait time.Duration
 	// AckWait is how long the server waits for an ack before it redelivers: how
 	// soon the events a dead writer held reach the next one. It must exceed
 	// Linger plus the longest commit (commits of 10,000 events took 0.7s on
@@ -287,6 +293,8 @@ type writerState struct {
 	gap          bool
 	gatedWant    int  // events others hold that the gate waits for
 	lost         bool // the consumer or its stream is gone
+	// caughtUp: the last message fetched had nothing pending behind it.
+	caughtUp bool
 
 	seqs []uint64 // records' buffers, reused from batch to batch
 	recs []Record
@@ -322,7 +330,8 @@ func (w *RollupWriter) start(ctx context.Context, src source) (jetstream.Consume
 }
 
 // gather fetches more events into s.held and reports whether the batch is
-// ready: it holds BatchSize events, or Linger has passed since its first.
+// ready: it holds BatchSize events, Linger has passed since its first event,
+// or the last fetch found the stream drained and CaughtUpWait has passed.
 func (w *RollupWriter) gather(ctx context.Context, cons jetstream.Consumer, s *writerState) bool {
 	if s.holding && len(s.held) == 0 && time.Since(s.lastEvent) > w.opts.PinnedTTL {
 		w.letGo(s) // idle, or the server moved the partition
@@ -342,8 +351,11 @@ func (w *RollupWriter) gather(ctx context.Context, cons jetstream.Consumer, s *w
 		s.first = time.Now()
 	}
 	// Under load, gather up to BatchSize: every commit rewrites each key it
-	// touches, so more events per commit means fewer bytes per event.
-	return len(s.held) >= w.opts.BatchSize || time.Since(s.first) >= w.opts.Linger
+	// touches, so more events per commit means fewer bytes per event. Once
+	// the writer holds everything the stream has, waiting longer only adds
+	// lag.
+	age := time.Since(s.first)
+	return len(s.held) >= w.opts.BatchSize || age >= w.opts.Linger || s.caughtUp && age >= w.opts.CaughtUpWait
 }
 
 // gate reports whether s.held is every event of the partition that is
@@ -492,6 +504,7 @@ func (w *RollupWriter) fetch(cons jetstream.Consumer, s *writerState) error {
 		}
 		s.lastDelivery = meta.Sequence.Consumer
 		s.held[meta.Sequence.Stream] = msg
+		s.caughtUp = meta.NumPending == 0
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrPinIDMismatch) {
 		return err

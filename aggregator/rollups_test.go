@@ -191,9 +191,10 @@ func TestRollupWritersShareAPartition(t *testing.T) {
 	now := time.Now().UTC()
 	from, to := now.Add(-time.Hour), now.Add(time.Minute)
 	name := aggregator.RollupConsumerName(0)
-	// A commits when it holds 100 events and otherwise lingers: a smaller
-	// batch stays in its hands, uncommitted, until it stops.
-	a := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{AckWait: 2 * time.Second, PinnedTTL: time.Second, BatchSize: 100, Linger: time.Hour})
+	// A commits when it holds 100 events and otherwise lingers, even once it
+	// has caught up: a smaller batch stays in its hands, uncommitted, until
+	// it stops.
+	a := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{AckWait: 2 * time.Second, PinnedTTL: time.Second, BatchSize: 100, Linger: time.Hour, CaughtUpWait: time.Hour})
 	publish(t, js, clicks("ad-s", 100, now, "s1")...)
 	waitFolded(t, js, rollups, 1)
 	b := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{AckWait: 2 * time.Second, PinnedTTL: time.Second, BatchSize: 100})
@@ -461,5 +462,19 @@ func TestRollupWriterOutlivesItsConsumer(t *testing.T) {
 	waitFolded(t, js, rollups, 1)
 	if got := sum(t, rollups, "ad-d", now.Add(-time.Hour), now.Add(time.Hour)).Clicks; got != 15 {
 		t.Fatalf("ad-d has %d clicks, want 15", got)
+	}
+}
+
+// TestRollupWriterCommitsOnceCaughtUp: a batch far from full is committed
+// as soon as the writer holds everything its stream has, without waiting
+// out Linger (an hour here): waiting longer would only add lag.
+func TestRollupWriterCommitsOnceCaughtUp(t *testing.T) {
+	js, rollups := setup(t)
+	now := time.Now().UTC()
+	runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 1000, Linger: time.Hour})
+	publish(t, js, clicks("ad-c", 5, now, "c")...)
+	waitFolded(t, js, rollups, 1)
+	if got := sum(t, rollups, "ad-c", now.Add(-time.Hour), now.Add(time.Hour)).Clicks; got != 5 {
+		t.Fatalf("ad-c has %d clicks, want 5", got)
 	}
 }

@@ -135,6 +135,18 @@ func runLag(b *testing.B, rate int, d time.Duration) (p50, p99 time.Duration, se
 	}
 	close(stop)
 	wg.Wait()
+	if mfs, err := d2.reg.Gather(); err == nil {
+		for _, mf := range mfs {
+			if mf.GetName() == "admetric_rollup_commit_seconds" {
+				h := mf.GetMetric()[0].GetHistogram()
+				var le []string
+				for _, bk := range h.GetBucket() {
+					le = append(le, fmt.Sprintf("≤%gs:%d", bk.GetUpperBound(), bk.GetCumulativeCount()))
+				}
+				b.Logf("commits: %d, %.1f ms on average; cumulative %s", h.GetSampleCount(), 1000*h.GetSampleSum()/float64(max(h.GetSampleCount(), 1)), strings.Join(le, " "))
+			}
+		}
+	}
 	slices.Sort(lags)
 	return lags[len(lags)/2], lags[len(lags)*99/100], sentN.Load(), missedN.Load()
 }
