@@ -323,7 +323,7 @@ func (w *RollupWriter) start(ctx context.Context, src source) (jetstream.Consume
 	}
 	mode := "atomic batches"
 	if !w.rollups.Atomic() {
-		mode = "per-key writes (server without atomic batches)"
+		mode = "per-key writes (one replica, or a server without atomic batches)"
 	}
 	w.logger.Info("rollup writer started", "stream", src.stream, "commit", mode)
 	return cons, nil

@@ -1,5 +1,5 @@
 package store
 
-// DisableAtomicCommits makes r commit key by key, as against a server without
-// atomic batches.
-func (r *Rollups) DisableAtomicCommits() { r.atomic = false }
+// EnableAtomicCommits makes r commit in atomic batches, as on replicated
+// buckets.
+func (r *Rollups) EnableAtomicCommits() { r.atomic = true }

@@ -39,11 +39,19 @@ type Rollups struct {
 // bucket already configured so is left as it is: CreateOrUpdateKeyValue turns
 // atomic publishing off, which would fail the commits of the writers running
 // in other processes while this one starts.
+//
+// Commits are atomic batches on replicated buckets only. With one replica,
+// nats-server stages every atomic batch in a file store of its own, made and
+// removed on disk for each batch (directories, metadata, files): in the
+// whole service at 1,800 events/s that took a quarter of the process's CPU,
+// and commits averaged 100 ms. There the writers publish each key alone,
+// pipelined, the checkpoint last, and the MaxSeq every rollup records keeps
+// replays exact.
 func CreateOrUpdateRollups(ctx context.Context, js jetstream.JetStream, layout rollup.Layout, replicas int) (*Rollups, error) {
 	if replicas < 1 {
 		return nil, fmt.Errorf("%w: rollup buckets Replicas %d", ErrInvalidOptions, replicas)
 	}
-	r := &Rollups{js: js, layout: layout, atomic: true}
+	r := &Rollups{js: js, layout: layout, atomic: replicas > 1}
 	for _, res := range layout {
 		cfg := jetstream.KeyValueConfig{
 			Bucket:         res.Bucket,
@@ -103,9 +111,9 @@ func allowAtomicPublish(ctx context.Context, js jetstream.JetStream, name string
 	return stream, stream.CachedInfo().Config.AllowAtomicPublish, nil
 }
 
-// Atomic reports whether commits are atomic batches. Without them (a server
-// older than 2.12) each key is written alone, and exactly-once rests on the
-// MaxSeq every rollup records.
+// Atomic reports whether commits are atomic batches. Without them (buckets
+// with one replica, or a server older than 2.12) each key is written alone,
+// and exactly-once rests on the MaxSeq every rollup records.
 func (r *Rollups) Atomic() bool { return r.atomic }
 
 // Layout returns the resolutions the buckets hold.
@@ -152,7 +160,8 @@ type Write struct {
 // With atomic batches the writes and the checkpoint land together or not at
 // all (in slices of up to a thousand messages, the checkpoint in the last; a
 // slice that lands alone is harmless, as each rollup's MaxSeq makes the replay
-// skip it). Without, each key is written alone, the checkpoint last.
+// skip it). Without, each key is written alone, pipelined, and the checkpoint
+// only once every other write has landed.
 func (r *Rollups) Commit(ctx context.Context, u rollup.Unit, partition int, writes []Write, seq, cpRev uint64) ([]uint64, uint64, error) {
 	all := append(slices.Clip(writes), Write{Key: rollup.CheckpointKey(partition), Rev: cpRev, raw: binary.BigEndian.AppendUint64(nil, seq)})
 	revs, err := r.write(ctx, u, all)
@@ -180,17 +189,10 @@ func (r *Rollups) write(ctx context.Context, u rollup.Unit, writes []Write) ([]u
 		}
 		msgs = append(msgs, expectMsg(r.subject(u, w.Key), data, w.Rev))
 	}
-	revs := make([]uint64, 0, len(msgs))
 	if !r.atomic {
-		for i, m := range msgs {
-			ack, err := r.js.PublishMsg(ctx, m)
-			if err != nil {
-				return nil, publishErr(u, writes[i].Key, err)
-			}
-			revs = append(revs, ack.Sequence)
-		}
-		return revs, nil
+		return r.writeKeys(ctx, u, writes, msgs)
 	}
+	revs := make([]uint64, 0, len(msgs))
 	for len(msgs) > 0 {
 		chunk := msgs[:min(len(msgs), maxAtomicBatch)]
 		msgs = msgs[len(chunk):]
@@ -205,6 +207,68 @@ func (r *Rollups) write(ctx context.Context, u rollup.Unit, writes []Write) ([]u
 		}
 	}
 	return revs, nil
+}
+
+// asyncAckTimeout bounds the wait for the acknowledgements of one slice of
+// pipelined writes.
+const asyncAckTimeout = 10 * time.Second
+
+// writeKeys publishes msgs one key each, pipelined in slices of up to
+// maxAtomicBatch, and a trailing checkpoint (a write with raw) alone after
+// every other write landed. The first failure is returned once its slice has
+// been answered.
+func (r *Rollups) writeKeys(ctx context.Context, u rollup.Unit, writes []Write, msgs []*nats.Msg) ([]uint64, error) {
+	revs := make([]uint64, len(msgs))
+	values := len(msgs)
+	if values > 0 && writes[values-1].raw != nil {
+		values--
+	}
+	futures := make([]jetstream.PubAckFuture, 0, min(values, maxAtomicBatch))
+	for start := 0; start < values; start += maxAtomicBatch {
+		end := min(values, start+maxAtomicBatch)
+		futures = futures[:0]
+		for i := start; i < end; i++ {
+			f, err := r.js.PublishMsgAsync(msgs[i])
+			if err != nil {
+				return nil, publishErr(u, writes[i].Key, err)
+			}
+			futures = append(futures, f)
+		}
+		if err := awaitAcks(ctx, u, writes[start:end], futures, revs[start:end]); err != nil {
+			return nil, err
+		}
+	}
+	for i := values; i < len(msgs); i++ {
+		ack, err := r.js.PublishMsg(ctx, msgs[i])
+		if err != nil {
+			return nil, publishErr(u, writes[i].Key, err)
+		}
+		revs[i] = ack.Sequence
+	}
+	return revs, nil
+}
+
+// awaitAcks waits for every future's answer, puts each stored sequence in
+// revs, and returns the first failure.
+func awaitAcks(ctx context.Context, u rollup.Unit, writes []Write, futures []jetstream.PubAckFuture, revs []uint64) error {
+	t := time.NewTimer(asyncAckTimeout)
+	defer t.Stop()
+	var first error
+	for i, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			revs[i] = ack.Sequence
+		case err := <-f.Err():
+			if first == nil {
+				first = publishErr(u, writes[i].Key, err)
+			}
+		case <-t.C:
+			return fmt.Errorf("store: write %s %s: %w", u, writes[i].Key, nats.ErrTimeout)
+		case <-ctx.Done():
+			return fmt.Errorf("store: write %s %s: %w", u, writes[i].Key, ctx.Err())
+		}
+	}
+	return first
 }
 
 func publishErr(u rollup.Unit, what string, err error) error {

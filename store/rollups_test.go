@@ -34,11 +34,12 @@ func rollupWith(clicks, maxSeq uint64) *rollup.Rollup {
 
 // TestCreateOrUpdateRollupsAllowsAtomicPublish: the buckets' streams allow
 // atomic batches after every CreateOrUpdateRollups, although
-// CreateOrUpdateKeyValue turns that off.
+// CreateOrUpdateKeyValue turns that off; with one replica the commits are
+// written key by key all the same (see CreateOrUpdateRollups).
 func TestCreateOrUpdateRollupsAllowsAtomicPublish(t *testing.T) {
 	js, r := openRollups(t)
-	if !r.Atomic() {
-		t.Fatal("Atomic() = false against nats-server 2.15")
+	if r.Atomic() {
+		t.Fatal("Atomic() = true with one replica")
 	}
 	ctx := context.Background()
 	for range 2 {
@@ -52,7 +53,7 @@ func TestCreateOrUpdateRollupsAllowsAtomicPublish(t *testing.T) {
 			}
 		}
 		var err error
-		if r, err = store.CreateOrUpdateRollups(ctx, js, rolluptest.Layout, 1); err != nil || !r.Atomic() {
+		if r, err = store.CreateOrUpdateRollups(ctx, js, rolluptest.Layout, 1); err != nil || r.Atomic() {
 			t.Fatalf("reopen: %v, atomic %v", err, r.Atomic())
 		}
 	}
@@ -66,8 +67,8 @@ func TestCommit(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			js, r := openRollups(t)
-			if !atomic {
-				r.DisableAtomicCommits()
+			if atomic {
+				r.EnableAtomicCommits()
 			}
 			ctx := context.Background()
 			revs, cpRev, err := r.Commit(ctx, rollup.Minute, 2, []store.Write{
@@ -123,26 +124,34 @@ func TestCommit(t *testing.T) {
 }
 
 // TestCommitSplitsLargeBatches: more keys than one atomic batch holds commit
-// in slices, the checkpoint in the last, with every revision right.
+// in slices, the checkpoint in the last, with every revision right; written
+// key by key they are pipelined in slices alike.
 func TestCommitSplitsLargeBatches(t *testing.T) {
-	_, r := openRollups(t)
-	ctx := context.Background()
-	writes := make([]store.Write, 1500)
-	for i := range writes {
-		writes[i] = store.Write{Key: fmt.Sprintf("ad-%d.2026112512", i), Value: rollupWith(uint64(i), uint64(i))}
-	}
-	revs, cpRev, err := r.Commit(ctx, rollup.Minute, 0, writes, 1500, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, i := range []int{0, 999, 1000, 1499} {
-		v, rev, err := r.Load(ctx, rollup.Minute, writes[i].Key)
-		if err != nil || rev != revs[i] || v.Slots[3].Clicks != uint64(i) {
-			t.Fatalf("key %d: rev %d want %d, %+v (%v)", i, rev, revs[i], v, err)
-		}
-	}
-	if seq, rev, _ := r.Checkpoint(ctx, rollup.Minute, 0); seq != 1500 || rev != cpRev {
-		t.Fatalf("checkpoint %d rev %d, want 1500 rev %d", seq, rev, cpRev)
+	for _, atomic := range []bool{true, false} {
+		t.Run(fmt.Sprintf("atomic=%v", atomic), func(t *testing.T) {
+			_, r := openRollups(t)
+			if atomic {
+				r.EnableAtomicCommits()
+			}
+			ctx := context.Background()
+			writes := make([]store.Write, 1500)
+			for i := range writes {
+				writes[i] = store.Write{Key: fmt.Sprintf("ad-%d.2026112512", i), Value: rollupWith(uint64(i), uint64(i))}
+			}
+			revs, cpRev, err := r.Commit(ctx, rollup.Minute, 0, writes, 1500, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, i := range []int{0, 999, 1000, 1499} {
+				v, rev, err := r.Load(ctx, rollup.Minute, writes[i].Key)
+				if err != nil || rev != revs[i] || v.Slots[3].Clicks != uint64(i) {
+					t.Fatalf("key %d: rev %d want %d, %+v (%v)", i, rev, revs[i], v, err)
+				}
+			}
+			if seq, rev, _ := r.Checkpoint(ctx, rollup.Minute, 0); seq != 1500 || rev != cpRev {
+				t.Fatalf("checkpoint %d rev %d, want 1500 rev %d", seq, rev, cpRev)
+			}
+		})
 	}
 }
 
@@ -181,9 +190,8 @@ func TestCreateOrUpdateRollupsLeavesConfiguredBucketsAlone(t *testing.T) {
 	}
 	longer := rolluptest.Retentions
 	longer.Minute = 96 * time.Hour
-	r, err := store.CreateOrUpdateRollups(ctx, js, rollup.NewLayout(longer), 1)
-	if err != nil || !r.Atomic() {
-		t.Fatalf("reopen with a new retention: %v, atomic %v", err, r.Atomic())
+	if _, err := store.CreateOrUpdateRollups(ctx, js, rollup.NewLayout(longer), 1); err != nil {
+		t.Fatalf("reopen with a new retention: %v", err)
 	}
 	if n := countUpdates(); n == 0 {
 		t.Fatal("a changed retention sent no stream update")

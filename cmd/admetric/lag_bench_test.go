@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -145,6 +146,13 @@ func runLag(b *testing.B, rate int, d time.Duration) (p50, p99 time.Duration, se
 				}
 				b.Logf("commits: %d, %.1f ms on average; cumulative %s", h.GetSampleCount(), 1000*h.GetSampleSum()/float64(max(h.GetSampleCount(), 1)), strings.Join(le, " "))
 			}
+		}
+	}
+	// What the commits rewrote: each bucket's writes, and the size of a value.
+	for _, res := range d2.layout {
+		if st, err := d2.js.Stream(context.Background(), "KV_"+res.Bucket); err == nil {
+			si := st.CachedInfo().State
+			b.Logf("%s: %d keys, %.1f KiB a value on average, %d writes", res.Bucket, si.Msgs, float64(si.Bytes)/1024/float64(max(si.Msgs, 1)), si.LastSeq)
 		}
 	}
 	slices.Sort(lags)
