@@ -83,6 +83,14 @@ type Config struct {
 	// and moves one from a server that leads more than its share
 	// (LEADER_SPREAD_INTERVAL, default 30s).
 	LeaderSpreadInterval time.Duration
+	// RollupCommits is how the rollup writers commit: "atomic" in atomic
+	// batches (all of a batch's keys of a bucket and its checkpoint, or
+	// none), "keys" each key alone, pipelined, the checkpoint last (exact all
+	// the same: every rollup records the highest sequence in it), "auto" atomic
+	// batches with NATS_REPLICAS above 1 and keys with one replica, where
+	// nats-server stages every atomic batch on disk at a high cost
+	// (ROLLUP_COMMITS, default auto).
+	RollupCommits string
 	// Partitions is how many partition streams ads are spread over (the
 	// server's subject mapping must say the same: `admetric nats-config`);
 	// each has one active rollup writer, so it bounds how many aggregator
@@ -258,6 +266,7 @@ func options() []option {
 		boolOpt("NATS_SYNC_ALWAYS", "false", func(c *Config) *bool { return &c.NATSSyncAlways }),
 		intOpt("NATS_REPLICAS", "1", func(c *Config) *int { return &c.NATSReplicas }, between(1, 5)),
 		durationOpt("LEADER_SPREAD_INTERVAL", "30s", func(c *Config) *time.Duration { return &c.LeaderSpreadInterval }, positive),
+		lowerOpt("ROLLUP_COMMITS", "auto", func(c *Config) *string { return &c.RollupCommits }, oneOf("auto", "atomic", "keys")),
 		intOpt("PARTITIONS", "8", func(c *Config) *int { return &c.Partitions }, between(1, 1024)),
 		durationOpt("STREAM_MAX_AGE", "168h", func(c *Config) *time.Duration { return &c.StreamMaxAge }, positive),
 		// Also at most STREAM_MAX_AGE (checkAcross).

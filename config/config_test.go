@@ -20,7 +20,7 @@ import (
 var allVars = []string{
 	"HTTP_ADDR", "TRUSTED_PROXIES",
 	"NATS_URL", "NATS_LISTEN", "NATS_PASSWORD", "NATS_PUBLISHER_PASSWORD", "NATS_SYNC_ALWAYS", "NATS_REPLICAS",
-	"LEADER_SPREAD_INTERVAL", "PARTITIONS", "STREAM_MAX_AGE",
+	"LEADER_SPREAD_INTERVAL", "ROLLUP_COMMITS", "PARTITIONS", "STREAM_MAX_AGE",
 	"STREAM_DUPLICATE_WINDOW", "SPOOL_MAX_BYTES", "PUBLISH_TIMEOUT", "MAX_PENDING_PUBLISHES",
 	"CACHE_MAX_BYTES", "CACHE_IDLE", "SNAPSHOT_INTERVAL",
 	"DATABASE_URL", "DATABASE_URL_FILE", "DB_HOST", "DB_PORT", "DB_USER",
@@ -99,6 +99,7 @@ func defaults() *config.Config {
 		PublishTimeout:       2 * time.Second,
 		NATSReplicas:         1,
 		LeaderSpreadInterval: 30 * time.Second,
+		RollupCommits:        "auto",
 		MaxPendingPublishes:  4096,
 		CacheMaxBytes:        256 << 20,
 		CacheIdle:            15 * time.Minute,

@@ -30,6 +30,8 @@ type Rollups struct {
 	layout  rollup.Layout
 	streams [3]jetstream.Stream
 	atomic  bool
+	// serverAtomic: the server keeps AllowAtomicPublish on the buckets.
+	serverAtomic bool
 }
 
 // CreateOrUpdateRollups creates or updates the rollup buckets of layout (one
@@ -51,7 +53,7 @@ func CreateOrUpdateRollups(ctx context.Context, js jetstream.JetStream, layout r
 	if replicas < 1 {
 		return nil, fmt.Errorf("%w: rollup buckets Replicas %d", ErrInvalidOptions, replicas)
 	}
-	r := &Rollups{js: js, layout: layout, atomic: replicas > 1}
+	r := &Rollups{js: js, layout: layout, serverAtomic: true}
 	for _, res := range layout {
 		cfg := jetstream.KeyValueConfig{
 			Bucket:         res.Bucket,
@@ -73,8 +75,9 @@ func CreateOrUpdateRollups(ctx context.Context, js jetstream.JetStream, layout r
 			return nil, err
 		}
 		r.streams[res.Unit] = stream
-		r.atomic = r.atomic && atomic
+		r.serverAtomic = r.serverAtomic && atomic
 	}
+	r.atomic = r.serverAtomic && replicas > 1
 	return r, nil
 }
 
@@ -110,6 +113,12 @@ func allowAtomicPublish(ctx context.Context, js jetstream.JetStream, name string
 	}
 	return stream, stream.CachedInfo().Config.AllowAtomicPublish, nil
 }
+
+// UseAtomicCommits makes commits atomic batches (on) or key by key (off),
+// overriding the choice CreateOrUpdateRollups made from the replicas; atomic
+// batches stay off against a server without them. Call it before the
+// writers start.
+func (r *Rollups) UseAtomicCommits(on bool) { r.atomic = on && r.serverAtomic }
 
 // Atomic reports whether commits are atomic batches. Without them (buckets
 // with one replica, or a server older than 2.12) each key is written alone,

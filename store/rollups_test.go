@@ -68,7 +68,7 @@ func TestCommit(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			js, r := openRollups(t)
 			if atomic {
-				r.EnableAtomicCommits()
+				r.UseAtomicCommits(true)
 			}
 			ctx := context.Background()
 			revs, cpRev, err := r.Commit(ctx, rollup.Minute, 2, []store.Write{
@@ -131,7 +131,7 @@ func TestCommitSplitsLargeBatches(t *testing.T) {
 		t.Run(fmt.Sprintf("atomic=%v", atomic), func(t *testing.T) {
 			_, r := openRollups(t)
 			if atomic {
-				r.EnableAtomicCommits()
+				r.UseAtomicCommits(true)
 			}
 			ctx := context.Background()
 			writes := make([]store.Write, 1500)

@@ -231,7 +231,17 @@ func (b *backends) openStreams(ctx context.Context) (*store.Rollups, error) {
 	if err := store.CreateOrUpdateDeadLetterStream(ctx, b.js, deadLetterMaxAge, cfg.NATSReplicas); err != nil {
 		return nil, err
 	}
-	return store.CreateOrUpdateRollups(ctx, b.js, b.layout, cfg.NATSReplicas)
+	rollups, err := store.CreateOrUpdateRollups(ctx, b.js, b.layout, cfg.NATSReplicas)
+	if err != nil {
+		return nil, err
+	}
+	switch cfg.RollupCommits {
+	case "atomic":
+		rollups.UseAtomicCommits(true)
+	case "keys":
+		rollups.UseAtomicCommits(false)
+	}
+	return rollups, nil
 }
 
 // isPermanentStreamError reports whether openStreams failed for a reason

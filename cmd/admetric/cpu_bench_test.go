@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkCPUPerEvent runs the whole service (in-process, embedded NATS,
+// private PostgreSQL) at a constant ADMETRIC_BENCH_RATE (default 3,000) POST
+// /ads/click and /ads/impression per second over 200 ads for
+// ADMETRIC_BENCH_SECONDS (default 10), then waits until every consumer of
+// the partition streams has caught up (the rollups folded, the archive
+// written), and reports the CPU time per accepted event from the first
+// request to the end of that catch-up: this process's (HTTP intake, NATS,
+// fold, archive inserts) and PostgreSQL's, separately. vegeta runs as a
+// process of its own and is not counted.
+//
+// It does so twice in one run, each on a fresh DATA_DIR: with
+// ROLLUP_COMMITS=atomic (the rollup writers' atomic batches, as before the
+// change of #12) and with the default, auto (key by key with one replica),
+// and reports both and their ratio. ADMETRIC_BENCH_CPUPROFILE names a file
+// for a CPU profile of this process over the second measurement.
+//
+//	go test -run '^$' -bench CPUPerEvent -benchtime 1x -timeout 20m ./cmd/admetric/
+func BenchmarkCPUPerEvent(b *testing.B) {
+	seconds := envInt("ADMETRIC_BENCH_SECONDS", 10)
+	rate := envInt("ADMETRIC_BENCH_RATE", 3000)
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	tmp := b.TempDir()
+	vg := &vegeta{b: b, ctx: ctx, bin: buildVegeta(b, ctx, tmp), dir: tmp}
+	for b.Loop() {
+		before := measureEventCPU(b, vg, "atomic", rate, seconds)
+		after := measureEventCPU(b, vg, "auto", rate, seconds)
+		for _, m := range []struct {
+			name string
+			c    eventCPU
+		}{{"atomic", before}, {"auto", after}} {
+			b.ReportMetric(m.c.service.Seconds()/m.c.events*1e6, m.name+"_service_us/event")
+			b.ReportMetric(m.c.postgres.Seconds()/m.c.events*1e6, m.name+"_postgres_us/event")
+			b.ReportMetric(float64(m.c.p99.Microseconds())/1000, m.name+"_p99_ms")
+		}
+		b.ReportMetric((after.service+after.postgres).Seconds()/after.events/((before.service+before.postgres).Seconds()/before.events), "auto/atomic_cpu")
+	}
+}
+
+// eventCPU is what one measurement found: CPU time of the service process
+// and of PostgreSQL, the events accepted, and the requests' p99.
+type eventCPU struct {
+	service, postgres time.Duration
+	events            float64
+	p99               time.Duration
+}
+
+func measureEventCPU(b *testing.B, vg *vegeta, commits string, rate, seconds int) eventCPU {
+	b.Helper()
+	dataDir := testDataDir(b)
+	env := testEnv(dataDir)
+	env["LOG_LEVEL"] = "error"
+	env["ROLLUP_COMMITS"] = commits
+	d := startBenchDaemon(b, env, roleAll)
+	base := "http://" + d.httpAddr()
+	const ads = 200
+	for i := range ads {
+		req, _ := http.NewRequest(http.MethodPost, base+"/ads", strings.NewReader(fmt.Sprintf(`{"id":"cpu-ad-%03d","title":"cpu"}`, i)))
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			b.Fatalf("create ad: %d", resp.StatusCode)
+		}
+	}
+	drain, _ := streamDrainer(b, d.natsURL(), d.cfg.Partitions)
+	header := http.Header{"Content-Type": {"application/json"}, "User-Agent": {"admetric-bench/1.0"}}
+	targets := func(prefix string) func(i int) vegetaTarget {
+		return func(i int) vegetaTarget {
+			path, extra := "/ads/impression", ""
+			if i%4 == 0 {
+				path, extra = "/ads/click", fmt.Sprintf(`,"playback_time":%d.%02d`, i%6, i%100)
+			}
+			body := fmt.Sprintf(`{"event_id":"%s-%d","ad_id":"cpu-ad-%03d","ip":"10.%d.%d.%d"%s}`,
+				prefix, i, i*7%ads, i>>16&0xff, i>>8&0xff, i&0xff, extra)
+			return vegetaTarget{Method: http.MethodPost, URL: base + path, Body: []byte(body), Header: header}
+		}
+	}
+	warm := vg.attackTargets(commits+"-warmup", rate+1000, time.Second, rateArgs(rate), true, func(path string) {
+		writeTargetsFunc(b, path, rate+1000, targets(commits+"-w"))
+	})
+	warm.checkOpenLoop("202")
+	drain("the warm-up")
+
+	pg := postmasterPID(b, filepath.Join(dataDir, "pg"))
+	self0, ok1 := procCPU("self")
+	pg0 := treeCPU(pg)
+	n := rate*(seconds+1) + 1000
+	stopProfile := func() {}
+	if commits == "auto" {
+		stopProfile = startCPUProfile(b, os.Getenv("ADMETRIC_BENCH_CPUPROFILE"))
+	}
+	run := vg.attackTargets(commits+"-rate", n, time.Duration(seconds)*time.Second, rateArgs(rate), true, func(path string) {
+		writeTargetsFunc(b, path, n, targets(commits+"-r"))
+	})
+	run.checkOpenLoop("202")
+	drain("the load")
+	stopProfile()
+	self1, ok2 := procCPU("self")
+	pg1 := treeCPU(pg)
+	if !ok1 || !ok2 {
+		b.Fatal("no /proc/self/stat")
+	}
+	events := float64(run.report.StatusCodes["202"])
+	stopTestDaemon(b, d)
+	got := eventCPU{service: self1 - self0, postgres: pg1 - pg0, events: events, p99: time.Duration(run.report.Latencies.P99)}
+	b.Logf("ROLLUP_COMMITS=%s: %0.f events accepted at %d/s asked; service %s CPU (%.0f µs/event), PostgreSQL %s (%.0f µs/event); p50 %.2f ms, p99 %.2f ms",
+		commits, events, rate, got.service.Round(time.Millisecond), got.service.Seconds()/events*1e6,
+		got.postgres.Round(time.Millisecond), got.postgres.Seconds()/events*1e6, ms(run.report.Latencies.P50), ms(run.report.Latencies.P99))
+	return got
+}
+
+// postmasterPID finds the PostgreSQL server whose data directory is dir.
+func postmasterPID(b *testing.B, dir string) string {
+	b.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && bytes.Contains(cmdline, []byte(dir)) && bytes.Contains(cmdline, []byte("postgres")) {
+			return e.Name()
+		}
+	}
+	b.Fatalf("no PostgreSQL server of %s", dir)
+	return ""
+}
+
+// treeCPU is the CPU time of process pid, of its children alive now, and of
+// the children it has reaped (PostgreSQL forks a backend per connection).
+func treeCPU(pid string) time.Duration {
+	total := ownAndReapedCPU(pid)
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 {
+			if f := strings.Fields(string(stat[i+1:])); len(f) > 1 && f[1] == pid {
+				if c, ok := procCPU(e.Name()); ok {
+					total += c
+				}
+			}
+		}
+	}
+	return total
+}
+
+// ownAndReapedCPU is utime, stime, cutime and cstime of pid.
+func ownAndReapedCPU(pid string) time.Duration {
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 15 {
+		return 0
+	}
+	var ticks int64
+	for _, k := range []int{11, 12, 13, 14} {
+		n, _ := strconv.ParseInt(f[k], 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
