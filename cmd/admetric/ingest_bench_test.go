@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -69,6 +70,9 @@ import (
 // ADMETRIC_BENCH_CPUPROFILE names a file for a CPU profile of this process
 // (the service with its embedded NATS) during the service's saturation run.
 //
+// ADMETRIC_BENCH_ROLE=api runs the api role alone; ADMETRIC_BENCH_NATS=process
+// puts NATS in a nats-server process of its own, as production runs it.
+//
 // The cost of NATS_SYNC_ALWAYS (the embedded server fsyncs every write) is the
 // difference between two runs, the default and one with
 // ADMETRIC_BENCH_SYNC_ALWAYS=1, which starts the service with
@@ -108,6 +112,13 @@ func BenchmarkIngest(b *testing.B) {
 	if os.Getenv("ADMETRIC_BENCH_ROLE") == "api" {
 		r, roleName = roleAPI, "api"
 	}
+	// ADMETRIC_BENCH_NATS=process runs NATS as production does: a nats-server
+	// process, configured as the README says. Default: the embedded server.
+	if os.Getenv("ADMETRIC_BENCH_NATS") == "process" {
+		ns := startNATSServer(b, buildNATSServer(b), freePort(b), b.TempDir(), 8)
+		env["NATS_URL"] = ns.url
+		roleName += " against a nats-server process"
+	}
 	tuneGC(os.LookupEnv) // as the command does, for both servers in this process
 	d := startBenchDaemon(b, env, r)
 	serviceURL := "http://" + d.httpAddr() + "/ads/click"
@@ -117,7 +128,7 @@ func BenchmarkIngest(b *testing.B) {
 	} else {
 		resp.Body.Close()
 	}
-	drain, streamMsgs := streamDrainer(b, d.natsURL(), d.cfg.Partitions)
+	drain, streamMsgs := streamDrainer(b, cmp.Or(env["NATS_URL"], d.natsURL()), d.cfg.Partitions)
 	b.Logf("service: role %s, NATS_SYNC_ALWAYS=%v; %d s per measurement, constant rate %d/s", roleName, syncAlways, seconds, rate)
 
 	satTargets := max(200_000, 25_000*seconds)
