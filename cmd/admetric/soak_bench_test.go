@@ -1,0 +1,176 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// BenchmarkSoak runs the whole service (in-process, embedded NATS, private
+// PostgreSQL, GOGC as the command sets it) at ADMETRIC_BENCH_RATE events/s
+// (default 3,000, three quarters impressions) over 200 ads for
+// ADMETRIC_BENCH_SECONDS (default 1,800: longer than the stream's 20-minute
+// duplicate window, which holds an entry per event), and samples every 30 s
+// the process's resident set (VmRSS), the Go heap in use and the events
+// accepted. The load comes from open-loop goroutines in this process (a
+// file of vegeta targets for 30 minutes would take gigabytes); their memory
+// is a few MiB. It logs the samples and reports the RSS after the first
+// minute, when the duplicate window is full, and at the end, and the RSS
+// growth per minute after the window. ADMETRIC_BENCH_MEMPROFILE names a file
+// for a profile of the live heap at the end of the load.
+//
+//	go test -run '^$' -bench Soak -benchtime 1x -timeout 60m ./cmd/admetric/
+func BenchmarkSoak(b *testing.B) {
+	seconds := envInt("ADMETRIC_BENCH_SECONDS", 1800)
+	rate := envInt("ADMETRIC_BENCH_RATE", 3000)
+	tuneGC(os.LookupEnv)
+	for b.Loop() {
+		env := testEnv(testDataDir(b))
+		env["LOG_LEVEL"] = "error"
+		d := startBenchDaemon(b, env, roleAll)
+		base := "http://" + d.httpAddr()
+		const ads = 200
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+		post := func(path, body, token string) int {
+			req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			resp, err := hc.Do(req)
+			if err != nil {
+				return 0
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		for i := range ads {
+			if st := post("/ads", fmt.Sprintf(`{"id":"soak-ad-%03d","title":"soak"}`, i), testToken); st != http.StatusCreated {
+				b.Fatalf("create ad: %d", st)
+			}
+		}
+		var accepted, failed, behind atomic.Int64
+		jobs := make(chan int, 8192)
+		var wg sync.WaitGroup
+		for range 256 {
+			wg.Go(func() {
+				for i := range jobs {
+					path, extra := "/ads/impression", ""
+					if i%4 == 0 {
+						path, extra = "/ads/click", fmt.Sprintf(`,"playback_time":%d.%02d`, i%6, i%100)
+					}
+					body := fmt.Sprintf(`{"event_id":"soak-%d","ad_id":"soak-ad-%03d","ip":"10.%d.%d.%d"%s}`,
+						i, i*7%ads, i>>16&0xff, i>>8&0xff, i&0xff, extra)
+					if post(path, body, "") == http.StatusAccepted {
+						accepted.Add(1)
+					} else {
+						failed.Add(1)
+					}
+				}
+			})
+		}
+		stop := make(chan struct{})
+		wg.Go(func() {
+			defer close(jobs)
+			start := time.Now()
+			for i := 0; ; {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				due := int(time.Since(start).Seconds() * float64(rate))
+				for ; i < due; i++ {
+					select {
+					case jobs <- i:
+					default:
+						behind.Add(1) // the workers cannot keep up: not offered
+					}
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+
+		type sample struct {
+			at        time.Duration
+			rss, heap float64 // MiB
+			events    int64
+		}
+		var samples []sample
+		began := time.Now()
+		for t := time.Duration(0); t <= time.Duration(seconds)*time.Second; t += 30 * time.Second {
+			time.Sleep(time.Until(began.Add(t)))
+			s := sample{at: t, rss: rssMiB(), heap: heapMiB(), events: accepted.Load()}
+			samples = append(samples, s)
+			b.Logf("soak %4.0fs: RSS %6.1f MiB, heap in use %6.1f MiB, %d events accepted, %d failed, %d not offered",
+				s.at.Seconds(), s.rss, s.heap, s.events, failed.Load(), behind.Load())
+		}
+		if path := os.Getenv("ADMETRIC_BENCH_MEMPROFILE"); path != "" {
+			writeHeapProfile(b, path)
+		}
+		close(stop)
+		wg.Wait()
+		at := func(d time.Duration) sample {
+			for _, s := range samples {
+				if s.at >= d {
+					return s
+				}
+			}
+			return samples[len(samples)-1]
+		}
+		window := at(d.cfg.DuplicateWindow + time.Minute)
+		end := samples[len(samples)-1]
+		b.ReportMetric(at(time.Minute).rss, "rss_1min_MiB")
+		b.ReportMetric(window.rss, "rss_window_MiB")
+		b.ReportMetric(end.rss, "rss_end_MiB")
+		if mins := (end.at - window.at).Minutes(); mins > 0 {
+			b.ReportMetric((end.rss-window.rss)/mins, "rss_after_window_MiB/min")
+		}
+		b.ReportMetric(float64(end.events)/end.at.Seconds(), "accepted_events/s")
+	}
+}
+
+// writeHeapProfile writes the live heap's profile to path.
+func writeHeapProfile(b *testing.B, path string) {
+	b.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	runtime.GC() // the profile shows live objects as of the last collection
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// rssMiB is this process's resident set size.
+func rssMiB() float64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// heapMiB is the Go heap's bytes in live and not yet swept objects.
+func heapMiB() float64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	return float64(s[0].Value.Uint64()) / (1 << 20)
+}
