@@ -135,15 +135,8 @@ func TestArchiverOutlivesItsConsumer(t *testing.T) {
 func TestWrongPartitionIsPoison(t *testing.T) {
 	const partitions = 2
 	ctx := context.Background()
-	js, _ := storetest.JetStream(t, storetest.NATSPartitions(t, partitions))
+	js, rollups := setupWithoutEventStreams(t, partitions)
 	storetest.EventStream(t, js, partitions)
-	if err := store.CreateOrUpdateDeadLetterStream(ctx, js, time.Hour, 1); err != nil {
-		t.Fatal(err)
-	}
-	rollups, err := store.CreateOrUpdateRollups(ctx, js, testLayout, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	db := storetest.DB(t, storetest.Postgres(t))
 	runArchiver(t, js, db, aggregator.ArchiverOptions{Partitions: partitions})
 	ad := "ad-w"

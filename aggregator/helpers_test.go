@@ -39,9 +39,18 @@ const waitTimeout = 30 * time.Second
 // stream and the rollup buckets.
 func setup(t *testing.T) (jetstream.JetStream, *store.Rollups) {
 	t.Helper()
-	js, _ := storetest.JetStream(t, storetest.NATS(t))
-	ctx := context.Background()
+	js, rollups := setupWithoutEventStreams(t, 1)
 	storetest.EventStream(t, js, 1)
+	return js, rollups
+}
+
+// setupWithoutEventStreams starts NATS mapping events onto partitions
+// partition streams, and makes the dead-letter stream and the rollup
+// buckets, but not the event streams.
+func setupWithoutEventStreams(t *testing.T, partitions int) (jetstream.JetStream, *store.Rollups) {
+	t.Helper()
+	js, _ := storetest.JetStream(t, storetest.NATSPartitions(t, partitions))
+	ctx := context.Background()
 	if err := store.CreateOrUpdateDeadLetterStream(ctx, js, time.Hour, 1); err != nil {
 		t.Fatal(err)
 	}

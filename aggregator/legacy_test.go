@@ -28,15 +28,8 @@ import (
 func TestLegacyStreamDrainAndSwitch(t *testing.T) {
 	const partitions = 3
 	ctx := context.Background()
-	js, _ := storetest.JetStream(t, storetest.NATSPartitions(t, partitions))
+	js, rollups := setupWithoutEventStreams(t, partitions)
 	storetest.LegacyEventStream(t, js, partitions)
-	if err := store.CreateOrUpdateDeadLetterStream(ctx, js, time.Hour, 1); err != nil {
-		t.Fatal(err)
-	}
-	rollups, err := store.CreateOrUpdateRollups(ctx, js, testLayout, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	db := storetest.DB(t, storetest.Postgres(t))
 	now := time.Now().UTC()
 	ads := []string{"ad-a", "ad-b", "ad-c", "ad-d", "ad-e", "ad-f"}

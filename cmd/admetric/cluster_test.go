@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,40 +253,24 @@ func TestClusterFailover(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("workload seed %d", seed)
 	w := newWorkload(events, ads, visitors, seed)
-	answers := make([]answer, events)
-	var answered atomic.Int64
-	loadDone := make(chan struct{})
-	go func() {
-		defer close(loadDone)
-		w.postOnce(t, c.base, 0, events, workers, perSecond, answers, &answered)
-	}()
-	waitAnswers := func(n int64, what string) {
-		t.Helper()
-		for answered.Load() < n {
-			select {
-			case <-loadDone:
-				t.Fatalf("the load finished before %s", what)
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}
+	load := startLoad(t, w, c.base, workers, perSecond)
 	// Each fault must strike while events are still being posted.
 	underLoad := func(what string) {
 		t.Helper()
-		if n := answered.Load(); n >= events-workers {
+		if n := load.answered.Load(); n >= events-workers {
 			t.Fatalf("%s came after the load (%d answers): the test did not exercise it", what, n)
 		}
 	}
 
-	waitAnswers(events/10, "the meta leader's kill")
+	load.waitAnswers(t, events/10, "the meta leader's kill")
 	meta := cluster.node(cluster.waitMetaLeader(""))
 	meta.proc.kill(t)
 	underLoad("the meta leader's kill")
 	next := cluster.waitMetaLeader(meta.name)
-	t.Logf("killed %s, the meta leader, after %d answers; %s leads now", meta.name, answered.Load(), next)
+	t.Logf("killed %s, the meta leader, after %d answers; %s leads now", meta.name, load.answered.Load(), next)
 	cluster.start(meta)
 
-	waitAnswers(events*3/10, "the stream leader's kill")
+	load.waitAnswers(t, events*3/10, "the stream leader's kill")
 	stream := store.EventStreamName(0)
 	var lead *natsNode
 	for deadline := time.Now().Add(time.Minute); lead == nil; time.Sleep(100 * time.Millisecond) {
@@ -301,7 +284,7 @@ func TestClusterFailover(t *testing.T) {
 	underLoad("the stream leader's kill")
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
 		if l := streamLeader(js, stream); l != "" && l != lead.name {
-			t.Logf("killed %s, the leader of %s, after %d answers; %s leads it now", lead.name, stream, answered.Load(), l)
+			t.Logf("killed %s, the leader of %s, after %d answers; %s leads it now", lead.name, stream, load.answered.Load(), l)
 			break
 		}
 		if time.Now().After(deadline) {
@@ -310,13 +293,13 @@ func TestClusterFailover(t *testing.T) {
 	}
 	cluster.start(lead)
 
-	waitAnswers(events/2, "the aggregator's kill")
+	load.waitAnswers(t, events/2, "the aggregator's kill")
 	aggregators[0].kill(t)
 	underLoad("the aggregator's kill")
-	t.Logf("killed an aggregator after %d answers", answered.Load())
-	<-loadDone
+	t.Logf("killed an aggregator after %d answers", load.answered.Load())
+	<-load.done
 
-	accepted, spooled := checkAnswers(t, answers)
+	accepted, spooled := checkAnswers(t, load.answers)
 	t.Logf("answers: %d accepted, %d spooled", accepted, spooled)
 	if t.Failed() {
 		t.FailNow()

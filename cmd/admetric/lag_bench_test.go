@@ -42,20 +42,7 @@ func runLag(b *testing.B, rate int, d time.Duration) (p50, p99 time.Duration, se
 	env["LOG_LEVEL"] = "error"
 	d2 := startTestDaemon(b, env)
 	base := "http://" + d2.httpAddr()
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
-	post := func(path, body, token string) int {
-		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return 0
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	post := poster(base, 128)
 	for i := range 101 {
 		id := fmt.Sprintf("lag-ad-%03d", i)
 		if i == 100 {
@@ -66,45 +53,13 @@ func runLag(b *testing.B, rate int, d time.Duration) (p50, p99 time.Duration, se
 		}
 	}
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var sentN, missedN atomic.Int64
-	jobs := make(chan int, 4096)
-	for range 64 {
-		wg.Go(func() {
-			for i := range jobs {
-				body := fmt.Sprintf(`{"ad_id":"lag-ad-%03d","ip":"10.9.%d.%d"}`, i%100, i/250%250, i%250)
-				if st := post("/ads/impression", body, ""); st == http.StatusAccepted {
-					sentN.Add(1)
-				}
-			}
-		})
-	}
-	wg.Go(func() {
-		tick := time.NewTicker(time.Millisecond)
-		defer tick.Stop()
-		per := max(rate/1000, 1)
-		for i := 0; ; {
-			select {
-			case <-stop:
-				close(jobs)
-				return
-			case <-tick.C:
-				for range per {
-					select {
-					case jobs <- i:
-					default:
-						missedN.Add(1) // the workers are behind: the offered rate is not met
-					}
-					i++
-				}
-			}
-		}
+	load := startOpenLoad(post, rate, 64, func(i int) (string, string) {
+		return "/ads/impression", fmt.Sprintf(`{"ad_id":"lag-ad-%03d","ip":"10.9.%d.%d"}`, i%100, i/250%250, i%250)
 	})
 
 	var lags []time.Duration
 	visible := func() float64 {
-		resp, err := hc.Get(base + "/ads/analytics?timeframe=1h&ad_id=lag-probe")
+		resp, err := http.Get(base + "/ads/analytics?timeframe=1h&ad_id=lag-probe")
 		if err != nil {
 			return -1
 		}
@@ -134,8 +89,7 @@ func runLag(b *testing.B, rate int, d time.Duration) (p50, p99 time.Duration, se
 		lags = append(lags, time.Since(accepted))
 		time.Sleep(100 * time.Millisecond)
 	}
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	if mfs, err := d2.reg.Gather(); err == nil {
 		for _, mf := range mfs {
 			if mf.GetName() == "admetric_rollup_commit_seconds" {
@@ -156,7 +110,84 @@ func runLag(b *testing.B, rate int, d time.Duration) (p50, p99 time.Duration, se
 		}
 	}
 	slices.Sort(lags)
-	return lags[len(lags)/2], lags[len(lags)*99/100], sentN.Load(), missedN.Load()
+	return lags[len(lags)/2], lags[len(lags)*99/100], load.accepted.Load(), load.behind.Load()
+}
+
+// poster returns a function that POSTs a JSON body to path of the service at
+// base, with token as bearer unless empty, over up to conns keep-alive
+// connections, and returns the status (0 for a transport error).
+func poster(base string, conns int) func(path, body, token string) int {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: conns}}
+	return func(path, body, token string) int {
+		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+}
+
+// openLoad is an open-loop load from this process: event i is due at
+// i/rate seconds after the start, whatever became of the ones before.
+type openLoad struct {
+	accepted, failed atomic.Int64 // answers 202, and anything else
+	// behind counts the events not offered: due while every worker was busy
+	// and the queue full.
+	behind atomic.Int64
+	stop   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// startOpenLoad posts event(i) (a path and a JSON body) at rate events a
+// second from workers goroutines, until Stop.
+func startOpenLoad(post func(path, body, token string) int, rate, workers int, event func(i int) (path, body string)) *openLoad {
+	l := &openLoad{stop: make(chan struct{})}
+	jobs := make(chan int, 8192)
+	for range workers {
+		l.wg.Go(func() {
+			for i := range jobs {
+				path, body := event(i)
+				if post(path, body, "") == http.StatusAccepted {
+					l.accepted.Add(1)
+				} else {
+					l.failed.Add(1)
+				}
+			}
+		})
+	}
+	l.wg.Go(func() {
+		defer close(jobs)
+		start := time.Now()
+		for i := 0; ; {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			due := int(time.Since(start).Seconds() * float64(rate))
+			for ; i < due; i++ {
+				select {
+				case jobs <- i:
+				default:
+					l.behind.Add(1)
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	return l
+}
+
+// Stop ends the load and waits for the requests in flight.
+func (l *openLoad) Stop() {
+	close(l.stop)
+	l.wg.Wait()
 }
 
 func envInt(name string, def int) int {

@@ -241,6 +241,38 @@ func (w *workload) postOnce(t *testing.T, base string, first, last, workers int,
 	wg.Wait()
 }
 
+// backgroundLoad is a workload's events posted once each, in the background
+// (postOnce): a test strikes its faults at chosen points of it.
+type backgroundLoad struct {
+	answers  []answer
+	answered atomic.Int64
+	done     chan struct{} // closed once every event has its answer
+}
+
+// startLoad starts posting every event of w to base from workers goroutines,
+// no faster than perSecond.
+func startLoad(t *testing.T, w *workload, base string, workers int, perSecond float64) *backgroundLoad {
+	l := &backgroundLoad{answers: make([]answer, len(w.bodies)), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		w.postOnce(t, base, 0, len(w.bodies), workers, perSecond, l.answers, &l.answered)
+	}()
+	return l
+}
+
+// waitAnswers waits until n events have their answer; it fails t if the load
+// ends first, since what was to happen at n would miss it.
+func (l *backgroundLoad) waitAnswers(t *testing.T, n int64, what string) {
+	t.Helper()
+	for l.answered.Load() < n {
+		select {
+		case <-l.done:
+			t.Fatalf("the load finished before %s", what)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 // checkAnswers fails the test for every answer but 202 "accepted" or
 // "spooled" (the first few in detail) and returns how many of each there were.
 func checkAnswers(t *testing.T, answers []answer) (accepted, spooled int) {
@@ -460,35 +492,19 @@ func TestNATSOutageSpools(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("workload seed %d", seed)
 	w := newWorkload(events, ads, visitors, seed)
-	answers := make([]answer, events)
-	var answered atomic.Int64
 	loadStart := time.Now()
-	loadDone := make(chan struct{})
-	go func() {
-		defer close(loadDone)
-		w.postOnce(t, c.base, 0, events, workers, perSecond, answers, &answered)
-	}()
-	waitAnswers := func(n int64, what string) {
-		t.Helper()
-		for answered.Load() < n {
-			select {
-			case <-loadDone:
-				t.Fatalf("the load finished before %s", what)
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}
-	waitAnswers(outageAt, "the outage")
+	load := startLoad(t, w, c.base, workers, perSecond)
+	load.waitAnswers(t, outageAt, "the outage")
 	stopAt := time.Now()
 	downAt := ns.stop(t)
-	t.Logf("nats-server stopped after %d answers (%s after SIGTERM)", answered.Load(), downAt.Sub(stopAt).Round(time.Millisecond))
+	t.Logf("nats-server stopped after %d answers (%s after SIGTERM)", load.answered.Load(), downAt.Sub(stopAt).Round(time.Millisecond))
 	select {
-	case <-loadDone:
+	case <-load.done:
 		t.Fatal("the load finished during the outage")
 	case <-time.After(time.Until(downAt.Add(minOutage))):
 	}
 	restartAt := time.Now()
-	answeredAtRestart := answered.Load()
+	answeredAtRestart := load.answered.Load()
 	startNATSServer(t, natsBin, natsPort, natsDir, 4) // same port and store
 	upAt := time.Now()
 	t.Logf("nats-server down %s (SIGTERM to ready again %s); restarted after %d answers",
@@ -496,9 +512,10 @@ func TestNATSOutageSpools(t *testing.T) {
 	if answeredAtRestart >= events-workers {
 		t.Fatal("the load was over before NATS came back")
 	}
-	<-loadDone
+	<-load.done
 	t.Logf("load of %d events took %s", events, time.Since(loadStart).Round(time.Millisecond))
 
+	answers := load.answers
 	accepted, spooled := checkAnswers(t, answers)
 	var downSent, downSpooled, downAccepted, afterAccepted, afterSpooled int
 	for _, a := range answers {

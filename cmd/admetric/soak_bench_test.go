@@ -9,8 +9,6 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -39,65 +37,19 @@ func BenchmarkSoak(b *testing.B) {
 		d := startBenchDaemon(b, env, roleAll)
 		base := "http://" + d.httpAddr()
 		const ads = 200
-		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
-		post := func(path, body, token string) int {
-			req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			if token != "" {
-				req.Header.Set("Authorization", "Bearer "+token)
-			}
-			resp, err := hc.Do(req)
-			if err != nil {
-				return 0
-			}
-			resp.Body.Close()
-			return resp.StatusCode
-		}
+		post := poster(base, 256)
 		for i := range ads {
 			if st := post("/ads", fmt.Sprintf(`{"id":"soak-ad-%03d","title":"soak"}`, i), testToken); st != http.StatusCreated {
 				b.Fatalf("create ad: %d", st)
 			}
 		}
-		var accepted, failed, behind atomic.Int64
-		jobs := make(chan int, 8192)
-		var wg sync.WaitGroup
-		for range 256 {
-			wg.Go(func() {
-				for i := range jobs {
-					path, extra := "/ads/impression", ""
-					if i%4 == 0 {
-						path, extra = "/ads/click", fmt.Sprintf(`,"playback_time":%d.%02d`, i%6, i%100)
-					}
-					body := fmt.Sprintf(`{"event_id":"soak-%d","ad_id":"soak-ad-%03d","ip":"10.%d.%d.%d"%s}`,
-						i, i*7%ads, i>>16&0xff, i>>8&0xff, i&0xff, extra)
-					if post(path, body, "") == http.StatusAccepted {
-						accepted.Add(1)
-					} else {
-						failed.Add(1)
-					}
-				}
-			})
-		}
-		stop := make(chan struct{})
-		wg.Go(func() {
-			defer close(jobs)
-			start := time.Now()
-			for i := 0; ; {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				due := int(time.Since(start).Seconds() * float64(rate))
-				for ; i < due; i++ {
-					select {
-					case jobs <- i:
-					default:
-						behind.Add(1) // the workers cannot keep up: not offered
-					}
-				}
-				time.Sleep(time.Millisecond)
+		load := startOpenLoad(post, rate, 256, func(i int) (string, string) {
+			path, extra := "/ads/impression", ""
+			if i%4 == 0 {
+				path, extra = "/ads/click", fmt.Sprintf(`,"playback_time":%d.%02d`, i%6, i%100)
 			}
+			return path, fmt.Sprintf(`{"event_id":"soak-%d","ad_id":"soak-ad-%03d","ip":"10.%d.%d.%d"%s}`,
+				i, i*7%ads, i>>16&0xff, i>>8&0xff, i&0xff, extra)
 		})
 
 		type sample struct {
@@ -109,16 +61,15 @@ func BenchmarkSoak(b *testing.B) {
 		began := time.Now()
 		for t := time.Duration(0); t <= time.Duration(seconds)*time.Second; t += 30 * time.Second {
 			time.Sleep(time.Until(began.Add(t)))
-			s := sample{at: t, rss: rssMiB(), heap: heapMiB(), events: accepted.Load()}
+			s := sample{at: t, rss: rssMiB(), heap: heapMiB(), events: load.accepted.Load()}
 			samples = append(samples, s)
 			b.Logf("soak %4.0fs: RSS %6.1f MiB, heap in use %6.1f MiB, %d events accepted, %d failed, %d not offered",
-				s.at.Seconds(), s.rss, s.heap, s.events, failed.Load(), behind.Load())
+				s.at.Seconds(), s.rss, s.heap, s.events, load.failed.Load(), load.behind.Load())
 		}
 		if path := os.Getenv("ADMETRIC_BENCH_MEMPROFILE"); path != "" {
 			writeHeapProfile(b, path)
 		}
-		close(stop)
-		wg.Wait()
+		load.Stop()
 		at := func(d time.Duration) sample {
 			for _, s := range samples {
 				if s.at >= d {
