@@ -10,6 +10,7 @@ type Metrics struct {
 	poison        *prometheus.CounterVec
 	commitErrors  prometheus.Counter
 	commitSeconds prometheus.Histogram
+	settled       prometheus.Counter
 	archived      prometheus.Counter
 	archiveErrors prometheus.Counter
 	restarts      *prometheus.CounterVec
@@ -37,6 +38,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "admetric_rollup_commit_seconds", Help: "Time to fold and commit one batch.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		settled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "admetric_rollup_settled_writes_total", Help: "Writes of settled keys: the visitor sets of ended slots moved out of their rollups.",
+		}),
 		archived: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "admetric_archive_events_inserted_total", Help: "Events newly written to the PostgreSQL archive.",
 		}),
@@ -48,6 +52,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Times a consumer was set up again after NATS failed it (no connection, a missing heartbeat while a leader moved, the consumer deleted), by consumer.",
 		}, []string{"consumer"}),
 	}
-	reg.MustRegister(m.folded, m.duplicates, m.tooOld, m.poison, m.commitErrors, m.commitSeconds, m.archived, m.archiveErrors, m.restarts)
+	reg.MustRegister(m.folded, m.duplicates, m.tooOld, m.poison, m.commitErrors, m.commitSeconds, m.settled, m.archived, m.archiveErrors, m.restarts)
 	return m
 }

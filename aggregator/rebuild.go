@@ -279,23 +279,35 @@ func (rb *rebuilder) replaceRange(ctx context.Context, k Key, ad string, periodS
 		return false, err
 	}
 	return backoff.Retry(ctx, func() (bool, error) {
-		cur, rev, err := rb.rollups.Load(ctx, k.Unit, k.Key)
+		cur, err := rb.rollups.LoadStored(ctx, k.Unit, k.Key)
 		if err != nil {
 			return false, backoff.Permanent(err)
 		}
-		bound := max(cur.MaxSeq, checkpoint)
+		bound := max(cur.Value.MaxSeq, checkpoint)
 		if err := rb.checkFloor(ctx, k, rb.partitionOfAd(ad), bound); err != nil {
 			return false, backoff.Permanent(err)
 		}
-		next, changed := rb.refold(k, periodStart, cur, bound)
-		if !changed {
+		next, changed := rb.refold(k, periodStart, cur.Value, bound)
+		// The refold holds the range's visitors whole: drop the range's sets
+		// from the settled key, after the rollup is written (a reader in
+		// between counts a visitor in both once).
+		settledChanged := cur.Settled.DropSlots(func(i int) bool { return rb.inRange(k.Unit.SlotStart(periodStart, i)) })
+		if !changed && !settledChanged {
 			return false, nil
 		}
-		_, err = rb.rollups.Replace(ctx, k.Unit, []store.Write{{Key: k.Key, Value: next, Rev: rev}})
-		if err != nil && !errors.Is(err, store.ErrConflict) {
-			return false, backoff.Permanent(err)
+		writes := []store.Write{{Key: k.Key, Value: next, Rev: cur.Rev}}
+		if settledChanged {
+			writes = append(writes, store.Write{Key: rollup.SettledKey(k.Key), Value: cur.Settled, Rev: cur.SettledRev})
 		}
-		return err == nil, err
+		for _, wr := range writes {
+			if _, err := rb.rollups.Replace(ctx, k.Unit, []store.Write{wr}); err != nil {
+				if !errors.Is(err, store.ErrConflict) {
+					return false, backoff.Permanent(err)
+				}
+				return false, err
+			}
+		}
+		return true, nil
 	}, backoff.WithBackOff(&backoff.ZeroBackOff{}), backoff.WithMaxTries(maxConflicts+1))
 }
 
@@ -325,7 +337,7 @@ func (rb *rebuilder) refold(k Key, periodStart time.Time, cur *rollup.Rollup, bo
 	next.MaxSeq = bound
 	changed := false
 	for i, s := range cur.Slots {
-		if t := k.Unit.SlotStart(periodStart, i); !t.Before(rb.from) && t.Before(rb.to) {
+		if rb.inRange(k.Unit.SlotStart(periodStart, i)) {
 			changed = true // replaced (or dropped) below
 			continue
 		}
@@ -342,6 +354,9 @@ func (rb *rebuilder) refold(k Key, periodStart time.Time, cur *rollup.Rollup, bo
 	}
 	return next, changed
 }
+
+// inRange reports whether a slot starting at t is one the rebuild replaces.
+func (rb *rebuilder) inRange(t time.Time) bool { return !t.Before(rb.from) && t.Before(rb.to) }
 
 // recordOf turns an archived row back into the Record the fold takes.
 func recordOf(row *postgres.ArchivedEvent, salt []byte) Record {

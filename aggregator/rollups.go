@@ -97,10 +97,25 @@ type RollupWriter struct {
 	checkpoints [3]cachedCheckpoint
 }
 
+// cachedRollup is a rollup as the writer last read or wrote it: the value
+// at its key and the visitor sets settled apart from it, with their
+// revisions.
 type cachedRollup struct {
-	v   *rollup.Rollup
-	rev uint64
+	v          *rollup.Rollup
+	rev        uint64
+	settled    *rollup.Rollup
+	settledRev uint64
 }
+
+// A commit moves the visitor sets of a key's ended slots to its settled key
+// (see rollup.SettledKey) once a slot has been over for settleGrace, when
+// they hold settleAtVisitors hashes or more together: fewer weigh little in
+// the rewrites, and a trickle of late events does not rewrite the settled
+// key at every commit.
+const (
+	settleGrace      = time.Minute
+	settleAtVisitors = 128
+)
 
 type cachedCheckpoint struct {
 	seq, rev uint64
@@ -577,16 +592,19 @@ func (w *RollupWriter) commit(ctx context.Context, recs []Record, lastSeq uint64
 	for _, k := range keys {
 		c, ok := w.cache[k]
 		if !ok {
-			v, rev, err := w.rollups.Load(ctx, k.Unit, k.Key)
+			st, err := w.rollups.LoadStored(ctx, k.Unit, k.Key)
 			if err != nil {
 				return err
 			}
-			c = &cachedRollup{v: v, rev: rev}
+			c = &cachedRollup{v: st.Value, rev: st.Rev, settled: st.Settled, settledRev: st.SettledRev}
 			w.cache[k] = c
 		}
 		values[k] = c.v
 	}
 	st := Fold(layout, values, recs, now)
+	if err := w.settle(ctx, keys, now); err != nil {
+		return err
+	}
 	// One commit per bucket: an atomic batch spans one stream, so each bucket
 	// carries its own checkpoint.
 	var writes [3][]store.Write
@@ -619,6 +637,45 @@ func (w *RollupWriter) commit(ctx context.Context, recs []Record, lastSeq uint64
 	w.metrics.commitSeconds.Observe(time.Since(began).Seconds())
 	if st.TooOld > 0 {
 		w.logger.Info("events older than every rollup retention were archived only", "count", st.TooOld)
+	}
+	return nil
+}
+
+// settle moves the visitor sets of the ended slots of keys to their settled
+// keys (see settleAtVisitors) and writes those first: the rollups, written
+// after, no longer hold the sets, and a reader reads a rollup before its
+// settled key. The writes are guarded by revision like the rollups'.
+func (w *RollupWriter) settle(ctx context.Context, keys []Key, now time.Time) error {
+	at := now.Add(-settleGrace)
+	var writes [3][]store.Write
+	var order [3][]*cachedRollup
+	for _, k := range keys {
+		c := w.cache[k]
+		n := k.Unit.SettledSlots(k.Key, at)
+		if n == 0 || c.v.HeldVisitors(n) < settleAtVisitors {
+			continue
+		}
+		moved, err := c.v.Settle(c.settled, n)
+		if err != nil {
+			return fmt.Errorf("aggregator: settle %s %s: %w", k.Unit, k.Key, err)
+		}
+		if moved {
+			writes[k.Unit] = append(writes[k.Unit], store.Write{Key: rollup.SettledKey(k.Key), Value: c.settled, Rev: c.settledRev})
+			order[k.Unit] = append(order[k.Unit], c)
+		}
+	}
+	for u := range writes {
+		if len(writes[u]) == 0 {
+			continue
+		}
+		revs, err := w.rollups.Replace(ctx, rollup.Unit(u), writes[u])
+		if err != nil {
+			return err
+		}
+		for i, c := range order[u] {
+			c.settledRev = revs[i]
+		}
+		w.metrics.settled.Add(float64(len(revs)))
 	}
 	return nil
 }

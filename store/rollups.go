@@ -153,6 +153,50 @@ func (r *Rollups) Load(ctx context.Context, u rollup.Unit, key string) (*rollup.
 	return v, msg.Sequence, nil
 }
 
+// Stored is one rollup as its bucket holds it: the value at its key and the
+// visitor sets settled apart from it (rollup.SettledKey), each with its
+// revision (as Load gives them).
+type Stored struct {
+	Value      *rollup.Rollup
+	Rev        uint64
+	Settled    *rollup.Rollup
+	SettledRev uint64
+}
+
+// Merged returns the rollup with its settled visitor sets merged in, as one
+// value; s is not changed.
+func (s Stored) Merged() (*rollup.Rollup, error) {
+	v := rollup.New()
+	v.MaxSeq = s.Value.MaxSeq
+	for i, slot := range s.Value.Slots {
+		c := *slot
+		if slot.Visitors != nil {
+			c.Visitors = slot.Visitors.Clone()
+		}
+		v.Slots[i] = &c
+	}
+	if err := v.MergeVisitors(s.Settled); err != nil {
+		return nil, fmt.Errorf("store: merge settled visitors: %w", err)
+	}
+	return v, nil
+}
+
+// LoadStored reads the rollup at key in unit's bucket, then its settled
+// visitor sets: in that order, so that a set the writer moves between the
+// two reads is in at least one of them (the writer writes the settled key
+// first).
+func (r *Rollups) LoadStored(ctx context.Context, u rollup.Unit, key string) (Stored, error) {
+	v, rev, err := r.Load(ctx, u, key)
+	if err != nil {
+		return Stored{}, err
+	}
+	settled, settledRev, err := r.Load(ctx, u, rollup.SettledKey(key))
+	if err != nil {
+		return Stored{}, err
+	}
+	return Stored{Value: v, Rev: rev, Settled: settled, SettledRev: settledRev}, nil
+}
+
 // Write is one rollup to store at Key, provided the key is still at Rev.
 type Write struct {
 	Key   string
@@ -319,11 +363,12 @@ func (r *Rollups) Checkpoint(ctx context.Context, u rollup.Unit, partition int) 
 	return binary.BigEndian.Uint64(msg.Data), msg.Sequence, nil
 }
 
-// Sum adds up ad's slots listed in cells. Each key is read once.
+// Sum adds up ad's slots listed in cells, their settled visitor sets
+// included. Each key is read once, with its settled key.
 func (r *Rollups) Sum(ctx context.Context, adID string, cells []rollup.Cell) (*rollup.Aggregate, error) {
-	return rollup.Sum(adID, cells, func(u rollup.Unit, key string) (*rollup.Rollup, error) {
-		v, _, err := r.Load(ctx, u, key)
-		return v, err
+	return rollup.Sum(adID, cells, func(u rollup.Unit, key string) (*rollup.Rollup, *rollup.Rollup, error) {
+		st, err := r.LoadStored(ctx, u, key)
+		return st.Value, st.Settled, err
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/rollup"
 
 	"github.com/maypok86/otter/v2"
@@ -32,8 +33,10 @@ const (
 // (*store.Rollups). Implementations are safe for concurrent use.
 type Source interface {
 	Layout() rollup.Layout
-	// Load returns the rollup at key in unit's bucket and its revision.
-	Load(ctx context.Context, u rollup.Unit, key string) (*rollup.Rollup, uint64, error)
+	// LoadStored returns the rollup at key in unit's bucket and the visitor
+	// sets settled apart from it, each with its revision, reading the
+	// rollup first.
+	LoadStored(ctx context.Context, u rollup.Unit, key string) (store.Stored, error)
 	// LastSeqAtOpen is a sequence of unit's bucket stream no later than
 	// any value Load can return.
 	LastSeqAtOpen(u rollup.Unit) uint64
@@ -143,12 +146,18 @@ type cacheKey struct {
 
 // cacheEntry is a decoded rollup and the KV revision it was read at (0 for a
 // key that never existed, the marker's revision for a deleted or expired one,
-// whose rollup is empty). Immutable once built.
+// whose rollup is empty), and likewise the visitor sets settled apart from
+// it (rollup.SettledKey). The two parts are read and updated apart, each at
+// its own revision: a reader adds both. Immutable once built.
 type cacheEntry struct {
-	value  *rollup.Rollup
-	rev    uint64
-	gen    uint64 // the generation of its unit when it was read (see Cache.gens)
-	weight uint32
+	value      *rollup.Rollup
+	rev        uint64
+	settled    *rollup.Rollup // never nil
+	settledRev uint64
+	gen        uint64 // the generation of its unit when it was read (see Cache.gens)
+	weight     uint32
+	// valueLen and settledLen are the parts' encoded sizes, which weigh them.
+	valueLen, settledLen int
 	// slotRevs[i] is the revision since which slot i has not changed, as
 	// far as the watch saw the key's updates (see carrySlotRevs); nil when
 	// it saw none, and every slot counts as of rev.
@@ -156,10 +165,58 @@ type cacheEntry struct {
 }
 
 // newCacheEntry returns the entry of v, read at rev, whose encoding takes
-// encodedLen bytes.
+// encodedLen bytes, with no settled visitor sets.
 func newCacheEntry(key string, v *rollup.Rollup, rev uint64, encodedLen int) *cacheEntry {
-	w := uint64(cacheEntryOverhead) + uint64(len(key)) + uint64(encodedLen) + uint64(len(v.Slots))*cacheSlotOverhead
-	return &cacheEntry{value: v, rev: rev, weight: uint32(min(w, math.MaxUint32))}
+	e := &cacheEntry{value: v, rev: rev, settled: rollup.New(), valueLen: encodedLen}
+	e.weigh(key)
+	return e
+}
+
+// withSettled returns a copy of e whose settled part is v, read at rev,
+// encoded in encodedLen bytes.
+func (e *cacheEntry) withSettled(key string, v *rollup.Rollup, rev uint64, encodedLen int) *cacheEntry {
+	n := *e
+	n.settled, n.settledRev, n.settledLen = v, rev, encodedLen
+	n.weigh(key)
+	return &n
+}
+
+// withValueOf returns a copy of e whose rollup part is o's.
+func (e *cacheEntry) withValueOf(key string, o *cacheEntry) *cacheEntry {
+	n := *o
+	n.settled, n.settledRev, n.settledLen = e.settled, e.settledRev, e.settledLen
+	n.weigh(key)
+	return &n
+}
+
+func (e *cacheEntry) weigh(key string) {
+	w := uint64(cacheEntryOverhead) + uint64(len(key)) + uint64(e.valueLen) + uint64(e.settledLen) +
+		uint64(len(e.value.Slots)+len(e.settled.Slots))*cacheSlotOverhead
+	e.weight = uint32(min(w, math.MaxUint32))
+}
+
+// addSlots adds e's slots listed in slots, settled visitors included, to agg.
+func (e *cacheEntry) addSlots(agg *rollup.Aggregate, slots []int) error {
+	for _, i := range slots {
+		if err := e.addSlot(agg, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addSlot adds e's slot i, settled visitors included, to agg.
+func (e *cacheEntry) addSlot(agg *rollup.Aggregate, i int) error {
+	if s, ok := e.value.Slots[i]; ok {
+		if err := agg.AddSlot(s); err != nil {
+			return err
+		}
+	}
+	// A settled slot holds visitors only: adding it unions them in.
+	if s, ok := e.settled.Slots[i]; ok {
+		return agg.AddSlot(s)
+	}
+	return nil
 }
 
 // New returns a cache in front of r. It does not touch the network;
@@ -216,7 +273,7 @@ func (c *Cache) Sum(ctx context.Context, adID string, cells []rollup.Cell) (*rol
 		if lo, hi, ok := slotRun(ks.Slots); ok {
 			err = c.addRun(agg, k, e, lo, hi)
 		} else {
-			err = agg.AddSlots(e.value, ks.Slots)
+			err = e.addSlots(agg, ks.Slots)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("rollupcache: sum %s %s: %w", k.unit, k.key, err)
@@ -240,30 +297,42 @@ func (c *Cache) get(ctx context.Context, k cacheKey) (*cacheEntry, error) {
 // the watch has since replaced is discarded and run again.
 func (c *Cache) load(ctx context.Context, k cacheKey) (*cacheEntry, error) {
 	gen := c.gens[k.unit].Load() // a dropUnit after this discards the load
-	v, rev, err := c.r.Load(ctx, k.unit, k.key)
+	st, err := c.r.LoadStored(ctx, k.unit, k.key)
 	if err != nil {
 		return nil, err
 	}
-	// Load does not hand out the encoded value; encoding again gives its size.
-	enc, err := v.MarshalBinary()
+	// Load does not hand out the encoded values; encoding again gives their size.
+	enc, err := st.Value.MarshalBinary()
 	if err != nil {
 		return nil, fmt.Errorf("weigh %s %s: %w", k.unit, k.key, err)
 	}
-	if c.afterLoad != nil {
-		c.afterLoad(k.unit, k.key, rev)
+	settledEnc, err := st.Settled.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("weigh %s %s: %w", k.unit, rollup.SettledKey(k.key), err)
 	}
-	e := newCacheEntry(k.key, v, rev, len(enc))
+	if c.afterLoad != nil {
+		c.afterLoad(k.unit, k.key, st.Rev)
+	}
+	e := newCacheEntry(k.key, st.Value, st.Rev, len(enc)).withSettled(k.key, st.Settled, st.SettledRev, len(settledEnc))
 	e.gen = gen
 	return e, nil
 }
 
-// offer stores e at k unless the cache holds k at e's revision or a newer one,
-// and reports whether it stored it. A write cancels a load of k in flight.
+// offer stores e at k unless the cache holds both of k's parts at e's
+// revisions or newer ones, and reports whether it stored anything. Where
+// each holds one part newer, the newer of each is stored. A write cancels a
+// load of k in flight.
 func (c *Cache) offer(k cacheKey, e *cacheEntry) bool {
 	stored := false
 	c.cache.Compute(k, func(old *cacheEntry, found bool) (*cacheEntry, otter.ComputeOp) {
-		if found && old.rev >= e.rev {
+		switch {
+		case !found:
+		case old.rev >= e.rev && old.settledRev >= e.settledRev:
 			return old, otter.CancelOp
+		case old.rev > e.rev:
+			e = e.withValueOf(k.key, old)
+		case old.settledRev > e.settledRev:
+			e = e.withSettled(k.key, old.settled, old.settledRev, old.settledLen)
 		}
 		stored = true
 		return e, otter.WriteOp

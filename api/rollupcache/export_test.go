@@ -25,6 +25,16 @@ func (c *Cache) RevisionForTest(u rollup.Unit, key string) (uint64, bool) {
 	return e.Value.rev, true
 }
 
+// SettledRevisionForTest returns the revision of the settled visitor sets the
+// cache holds for key, without counting as a read.
+func (c *Cache) SettledRevisionForTest(u rollup.Unit, key string) (uint64, bool) {
+	e, ok := c.cache.GetEntryQuietly(cacheKey{unit: u, key: key})
+	if !ok {
+		return 0, false
+	}
+	return e.Value.settledRev, true
+}
+
 // WatchedThroughForTest returns the stream sequence through which the watch of
 // u's bucket has applied every update.
 func (c *Cache) WatchedThroughForTest(u rollup.Unit) uint64 { return c.through()[u] }

@@ -16,12 +16,14 @@ type rangeKey struct {
 	gen    uint64
 }
 
-// rangeSum is a sealed range sum and the revision since which its slots had
-// not changed when it was summed (cacheEntry.rangeRev). Immutable once built.
+// rangeSum is a sealed range sum, the revision since which its slots had
+// not changed when it was summed (cacheEntry.rangeRev), and the revision of
+// the settled visitor sets it added. Immutable once built.
 type rangeSum struct {
-	agg    *rollup.Aggregate
-	rev    uint64
-	weight uint32
+	agg        *rollup.Aggregate
+	rev        uint64
+	settledRev uint64
+	weight     uint32
 }
 
 // slotRun reports whether slots are two or more consecutive slots, and which.
@@ -56,7 +58,7 @@ func (c *Cache) addRun(agg *rollup.Aggregate, k cacheKey, e *cacheEntry, lo, hi 
 		return err
 	}
 	if live {
-		return agg.AddSlots(e.value, []int{hi + 1})
+		return e.addSlot(agg, hi+1)
 	}
 	return nil
 }
@@ -68,23 +70,23 @@ func (c *Cache) addRun(agg *rollup.Aggregate, k cacheKey, e *cacheEntry, lo, hi 
 func (c *Cache) rangeSum(k cacheKey, e *cacheEntry, lo, hi int) (*rollup.Aggregate, error) {
 	rk := rangeKey{k: k, lo: lo, hi: hi, gen: e.gen}
 	rev := e.rangeRev(lo, hi)
-	if s, ok := c.ranges.GetIfPresent(rk); ok && s.rev == rev {
+	// A range's visitors are also in the settled sets, which change when
+	// more slots settle: a sum is of one revision of them.
+	if s, ok := c.ranges.GetIfPresent(rk); ok && s.rev == rev && s.settledRev == e.settledRev {
 		c.metrics.rangeHits.Inc()
 		return s.agg, nil
 	}
 	c.metrics.rangeMisses.Inc()
 	agg := &rollup.Aggregate{}
 	for i := lo; i <= hi; i++ {
-		if s, ok := e.value.Slots[i]; ok {
-			if err := agg.AddSlot(s); err != nil {
-				return nil, err
-			}
+		if err := e.addSlot(agg, i); err != nil {
+			return nil, err
 		}
 	}
 	w := uint64(agg.Seal()) + uint64(len(k.key)) + 64
-	s := &rangeSum{agg: agg, rev: rev, weight: uint32(min(w, math.MaxUint32))}
+	s := &rangeSum{agg: agg, rev: rev, settledRev: e.settledRev, weight: uint32(min(w, math.MaxUint32))}
 	c.ranges.Compute(rk, func(old *rangeSum, found bool) (*rangeSum, otter.ComputeOp) {
-		if found && old.rev >= s.rev {
+		if found && old.rev >= s.rev && old.settledRev >= s.settledRev {
 			return old, otter.CancelOp
 		}
 		return s, otter.WriteOp

@@ -38,7 +38,8 @@ var errCorruptSnapshot = errors.New("rollupcache: corrupt rollup snapshot")
 //	           catches up what the snapshot misses)
 //	count    uvarint number of records, then each record:
 //	  unit     1 byte (0 minute, 1 hour, 2 day)
-//	  key      uvarint length, then the KV key
+//	  key      uvarint length, then the KV key: a rollup's, or its settled
+//	           key's (rollup.SettledKey) for the visitor sets settled apart
 //	  revision uvarint KV revision (stream sequence) of the value
 //	  value    uvarint length, then the rollup as rollup.Rollup.MarshalBinary encodes it
 //	           (a deleted or absent key is an empty rollup)
@@ -84,11 +85,11 @@ func (s *Snapshot) Sum(ctx context.Context, adID string, cells []rollup.Cell) (*
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("rollupcache: snapshot sum %s: %w", adID, err)
 	}
-	agg, err := rollup.Sum(adID, cells, func(u rollup.Unit, key string) (*rollup.Rollup, error) {
+	agg, err := rollup.Sum(adID, cells, func(u rollup.Unit, key string) (*rollup.Rollup, *rollup.Rollup, error) {
 		if e, ok := s.entries[cacheKey{unit: u, key: key}]; ok {
-			return e.value, nil
+			return e.value, e.settled, nil
 		}
-		return nil, nil
+		return nil, nil, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rollupcache: snapshot sum %s: %w", adID, err)
@@ -96,10 +97,12 @@ func (s *Snapshot) Sum(ctx context.Context, adID string, cells []rollup.Cell) (*
 	return agg, nil
 }
 
-// snapshotRecord is one cached rollup on its way to a snapshot file.
+// snapshotRecord is one KV value of a cached rollup on its way to a snapshot
+// file: the rollup, or the visitor sets settled apart from it.
 type snapshotRecord struct {
-	k cacheKey
-	e *cacheEntry
+	k     cacheKey // of the value: a settled key for settled sets
+	value *rollup.Rollup
+	rev   uint64
 }
 
 // writeSnapshot writes every cached rollup, with its revision, to path: to a
@@ -118,7 +121,11 @@ func (c *Cache) writeSnapshot(path string) error {
 	through := c.through()
 	var recs []snapshotRecord
 	for k, e := range c.cache.All() {
-		recs = append(recs, snapshotRecord{k: k, e: e})
+		recs = append(recs, snapshotRecord{k: k, value: e.value, rev: e.rev})
+		if e.settledRev != 0 || len(e.settled.Slots) > 0 {
+			sk := cacheKey{unit: k.unit, key: rollup.SettledKey(k.key)}
+			recs = append(recs, snapshotRecord{k: sk, value: e.settled, rev: e.settledRev})
+		}
 	}
 	slices.SortFunc(recs, func(a, b snapshotRecord) int {
 		return cmp.Or(cmp.Compare(a.k.unit, b.k.unit), cmp.Compare(a.k.key, b.k.key))
@@ -148,14 +155,14 @@ func encodeSnapshot(w io.Writer, written time.Time, layout rollup.Layout, throug
 	for _, r := range recs {
 		// Cached rollups are only ever read, so encoding one here is safe
 		// while Sum reads it too.
-		value, err := r.e.value.MarshalBinary()
+		value, err := r.value.MarshalBinary()
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", r.k.unit, r.k.key, err)
 		}
 		buf = append(buf, byte(r.k.unit))
 		buf = binary.AppendUvarint(buf, uint64(len(r.k.key)))
 		buf = append(buf, r.k.key...)
-		buf = binary.AppendUvarint(buf, r.e.rev)
+		buf = binary.AppendUvarint(buf, r.rev)
 		buf = binary.AppendUvarint(buf, uint64(len(value)))
 		if _, err := w.Write(buf); err != nil {
 			return err
@@ -319,7 +326,25 @@ func (s *Snapshot) decodeRecords(d *decoder, keep [3]bool) error {
 	if len(d.buf) != 0 {
 		return fmt.Errorf("%d trailing bytes", len(d.buf))
 	}
+	s.attachSettled()
 	return nil
+}
+
+// attachSettled moves the records of settled keys into the entries of their
+// rollups; one whose rollup the snapshot lacks is dropped (a cache always
+// holds both parts together).
+func (s *Snapshot) attachSettled() {
+	for k, e := range s.entries {
+		base, ok := rollup.SettledOf(k.key)
+		if !ok {
+			continue
+		}
+		delete(s.entries, k)
+		bk := cacheKey{unit: k.unit, key: base}
+		if b, ok := s.entries[bk]; ok {
+			s.entries[bk] = b.withSettled(base, e.value, e.rev, e.valueLen)
+		}
+	}
 }
 
 // bytes reads a uvarint length of at most limit, then that many bytes.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/rollup"
 	"github.com/admetric/admetric/store/rollup/rolluptest"
 )
@@ -27,8 +28,8 @@ var errNoServer = errors.New("no server in this test")
 
 func (l layoutOnly) Layout() rollup.Layout            { return l.layout }
 func (l layoutOnly) LastSeqAtOpen(rollup.Unit) uint64 { return 0 }
-func (l layoutOnly) Load(context.Context, rollup.Unit, string) (*rollup.Rollup, uint64, error) {
-	return nil, 0, errNoServer
+func (l layoutOnly) LoadStored(context.Context, rollup.Unit, string) (store.Stored, error) {
+	return store.Stored{}, errNoServer
 }
 func (l layoutOnly) LastSeq(context.Context, rollup.Unit) (uint64, error) { return 0, errNoServer }
 func (l layoutOnly) Watch(context.Context, rollup.Unit, uint64) (jetstream.KeyWatcher, error) {

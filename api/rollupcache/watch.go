@@ -151,9 +151,12 @@ func (c *Cache) watchOnce(ctx context.Context, u rollup.Unit, bucket string, sta
 	}
 }
 
-// apply brings the cache up to date with one update of unit's bucket.
+// apply brings the cache up to date with one update of unit's bucket: of a
+// rollup, or of the visitor sets settled apart from one, which update the
+// entry of that rollup.
 func (c *Cache) apply(u rollup.Unit, ent jetstream.KeyValueEntry) {
-	k := cacheKey{unit: u, key: ent.Key()}
+	base, settled := rollup.SettledOf(ent.Key())
+	k := cacheKey{unit: u, key: base}
 	if _, cached := c.cache.GetEntryQuietly(k); !cached {
 		// Not cached, nothing to update, but a load of k may be in flight with
 		// the value this update replaced: invalidating k makes otter discard
@@ -161,33 +164,34 @@ func (c *Cache) apply(u rollup.Unit, ent jetstream.KeyValueEntry) {
 		c.cache.Invalidate(k)
 		return
 	}
-	var e *cacheEntry
+	v, size := rollup.New(), 0
 	switch ent.Operation() {
 	case jetstream.KeyValueDelete, jetstream.KeyValuePurge: // purge covers expiry markers
-		e = newCacheEntry(k.key, rollup.New(), ent.Revision(), 0)
 	default:
-		v := rollup.New()
 		if err := v.UnmarshalBinary(ent.Value()); err != nil {
 			// Drop it: the next read loads it and reports the error.
-			c.logger.Error("undecodable rollup update", "unit", u.String(), "key", k.key, "rev", ent.Revision(), "err", err)
+			c.logger.Error("undecodable rollup update", "unit", u.String(), "key", ent.Key(), "rev", ent.Revision(), "err", err)
 			c.cache.Invalidate(k)
 			return
 		}
-		e = newCacheEntry(k.key, v, ent.Revision(), len(ent.Value()))
+		size = len(ent.Value())
 	}
-	e.gen = c.gens[u].Load()
+	rev, gen := ent.Revision(), c.gens[u].Load()
 	c.cache.Compute(k, func(old *cacheEntry, found bool) (*cacheEntry, otter.ComputeOp) {
 		switch {
 		case !found: // evicted meanwhile: as for a key not cached
 			return nil, otter.InvalidateOp
-		case old.rev >= e.rev:
+		case settled && old.settledRev >= rev, !settled && old.rev >= rev:
 			return old, otter.CancelOp
-		default:
-			if old.gen == e.gen {
-				carrySlotRevs(u, old, e)
-			}
-			return e, otter.WriteOp
+		case old.gen != gen:
+			return nil, otter.InvalidateOp // read before its bucket was made anew
+		case settled:
+			return old.withSettled(k.key, v, rev, size), otter.WriteOp
 		}
+		e := newCacheEntry(k.key, v, rev, size)
+		e.gen = gen
+		carrySlotRevs(u, old, e)
+		return old.withValueOf(k.key, e), otter.WriteOp
 	})
 }
 

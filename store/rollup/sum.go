@@ -76,16 +76,22 @@ func (a *Aggregate) AddSlots(v *Rollup, slots []int) error {
 }
 
 // Sum adds up ad's slots in cells, reading each key once through get (a nil
-// rollup counts as empty), in the order GroupCells lists the keys. get's
-// error stops it and is returned as it is.
-func Sum(adID string, cells []Cell, get func(u Unit, key string) (*Rollup, error)) (*Aggregate, error) {
+// rollup counts as empty), in the order GroupCells lists the keys. get
+// returns the rollup at a key and the visitor sets settled apart from it
+// (see SettledKey; nil when none). get's error stops it and is returned as it
+// is.
+func Sum(adID string, cells []Cell, get func(u Unit, key string) (value, settled *Rollup, err error)) (*Aggregate, error) {
 	agg := &Aggregate{}
 	for _, ks := range GroupCells(cells) {
-		v, err := get(ks.Unit, ks.Key(adID))
+		v, settled, err := get(ks.Unit, ks.Key(adID))
 		if err != nil {
 			return nil, err
 		}
 		if err := agg.AddSlots(v, ks.Slots); err != nil {
+			return nil, err
+		}
+		// A settled slot holds visitors only: adding it unions them in.
+		if err := agg.AddSlots(settled, ks.Slots); err != nil {
 			return nil, err
 		}
 	}

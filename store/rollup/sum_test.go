@@ -1,6 +1,7 @@
 package rollup
 
 import (
+	"hash/fnv"
 	"testing"
 	"time"
 )
@@ -21,19 +22,34 @@ func TestSumManyKeys(t *testing.T) {
 		key string
 	}
 	reads := map[key]int{}
-	agg, err := Sum("ad", cells, func(u Unit, k string) (*Rollup, error) {
+	hash := func(s string) uint64 {
+		h := fnv.New64a()
+		h.Write([]byte(s))
+		return h.Sum64()
+	}
+	agg, err := Sum("ad", cells, func(u Unit, k string) (*Rollup, *Rollup, error) {
 		reads[key{u, k}]++
 		v := New()
 		for _, m := range []int{0, 30, 31} {
 			v.Slot(m).Impressions = 1
 		}
-		return v, nil
+		// Slot 0's visitors: one in the rollup only, one in both, one
+		// settled only.
+		settled := New()
+		v.Slot(0).AddVisitor(hash(k + "hot"))
+		v.Slot(0).AddVisitor(hash(k + "both"))
+		settled.Slot(0).AddVisitor(hash(k + "both"))
+		settled.Slot(0).AddVisitor(hash(k + "settled"))
+		return v, settled, nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if agg.Impressions != uint64(2*3*linearKeys) {
 		t.Errorf("impressions %d, want %d", agg.Impressions, 2*3*linearKeys)
+	}
+	if got, want := agg.UniqueVisitors(), uint64(3*3*linearKeys); got != want {
+		t.Errorf("unique visitors %d, want %d (the union of the rollups' and the settled sets)", got, want)
 	}
 	if len(reads) != 3*linearKeys {
 		t.Errorf("%d keys read, want %d", len(reads), 3*linearKeys)
