@@ -52,6 +52,12 @@ type RollupWriterOptions struct {
 	Partitions int
 	// VisitorSalt keys the visitor hash.
 	VisitorSalt []byte
+	// SettleAtVisitors is how many visitor hashes the sets of a key's ended
+	// slots gather before a commit moves them to the key's settled key (see
+	// rollup.SettledKey); default 128. Negative keeps every set in its
+	// rollup, rewritten with it at every commit (as before settled keys; for
+	// measuring them).
+	SettleAtVisitors int
 }
 
 // RollupConsumerName is the durable consumer of partition p's rollup writers.
@@ -109,13 +115,10 @@ type cachedRollup struct {
 
 // A commit moves the visitor sets of a key's ended slots to its settled key
 // (see rollup.SettledKey) once a slot has been over for settleGrace, when
-// they hold settleAtVisitors hashes or more together: fewer weigh little in
-// the rewrites, and a trickle of late events does not rewrite the settled
-// key at every commit.
-const (
-	settleGrace      = time.Minute
-	settleAtVisitors = 128
-)
+// they hold RollupWriterOptions.SettleAtVisitors hashes or more together:
+// fewer weigh little in the rewrites, and a trickle of late events does not
+// rewrite the settled key at every commit.
+const settleGrace = time.Minute
 
 type cachedCheckpoint struct {
 	seq, rev uint64
@@ -140,6 +143,9 @@ func NewRollupWriter(js jetstream.JetStream, rollups *store.Rollups, logger *slo
 	}
 	if opts.PinnedTTL <= 0 {
 		opts.PinnedTTL = 5 * time.Second
+	}
+	if opts.SettleAtVisitors == 0 {
+		opts.SettleAtVisitors = 128
 	}
 	return &RollupWriter{
 		js: js, rollups: rollups, opts: opts, metrics: metrics,
@@ -642,17 +648,20 @@ func (w *RollupWriter) commit(ctx context.Context, recs []Record, lastSeq uint64
 }
 
 // settle moves the visitor sets of the ended slots of keys to their settled
-// keys (see settleAtVisitors) and writes those first: the rollups, written
+// keys (see RollupWriterOptions.SettleAtVisitors) and writes those first: the rollups, written
 // after, no longer hold the sets, and a reader reads a rollup before its
 // settled key. The writes are guarded by revision like the rollups'.
 func (w *RollupWriter) settle(ctx context.Context, keys []Key, now time.Time) error {
+	if w.opts.SettleAtVisitors < 0 {
+		return nil
+	}
 	at := now.Add(-settleGrace)
 	var writes [3][]store.Write
 	var order [3][]*cachedRollup
 	for _, k := range keys {
 		c := w.cache[k]
 		n := k.Unit.SettledSlots(k.Key, at)
-		if n == 0 || c.v.HeldVisitors(n) < settleAtVisitors {
+		if n == 0 || c.v.HeldVisitors(n) < w.opts.SettleAtVisitors {
 			continue
 		}
 		moved, err := c.v.Settle(c.settled, n)

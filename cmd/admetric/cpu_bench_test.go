@@ -11,6 +11,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/admetric/admetric/aggregator"
+	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/rollup"
+	"github.com/admetric/admetric/store/rollup/rolluptest"
 )
 
 // BenchmarkCPUPerEvent runs the whole service (in-process, embedded NATS,
@@ -23,11 +31,19 @@ import (
 // fold, archive inserts) and PostgreSQL's, separately. vegeta runs as a
 // process of its own and is not counted.
 //
-// It does so twice in one run, each on a fresh DATA_DIR: with
-// ROLLUP_COMMITS=atomic (the rollup writers' atomic batches, as before the
-// change of #12) and with the default, auto (key by key with one replica),
-// and reports both and their ratio. ADMETRIC_BENCH_CPUPROFILE names a file
-// for a CPU profile of this process over the second measurement.
+// The rollups start as such a load leaves them: the rollup of the current
+// hour of each ad holds the visitor sets of the past 30 minutes (900 each),
+// those of today and of this month the sets of the past hours and days
+// (HyperLogLog sketches). A commit rewrites what its keys hold, so this is
+// what the writers' work depends on; the first commits (of the warm-up) move
+// the sets of ended slots to their settled keys.
+//
+// It does so twice in one run, each on a fresh DATA_DIR: "before", as the
+// rollup writers ran before #12 (atomic batches, ROLLUP_COMMITS=atomic, and
+// every visitor set kept in its rollup), and "after", with the defaults (key
+// by key with one replica, visitor sets settled apart), and reports both and
+// their ratio. ADMETRIC_BENCH_CPUPROFILE names a file for a CPU profile of
+// this process over the second measurement.
 //
 //	go test -run '^$' -bench CPUPerEvent -benchtime 1x -timeout 20m ./cmd/admetric/
 func BenchmarkCPUPerEvent(b *testing.B) {
@@ -38,17 +54,82 @@ func BenchmarkCPUPerEvent(b *testing.B) {
 	tmp := b.TempDir()
 	vg := &vegeta{b: b, ctx: ctx, bin: buildVegeta(b, ctx, tmp), dir: tmp}
 	for b.Loop() {
-		before := measureEventCPU(b, vg, "atomic", rate, seconds)
-		after := measureEventCPU(b, vg, "auto", rate, seconds)
+		settleAtVisitors = -1
+		before := measureEventCPU(b, vg, "before", "atomic", rate, seconds)
+		settleAtVisitors = 0
+		after := measureEventCPU(b, vg, "after", "auto", rate, seconds)
 		for _, m := range []struct {
 			name string
 			c    eventCPU
-		}{{"atomic", before}, {"auto", after}} {
+		}{{"before", before}, {"after", after}} {
 			b.ReportMetric(m.c.service.Seconds()/m.c.events*1e6, m.name+"_service_us/event")
 			b.ReportMetric(m.c.postgres.Seconds()/m.c.events*1e6, m.name+"_postgres_us/event")
 			b.ReportMetric(float64(m.c.p99.Microseconds())/1000, m.name+"_p99_ms")
 		}
-		b.ReportMetric((after.service+after.postgres).Seconds()/after.events/((before.service+before.postgres).Seconds()/before.events), "auto/atomic_cpu")
+		b.ReportMetric((after.service+after.postgres).Seconds()/after.events/((before.service+before.postgres).Seconds()/before.events), "after/before_cpu")
+	}
+}
+
+// fillRollupHistory writes, for each ad, the rollups an hour and more of
+// load at 15 events/s an ad leaves: 900 visitors in each of the past 30
+// minutes, a sketch of 20,000 in each past hour of today and each past day
+// of this month. One set of each kind serves every slot: only the bytes
+// matter here.
+func fillRollupHistory(b *testing.B, natsURL string, layout rollup.Layout, ads []string, now time.Time) {
+	b.Helper()
+	ctx := context.Background()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rollups, err := store.CreateOrUpdateRollups(ctx, js, layout, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	visitors := func(n int) *rollup.Visitors {
+		v := &rollup.Visitors{}
+		for i := range n {
+			v.Insert(rolluptest.Hash(uint64(n)<<32 | uint64(i)))
+		}
+		return v
+	}
+	minute, sketch := visitors(900), visitors(20_000)
+	type slotAt struct {
+		u rollup.Unit
+		t time.Time
+		v *rollup.Visitors
+	}
+	var slots []slotAt
+	for m := 1; m <= 30; m++ {
+		slots = append(slots, slotAt{rollup.Minute, now.Add(-time.Duration(m) * time.Minute), minute})
+	}
+	for t := rollup.Day.Truncate(now); t.Before(rollup.Hour.Truncate(now)); t = t.Add(time.Hour) {
+		slots = append(slots, slotAt{rollup.Hour, t, sketch})
+	}
+	for t := rollup.Day.PeriodStart(now); t.Before(rollup.Day.Truncate(now)); t = t.AddDate(0, 0, 1) {
+		slots = append(slots, slotAt{rollup.Day, t, sketch})
+	}
+	for _, ad := range ads {
+		values := map[aggregator.Key]*rollup.Rollup{}
+		for _, s := range slots {
+			key, i := s.u.Locate(ad, s.t)
+			k := aggregator.Key{Unit: s.u, Key: key}
+			if values[k] == nil {
+				values[k] = rollup.New()
+			}
+			slot := values[k].Slot(i)
+			slot.Impressions, slot.Clicks, slot.Visitors = 675, 225, s.v
+		}
+		for k, v := range values {
+			if _, err := rollups.Replace(ctx, k.Unit, []store.Write{{Key: k.Key, Value: v}}); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 }
 
@@ -60,7 +141,7 @@ type eventCPU struct {
 	p99               time.Duration
 }
 
-func measureEventCPU(b *testing.B, vg *vegeta, commits string, rate, seconds int) eventCPU {
+func measureEventCPU(b *testing.B, vg *vegeta, name, commits string, rate, seconds int) eventCPU {
 	b.Helper()
 	dataDir := testDataDir(b)
 	env := testEnv(dataDir)
@@ -69,6 +150,11 @@ func measureEventCPU(b *testing.B, vg *vegeta, commits string, rate, seconds int
 	d := startBenchDaemon(b, env, roleAll)
 	base := "http://" + d.httpAddr()
 	const ads = 200
+	adIDs := make([]string, ads)
+	for i := range adIDs {
+		adIDs[i] = fmt.Sprintf("cpu-ad-%03d", i)
+	}
+	fillRollupHistory(b, d.natsURL(), d.layout, adIDs, time.Now())
 	for i := range ads {
 		req, _ := http.NewRequest(http.MethodPost, base+"/ads", strings.NewReader(fmt.Sprintf(`{"id":"cpu-ad-%03d","title":"cpu"}`, i)))
 		req.Header.Set("Authorization", "Bearer "+testToken)
@@ -95,8 +181,8 @@ func measureEventCPU(b *testing.B, vg *vegeta, commits string, rate, seconds int
 			return vegetaTarget{Method: http.MethodPost, URL: base + path, Body: []byte(body), Header: header}
 		}
 	}
-	warm := vg.attackTargets(commits+"-warmup", rate+1000, time.Second, rateArgs(rate), true, func(path string) {
-		writeTargetsFunc(b, path, rate+1000, targets(commits+"-w"))
+	warm := vg.attackTargets(name+"-warmup", rate+1000, time.Second, rateArgs(rate), true, func(path string) {
+		writeTargetsFunc(b, path, rate+1000, targets(name+"-w"))
 	})
 	warm.checkOpenLoop("202")
 	drain("the warm-up")
@@ -106,11 +192,11 @@ func measureEventCPU(b *testing.B, vg *vegeta, commits string, rate, seconds int
 	pg0 := treeCPU(pg)
 	n := rate*(seconds+1) + 1000
 	stopProfile := func() {}
-	if commits == "auto" {
+	if name == "after" {
 		stopProfile = startCPUProfile(b, os.Getenv("ADMETRIC_BENCH_CPUPROFILE"))
 	}
-	run := vg.attackTargets(commits+"-rate", n, time.Duration(seconds)*time.Second, rateArgs(rate), true, func(path string) {
-		writeTargetsFunc(b, path, n, targets(commits+"-r"))
+	run := vg.attackTargets(name+"-rate", n, time.Duration(seconds)*time.Second, rateArgs(rate), true, func(path string) {
+		writeTargetsFunc(b, path, n, targets(name+"-r"))
 	})
 	run.checkOpenLoop("202")
 	drain("the load")
@@ -123,8 +209,8 @@ func measureEventCPU(b *testing.B, vg *vegeta, commits string, rate, seconds int
 	events := float64(run.report.StatusCodes["202"])
 	stopTestDaemon(b, d)
 	got := eventCPU{service: self1 - self0, postgres: pg1 - pg0, events: events, p99: time.Duration(run.report.Latencies.P99)}
-	b.Logf("ROLLUP_COMMITS=%s: %0.f events accepted at %d/s asked; service %s CPU (%.0f µs/event), PostgreSQL %s (%.0f µs/event); p50 %.2f ms, p99 %.2f ms",
-		commits, events, rate, got.service.Round(time.Millisecond), got.service.Seconds()/events*1e6,
+	b.Logf("%s (ROLLUP_COMMITS=%s): %0.f events accepted at %d/s asked; service %s CPU (%.0f µs/event), PostgreSQL %s (%.0f µs/event); p50 %.2f ms, p99 %.2f ms",
+		name, commits, events, rate, got.service.Round(time.Millisecond), got.service.Seconds()/events*1e6,
 		got.postgres.Round(time.Millisecond), got.postgres.Seconds()/events*1e6, ms(run.report.Latencies.P50), ms(run.report.Latencies.P99))
 	return got
 }

@@ -276,6 +276,7 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 	for p := range d.cfg.Partitions {
 		w := aggregator.NewRollupWriter(d.js, rollups, d.logger, d.aggMetrics, aggregator.RollupWriterOptions{
 			Partition: p, Partitions: d.cfg.Partitions, Members: members, VisitorSalt: d.salt,
+			SettleAtVisitors: settleAtVisitors,
 		})
 		d.goWorker("rollup-writer", w.Run)
 	}
@@ -287,6 +288,11 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 	d.goWorker("archiver", archiver.Run)
 	return nil
 }
+
+// settleAtVisitors is the rollup writers' RollupWriterOptions.SettleAtVisitors:
+// 0, the default, but for BenchmarkCPUPerEvent's measurement without
+// settled keys.
+var settleAtVisitors int
 
 // startCache puts the rollup cache in front of rollups, warmed from the last
 // snapshot when there is one, and starts its watch and the snapshot writer.
