@@ -29,12 +29,13 @@ type Key struct {
 	Key  string
 }
 
-// Touched lists, without repeats, the rollup keys that Fold will read for recs.
-func Touched(layout rollup.Layout, recs []Record, now time.Time) []Key {
+// Touched lists, without repeats, the rollup keys of resolutions that Fold
+// will read for recs.
+func Touched(resolutions []rollup.Resolution, recs []Record, now time.Time) []Key {
 	seen := make(map[Key]struct{}, len(recs))
 	var keys []Key
 	for i := range recs {
-		for _, res := range layout {
+		for _, res := range resolutions {
 			if !holds(res, recs[i].Event.Timestamp, now) {
 				continue
 			}
@@ -61,22 +62,23 @@ type FoldStats struct {
 	// Duplicates counts pairs skipped because the rollup already holds that
 	// sequence (a redelivery after a crash between commit and checkpoint).
 	Duplicates int
-	// TooOld counts events older than every resolution's retention: archived,
-	// but in no rollup.
+	// TooOld counts events older than the retention of every resolution
+	// folded: archived, but in none of their rollups.
 	TooOld int
 }
 
 // Fold adds recs, which must be in ascending sequence order, to values, which
-// must hold the current value of every key Touched returns for them. An event
-// goes to its event-time slot in every resolution that still holds that time;
-// a rollup skips any event at or below its MaxSeq, so folding a batch again
-// after a partial commit counts nothing twice.
-func Fold(layout rollup.Layout, values map[Key]*rollup.Rollup, recs []Record, now time.Time) FoldStats {
+// must hold the current value of every key Touched returns for them and the
+// same resolutions. An event goes to its event-time slot in every one of
+// resolutions that still holds that time; a rollup skips any event at or
+// below its MaxSeq, so folding a batch again after a partial commit counts
+// nothing twice.
+func Fold(resolutions []rollup.Resolution, values map[Key]*rollup.Rollup, recs []Record, now time.Time) FoldStats {
 	var st FoldStats
 	for i := range recs {
 		r := &recs[i]
 		placed := false
-		for _, res := range layout {
+		for _, res := range resolutions {
 			if !holds(res, r.Event.Timestamp, now) {
 				continue
 			}

@@ -44,7 +44,7 @@ func foldTestValues(have map[Key]*rollup.Rollup, recs []Record) map[Key]*rollup.
 	if have == nil {
 		have = make(map[Key]*rollup.Rollup)
 	}
-	for _, k := range Touched(foldTestLayout, recs, foldTestNow) {
+	for _, k := range Touched(foldTestLayout[:], recs, foldTestNow) {
 		if _, ok := have[k]; !ok {
 			have[k] = rollup.New()
 		}
@@ -174,7 +174,7 @@ func TestFoldCountsEachType(t *testing.T) {
 				tc.edit(&recs[0].Event)
 			}
 			values := foldTestValues(nil, recs)
-			st := Fold(foldTestLayout, values, recs, foldTestNow)
+			st := Fold(foldTestLayout[:], values, recs, foldTestNow)
 			if want := (FoldStats{Applied: 3}); st != want {
 				t.Errorf("stats = %+v, want %+v", st, want)
 			}
@@ -209,7 +209,7 @@ func TestFoldPlacesInEveryResolution(t *testing.T) {
 		foldTestRec(7, event.Complete, "a", ts3, 15, foldTestVisitor(105)),
 	}
 	values := foldTestValues(nil, recs)
-	st := Fold(foldTestLayout, values, recs, foldTestNow)
+	st := Fold(foldTestLayout[:], values, recs, foldTestNow)
 	if want := (FoldStats{Applied: 3 * len(recs)}); st != want {
 		t.Errorf("stats = %+v, want %+v", st, want)
 	}
@@ -243,7 +243,7 @@ func TestFoldVisitorZeroMeansNone(t *testing.T) {
 		foldTestRec(2, event.Click, "a", ts, 1, 0),
 	}
 	values := foldTestValues(nil, recs)
-	Fold(foldTestLayout, values, recs, foldTestNow)
+	Fold(foldTestLayout[:], values, recs, foldTestNow)
 	for _, u := range []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day} {
 		s := foldTestSlot(t, values, u, "a", ts)
 		if s.Visitors != nil {
@@ -257,7 +257,7 @@ func TestFoldVisitorZeroMeansNone(t *testing.T) {
 		foldTestRec(5, event.Impression, "a", ts, 0, 0),
 		foldTestRec(6, event.Impression, "a", ts, 0, foldTestVisitor(1<<63)),
 	}
-	Fold(foldTestLayout, values, more, foldTestNow)
+	Fold(foldTestLayout[:], values, more, foldTestNow)
 	for _, u := range []rollup.Unit{rollup.Minute, rollup.Hour, rollup.Day} {
 		s := foldTestSlot(t, values, u, "a", ts)
 		if s.Visitors == nil {
@@ -293,7 +293,7 @@ func TestFoldRetention(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			recs := []Record{foldTestRec(9, event.Impression, "ad", tc.ts, 0, 7)}
-			touched := Touched(foldTestLayout, recs, foldTestNow)
+			touched := Touched(foldTestLayout[:], recs, foldTestNow)
 			var wantKeys []Key
 			for _, u := range tc.units {
 				k, _ := u.Locate("ad", tc.ts)
@@ -303,7 +303,7 @@ func TestFoldRetention(t *testing.T) {
 				t.Errorf("Touched = %v, want %v", touched, wantKeys)
 			}
 			values := foldTestValues(nil, recs)
-			st := Fold(foldTestLayout, values, recs, foldTestNow)
+			st := Fold(foldTestLayout[:], values, recs, foldTestNow)
 			want := FoldStats{Applied: len(tc.units)}
 			if len(tc.units) == 0 {
 				want.TooOld = 1
@@ -333,11 +333,11 @@ func TestFoldTooOldAmongOthers(t *testing.T) {
 		foldTestRec(4, event.Click, "b", ancient, 2, 0),
 	}
 	values := foldTestValues(nil, recs)
-	st := Fold(foldTestLayout, values, recs, foldTestNow)
+	st := Fold(foldTestLayout[:], values, recs, foldTestNow)
 	if want := (FoldStats{Applied: 3 + 2, TooOld: 2}); st != want {
 		t.Errorf("stats = %+v, want %+v", st, want)
 	}
-	for _, k := range Touched(foldTestLayout, recs, foldTestNow) {
+	for _, k := range Touched(foldTestLayout[:], recs, foldTestNow) {
 		if k.Key[:2] == "b." {
 			t.Errorf("Touched lists %v for an event older than every retention", k)
 		}
@@ -397,7 +397,7 @@ func TestTouchedDistinct(t *testing.T) {
 		}},
 	}
 	for _, tc := range tests {
-		got := Touched(foldTestLayout, tc.recs, foldTestNow)
+		got := Touched(foldTestLayout[:], tc.recs, foldTestNow)
 		if !foldTestSameKeys(got, tc.want) {
 			t.Errorf("%s: Touched = %v, want %v", tc.name, got, tc.want)
 		}
@@ -434,13 +434,13 @@ func TestFoldSameBatchTwiceCountsOnce(t *testing.T) {
 	t.Parallel()
 	recs := foldTestBatch(100, 300, 1)
 	values := foldTestValues(nil, recs)
-	first := Fold(foldTestLayout, values, recs, foldTestNow)
+	first := Fold(foldTestLayout[:], values, recs, foldTestNow)
 	if first.Applied == 0 || first.Duplicates != 0 {
 		t.Fatalf("first fold: %+v", first)
 	}
 	want := foldTestSnapshot(values)
 
-	second := Fold(foldTestLayout, values, recs, foldTestNow)
+	second := Fold(foldTestLayout[:], values, recs, foldTestNow)
 	if second.Applied != 0 || second.Duplicates != first.Applied || second.TooOld != first.TooOld {
 		t.Errorf("second fold: %+v, want Applied 0, Duplicates %d, TooOld %d", second, first.Applied, first.TooOld)
 	}
@@ -454,12 +454,12 @@ func TestFoldBatchThenLongerBatchAddsOnlyTheNew(t *testing.T) {
 	ab := slices.Concat(a, b)
 
 	fresh := foldTestValues(nil, ab)
-	whole := Fold(foldTestLayout, fresh, ab, foldTestNow)
+	whole := Fold(foldTestLayout[:], fresh, ab, foldTestNow)
 
 	values := foldTestValues(nil, a)
-	stA := Fold(foldTestLayout, values, a, foldTestNow)
+	stA := Fold(foldTestLayout[:], values, a, foldTestNow)
 	values = foldTestValues(values, ab)
-	stAB := Fold(foldTestLayout, values, ab, foldTestNow)
+	stAB := Fold(foldTestLayout[:], values, ab, foldTestNow)
 
 	if stAB.Duplicates != stA.Applied {
 		t.Errorf("refold of A+B skipped %d, want the %d applied for A", stAB.Duplicates, stA.Applied)
@@ -482,10 +482,10 @@ func TestFoldPartialCommit(t *testing.T) {
 	ab := slices.Concat(a, b)
 
 	clean := foldTestValues(nil, ab)
-	Fold(foldTestLayout, clean, ab, foldTestNow)
+	Fold(foldTestLayout[:], clean, ab, foldTestNow)
 
 	crashed := foldTestValues(nil, a)
-	stA := Fold(foldTestLayout, crashed, a, foldTestNow)
+	stA := Fold(foldTestLayout[:], crashed, a, foldTestNow)
 
 	// What the store holds after the crash: committed minute values (through
 	// the codec, as the KV would give them back), nothing else.
@@ -515,7 +515,7 @@ func TestFoldPartialCommit(t *testing.T) {
 	}
 
 	stored = foldTestValues(stored, ab)
-	st := Fold(foldTestLayout, stored, ab, foldTestNow)
+	st := Fold(foldTestLayout[:], stored, ab, foldTestNow)
 	if st.Duplicates != minuteApplied {
 		t.Errorf("redelivery skipped %d pairs, want the %d committed to the minute bucket", st.Duplicates, minuteApplied)
 	}
@@ -534,7 +534,7 @@ func TestFoldSkipsAtOrBelowMaxSeq(t *testing.T) {
 	for _, r := range values {
 		r.MaxSeq = 50
 	}
-	st := Fold(foldTestLayout, values, recs, foldTestNow)
+	st := Fold(foldTestLayout[:], values, recs, foldTestNow)
 	if want := (FoldStats{Applied: 3, Duplicates: 6}); st != want {
 		t.Errorf("stats = %+v, want %+v", st, want)
 	}
@@ -569,7 +569,7 @@ func BenchmarkFold(b *testing.B) {
 		for i := range recs {
 			recs[i].Seq += nRecs
 		}
-		st := Fold(foldTestLayout, values, recs, foldTestNow)
+		st := Fold(foldTestLayout[:], values, recs, foldTestNow)
 		if st.Applied != 3*nRecs {
 			b.Fatalf("stats %+v", st)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/store"
+	"github.com/admetric/admetric/store/rollup"
 	"github.com/admetric/admetric/store/storetest"
 )
 
@@ -476,5 +477,44 @@ func TestRollupWriterCommitsOnceCaughtUp(t *testing.T) {
 	waitFolded(t, js, rollups, 1)
 	if got := sum(t, rollups, "ad-c", now.Add(-time.Hour), now.Add(time.Hour)).Clicks; got != 5 {
 		t.Fatalf("ad-c has %d clicks, want 5", got)
+	}
+}
+
+// TestRollupWriterCommitsCoarseBucketsLater: while events keep coming, the
+// minute bucket takes each batch and the hour and day buckets take them
+// every CoarseEvery; the events stay unacknowledged until every bucket has
+// them, and a writer that stops commits them to all first.
+func TestRollupWriterCommitsCoarseBucketsLater(t *testing.T) {
+	js, rollups := setup(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	w := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 1000, CoarseEvery: time.Hour})
+	publish(t, js, clicks("ad-k", 1, now, "k-first")...) // the first commit is to every bucket
+	waitFolded(t, js, rollups, 1)
+	publish(t, js, clicks("ad-k", 5, now, "k")...)
+	last := lastSeq(t, js, 0)
+
+	minuteKey, _ := rollup.Minute.Locate("ad-k", now)
+	waitFor(t, func() bool {
+		v, _, err := rollups.Load(ctx, rollup.Minute, minuteKey)
+		return err == nil && v.MaxSeq == last
+	}, func() string { return "the minute bucket never took the batch" })
+	for _, u := range []rollup.Unit{rollup.Hour, rollup.Day} {
+		if cp, _, err := rollups.Checkpoint(ctx, u, 0); err != nil || cp >= last {
+			t.Errorf("%s checkpoint %d (%v) with the minute bucket just committed: want it below %d", u, cp, err, last)
+		}
+	}
+	if info := consumerInfo(t, js, aggregator.RollupConsumerName(0)); info.AckFloor.Stream >= last || info.NumAckPending == 0 {
+		t.Errorf("ack floor %d, %d pending: the batch was acknowledged before the hour and day buckets had it", info.AckFloor.Stream, info.NumAckPending)
+	}
+
+	w.Stop()
+	waitFolded(t, js, rollups, 1)
+	for _, u := range []rollup.Unit{rollup.Hour, rollup.Day} {
+		key, slot := u.Locate("ad-k", now)
+		v, _, err := rollups.Load(ctx, u, key)
+		if err != nil || v.Slots[slot] == nil || v.Slots[slot].Clicks != 6 {
+			t.Errorf("%s after the writer stopped: %+v (%v), want 6 clicks", u, v, err)
+		}
 	}
 }

@@ -192,3 +192,26 @@ func loadHourSettled(t *testing.T, rollups *store.Rollups, key string) []byte {
 	}
 	return b
 }
+
+// TestRollupWriterSettlesFullSetsOfOpenSlots: the set of a slot still taking
+// events moves to the settled key when it reaches 1,024 visitors, so that
+// commits do not rewrite a growing sketch; counts stay exact.
+func TestRollupWriterSettlesFullSetsOfOpenSlots(t *testing.T) {
+	js, rollups := setup(t)
+	now := time.Now().UTC()
+	key, slot := rollup.Minute.Locate("ad-open", now)
+	runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 100})
+	publish(t, js, clicks("ad-open", 1100, now, "o")...)
+	waitFolded(t, js, rollups, 1)
+	st := loadStored(t, rollups, key)
+	if s := st.Value.Slots[slot]; s == nil || s.Clicks != 1100 || s.Visitors.Full() {
+		t.Errorf("the open slot in the rollup: %+v, want 1100 clicks and a set short of full", s)
+	}
+	if s := st.Settled.Slots[slot]; s == nil || s.Visitors.Count() < rollup.ExactVisitors {
+		t.Errorf("the open slot's settled set: %+v, want 1,024 visitors or more", s)
+	}
+	mergedCount(t, st, slot, 1100)
+	if agg := sum(t, rollups, "ad-open", now.Add(-time.Hour), now.Add(time.Minute)); agg.UniqueVisitors() != 1100 {
+		t.Errorf("%d unique visitors, want 1100", agg.UniqueVisitors())
+	}
+}

@@ -37,7 +37,7 @@ func TestRollupCacheSettledSets(t *testing.T) {
 	}
 
 	settled := rollup.New()
-	if moved, err := v.Settle(settled, 40); err != nil || !moved {
+	if moved, err := v.Settle(settled, func(i int, _ *rollup.Slot) bool { return i < 40 }); err != nil || !moved {
 		t.Fatalf("Settle: %v, %v", moved, err)
 	}
 	putSettledApplied(t, env, sk, settled)

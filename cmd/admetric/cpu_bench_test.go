@@ -33,8 +33,8 @@ import (
 //
 // The rollups start as such a load leaves them: the rollup of the current
 // hour of each ad holds the visitor sets of the past 30 minutes (900 each),
-// those of today and of this month the sets of the past hours and days
-// (HyperLogLog sketches). A commit rewrites what its keys hold, so this is
+// those of today and of this month the sets of its hours and days so far,
+// the current ones included (HyperLogLog sketches). A commit rewrites what its keys hold, so this is
 // what the writers' work depends on; the first commits (of the warm-up) move
 // the sets of ended slots to their settled keys.
 //
@@ -72,8 +72,8 @@ func BenchmarkCPUPerEvent(b *testing.B) {
 
 // fillRollupHistory writes, for each ad, the rollups an hour and more of
 // load at 15 events/s an ad leaves: 900 visitors in each of the past 30
-// minutes, a sketch of 20,000 in each past hour of today and each past day
-// of this month. One set of each kind serves every slot: only the bytes
+// minutes, a sketch of 20,000 in each hour of today and each day of this
+// month so far, the current ones included. One set of each kind serves every slot: only the bytes
 // matter here.
 func fillRollupHistory(b *testing.B, natsURL string, layout rollup.Layout, ads []string, now time.Time) {
 	b.Helper()
@@ -108,10 +108,10 @@ func fillRollupHistory(b *testing.B, natsURL string, layout rollup.Layout, ads [
 	for m := 1; m <= 30; m++ {
 		slots = append(slots, slotAt{rollup.Minute, now.Add(-time.Duration(m) * time.Minute), minute})
 	}
-	for t := rollup.Day.Truncate(now); t.Before(rollup.Hour.Truncate(now)); t = t.Add(time.Hour) {
+	for t := rollup.Day.Truncate(now); !t.After(now); t = t.Add(time.Hour) {
 		slots = append(slots, slotAt{rollup.Hour, t, sketch})
 	}
-	for t := rollup.Day.PeriodStart(now); t.Before(rollup.Day.Truncate(now)); t = t.AddDate(0, 0, 1) {
+	for t := rollup.Day.PeriodStart(now); !t.After(now); t = t.AddDate(0, 0, 1) {
 		slots = append(slots, slotAt{rollup.Day, t, sketch})
 	}
 	for _, ad := range ads {

@@ -227,10 +227,17 @@ func (t Tiling) Units() []Unit {
 	return out
 }
 
+// CoarseDelay is how long an hour or day slot has been over before Tile
+// uses it: the rollup writers commit the hour and day buckets less often
+// than the minute bucket, so until then its finer slots, which are as fresh
+// as the minute bucket, cover it.
+const CoarseDelay = time.Minute
+
 // Tile covers [from, to) with the coarsest slots that fit: whole UTC days, then
 // whole hours, then minutes at the edges. A slot is used only while its
 // resolution still holds data for it (its start is within the retention before
-// now); where the minute bucket has expired, the window's start is widened down to
+// now), and an hour or day slot only once it has been over for CoarseDelay;
+// where the minute bucket has expired, the window's start is widened down to
 // the hour (or day) so that the window is covered by data that exists.
 // From and to are first aligned to the minute (from down, to up).
 func (l Layout) Tile(from, to, now time.Time) (Tiling, error) {
@@ -245,11 +252,12 @@ func (l Layout) Tile(from, to, now time.Time) (Tiling, error) {
 	for u := Minute; u < Day && !available(u, from); u++ {
 		from = (u + 1).Truncate(from)
 	}
+	settled := now.Add(-CoarseDelay)
 	var cells []Cell
 	for t := from; t.Before(to); {
 		u := Minute
 		for _, cand := range []Unit{Day, Hour} {
-			if cand.Truncate(t).Equal(t) && !cand.Next(t).After(to) && available(cand, t) {
+			if cand.Truncate(t).Equal(t) && !cand.Next(t).After(to) && available(cand, t) && !cand.Next(t).After(settled) {
 				u = cand
 				break
 			}

@@ -208,7 +208,9 @@ func checkCoarsest(t *testing.T, l Layout, tl Tiling, to, now time.Time) {
 	t.Helper()
 	for i, c := range tl.Cells {
 		for cu := c.Unit + 1; cu <= Day; cu++ {
-			if cu.Truncate(c.Start).Equal(c.Start) && !cu.Next(c.Start).After(to) && !c.Start.Before(now.Add(-l[cu].Retention)) {
+			end := cu.Next(c.Start)
+			if cu.Truncate(c.Start).Equal(c.Start) && !end.After(to) && !c.Start.Before(now.Add(-l[cu].Retention)) &&
+				!end.After(now.Add(-CoarseDelay)) {
 				t.Errorf("cell %d (%v %v) could be a %v", i, c.Unit, c.Start, cu)
 			}
 		}
@@ -244,6 +246,7 @@ func TestTile(t *testing.T) {
 		wantTo   time.Time
 		count    [3]int // minutes, hours, days
 		units    []Unit
+		nowAt    time.Time // instead of now
 	}{
 		{
 			name: "last hour: minutes only",
@@ -320,15 +323,34 @@ func TestTile(t *testing.T) {
 			count: [3]int{70, 2, 0}, units: []Unit{Minute, Hour},
 		},
 		{
+			// Hours not over for CoarseDelay yet are read from their minutes.
 			name: "window reaching into the future",
 			from: d(25, 12, 0), to: d(25, 14, 0),
 			wantFrom: d(25, 12, 0), wantTo: d(25, 14, 0),
+			count: [3]int{120, 0, 0}, units: []Unit{Minute},
+		},
+		{
+			name: "an hour over for less than CoarseDelay",
+			from: d(25, 10, 0), to: d(25, 12, 0),
+			nowAt:    d(25, 12, 0).Add(CoarseDelay - time.Second),
+			wantFrom: d(25, 10, 0), wantTo: d(25, 12, 0),
+			count: [3]int{60, 1, 0}, units: []Unit{Minute, Hour},
+		},
+		{
+			name: "an hour over for CoarseDelay",
+			from: d(25, 10, 0), to: d(25, 12, 0),
+			nowAt:    d(25, 12, 0).Add(CoarseDelay),
+			wantFrom: d(25, 10, 0), wantTo: d(25, 12, 0),
 			count: [3]int{0, 2, 0}, units: []Unit{Hour},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
+			now := now
+			if !tc.nowAt.IsZero() {
+				now = tc.nowAt
+			}
 			tl, err := l.Tile(tc.from, tc.to, now)
 			if err != nil {
 				t.Fatalf("Tile(%v, %v) = %v", tc.from, tc.to, err)

@@ -72,14 +72,14 @@ func (r *Rollup) HeldVisitors(n int) int {
 	return total
 }
 
-// Settle moves the visitor sets of r's slots below n into settled, merging
-// them with what settled holds for those slots, and reports whether it
-// moved any. settled's MaxSeq becomes r's. On error r and settled may be
+// Settle moves the visitor sets of r's slots that move picks into settled,
+// merging them with what settled holds for those slots, and reports whether
+// it moved any. settled's MaxSeq becomes r's. On error r and settled may be
 // partly moved; both must then be read again.
-func (r *Rollup) Settle(settled *Rollup, n int) (bool, error) {
+func (r *Rollup) Settle(settled *Rollup, move func(slot int, s *Slot) bool) (bool, error) {
 	moved := false
 	for i, s := range r.Slots {
-		if i >= n || s.Visitors == nil {
+		if s.Visitors == nil || !move(i, s) {
 			continue
 		}
 		dst := settled.Slot(i)

@@ -64,7 +64,8 @@ func TestSettleMovesVisitorsBelowN(t *testing.T) {
 	if got := r.HeldVisitors(3); got != 9 {
 		t.Errorf("HeldVisitors(3) = %d, want 9", got)
 	}
-	moved, err := r.Settle(settled, 3)
+	below3 := func(i int, _ *Slot) bool { return i < 3 }
+	moved, err := r.Settle(settled, below3)
 	if err != nil || !moved {
 		t.Fatalf("Settle = %v, %v", moved, err)
 	}
@@ -86,7 +87,7 @@ func TestSettleMovesVisitorsBelowN(t *testing.T) {
 	if settled.MaxSeq != 77 {
 		t.Errorf("settled MaxSeq %d, want 77", settled.MaxSeq)
 	}
-	if moved, _ := r.Settle(settled, 3); moved {
+	if moved, _ := r.Settle(settled, below3); moved {
 		t.Error("a second Settle moved something")
 	}
 	if settled.Slots[0].Counters != (Counters{}) {
@@ -125,5 +126,28 @@ func TestDropSlots(t *testing.T) {
 	}
 	if r.DropSlots(func(i int) bool { return i > 10 }) {
 		t.Error("DropSlots reports a drop of nothing")
+	}
+}
+
+func TestVisitorsFull(t *testing.T) {
+	t.Parallel()
+	var v *Visitors
+	if v.Full() {
+		t.Error("a nil set is full")
+	}
+	v = &Visitors{}
+	for i := range uint64(ExactVisitors - 1) {
+		v.Insert(i + 1)
+	}
+	if v.Full() {
+		t.Errorf("full at %d", ExactVisitors-1)
+	}
+	v.Insert(ExactVisitors)
+	if !v.Full() {
+		t.Errorf("not full at %d", ExactVisitors)
+	}
+	v.Insert(ExactVisitors + 1) // a sketch now
+	if !v.Full() {
+		t.Error("a sketch is not full")
 	}
 }

@@ -126,6 +126,12 @@ func (v *Visitors) Count() uint64 {
 	return v.sketch.Clone().Estimate()
 }
 
+// Full reports whether the set holds ExactVisitors hashes or more: one more
+// visitor makes an exact set a sketch, and a sketch weighs its full size.
+func (v *Visitors) Full() bool {
+	return v != nil && (v.sketch != nil || len(v.exact) >= ExactVisitors)
+}
+
 // Clone returns an independent copy.
 func (v *Visitors) Clone() *Visitors {
 	if v.sketch != nil {
