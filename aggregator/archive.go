@@ -26,7 +26,11 @@ type ArchiverOptions struct {
 	Partitions int
 	// BatchSize bounds the rows of one INSERT; default 500.
 	BatchSize int
-	// Linger is how long a batch waits for more events once it has one; default 50ms.
+	// Linger is how long a batch waits for more events once it has one;
+	// default 200ms. Every batch acknowledges its messages, and the server
+	// writes each consumer's state file after acknowledgements (up to ten
+	// times a second); at 50ms those writes took 7% of the whole service's
+	// CPU at 3,000 events/s. The archive is not on the path of analytics.
 	Linger time.Duration
 	// AckWait is how long the server waits for an ack before redelivering; default 30s.
 	AckWait time.Duration
@@ -60,7 +64,7 @@ func NewArchiver(js jetstream.JetStream, archive *postgres.Archive, logger *slog
 		opts.BatchSize = 500
 	}
 	if opts.Linger <= 0 {
-		opts.Linger = 50 * time.Millisecond
+		opts.Linger = 200 * time.Millisecond
 	}
 	if opts.AckWait <= 0 {
 		opts.AckWait = 30 * time.Second

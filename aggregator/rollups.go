@@ -360,6 +360,10 @@ type writerState struct {
 	lost         bool // the consumer or its stream is gone
 	// caughtUp: the last message fetched had nothing pending behind it.
 	caughtUp bool
+	// pin is the pin of the messages held, pinMixed true when they came
+	// under several or none (see hold).
+	pin      string
+	pinMixed bool
 	// coarseAt is when the hour and day buckets were last committed.
 	coarseAt time.Time
 	// decoded holds the held messages decoded, by stream sequence, so that
@@ -435,7 +439,7 @@ func (w *RollupWriter) gather(ctx context.Context, cons jetstream.Consumer, s *w
 // writers (dead, or about to lose the partition) hold events, it waits for
 // them to come back after AckWait.
 func (w *RollupWriter) gate(ctx context.Context, cons jetstream.Consumer, s *writerState) bool {
-	pin := heldPin(s.held)
+	pin := s.heldPin()
 	if pin != "" && pin == s.verifiedPin && !s.gap {
 		// While the server keeps the partition pinned to us no one else
 		// receives any, and every delivery since the last check reached us
@@ -585,7 +589,7 @@ func (w *RollupWriter) fetch(cons jetstream.Consumer, s *writerState) error {
 			s.gap = true
 		}
 		s.lastDelivery = meta.Sequence.Consumer
-		s.held[meta.Sequence.Stream] = msg
+		s.hold(meta.Sequence.Stream, msg)
 		s.caughtUp = meta.NumPending == 0
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrPinIDMismatch) {
@@ -594,18 +598,29 @@ func (w *RollupWriter) fetch(cons jetstream.Consumer, s *writerState) error {
 	return nil
 }
 
-// heldPin returns the pin ID all held messages were delivered under, or "" when
-// they differ or carry none.
-func heldPin(held map[uint64]jetstream.Msg) string {
-	pin := ""
-	for _, msg := range held {
-		p := msg.Headers().Get("Nats-Pin-Id")
-		if p == "" || pin != "" && p != pin {
-			return ""
-		}
-		pin = p
+// hold adds msg, delivered for stream sequence seq, to s.held, and notes
+// the pin it came under: the gate asks on every fetch, and reading the
+// header of every held message each time cost the writer a quarter of
+// its work once batches stayed held across minute-bucket commits.
+func (s *writerState) hold(seq uint64, msg jetstream.Msg) {
+	p := msg.Headers().Get("Nats-Pin-Id")
+	if len(s.held) == 0 {
+		s.pin, s.pinMixed = p, p == ""
+	} else if p != s.pin || p == "" {
+		s.pinMixed = true
 	}
-	return pin
+	s.held[seq] = msg
+}
+
+// heldPin returns the pin ID all held messages were delivered under, or ""
+// when they differ, carry none, or none is held. Messages the gate drops
+// leave it as it was: at worst it says "" where one pin remains, and the
+// gate asks the server.
+func (s *writerState) heldPin() string {
+	if len(s.held) == 0 || s.pinMixed {
+		return ""
+	}
+	return s.pin
 }
 
 // lowCheckpoint is the lowest of the bucket checkpoints: every event at or
