@@ -344,3 +344,19 @@ func createConsumer(t *testing.T, js jetstream.JetStream, rollups *store.Rollups
 	w.Stop()
 	waitUnpinned(t, js, 0)
 }
+
+// rewindCheckpoints sets partition 0's checkpoint in every bucket back to
+// zero, as if no commit had reached it.
+func rewindCheckpoints(t *testing.T, rollups *store.Rollups) {
+	t.Helper()
+	ctx := context.Background()
+	for _, res := range testLayout {
+		_, rev, err := rollups.Checkpoint(ctx, res.Unit, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := rollups.Commit(ctx, res.Unit, 0, nil, 0, rev); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

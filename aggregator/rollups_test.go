@@ -42,15 +42,7 @@ func TestRollupWriterReplayCountsOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		if rewind {
-			for _, res := range testLayout {
-				_, rev, err := rollups.Checkpoint(ctx, res.Unit, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, _, err := rollups.Commit(ctx, res.Unit, 0, nil, 0, rev); err != nil {
-					t.Fatal(err)
-				}
-			}
+			rewindCheckpoints(t, rollups)
 		}
 		w := runWriter(t, js, rollups)
 		publish(t, js, clicks("ad-a", 3, now, fmt.Sprintf("a-more-%d", round))...)

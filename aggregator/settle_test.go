@@ -65,18 +65,10 @@ func TestRollupWriterSettlesEndedSlots(t *testing.T) {
 
 	// Replay the partition from its start with the checkpoints rewound: each
 	// rollup's MaxSeq skips what it holds, the settled sets included.
-	if err := js.DeleteConsumer(ctx, store.EventStreamName(0), "rollups-p0"); err != nil {
+	if err := js.DeleteConsumer(ctx, store.EventStreamName(0), aggregator.RollupConsumerName(0)); err != nil {
 		t.Fatal(err)
 	}
-	for _, res := range testLayout {
-		_, rev, err := rollups.Checkpoint(ctx, res.Unit, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := rollups.Commit(ctx, res.Unit, 0, nil, 0, rev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	rewindCheckpoints(t, rollups)
 	w = runWriter(t, js, rollups)
 	waitFolded(t, js, rollups, 1)
 	check("after a replay", 380, 320)

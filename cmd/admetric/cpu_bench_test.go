@@ -39,9 +39,10 @@ import (
 // the sets of ended slots to their settled keys.
 //
 // It does so twice in one run, each on a fresh DATA_DIR: "before", as the
-// rollup writers ran before #12 (atomic batches, ROLLUP_COMMITS=atomic, and
-// every visitor set kept in its rollup), and "after", with the defaults (key
-// by key with one replica, visitor sets settled apart), and reports both and
+// rollup writers and the archiver ran before #12 (atomic batches,
+// ROLLUP_COMMITS=atomic; every visitor set kept in its rollup; a commit of
+// every bucket as soon as a writer caught up; archive batches of 50 ms: see
+// writersAsBefore12), and "after", with the defaults, and reports both and
 // their ratio. ADMETRIC_BENCH_CPUPROFILE names a file for a CPU profile of
 // this process over the second measurement.
 //
@@ -54,9 +55,9 @@ func BenchmarkCPUPerEvent(b *testing.B) {
 	tmp := b.TempDir()
 	vg := &vegeta{b: b, ctx: ctx, bin: buildVegeta(b, ctx, tmp), dir: tmp}
 	for b.Loop() {
-		settleAtVisitors = -1
+		writersAsBefore12 = true
 		before := measureEventCPU(b, vg, "before", "atomic", rate, seconds)
-		settleAtVisitors = 0
+		writersAsBefore12 = false
 		after := measureEventCPU(b, vg, "after", "auto", rate, seconds)
 		for _, m := range []struct {
 			name string

@@ -274,13 +274,20 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 	}
 	d.goWorker("members", members.Run)
 	for p := range d.cfg.Partitions {
-		w := aggregator.NewRollupWriter(d.js, rollups, d.logger, d.aggMetrics, aggregator.RollupWriterOptions{
+		opts := aggregator.RollupWriterOptions{
 			Partition: p, Partitions: d.cfg.Partitions, Members: members, VisitorSalt: d.salt,
-			SettleAtVisitors: settleAtVisitors,
-		})
+		}
+		if writersAsBefore12 {
+			opts.SettleAtVisitors, opts.CaughtUpWait, opts.CoarseEvery = -1, -1, -1
+		}
+		w := aggregator.NewRollupWriter(d.js, rollups, d.logger, d.aggMetrics, opts)
 		d.goWorker("rollup-writer", w.Run)
 	}
-	archiver := aggregator.NewArchiver(d.js, postgres.NewArchive(d.db), d.logger, d.aggMetrics, aggregator.ArchiverOptions{Partitions: d.cfg.Partitions})
+	archiveOpts := aggregator.ArchiverOptions{Partitions: d.cfg.Partitions}
+	if writersAsBefore12 {
+		archiveOpts.Linger = 50 * time.Millisecond
+	}
+	archiver := aggregator.NewArchiver(d.js, postgres.NewArchive(d.db), d.logger, d.aggMetrics, archiveOpts)
 	if d.cfg.NATSReplicas > 1 {
 		spreader := &aggregator.LeaderSpreader{JS: d.js, Partitions: d.cfg.Partitions, Every: d.cfg.LeaderSpreadInterval, Logger: d.logger}
 		d.goWorker("leader-spreader", spreader.Run)
@@ -289,10 +296,12 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 	return nil
 }
 
-// settleAtVisitors is the rollup writers' RollupWriterOptions.SettleAtVisitors:
-// 0, the default, but for BenchmarkCPUPerEvent's measurement without
-// settled keys.
-var settleAtVisitors int
+// writersAsBefore12, set only by BenchmarkCPUPerEvent for its baseline,
+// runs the rollup writers and the archiver as they ran before issue #12:
+// every visitor set kept in its rollup, a commit as soon as a writer has
+// caught up, every bucket at every commit, archive batches of 50 ms (with
+// ROLLUP_COMMITS=atomic, the commits of then).
+var writersAsBefore12 bool
 
 // startCache puts the rollup cache in front of rollups, warmed from the last
 // snapshot when there is one, and starts its watch and the snapshot writer.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -128,6 +129,10 @@ func poster(base string, conns int) func(path, body, token string) int {
 		if err != nil {
 			return 0
 		}
+		// Read to the end: a body closed unread closes its connection, and
+		// every request would dial anew (thousands of connections a second,
+		// whose buffers the soak counted as the service's memory).
+		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		return resp.StatusCode
 	}
