@@ -72,6 +72,17 @@ func (r *Rollup) HeldVisitors(n int) int {
 	return total
 }
 
+// HasVisitors reports whether any slot of r that pick picks holds a
+// visitor set.
+func (r *Rollup) HasVisitors(pick func(slot int, s *Slot) bool) bool {
+	for i, s := range r.Slots {
+		if s.Visitors != nil && pick(i, s) {
+			return true
+		}
+	}
+	return false
+}
+
 // Settle moves the visitor sets of r's slots that move picks into settled,
 // merging them with what settled holds for those slots, and reports whether
 // it moved any. settled's MaxSeq becomes r's. On error r and settled may be

@@ -65,6 +65,9 @@ func TestSettleMovesVisitorsBelowN(t *testing.T) {
 		t.Errorf("HeldVisitors(3) = %d, want 9", got)
 	}
 	below3 := func(i int, _ *Slot) bool { return i < 3 }
+	if !r.HasVisitors(below3) {
+		t.Error("HasVisitors: none below 3 before Settle")
+	}
 	moved, err := r.Settle(settled, below3)
 	if err != nil || !moved {
 		t.Fatalf("Settle = %v, %v", moved, err)
@@ -86,6 +89,9 @@ func TestSettleMovesVisitorsBelowN(t *testing.T) {
 	}
 	if settled.MaxSeq != 77 {
 		t.Errorf("settled MaxSeq %d, want 77", settled.MaxSeq)
+	}
+	if r.HasVisitors(below3) {
+		t.Error("HasVisitors: some below 3 after Settle")
 	}
 	if moved, _ := r.Settle(settled, below3); moved {
 		t.Error("a second Settle moved something")
