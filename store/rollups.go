@@ -163,24 +163,6 @@ type Stored struct {
 	SettledRev uint64
 }
 
-// Merged returns the rollup with its settled visitor sets merged in, as one
-// value; s is not changed.
-func (s Stored) Merged() (*rollup.Rollup, error) {
-	v := rollup.New()
-	v.MaxSeq = s.Value.MaxSeq
-	for i, slot := range s.Value.Slots {
-		c := *slot
-		if slot.Visitors != nil {
-			c.Visitors = slot.Visitors.Clone()
-		}
-		v.Slots[i] = &c
-	}
-	if err := v.MergeVisitors(s.Settled); err != nil {
-		return nil, fmt.Errorf("store: merge settled visitors: %w", err)
-	}
-	return v, nil
-}
-
 // LoadStored reads the rollup at key in unit's bucket, then its settled
 // visitor sets: in that order, so that a set the writer moves between the
 // two reads is in at least one of them (the writer writes the settled key

@@ -14,7 +14,7 @@ import (
 )
 
 // schemaPath returns the IAB's VAST 4.2 schema: the file VAST_XSD names
-// (.ci/run sets it), else ../shared/vast/vast_4.2.xsd beside the repository,
+// (scripts/test sets it), else ../shared/vast/vast_4.2.xsd beside the repository,
 // where AdMetric's build machines keep it. It fails t, saying where to get
 // the file, when it is in neither place, and when xmllint is missing.
 func schemaPath(t *testing.T) string {
@@ -32,7 +32,7 @@ func schemaPath(t *testing.T) string {
 		t.Fatalf("VAST_XSD: %v", err)
 	}
 	if _, err := exec.LookPath("xmllint"); err != nil {
-		t.Fatal("xmllint is missing: install libxml2-utils (.ci/run does)")
+		t.Fatal("xmllint is missing: install libxml2-utils (scripts/test does)")
 	}
 	return p
 }

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -157,7 +156,7 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 			b.Logf("live load: %d events published during the API requests (%d/s asked)", n, liveRate)
 		}
 		if path := os.Getenv("ADMETRIC_BENCH_MEMPROFILE"); path != "" {
-			writeAllocsProfile(b, path)
+			writeProfile(b, "allocs", path)
 		}
 		var sqlOneAd, sqlAllAds, sqlOneAdWM, sqlAllAdsWM []time.Duration
 		for range sqlRuns {
@@ -259,19 +258,6 @@ func startLiveLoad(b *testing.B, natsURL string, ads []string, rate int) (stop f
 		}
 		nc.Close()
 		return n
-	}
-}
-
-// writeAllocsProfile writes the allocations of this process so far to path.
-func writeAllocsProfile(b *testing.B, path string) {
-	b.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
-		b.Fatal(err)
 	}
 }
 

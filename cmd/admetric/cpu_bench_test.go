@@ -156,17 +156,10 @@ func measureEventCPU(b *testing.B, vg *vegeta, name, commits string, rate, secon
 		adIDs[i] = fmt.Sprintf("cpu-ad-%03d", i)
 	}
 	fillRollupHistory(b, d.natsURL(), d.layout, adIDs, time.Now())
-	for i := range ads {
-		req, _ := http.NewRequest(http.MethodPost, base+"/ads", strings.NewReader(fmt.Sprintf(`{"id":"cpu-ad-%03d","title":"cpu"}`, i)))
-		req.Header.Set("Authorization", "Bearer "+testToken)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			b.Fatalf("create ad: %d", resp.StatusCode)
+	post := poster(base, 1)
+	for _, id := range adIDs {
+		if st := post("/ads", `{"id":"`+id+`","title":"cpu"}`, testToken); st != http.StatusCreated {
+			b.Fatalf("create ad %s: %d", id, st)
 		}
 	}
 	drain, _ := streamDrainer(b, d.natsURL(), d.cfg.Partitions)

@@ -73,7 +73,7 @@ func BenchmarkSoak(b *testing.B) {
 				s.at.Seconds(), s.rss, s.heap, s.events, load.failed.Load(), load.behind.Load())
 		}
 		if path := os.Getenv("ADMETRIC_BENCH_MEMPROFILE"); path != "" {
-			writeHeapProfile(b, path)
+			writeProfile(b, "heap", path)
 		}
 		load.Stop()
 		at := func(d time.Duration) sample {
@@ -96,16 +96,20 @@ func BenchmarkSoak(b *testing.B) {
 	}
 }
 
-// writeHeapProfile writes the live heap's profile to path.
-func writeHeapProfile(b *testing.B, path string) {
+// writeProfile writes the runtime profile name ("heap", "allocs") of this
+// process to path; a heap profile after a collection, as it shows live
+// objects as of the last one.
+func writeProfile(b *testing.B, name, path string) {
 	b.Helper()
 	f, err := os.Create(path)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	runtime.GC() // the profile shows live objects as of the last collection
-	if err := pprof.WriteHeapProfile(f); err != nil {
+	if name == "heap" {
+		runtime.GC()
+	}
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
 		b.Fatal(err)
 	}
 }

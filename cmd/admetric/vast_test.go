@@ -285,10 +285,10 @@ func TestDemoAdsVASTValidates(t *testing.T) {
 		schema = filepath.Join("..", "..", "..", "shared", "vast", "vast_4.2.xsd")
 	}
 	if _, err := os.Stat(schema); err != nil {
-		t.Fatalf("the VAST 4.2 schema: %v; point VAST_XSD at vast_4.2.xsd from github.com/InteractiveAdvertisingBureau/vast (.ci/run does)", err)
+		t.Fatalf("the VAST 4.2 schema: %v; point VAST_XSD at vast_4.2.xsd from github.com/InteractiveAdvertisingBureau/vast (scripts/test finds it beside the repository)", err)
 	}
 	if _, err := exec.LookPath("xmllint"); err != nil {
-		t.Fatal("xmllint is missing: install libxml2-utils (.ci/run does)")
+		t.Fatal("xmllint is missing: install libxml2-utils (scripts/test does)")
 	}
 	d := startTestDaemon(t, testEnv(testDataDir(t)))
 	base := "http://" + d.httpAddr()

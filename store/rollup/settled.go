@@ -108,27 +108,6 @@ func (r *Rollup) Settle(settled *Rollup, move func(slot int, s *Slot) bool) (boo
 	return moved, nil
 }
 
-// MergeVisitors adds the visitor sets of settled's slots to r's, for a
-// reader that wants one rollup; settled is not changed, and r's slots get
-// copies.
-func (r *Rollup) MergeVisitors(settled *Rollup) error {
-	if settled == nil {
-		return nil
-	}
-	for i, s := range settled.Slots {
-		if s.Visitors == nil {
-			continue
-		}
-		dst := r.Slot(i)
-		if dst.Visitors == nil {
-			dst.Visitors = s.Visitors.Clone()
-		} else if err := dst.Visitors.Merge(s.Visitors); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // DropSlots removes r's slots for which drop reports true and reports
 // whether it removed any.
 func (r *Rollup) DropSlots(drop func(slot int) bool) bool {

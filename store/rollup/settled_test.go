@@ -100,21 +100,18 @@ func TestSettleMovesVisitorsBelowN(t *testing.T) {
 		t.Error("settled slots hold counters")
 	}
 
-	merged := New()
-	for i, s := range r.Slots {
-		c := *s
-		merged.Slots[i] = &c
-	}
-	if err := merged.MergeVisitors(settled); err != nil {
-		t.Fatal(err)
-	}
+	// A reader adds both parts: each slot's union.
 	for i, want := range []uint64{3, 4, 3, 3, 3} {
-		if got := merged.Slots[i].Visitors.Count(); got != want {
-			t.Errorf("merged slot %d: %d visitors, want %d", i, got, want)
+		agg := &Aggregate{}
+		if err := agg.AddSlots(r, []int{i}); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if settled.Slots[1].Visitors.Count() != 4 {
-		t.Error("MergeVisitors changed its argument")
+		if err := agg.AddSlots(settled, []int{i}); err != nil {
+			t.Fatal(err)
+		}
+		if got := agg.UniqueVisitors(); got != want || agg.Impressions != uint64(i+1) {
+			t.Errorf("slot %d read from both parts: %d visitors, %d impressions; want %d and %d", i, got, agg.Impressions, want, i+1)
+		}
 	}
 }
 
