@@ -472,6 +472,38 @@ func TestRollupWriterCommitsOnceCaughtUp(t *testing.T) {
 	}
 }
 
+// A writer that gets nothing new after the minute bucket took a batch
+// commits the hour and day buckets and acknowledges without waiting for
+// CoarseEvery (here an hour).
+func TestRollupWriterCommitsCoarseBucketsOnceQuiet(t *testing.T) {
+	js, rollups := setup(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 1000, CoarseEvery: time.Hour})
+	publish(t, js, clicks("ad-q", 1, now, "q-first")...) // the first commit is to every bucket
+	waitFolded(t, js, rollups, 1)
+	publish(t, js, clicks("ad-q", 5, now, "q")...)
+	last := lastSeq(t, js, 0)
+	waitFor(t, func() bool {
+		for _, u := range []rollup.Unit{rollup.Hour, rollup.Day} {
+			if cp, _, err := rollups.Checkpoint(ctx, u, 0); err != nil || cp < last {
+				return false
+			}
+		}
+		return consumerInfo(t, js, aggregator.RollupConsumerName(0)).AckFloor.Stream == last
+	}, func() string {
+		info := consumerInfo(t, js, aggregator.RollupConsumerName(0))
+		return fmt.Sprintf("the hour and day buckets never took the quiet batch up to %d (ack floor %d)", last, info.AckFloor.Stream)
+	})
+	for _, u := range []rollup.Unit{rollup.Hour, rollup.Day} {
+		key, slot := u.Locate("ad-q", now)
+		v, _, err := rollups.Load(ctx, u, key)
+		if err != nil || v.Slots[slot] == nil || v.Slots[slot].Clicks != 6 {
+			t.Errorf("%s: %+v (%v), want 6 clicks", u, v, err)
+		}
+	}
+}
+
 // TestRollupWriterCommitsCoarseBucketsLater: while events keep coming, the
 // minute bucket takes each batch and the hour and day buckets take them
 // every CoarseEvery; the events stay unacknowledged until every bucket has
@@ -480,7 +512,7 @@ func TestRollupWriterCommitsCoarseBucketsLater(t *testing.T) {
 	js, rollups := setup(t)
 	ctx := context.Background()
 	now := time.Now().UTC()
-	w := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 1000, CoarseEvery: time.Hour})
+	w := runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{BatchSize: 1000, CoarseEvery: time.Hour, CoarseIdle: -1})
 	publish(t, js, clicks("ad-k", 1, now, "k-first")...) // the first commit is to every bucket
 	waitFolded(t, js, rollups, 1)
 	publish(t, js, clicks("ad-k", 5, now, "k")...)
