@@ -22,8 +22,9 @@ import (
 // accepted. The load comes from open-loop goroutines in this process (a
 // file of vegeta targets for 30 minutes would take gigabytes); their memory
 // is a few MiB. It logs the samples and reports the RSS after the first
-// minute, when the duplicate window is full, and at the end, and the RSS
-// growth per minute after the window. ADMETRIC_BENCH_MEMPROFILE names a file
+// minute, when the duplicate window is full, and at the end, the live heap
+// at the end, and the growth per minute after the window of the RSS and of
+// the live heap (least-squares slopes over the samples). ADMETRIC_BENCH_MEMPROFILE names a file
 // for a profile of the live heap at the end of the load;
 // ADMETRIC_BENCH_DUPLICATE_WINDOW sets STREAM_DUPLICATE_WINDOW, so that
 // shorter runs (GOGC against GOGC, say) reach the plateau sooner; the RSS
@@ -61,16 +62,17 @@ func BenchmarkSoak(b *testing.B) {
 		type sample struct {
 			at        time.Duration
 			rss, heap float64 // MiB
+			live      float64 // MiB: the heap the last collection left live
 			events    int64
 		}
 		var samples []sample
 		began := time.Now()
 		for t := time.Duration(0); t <= time.Duration(seconds)*time.Second; t += 30 * time.Second {
 			time.Sleep(time.Until(began.Add(t)))
-			s := sample{at: t, rss: rssMiB(), heap: heapMiB(), events: load.accepted.Load()}
+			s := sample{at: t, rss: rssMiB(), heap: heapMiB(), live: liveHeapMiB(), events: load.accepted.Load()}
 			samples = append(samples, s)
-			b.Logf("soak %4.0fs: RSS %6.1f MiB, heap in use %6.1f MiB, %d events accepted, %d failed, %d not offered",
-				s.at.Seconds(), s.rss, s.heap, s.events, load.failed.Load(), load.behind.Load())
+			b.Logf("soak %4.0fs: RSS %6.1f MiB, heap in use %6.1f MiB, live after the last GC %6.1f MiB, %d events accepted, %d failed, %d not offered",
+				s.at.Seconds(), s.rss, s.heap, s.live, s.events, load.failed.Load(), load.behind.Load())
 		}
 		if path := os.Getenv("ADMETRIC_BENCH_MEMPROFILE"); path != "" {
 			writeProfile(b, "heap", path)
@@ -89,11 +91,39 @@ func BenchmarkSoak(b *testing.B) {
 		b.ReportMetric(at(time.Minute).rss, "rss_1min_MiB")
 		b.ReportMetric(window.rss, "rss_window_MiB")
 		b.ReportMetric(end.rss, "rss_end_MiB")
-		if mins := (end.at - window.at).Minutes(); mins > 0 {
-			b.ReportMetric((end.rss-window.rss)/mins, "rss_after_window_MiB/min")
+		// With GOGC=100 the RSS swings between the live heap and twice it
+		// from one sample to the next: two samples' difference is mostly
+		// that swing, so the growth is the slope of a least-squares line
+		// through every sample after the window, of the RSS and of the
+		// live heap.
+		var after []sample
+		for _, s := range samples {
+			if s.at >= window.at {
+				after = append(after, s)
+			}
 		}
+		if len(after) >= 3 {
+			mins, rss, live := make([]float64, len(after)), make([]float64, len(after)), make([]float64, len(after))
+			for i, s := range after {
+				mins[i], rss[i], live[i] = s.at.Minutes(), s.rss, s.live
+			}
+			b.ReportMetric(slope(mins, rss), "rss_after_window_MiB/min")
+			b.ReportMetric(slope(mins, live), "live_after_window_MiB/min")
+		}
+		b.ReportMetric(end.live, "live_end_MiB")
 		b.ReportMetric(float64(end.events)/end.at.Seconds(), "accepted_events/s")
 	}
+}
+
+// slope is the slope of the least-squares line through the points (xs[i], ys[i]).
+func slope(xs, ys []float64) float64 {
+	n := float64(len(xs))
+	var sx, sy, sxx, sxy float64
+	for i := range xs {
+		sx, sy = sx+xs[i], sy+ys[i]
+		sxx, sxy = sxx+xs[i]*xs[i], sxy+xs[i]*ys[i]
+	}
+	return (n*sxy - sx*sy) / (n*sxx - sx*sx)
 }
 
 // writeProfile writes the runtime profile name ("heap", "allocs") of this
@@ -127,6 +157,14 @@ func rssMiB() float64 {
 		}
 	}
 	return 0
+}
+
+// liveHeapMiB is the Go heap the last collection left live (marked): what
+// the process holds, without the garbage GOGC lets pile up before the next.
+func liveHeapMiB() float64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	return float64(s[0].Value.Uint64()) / (1 << 20)
 }
 
 // heapMiB is the Go heap's bytes in live and not yet swept objects.
