@@ -105,7 +105,7 @@ func Fold(resolutions []rollup.Resolution, values map[Key]*rollup.Rollup, recs [
 // invalid event counts as invalid and in nothing else, its visitor included.
 func apply(s *rollup.Slot, r *Record) {
 	if r.Event.InvalidReason != "" {
-		s.Invalid++
+		countInvalid(s, &r.Event)
 		return
 	}
 	// A serving's impression and click count as such only under the ID the
@@ -143,5 +143,30 @@ func apply(s *rollup.Slot, r *Record) {
 	}
 	if r.Visitor != 0 {
 		s.AddVisitor(r.Visitor)
+	}
+}
+
+// countInvalid counts an invalid event by its type and its reason.
+func countInvalid(s *rollup.Slot, e *event.Event) {
+	s.Invalid++
+	switch e.Type {
+	case event.Impression:
+		s.InvalidImpressions++
+	case event.Click:
+		s.InvalidClicks++
+	}
+	switch e.InvalidReason {
+	case event.BadSignature:
+		s.InvalidSignature++
+	case event.Playback:
+		s.InvalidPlayback++
+	case event.Bot:
+		s.InvalidBot++
+	case event.ClickWithoutImpression:
+		s.InvalidClickWithoutImpression++
+	case event.DuplicateClick:
+		s.InvalidDuplicateClick++
+	case event.Rate:
+		s.InvalidRate++
 	}
 }

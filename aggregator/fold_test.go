@@ -152,9 +152,19 @@ func TestFoldCountsEachType(t *testing.T) {
 		{"click naming a serving under an ID of its own", event.Click, namesServing,
 			rollup.Counters{Clicks: 1, PlaybackMillis: 12500, PlaybackCount: 1}, nil, 1},
 		{"invalid click", event.Click, func(e *event.Event) { served(e); e.InvalidReason = event.BadSignature },
-			rollup.Counters{Invalid: 1}, nil, 0},
+			rollup.Counters{Invalid: 1, InvalidClicks: 1, InvalidSignature: 1}, nil, 0},
 		{"invalid error", event.Error, func(e *event.Event) { e.ErrorCode = 402; e.InvalidReason = event.BadSignature },
-			rollup.Counters{Invalid: 1}, nil, 0},
+			rollup.Counters{Invalid: 1, InvalidSignature: 1}, nil, 0},
+		{"bot impression", event.Impression, func(e *event.Event) { e.InvalidReason = event.Bot },
+			rollup.Counters{Invalid: 1, InvalidImpressions: 1, InvalidBot: 1}, nil, 0},
+		{"impossible playback", event.Click, func(e *event.Event) { e.InvalidReason = event.Playback },
+			rollup.Counters{Invalid: 1, InvalidClicks: 1, InvalidPlayback: 1}, nil, 0},
+		{"click without impression", event.Click, func(e *event.Event) { served(e); e.InvalidReason = event.ClickWithoutImpression },
+			rollup.Counters{Invalid: 1, InvalidClicks: 1, InvalidClickWithoutImpression: 1}, nil, 0},
+		{"duplicate click", event.Click, func(e *event.Event) { e.InvalidReason = event.DuplicateClick },
+			rollup.Counters{Invalid: 1, InvalidClicks: 1, InvalidDuplicateClick: 1}, nil, 0},
+		{"quartile beyond the rate", event.Midpoint, func(e *event.Event) { e.InvalidReason = event.Rate },
+			rollup.Counters{Invalid: 1, InvalidRate: 1}, nil, 0},
 	}
 	covered := map[event.Type]bool{}
 	for _, tc := range tests {

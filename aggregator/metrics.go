@@ -14,6 +14,9 @@ type Metrics struct {
 	archived      prometheus.Counter
 	archiveErrors prometheus.Counter
 	restarts      *prometheus.CounterVec
+	invalid       *prometheus.CounterVec
+	judgeEntries  *prometheus.GaugeVec
+	judgeBytes    *prometheus.GaugeVec
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -52,6 +55,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Times a consumer was set up again after NATS failed it (no connection, a missing heartbeat while a leader moved, the consumer deleted), by consumer.",
 		}, []string{"consumer"}),
 	}
+	m.invalid = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "admetric_invalid_events_total", Help: "Events folded as invalid traffic, by reason (counted when the day bucket takes them).",
+	}, []string{"reason"})
+	m.judgeEntries = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "admetric_ivt_state_entries", Help: "Entries the invalid-traffic rules remember, by partition and kind (clicks, minute counts, servings), as of the last commit.",
+	}, []string{"partition", "kind"})
+	m.judgeBytes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "admetric_ivt_state_bytes", Help: "Bytes of the invalid-traffic rules' state as committed to KV, by partition.",
+	}, []string{"partition"})
+	reg.MustRegister(m.invalid, m.judgeEntries, m.judgeBytes)
 	reg.MustRegister(m.folded, m.duplicates, m.tooOld, m.poison, m.commitErrors, m.commitSeconds, m.settled, m.archived, m.archiveErrors, m.restarts)
 	return m
 }

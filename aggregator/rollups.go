@@ -79,6 +79,10 @@ type RollupWriterOptions struct {
 	// rollup, rewritten with it at every commit (as before settled keys; for
 	// measuring them).
 	SettleAtVisitors int
+	// Rules, when set, are the invalid-traffic rules the writer applies in
+	// stream order (see Judge); their state is committed to the day bucket
+	// with its checkpoint. Nil folds every event as the intake marked it.
+	Rules *Rules
 }
 
 // RollupConsumerName is the durable consumer of partition p's rollup writers.
@@ -122,6 +126,9 @@ type RollupWriter struct {
 
 	cache       map[Key]*cachedRollup
 	checkpoints [3]cachedCheckpoint
+	// judge applies Rules; judgeRevs are the revisions of its state's keys.
+	judge     *Judge
+	judgeRevs map[string]uint64
 }
 
 // cachedRollup is a rollup as the writer last read or wrote it, and its
@@ -291,7 +298,7 @@ func (w *RollupWriter) fold(ctx context.Context, cons jetstream.Consumer, src so
 		coarse := len(s.held) >= w.opts.BatchSize || time.Since(s.coarseAt) >= w.opts.CoarseEvery || w.quiet(s, last)
 		// The batch is committed even when ctx ends meanwhile: finishing it
 		// spares the next writer a replay.
-		if !w.commitRetrying(ctx, recs, last, coarse) {
+		if !w.commitRetrying(ctx, s, recs, last, coarse) {
 			return foldStopped
 		}
 		if !coarse {
@@ -323,7 +330,7 @@ func (w *RollupWriter) finish(ctx context.Context, s *writerState) {
 		return
 	}
 	recs, last := w.records(s)
-	if w.commitRetrying(ctx, recs, last, true) {
+	if w.commitRetrying(ctx, s, recs, last, true) {
 		w.ack(ctx, s, last)
 	}
 }
@@ -391,6 +398,10 @@ type writerState struct {
 	// those that stay held while the minute bucket is committed again are
 	// decoded once; nil for poison.
 	decoded map[uint64]*Record
+	// judgeErr is the judge's refusal of a record (out of order): the
+	// commit fails, and its retry starts the judge again from KV.
+	judgeErr     error
+	warnedBehind bool
 
 	seqs []uint64 // records' buffers, reused from batch to batch
 	recs []Record
@@ -415,6 +426,9 @@ func (w *RollupWriter) start(ctx context.Context, src source) (jetstream.Consume
 		return nil, fmt.Errorf("aggregator: rollup consumer p%d on %s: %w", w.opts.Partition, src.stream, err)
 	}
 	if err := w.loadCheckpoints(ctx); err != nil {
+		return nil, err
+	}
+	if err := w.loadJudge(ctx); err != nil {
 		return nil, err
 	}
 	mode := "atomic batches"
@@ -528,6 +542,7 @@ func (w *RollupWriter) records(s *writerState) (recs []Record, last uint64) {
 				w.logger.Warn("skipping poison message", "err", err)
 			} else {
 				rec = &r
+				w.decide(s, rec)
 			}
 			s.decoded[seq] = rec
 		}
@@ -536,6 +551,24 @@ func (w *RollupWriter) records(s *writerState) (recs []Record, last uint64) {
 		}
 	}
 	return recs, seqs[len(seqs)-1]
+}
+
+// decide applies the rules to rec. An event at or below the judge's
+// sequence is one the judge already took, which only a bucket behind the
+// day bucket's checkpoint refolds (one deleted and made anew): its
+// decision is not kept, and it folds as the intake marked it.
+func (w *RollupWriter) decide(s *writerState, rec *Record) {
+	if w.judge == nil || s.judgeErr != nil {
+		return
+	}
+	if rec.Seq <= w.judge.Seq() {
+		if !s.warnedBehind {
+			s.warnedBehind = true
+			w.logger.Warn("refolding events the invalid-traffic rules judged before; their decisions are not kept", "seq", rec.Seq, "judged", w.judge.Seq())
+		}
+		return
+	}
+	s.judgeErr = w.judge.Decide(rec)
 }
 
 // ack acknowledges the committed batch up to last with one ack (AckAll:
@@ -668,8 +701,10 @@ func (w *RollupWriter) lowCheckpoint() uint64 {
 // buckets too when coarse, until it succeeds, or ctx ends between tries; it
 // reports whether it committed. A try that ctx's end interrupts is finished
 // first. Each retry reloads from KV, and the MaxSeq of each rollup makes the
-// refold skip whatever an earlier try already saved.
-func (w *RollupWriter) commitRetrying(ctx context.Context, recs []Record, lastSeq uint64, coarse bool) bool {
+// refold skip whatever an earlier try already saved; with rules, the retry
+// decodes and judges s.held again from the state committed with the day
+// checkpoint (another writer may have moved it).
+func (w *RollupWriter) commitRetrying(ctx context.Context, s *writerState, recs []Record, lastSeq uint64, coarse bool) bool {
 	cctx := context.WithoutCancel(ctx)
 	tries := 0
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
@@ -678,9 +713,17 @@ func (w *RollupWriter) commitRetrying(ctx context.Context, recs []Record, lastSe
 			if err := w.loadCheckpoints(cctx); err != nil {
 				return struct{}{}, err
 			}
+			if err := w.loadJudge(cctx); err != nil {
+				return struct{}{}, err
+			}
 			// Another writer may have committed some of these meanwhile.
-			floor := w.lowCheckpoint()
-			recs = slices.DeleteFunc(recs, func(r Record) bool { return r.Seq <= floor })
+			clear(s.decoded)
+			s.judgeErr = nil
+			recs, lastSeq = w.records(s)
+		}
+		if s.judgeErr != nil {
+			w.metrics.commitErrors.Inc()
+			return struct{}{}, s.judgeErr
 		}
 		err := w.commit(cctx, recs, lastSeq, coarse)
 		if err != nil {
@@ -763,17 +806,33 @@ func (w *RollupWriter) commitUnit(ctx context.Context, res []rollup.Resolution, 
 	if seq <= cp.seq && len(keys) == 0 {
 		return st, nil
 	}
-	writes := make([]store.Write, len(keys))
+	writes := make([]store.Write, len(keys), len(keys)+judgeShards+1)
 	for i, k := range keys {
 		c := w.cache[k]
 		writes[i] = store.Write{Key: k.Key, Value: c.v, Rev: c.rev}
+	}
+	var state []StateWrite
+	if u == rollup.Day && w.judge != nil {
+		state = w.judge.Writes()
+		for _, sw := range state {
+			writes = append(writes, store.RawWrite(sw.Key, sw.Data, w.judgeRevs[sw.Key]))
+		}
 	}
 	revs, cpRev, err := w.rollups.Commit(ctx, u, w.opts.Partition, writes, seq, cp.rev)
 	if err != nil {
 		return st, err
 	}
+	if u == rollup.Day {
+		w.countInvalid(recs)
+	}
 	for i, k := range keys {
 		w.cache[k].rev = revs[i]
+	}
+	for i, sw := range state {
+		w.judgeRevs[sw.Key] = revs[len(keys)+i]
+	}
+	if len(state) > 0 {
+		w.reportJudge()
 	}
 	cp.seq, cp.rev = seq, cpRev
 	return st, nil
@@ -821,6 +880,58 @@ func (w *RollupWriter) settle(ctx context.Context, keys []Key, now time.Time) er
 		w.metrics.settled.Add(float64(len(writes[u])))
 	}
 	return nil
+}
+
+// loadJudge reads the rules' state committed with the day bucket's
+// checkpoint; without rules it does nothing.
+func (w *RollupWriter) loadJudge(ctx context.Context) error {
+	if w.opts.Rules == nil {
+		return nil
+	}
+	p := w.opts.Partition
+	w.judgeRevs = make(map[string]uint64, judgeShards+1)
+	load := func(key string) ([]byte, error) {
+		data, rev, err := w.rollups.LoadRaw(ctx, rollup.Day, key)
+		w.judgeRevs[key] = rev
+		return data, err
+	}
+	head, err := load(JudgeHeadKey(p))
+	if err != nil {
+		return err
+	}
+	shards := make([][]byte, judgeShards)
+	for i := range shards {
+		if shards[i], err = load(JudgeShardKey(p, i)); err != nil {
+			return err
+		}
+	}
+	j, err := LoadJudge(*w.opts.Rules, p, w.checkpoints[rollup.Day].seq, head, shards)
+	if err != nil {
+		return err
+	}
+	w.judge = j
+	w.reportJudge()
+	return nil
+}
+
+// countInvalid counts the invalid events among recs, which the day bucket
+// takes, by reason.
+func (w *RollupWriter) countInvalid(recs []Record) {
+	for i := range recs {
+		if r := recs[i].Event.InvalidReason; r != "" {
+			w.metrics.invalid.WithLabelValues(string(r)).Inc()
+		}
+	}
+}
+
+// reportJudge sets the state's gauges.
+func (w *RollupWriter) reportJudge() {
+	p := strconv.Itoa(w.opts.Partition)
+	clicks, rates, servings := w.judge.Entries()
+	w.metrics.judgeEntries.WithLabelValues(p, "clicks").Set(float64(clicks))
+	w.metrics.judgeEntries.WithLabelValues(p, "minute_counts").Set(float64(rates))
+	w.metrics.judgeEntries.WithLabelValues(p, "servings").Set(float64(servings))
+	w.metrics.judgeBytes.WithLabelValues(p).Set(float64(w.judge.Size()))
 }
 
 // loadCheckpoints reads each bucket's checkpoint of the partition.

@@ -188,6 +188,29 @@ type Write struct {
 	raw []byte // instead of Value: a checkpoint
 }
 
+// RawWrite is a write of data as it is, not a rollup: state the writer
+// commits beside its rollups (the invalid-traffic rules').
+func RawWrite(key string, data []byte, rev uint64) Write {
+	return Write{Key: key, Rev: rev, raw: data}
+}
+
+// LoadRaw returns the bytes stored at key in unit's bucket and their
+// revision: nil and 0 when absent, nil and the marker's revision when
+// deleted or expired.
+func (r *Rollups) LoadRaw(ctx context.Context, u rollup.Unit, key string) ([]byte, uint64, error) {
+	msg, err := r.streams[u].GetLastMsgForSubject(ctx, r.subject(u, key))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: get %s %s: %w", u, key, err)
+	}
+	if msg.Header.Get("KV-Operation") != "" || msg.Header.Get(jetstream.MarkerReasonHeader) != "" {
+		return nil, msg.Sequence, nil
+	}
+	return msg.Data, msg.Sequence, nil
+}
+
 // Commit stores writes and partition's checkpoint (seq, at revision cpRev) in
 // unit's bucket and returns the new revision of each write and of the checkpoint.
 // A key or checkpoint that moved gives ErrConflict.

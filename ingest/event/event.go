@@ -15,6 +15,7 @@ import (
 	"math"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -96,18 +97,34 @@ type Event struct {
 // InvalidReason says why an event does not count as valid traffic.
 type InvalidReason string
 
-// The reasons an event is invalid.
+// The reasons an event is invalid (general invalid traffic). The intake
+// decides signature and playback; the rollup writers decide the others in
+// stream order (see aggregator.Judge).
 const (
+	// Bot: a known crawler, spider, monitor or headless browser, or an
+	// empty user agent.
+	Bot InvalidReason = "bot"
+	// DuplicateClick: the visitor clicked the same ad less than the
+	// duplicate-click window before.
+	DuplicateClick InvalidReason = "duplicate_click"
+	// Rate: the visitor sent more than the allowed events for the ad in one
+	// minute.
+	Rate InvalidReason = "rate"
+	// ClickWithoutImpression: a VAST click whose serving had no impression.
+	ClickWithoutImpression InvalidReason = "click_without_impression"
+	// Playback: a click whose playback position exceeds the ad's duration.
+	Playback InvalidReason = "playback"
 	// BadSignature: a VAST pixel whose signature is wrong or expired, so
 	// its serving cannot be trusted.
 	BadSignature InvalidReason = "signature"
 )
 
-// InvalidReasons lists every reason in a stable order.
-var InvalidReasons = []InvalidReason{BadSignature}
+// InvalidReasons lists every reason in a stable order: the order in which
+// rules are applied, the first that holds naming the event's reason.
+var InvalidReasons = []InvalidReason{BadSignature, Playback, Bot, ClickWithoutImpression, DuplicateClick, Rate}
 
 // Valid reports whether r is one of InvalidReasons.
-func (r InvalidReason) Valid() bool { return r == BadSignature }
+func (r InvalidReason) Valid() bool { return slices.Contains(InvalidReasons, r) }
 
 // FromServing reports whether e's ID is the one a VAST serving's event of
 // its type derives, "<serving_id>.<type>", as AdMetric's tracking pixels

@@ -29,8 +29,20 @@ type Counters struct {
 	Servings      uint64 `json:"servings"`
 	ServingClicks uint64 `json:"serving_clicks"`
 	// Invalid counts the events that are not valid traffic, which count in
-	// nothing else.
-	Invalid uint64 `json:"invalid"`
+	// nothing else (their visitors included); InvalidImpressions and
+	// InvalidClicks those of them that are impressions and clicks, and the
+	// Invalid<Reason> counters split it by reason (event.InvalidReasons).
+	// Values of codec version 3 and before knew the signature reason only,
+	// and not the types.
+	Invalid                       uint64 `json:"invalid"`
+	InvalidImpressions            uint64 `json:"invalid_impressions"`
+	InvalidClicks                 uint64 `json:"invalid_clicks"`
+	InvalidSignature              uint64 `json:"invalid_signature"`
+	InvalidPlayback               uint64 `json:"invalid_playback"`
+	InvalidBot                    uint64 `json:"invalid_bot"`
+	InvalidClickWithoutImpression uint64 `json:"invalid_click_without_impression"`
+	InvalidDuplicateClick         uint64 `json:"invalid_duplicate_click"`
+	InvalidRate                   uint64 `json:"invalid_rate"`
 }
 
 // Add adds o to c.
@@ -49,20 +61,31 @@ func (c *Counters) Add(o *Counters) {
 	c.Servings += o.Servings
 	c.ServingClicks += o.ServingClicks
 	c.Invalid += o.Invalid
+	c.InvalidImpressions += o.InvalidImpressions
+	c.InvalidClicks += o.InvalidClicks
+	c.InvalidSignature += o.InvalidSignature
+	c.InvalidPlayback += o.InvalidPlayback
+	c.InvalidBot += o.InvalidBot
+	c.InvalidClickWithoutImpression += o.InvalidClickWithoutImpression
+	c.InvalidDuplicateClick += o.InvalidDuplicateClick
+	c.InvalidRate += o.InvalidRate
 }
 
 // fields lists the counters in their encoding's order; codec version 2 has
-// the first v2Fields of them.
+// the first v2Fields of them, version 3 the first v3Fields.
 func (c *Counters) fields() [numFields]*uint64 {
 	return [numFields]*uint64{
 		&c.Impressions, &c.Clicks, &c.Starts, &c.FirstQuartiles, &c.Midpoints,
 		&c.ThirdQuartiles, &c.Completes, &c.Skips, &c.PlaybackMillis, &c.PlaybackCount,
 		&c.Errors, &c.Servings, &c.ServingClicks, &c.Invalid,
+		&c.InvalidImpressions, &c.InvalidClicks, &c.InvalidSignature, &c.InvalidPlayback,
+		&c.InvalidBot, &c.InvalidClickWithoutImpression, &c.InvalidDuplicateClick, &c.InvalidRate,
 	}
 }
 
 const (
-	numFields = 14
+	numFields = 22
+	v3Fields  = 14
 	v2Fields  = 10
 )
 
@@ -110,10 +133,12 @@ func (r *Rollup) Slot(i int) *Slot {
 
 // Codec versions: 1 stored every visitor set as a HyperLogLog; 2 stores small
 // sets exactly (see ExactVisitors); 3 adds the VAST counters and the error
-// codes. Versions 1 and 2 still decode.
+// codes; 4 the invalid counters by type and reason. Versions 1 to 3 still
+// decode.
 const (
 	rollupCodecV1      = 1
-	rollupCodecVersion = 3
+	rollupCodecV3      = 3
+	rollupCodecVersion = 4
 )
 
 // ErrCorrupt is returned when a KV value cannot be decoded.
@@ -158,8 +183,11 @@ func (r *Rollup) UnmarshalBinary(data []byte) error {
 	version := data[0]
 	v1 := version == rollupCodecV1
 	nFields := numFields
-	if version < rollupCodecVersion {
+	switch {
+	case version < rollupCodecV3:
 		nFields = v2Fields
+	case version == rollupCodecV3:
+		nFields = v3Fields
 	}
 	d := decoder{buf: data[1:]}
 	r.MaxSeq = d.uvarint()
@@ -178,8 +206,11 @@ func (r *Rollup) UnmarshalBinary(data []byte) error {
 		for _, f := range fields[:nFields] {
 			*f = d.uvarint()
 		}
-		if version == rollupCodecVersion {
+		if version >= rollupCodecV3 {
 			s.ErrorCodes = d.codes()
+		}
+		if version == rollupCodecV3 {
+			s.InvalidSignature = s.Invalid // the only reason version 3 knew
 		}
 		if v1 {
 			skLen := d.uvarint()

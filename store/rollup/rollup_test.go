@@ -176,19 +176,22 @@ func TestRollupCodecGolden(t *testing.T) {
 	t.Parallel()
 	// The encoding is persisted in KV: a format change must be deliberate.
 	r := &Rollup{MaxSeq: 300, Slots: map[int]*Slot{
-		130: {Counters: Counters{Clicks: 2, Errors: 3, ServingClicks: 1, Invalid: 4},
+		130: {Counters: Counters{Clicks: 2, Errors: 3, ServingClicks: 1, Invalid: 4, InvalidClicks: 3, InvalidImpressions: 1,
+			InvalidBot: 2, InvalidDuplicateClick: 1, InvalidRate: 1},
 			ErrorCodes: CodeCounts{{Code: 0, N: 1}, {Code: 303, N: 2}}},
 		2: {Counters: Counters{Impressions: 1, PlaybackCount: 128, Servings: 1}},
 	}}
 	r.Slots[2].AddVisitor(0x0102030405060708)
 	r.Slots[2].AddVisitor(0x01)
 	want := []byte{
-		3,          // version
+		4,          // version
 		0xac, 0x02, // MaxSeq 300
 		2,                                     // two slots, in index order
 		2,                                     // slot 2
 		1, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x01, // counters
 		0, 1, 0, 0, // errors, servings, serving clicks, invalid
+		0, 0, // invalid impressions, clicks
+		0, 0, 0, 0, 0, 0, // invalid by reason: signature, playback, bot, click without impression, duplicate click, rate
 		0,    // no error codes
 		1, 2, // two exact visitor hashes, ascending
 		0, 0, 0, 0, 0, 0, 0, 1,
@@ -196,6 +199,8 @@ func TestRollupCodecGolden(t *testing.T) {
 		0x82, 0x01, // slot 130
 		0, 2, 0, 0, 0, 0, 0, 0, 0, 0, // counters
 		3, 0, 1, 4, // errors, servings, serving clicks, invalid
+		1, 3, // invalid impressions, clicks
+		0, 0, 2, 0, 1, 1, // invalid by reason
 		2, 0, 1, 0xaf, 0x02, 2, // two error codes: 0 once, 303 twice
 		0, // no visitors
 	}
@@ -237,6 +242,34 @@ func TestRollupDecodesVersion2(t *testing.T) {
 	}
 	if r.MaxSeq != 300 || len(r.Slots) != 2 {
 		t.Errorf("MaxSeq %d, %d slots; want 300, 2", r.MaxSeq, len(r.Slots))
+	}
+}
+
+func TestRollupDecodesVersion3(t *testing.T) {
+	t.Parallel()
+	// Values written before the invalid counters by reason: fourteen
+	// counters, the last the invalid events, all of them bad signatures.
+	v3 := []byte{
+		3, 7, 1,
+		5, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 4, // counters
+		1, 0x92, 0x03, 1, // one error code, 402, once
+		0, // no visitors
+	}
+	var r Rollup
+	if err := r.UnmarshalBinary(v3); err != nil {
+		t.Fatal(err)
+	}
+	want := Counters{Impressions: 1, Clicks: 2, Errors: 1, Invalid: 4, InvalidSignature: 4}
+	if s := r.Slots[5]; s == nil || s.Counters != want || !slices.Equal(s.ErrorCodes, CodeCounts{{402, 1}}) {
+		t.Fatalf("slot 5 = %+v, want counters %+v and code 402 once", s, want)
+	}
+	again, err := r.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r4 Rollup
+	if err := r4.UnmarshalBinary(again); err != nil || again[0] != rollupCodecVersion || r4.Slots[5].Counters != want {
+		t.Errorf("re-encoded as version %d: %+v (%v)", again[0], r4.Slots[5], err)
 	}
 }
 
@@ -292,9 +325,12 @@ func craftEncoding(version byte, count uint64, indices ...uint64) []byte {
 	b = binary.AppendUvarint(b, count)
 	for _, i := range indices {
 		b = binary.AppendUvarint(b, i)
-		if version >= 3 {
+		switch {
+		case version >= 4:
 			b = append(b, make([]byte, numFields+1)...)
-		} else {
+		case version == 3:
+			b = append(b, make([]byte, v3Fields+1)...)
+		default:
 			b = append(b, make([]byte, v2Fields)...)
 		}
 		b = append(b, 0)
@@ -333,7 +369,8 @@ func TestRollupUnmarshalRejects(t *testing.T) {
 		{"nil", nil},
 		{"empty", []byte{}},
 		{"version 0", append([]byte{0}, valid[1:]...)},
-		{"version 4", append([]byte{4}, valid[1:]...)},
+		{"version 5", append([]byte{5}, valid[1:]...)},
+		{"v4 codes past end", append(craftEncoding(4, 1, 0)[:4+numFields], 2, 5, 1)},
 		{"v3 too many codes", append(craftEncoding(3, 1, 0)[:18], 0x81, 0x08)},
 		{"v3 codes out of order", append(craftEncoding(3, 1, 0)[:18], 2, 5, 1, 4, 1, 0)},
 		{"v3 code counted zero times", append(craftEncoding(3, 1, 0)[:18], 1, 5, 0, 0)},
@@ -441,13 +478,18 @@ func TestRollupSlot(t *testing.T) {
 
 func TestRollupCountersAdd(t *testing.T) {
 	t.Parallel()
-	a := Counters{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}
-	b := Counters{10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140}
+	// Every field set apart, so that a field Add forgets shows.
+	var a, b, want Counters
+	af, bf, wf := a.fields(), b.fields(), want.fields()
+	for i := range numFields {
+		*af[i], *bf[i], *wf[i] = uint64(i+1), uint64(10*(i+1)), uint64(11*(i+1))
+	}
+	bCopy := b
 	a.Add(&b)
-	if want := (Counters{11, 22, 33, 44, 55, 66, 77, 88, 99, 110, 121, 132, 143, 154}); a != want {
+	if a != want {
 		t.Errorf("Add = %+v, want %+v", a, want)
 	}
-	if want := (Counters{10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140}); b != want {
+	if b != bCopy {
 		t.Errorf("Add changed its argument: %+v", b)
 	}
 }
