@@ -38,8 +38,10 @@ func envInt(name string, def int) int {
 // in the same process, it drains them three ways: the single stream with one
 // consumer that does no work but fetch 2,000 and ack once per batch (the old
 // layout's ceiling), the partition streams with one such consumer each, and
-// the partition streams with one rollup writer each into fresh buckets. It
-// reports the three rates and the writers' share of each ceiling.
+// the partition streams with one rollup writer each into fresh buckets,
+// without the invalid-traffic rules and with them. It reports the rates,
+// the writers' share of each ceiling, and the rate with the rules over the
+// rate without.
 //
 //	ADMETRIC_BENCH_EVENTS=1000000 go test -run '^$' -bench Drain -benchtime 1x ./aggregator/
 func BenchmarkDrain(b *testing.B) {
@@ -89,11 +91,16 @@ func BenchmarkDrain(b *testing.B) {
 		b.Fatalf("partition streams hold %d messages, the single stream %d, want %d each", total, streamMsgs(b, js, single), n)
 	}
 
-	var ceiling, partitioned, writer float64
+	bots, err := aggregator.LoadBots(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ceiling, partitioned, writer, judged float64
 	for iter := 0; b.Loop(); iter++ {
 		ceiling = drainNoop(b, js, iter, []string{single})
 		partitioned = drainNoop(b, js, iter, streams)
-		writer = drainWriters(b, js, partitions, n)
+		writer = drainWriters(b, js, partitions, n, nil)
+		judged = drainWriters(b, js, partitions, n, &aggregator.Rules{Bots: bots})
 	}
 	b.ReportMetric(ceiling, "single_noop_events/s")
 	// The same no-op drain with one unfiltered consumer per partition stream,
@@ -102,6 +109,9 @@ func BenchmarkDrain(b *testing.B) {
 	b.ReportMetric(writer, "writer_events/s")
 	b.ReportMetric(writer/ceiling, "writer/single_noop")
 	b.ReportMetric(writer/partitioned, "writer/partitioned_noop")
+	// The invalid-traffic rules on (the service's default) against off.
+	b.ReportMetric(judged, "writer_rules_events/s")
+	b.ReportMetric(judged/writer, "rules/no_rules")
 	if peak, err := peakRSS(); err == nil {
 		// The whole test process: the embedded nats-server and the publisher too.
 		b.ReportMetric(float64(peak)/(1<<20), "peak_rss_MiB")
@@ -212,8 +222,8 @@ func drainNoop(b *testing.B, js jetstream.JetStream, iter int, streams []string)
 }
 
 // drainWriters drains the stream with one rollup writer per partition into
-// fresh buckets and returns events per second.
-func drainWriters(b *testing.B, js jetstream.JetStream, partitions, n int) float64 {
+// fresh buckets, applying rules (nil: none), and returns events per second.
+func drainWriters(b *testing.B, js jetstream.JetStream, partitions, n int, rules *aggregator.Rules) float64 {
 	b.Helper()
 	ctx := context.Background()
 	for _, res := range testLayout {
@@ -259,7 +269,7 @@ func drainWriters(b *testing.B, js jetstream.JetStream, partitions, n int) float
 	start := time.Now()
 	for p := range partitions {
 		w := aggregator.NewRollupWriter(js, rollups, slog.New(slog.DiscardHandler), metrics,
-			aggregator.RollupWriterOptions{Partition: p, Partitions: partitions, BatchSize: envInt("ADMETRIC_BENCH_BATCH", 10_000), VisitorSalt: []byte("salt")})
+			aggregator.RollupWriterOptions{Partition: p, Partitions: partitions, BatchSize: envInt("ADMETRIC_BENCH_BATCH", 10_000), VisitorSalt: []byte("salt"), Rules: rules})
 		go func() { done <- w.Run(runCtx) }()
 	}
 	defer func() {

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"maps"
 	"slices"
 	"time"
@@ -50,9 +49,11 @@ func (r Rules) withDefaults() Rules {
 }
 
 // judgeShards is how many KV values a partition's judge state is spread
-// over, so that each stays far below the server's payload limit (1 MiB)
-// and a commit rewrites only the shards it changed.
-const judgeShards = 16
+// over, so that each stays below the server's payload limit (1 MiB, two
+// generations in a value) and a commit rewrites only the shards it
+// changed: a million visitor-ad pairs in a minute take 24 MiB (about 24
+// bytes a pair), 375 KiB a shard.
+const judgeShards = 64
 
 // pair names one visitor on one ad.
 type pair struct{ ad, visitor uint64 }
@@ -105,11 +106,12 @@ type Judge struct {
 	// headCommitted is the head's last committed generation.
 	headCommitted []byte
 	headDirty     bool
+	agents        map[string]bool // Bots.Match's answers
 }
 
 // NewJudge returns the judge of partition with an empty state (at sequence 0).
 func NewJudge(rules Rules, partition int) *Judge {
-	j := &Judge{rules: rules.withDefaults(), partition: partition, headCommitted: emptyHead}
+	j := &Judge{rules: rules.withDefaults(), partition: partition, headCommitted: emptyHead, agents: map[string]bool{}}
 	for i := range j.shards {
 		j.shards[i] = newJudgeShard()
 	}
@@ -143,7 +145,7 @@ func (j *Judge) Decide(rec *Record) error {
 	if r.RatePerMinute > 0 && rec.Visitor != 0 {
 		overRate = j.count(p, t)
 	}
-	if e.InvalidReason == "" && r.Bots != nil && r.Bots.Match(e.UserAgent) {
+	if e.InvalidReason == "" && r.Bots != nil && j.bot(e.UserAgent) {
 		e.InvalidReason = event.Bot
 	}
 	served := r.ServingWindow > 0 && e.FromServing()
@@ -166,6 +168,24 @@ func (j *Judge) Decide(rec *Record) error {
 	}
 	return nil
 }
+
+// bot reports whether ua is a bot's, from the judge's own cache of the
+// answers: players send the same few user agents over and over.
+func (j *Judge) bot(ua string) bool {
+	if is, ok := j.agents[ua]; ok {
+		return is
+	}
+	if len(j.agents) >= maxCachedAgents {
+		clear(j.agents)
+	}
+	is := j.rules.Bots.Match(ua)
+	j.agents[ua] = is
+	return is
+}
+
+// maxCachedAgents bounds Judge.agents: a flood of made-up user agents
+// starts it over rather than growing it.
+const maxCachedAgents = 10_000
 
 // count adds an event at t to p's minute and reports whether it is beyond
 // the rate. A late event for an earlier minute than the one remembered is
@@ -232,10 +252,15 @@ func (j *Judge) expire(s *judgeShard) {
 
 func (p pair) shard() uint64 { return (p.ad ^ p.visitor*0x9e3779b97f4a7c15) % judgeShards }
 
+// hashString is FNV-1a: stable across processes and versions, as the
+// committed state keys on it.
 func hashString(s string) uint64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(s))
-	return h.Sum64()
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
 }
 
 func floorDiv(a, b int64) int64 {

@@ -135,11 +135,28 @@ type Metrics struct {
 	Servings         uint64   `json:"servings"`
 	ServingClicks    uint64   `json:"serving_clicks"`
 	ClicksPerServing *float64 `json:"clicks_per_serving"`
-	// Invalid counts the events that are not valid traffic (a forged or
-	// expired VAST pixel): counted in nothing above.
-	Invalid uint64 `json:"invalid"`
+	// Invalid counts the events that are not valid traffic (see
+	// InvalidCounts), counted in nothing above unless the query asks
+	// include_invalid=true: then Impressions, Clicks and CTR count the
+	// invalid impressions and clicks too (the other counters and
+	// UniqueVisitors never do). InvalidByReason splits Invalid by reason;
+	// IVTRate is Invalid over every event, valid or not (null without
+	// events).
+	Invalid         uint64        `json:"invalid"`
+	InvalidByReason InvalidCounts `json:"invalid_by_reason"`
+	IVTRate         *float64      `json:"ivt_rate"`
 	// Series holds one point per interval when the query asks for one.
 	Series []Point `json:"series,omitempty"`
+}
+
+// InvalidCounts are the invalid events by reason (event.InvalidReasons).
+type InvalidCounts struct {
+	Bot                    uint64 `json:"bot"`
+	DuplicateClick         uint64 `json:"duplicate_click"`
+	Rate                   uint64 `json:"rate"`
+	ClickWithoutImpression uint64 `json:"click_without_impression"`
+	Playback               uint64 `json:"playback"`
+	Signature              uint64 `json:"signature"`
 }
 
 // Point is one interval of a series, [From, To).
@@ -167,6 +184,9 @@ type Report struct {
 	// answer, when NATS went away for a stale one. Absent when not known.
 	Stale bool       `json:"stale"`
 	AsOf  *time.Time `json:"as_of,omitempty"`
+	// IncludeInvalid says whether impressions, clicks and CTR count invalid
+	// traffic (the include_invalid parameter).
+	IncludeInvalid bool `json:"include_invalid"`
 	// TotalAds is how many ads the query covers; Ads holds the page of them
 	// that Limit and Offset select, by clicks descending.
 	TotalAds int       `json:"total_ads"`

@@ -106,10 +106,13 @@ func TestAnalyticsWindows(t *testing.T) {
 	if _, rep := get("timeframe=1h"); len(rep.Ads) != 2 || rep.Ads[0].AdID != "b" || rep.Total.Clicks != 7 || rep.Total.Impressions != 8 {
 		t.Errorf("all ads: %+v, want b (4 clicks) before a (3), 7 clicks in total", rep)
 	}
+	if code, rep := get("timeframe=1h&include_invalid=true"); code != http.StatusOK || !rep.IncludeInvalid || rep.Total.Clicks != 7 {
+		t.Errorf("include_invalid=true: %d %+v, want the 7 clicks and include_invalid echoed", code, rep)
+	}
 	if _, rep := get("timeframe=1h&ad_id=a"); rep.To.Sub(rep.From) != time.Hour {
 		t.Errorf("1h window is %s long, want exactly an hour", rep.To.Sub(rep.From))
 	}
-	for _, q := range []string{"timeframe=2d", "ad_id=x.y", "ad_id=zzz"} {
+	for _, q := range []string{"timeframe=2d", "ad_id=x.y", "ad_id=zzz", "include_invalid=maybe"} {
 		if code, _ := get(q); code/100 != 4 {
 			t.Errorf("%s: status %d, want 4xx", q, code)
 		}

@@ -87,6 +87,14 @@ func (c *Catalog) Exists(id string) bool {
 	return ok
 }
 
+// Duration returns the ad's video length in seconds, 0 for an unknown ad.
+func (c *Catalog) Duration(id string) float64 {
+	c.mu.RLock()
+	ad := c.byID[id]
+	c.mu.RUnlock()
+	return ad.DurationSeconds
+}
+
 // Get returns the ad with id, if known.
 func (c *Catalog) Get(id string) (postgres.Ad, bool) {
 	c.mu.RLock()

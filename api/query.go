@@ -25,6 +25,9 @@ type query struct {
 	loc           *time.Location
 	ids           []string
 	limit, offset int
+	// includeInvalid counts invalid impressions and clicks in impressions,
+	// clicks and CTR.
+	includeInvalid bool
 }
 
 // queryError is a request the handlers refuse: the status, the query
@@ -63,13 +66,27 @@ const rfc3339Example = "must be an RFC 3339 time such as 2026-11-25T00:00:00Z"
 func (h *AnalyticsHandler) parse(c *gin.Context, now time.Time) (query, *queryError) {
 	q := query{loc: time.UTC}
 	for _, step := range []func(*gin.Context, *query, time.Time) *queryError{
-		h.parseZone, h.parseWindow, h.parseInterval, h.parsePage, h.parseAds,
+		h.parseZone, h.parseWindow, h.parseInterval, h.parsePage, h.parseAds, parseInvalid,
 	} {
 		if qerr := step(c, &q, now); qerr != nil {
 			return q, qerr
 		}
 	}
 	return q, nil
+}
+
+// parseInvalid reads include_invalid: true or false (default).
+func parseInvalid(c *gin.Context, q *query, _ time.Time) *queryError {
+	raw, ok := c.GetQuery("include_invalid")
+	if !ok {
+		return nil
+	}
+	v, err := strconv.ParseBool(raw)
+	if err != nil {
+		return badQuery("include_invalid", "must be true or false")
+	}
+	q.includeInvalid = v
+	return nil
 }
 
 func (h *AnalyticsHandler) parseZone(c *gin.Context, q *query, _ time.Time) *queryError {

@@ -14,14 +14,14 @@ import (
 // for, and the totals over every ad.
 func render(q query, p plan, aggs [][]*rollup.Aggregate) (Report, error) {
 	rep := Report{Timeframe: q.timeframe, From: p.whole.From, To: p.whole.To, Interval: q.intervalName,
-		TZ: q.loc.String(), TotalAds: len(q.ids), Limit: q.limit, Offset: q.offset}
+		TZ: q.loc.String(), TotalAds: len(q.ids), Limit: q.limit, Offset: q.offset, IncludeInvalid: q.includeInvalid}
 	for _, u := range p.whole.Units() {
 		rep.Resolutions = append(rep.Resolutions, u.String())
 	}
 	ads := make([]Metrics, len(q.ids))
 	for i, id := range q.ids {
-		ads[i] = metricsOf(id, aggs[i][0])
-		ads[i].Series = series(p.points, aggs[i][1:])
+		ads[i] = metricsOf(id, aggs[i][0], q.includeInvalid)
+		ads[i].Series = series(p.points, aggs[i][1:], q.includeInvalid)
 	}
 	order := byClicks(ads)
 	// The totals add the ads in that order: the most clicked first, whose
@@ -39,12 +39,12 @@ func render(q query, p plan, aggs [][]*rollup.Aggregate) (Report, error) {
 	}
 	lo := min(q.offset, len(sorted))
 	rep.Ads = sorted[lo:min(lo+q.limit, len(sorted))]
-	rep.Total = metricsOf("", &totals[0])
+	rep.Total = metricsOf("", &totals[0], q.includeInvalid)
 	tp := make([]*rollup.Aggregate, len(p.points))
 	for i := range p.points {
 		tp[i] = &totals[i+1]
 	}
-	rep.Total.Series = series(p.points, tp)
+	rep.Total.Series = series(p.points, tp, q.includeInvalid)
 	return rep, nil
 }
 
@@ -67,18 +67,20 @@ func byClicks(ads []Metrics) []int {
 	return order
 }
 
-func series(pts [][2]time.Time, aggs []*rollup.Aggregate) []Point {
+func series(pts [][2]time.Time, aggs []*rollup.Aggregate, includeInvalid bool) []Point {
 	if len(pts) == 0 {
 		return nil
 	}
 	out := make([]Point, len(pts))
 	for i, p := range pts {
-		out[i] = Point{From: p[0], To: p[1], Metrics: metricsOf("", aggs[i])}
+		out[i] = Point{From: p[0], To: p[1], Metrics: metricsOf("", aggs[i], includeInvalid)}
 	}
 	return out
 }
 
-func metricsOf(adID string, a *rollup.Aggregate) Metrics {
+// metricsOf renders a; with includeInvalid, impressions, clicks and CTR
+// count invalid traffic too.
+func metricsOf(adID string, a *rollup.Aggregate, includeInvalid bool) Metrics {
 	m := Metrics{
 		AdID:           adID,
 		Impressions:    a.Impressions,
@@ -94,6 +96,18 @@ func metricsOf(adID string, a *rollup.Aggregate) Metrics {
 		Servings:       a.Servings,
 		ServingClicks:  a.ServingClicks,
 		Invalid:        a.Invalid,
+		InvalidByReason: InvalidCounts{
+			Bot: a.InvalidBot, DuplicateClick: a.InvalidDuplicateClick, Rate: a.InvalidRate,
+			ClickWithoutImpression: a.InvalidClickWithoutImpression, Playback: a.InvalidPlayback, Signature: a.InvalidSignature,
+		},
+	}
+	if all := a.Impressions + a.Clicks + a.Starts + a.FirstQuartiles + a.Midpoints + a.ThirdQuartiles +
+		a.Completes + a.Skips + a.Errors + a.Invalid; all > 0 {
+		m.IVTRate = ratio(a.Invalid, all)
+	}
+	if includeInvalid {
+		m.Impressions += a.InvalidImpressions
+		m.Clicks += a.InvalidClicks
 	}
 	if len(a.ErrorCodes) > 0 {
 		m.VASTErrorsByCode = make(map[string]uint64, len(a.ErrorCodes))
@@ -111,8 +125,8 @@ func metricsOf(adID string, a *rollup.Aggregate) Metrics {
 	if a.PlaybackCount > 0 {
 		m.AvgPlaybackTime = ratio(a.PlaybackMillis, a.PlaybackCount*1000)
 	}
-	if a.Impressions > 0 {
-		m.CTR = ratio(a.Clicks, a.Impressions)
+	if m.Impressions > 0 {
+		m.CTR = ratio(m.Clicks, m.Impressions)
 	}
 	if a.Starts > 0 {
 		m.CompletionRate = ratio(a.Completes, a.Starts)

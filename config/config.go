@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -198,6 +199,22 @@ type Config struct {
 	// CatalogRefresh is how often the in-memory ad catalog is reloaded from
 	// PostgreSQL (CATALOG_REFRESH, default 10s).
 	CatalogRefresh time.Duration
+
+	// IVTRules turns on the invalid-traffic rules the rollup writers apply:
+	// bot, duplicate_click, rate, click_without_impression (IVT_RULES,
+	// default true). The intake's (playback, signature) always apply.
+	IVTRules bool
+	// IVTDuplicateClickWindow: a visitor's repeat click on an ad within it
+	// is a duplicate_click (IVT_DUPLICATE_CLICK_WINDOW, default 30s; at
+	// least 1s, at most 1h).
+	IVTDuplicateClickWindow time.Duration
+	// IVTRatePerMinute: a visitor's events on an ad beyond it in a minute
+	// are invalid, rate (IVT_RATE_PER_MINUTE, default 30; 1..100000).
+	IVTRatePerMinute int
+	// IVTBotPatterns are regular expressions (Go syntax) of user agents to
+	// count as bots beyond the built-in list (IVT_BOT_PATTERNS,
+	// comma-separated, so a pattern cannot hold a comma; default none).
+	IVTBotPatterns []string
 }
 
 // fieldError is the error type of every problem with one setting. Its
@@ -315,6 +332,11 @@ func options() []option {
 		lowerOpt("LOG_FORMAT", "text", func(c *Config) *string { return &c.LogFormat }, oneOf("text", "json")),
 		durationOpt("SHUTDOWN_TIMEOUT", "10s", func(c *Config) *time.Duration { return &c.ShutdownTimeout }, positive),
 		durationOpt("CATALOG_REFRESH", "10s", func(c *Config) *time.Duration { return &c.CatalogRefresh }, positive),
+
+		boolOpt("IVT_RULES", "true", func(c *Config) *bool { return &c.IVTRules }),
+		durationOpt("IVT_DUPLICATE_CLICK_WINDOW", "30s", func(c *Config) *time.Duration { return &c.IVTDuplicateClickWindow }, durationBetween(time.Second, time.Hour)),
+		intOpt("IVT_RATE_PER_MINUTE", "30", func(c *Config) *int { return &c.IVTRatePerMinute }, between(1, 100_000)),
+		listOpt("IVT_BOT_PATTERNS", "", func(c *Config) *[]string { return &c.IVTBotPatterns }, regularExpression),
 	}
 }
 
@@ -718,6 +740,22 @@ func atLeast(least int, leastName string) rule[int] {
 		}
 		return nil
 	}
+}
+
+func durationBetween(lo, hi time.Duration) rule[time.Duration] {
+	return func(name string, d time.Duration) error {
+		if d < lo || d > hi {
+			return invalidf(name, "%v is out of range %v..%v", d, lo, hi)
+		}
+		return nil
+	}
+}
+
+func regularExpression(name, v string) error {
+	if _, err := regexp.Compile(v); err != nil {
+		return invalidf(name, "%q is not a regular expression: %v", v, err)
+	}
+	return nil
 }
 
 func positive(name string, d time.Duration) error {

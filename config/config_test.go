@@ -28,6 +28,7 @@ var allVars = []string{
 	"ADMIN_TOKEN", "ADMIN_TOKEN_FILE", "VISITOR_SALT", "VISITOR_SALT_FILE",
 	"ROLLUP_MINUTE_RETENTION", "ROLLUP_HOUR_RETENTION", "ROLLUP_DAY_RETENTION",
 	"DATA_DIR", "LOG_LEVEL", "LOG_FORMAT", "SHUTDOWN_TIMEOUT", "CATALOG_REFRESH",
+	"IVT_RULES", "IVT_DUPLICATE_CLICK_WINDOW", "IVT_RATE_PER_MINUTE", "IVT_BOT_PATTERNS",
 }
 
 // env returns a lookup function over m, standing in for os.LookupEnv.
@@ -107,6 +108,10 @@ func defaults() *config.Config {
 		Partitions:           8,
 		ShutdownTimeout:      10 * time.Second,
 		CatalogRefresh:       10 * time.Second,
+
+		IVTRules:                true,
+		IVTDuplicateClickWindow: 30 * time.Second,
+		IVTRatePerMinute:        30,
 	}
 }
 
@@ -196,6 +201,10 @@ func TestLoadValid(t *testing.T) {
 		{"STREAM_MAX_AGE", map[string]string{"STREAM_MAX_AGE": "36h30m"}, func(c *config.Config) any { return c.StreamMaxAge }, 36*time.Hour + 30*time.Minute},
 		{"SHUTDOWN_TIMEOUT", map[string]string{"SHUTDOWN_TIMEOUT": "1m"}, func(c *config.Config) any { return c.ShutdownTimeout }, time.Minute},
 		{"CATALOG_REFRESH", map[string]string{"CATALOG_REFRESH": "500ms"}, func(c *config.Config) any { return c.CatalogRefresh }, 500 * time.Millisecond},
+		{"IVT_RULES", map[string]string{"IVT_RULES": "false"}, func(c *config.Config) any { return c.IVTRules }, false},
+		{"IVT_DUPLICATE_CLICK_WINDOW", map[string]string{"IVT_DUPLICATE_CLICK_WINDOW": "1m"}, func(c *config.Config) any { return c.IVTDuplicateClickWindow }, time.Minute},
+		{"IVT_RATE_PER_MINUTE", map[string]string{"IVT_RATE_PER_MINUTE": "120"}, func(c *config.Config) any { return c.IVTRatePerMinute }, 120},
+		{"IVT_BOT_PATTERNS", map[string]string{"IVT_BOT_PATTERNS": `^Acme-Monitor/\d, InternalProbe`}, func(c *config.Config) any { return c.IVTBotPatterns }, []string{`^Acme-Monitor/\d`, "InternalProbe"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -229,6 +238,11 @@ func TestLoadInvalid(t *testing.T) {
 		{map[string]string{"NATS_LISTEN": "[::]:4222"}, "NATS_LISTEN", "beyond loopback"},
 		{map[string]string{"NATS_LISTEN": "127.0.0.1:99999"}, "NATS_LISTEN", ""},
 		{map[string]string{"NATS_SYNC_ALWAYS": "yes"}, "NATS_SYNC_ALWAYS", `"yes" is not a boolean`},
+		{map[string]string{"IVT_RULES": "maybe"}, "IVT_RULES", `"maybe" is not a boolean`},
+		{map[string]string{"IVT_DUPLICATE_CLICK_WINDOW": "500ms"}, "IVT_DUPLICATE_CLICK_WINDOW", "1s..1h"},
+		{map[string]string{"IVT_DUPLICATE_CLICK_WINDOW": "2h"}, "IVT_DUPLICATE_CLICK_WINDOW", "1s..1h"},
+		{map[string]string{"IVT_RATE_PER_MINUTE": "0"}, "IVT_RATE_PER_MINUTE", "1..100000"},
+		{map[string]string{"IVT_BOT_PATTERNS": "ok,(unclosed"}, "IVT_BOT_PATTERNS", `"(unclosed" is not a regular expression`},
 		{map[string]string{"NATS_REPLICAS": "0"}, "NATS_REPLICAS", "1..5"},
 		{map[string]string{"PARTITIONS": "0"}, "PARTITIONS", "1..1024"},
 		{map[string]string{"PARTITIONS": "1025"}, "PARTITIONS", "1..1024"},

@@ -33,10 +33,12 @@ const (
 	MaxBatchEvents = 1000
 )
 
-// AdLookup says whether an ad exists. Implementations must be fast (in memory)
-// and safe for concurrent use.
+// AdLookup says whether an ad exists, and how long its video is.
+// Implementations must be fast (in memory) and safe for concurrent use.
 type AdLookup interface {
 	Exists(adID string) bool
+	// Duration is the ad's video length in seconds, 0 when not known.
+	Duration(adID string) float64
 }
 
 // EventPublisher makes an event durable; see Publisher.
@@ -249,6 +251,13 @@ func (h *Handlers) complete(c *gin.Context, ev *event.Event) *rejection {
 	}
 	if !h.ads.Exists(ev.AdID) {
 		return &rejection{http.StatusNotFound, "ad_id", "no ad " + ev.AdID}
+	}
+	// Invalid traffic the intake can tell (see event.Playback): the ad's
+	// duration is the catalog's, which the stream does not carry.
+	if ev.Type == event.Click && ev.InvalidReason == "" {
+		if d := h.ads.Duration(ev.AdID); d > 0 && ev.PlaybackTime > d {
+			ev.InvalidReason = event.Playback
+		}
 	}
 	return nil
 }

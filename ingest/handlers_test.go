@@ -2,6 +2,7 @@ package ingest_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -18,6 +19,14 @@ import (
 type knownAds map[string]bool
 
 func (k knownAds) Exists(id string) bool { return k[id] }
+
+// Duration gives each known ad 15 seconds.
+func (k knownAds) Duration(id string) float64 {
+	if k[id] {
+		return 15
+	}
+	return 0
+}
 
 // ClickThrough gives each known ad the click URL https://shop.example.com/<id>.
 func (k knownAds) ClickThrough(id string) (string, bool) {
@@ -82,6 +91,68 @@ func TestIntakeOnRealJetStream(t *testing.T) {
 		t.Fatalf("with NATS down: %d %v %v, want 503 with Retry-After", code, hdr, body)
 	}
 }
+
+// A click whose playback position is past the ad's duration (15 s) is
+// published as invalid traffic (playback); one at or within it, and other
+// types, are not; an ad of unknown duration marks nothing.
+func TestIntakeMarksImpossiblePlayback(t *testing.T) {
+	srv := storetest.NATS(t)
+	js, nc := storetest.JetStream(t, srv)
+	ctx := context.Background()
+	stream := storetest.EventStream(t, js, 1)
+	gin.SetMode(gin.TestMode)
+	r := gin.New()
+	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: time.Minute, MaxPending: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest.NewHandlers(pub, durations{"ad-1": 15, "ad-0": 0}, ingest.HandlersOptions{Limits: event.Limits{MaxAge: time.Hour}, Logger: slog.New(slog.DiscardHandler)}).Register(r)
+	in := &intake{router: r, stream: stream}
+	tests := []struct {
+		path, ad string
+		playback string
+		want     event.InvalidReason
+	}{
+		{"/ads/click", "ad-1", "15", ""},
+		{"/ads/click", "ad-1", "15.001", event.Playback},
+		{"/ads/click", "ad-1", "3600", event.Playback},
+		{"/ads/click", "ad-1", "0", ""},
+		{"/ads/impression", "ad-1", "20", ""},
+		{"/ads/click", "ad-0", "20", ""},
+	}
+	for i, tc := range tests {
+		id := fmt.Sprintf("pb-%d", i)
+		if code, _, body := in.post(t, tc.path, `{"event_id":"`+id+`","ad_id":"`+tc.ad+`","playback_time":`+tc.playback+`}`); code != http.StatusAccepted {
+			t.Fatalf("%s %s at %s: %d %v", tc.path, tc.ad, tc.playback, code, body)
+		}
+		info, err := stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, err := stream.GetMsg(ctx, info.State.LastSeq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := event.Decode(msg.Data)
+		if err != nil || ev.EventID != id {
+			t.Fatalf("stored %+v (%v), want event %s", ev, err, id)
+		}
+		if ev.InvalidReason != tc.want {
+			t.Errorf("%s on %s at %ss: invalid_reason %q, want %q", tc.path, tc.ad, tc.playback, ev.InvalidReason, tc.want)
+		}
+	}
+	// A client may not decide it.
+	if code, _, body := in.post(t, "/ads/click", `{"ad_id":"ad-1","invalid_reason":"playback"}`); code != http.StatusBadRequest || body["field"] != "invalid_reason" {
+		t.Errorf("a click naming its own invalid_reason: %d %v, want 400 naming invalid_reason", code, body)
+	}
+}
+
+// durations are known ads with their durations.
+type durations map[string]float64
+
+func (d durations) Exists(id string) bool { _, ok := d[id]; return ok }
+
+func (d durations) Duration(id string) float64 { return d[id] }
 
 // TestNewPublisherRequiresOptions: Timeout and MaxPending have no default
 // here (they live in package config); leaving one out is an error naming it.

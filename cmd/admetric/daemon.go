@@ -273,9 +273,15 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 		return err
 	}
 	d.goWorker("members", members.Run)
+	var rules *aggregator.Rules // nil: the rules are off
+	if d.cfg.IVTRules {
+		if rules, err = ivtRules(d.cfg); err != nil {
+			return err
+		}
+	}
 	for p := range d.cfg.Partitions {
 		opts := aggregator.RollupWriterOptions{
-			Partition: p, Partitions: d.cfg.Partitions, Members: members, VisitorSalt: d.salt,
+			Partition: p, Partitions: d.cfg.Partitions, Members: members, VisitorSalt: d.salt, Rules: rules,
 		}
 		if writersAsBefore12 {
 			opts.SettleAtVisitors, opts.CaughtUpWait, opts.CoarseEvery = -1, -1, -1
@@ -294,6 +300,20 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 	}
 	d.goWorker("archiver", archiver.Run)
 	return nil
+}
+
+// ivtRules are the invalid-traffic rules cfg sets. A serving's impression is remembered as long as its tracking URLs stay
+// valid (the duplicate window, see NewVASTHandler's ttl): a click after
+// that has an expired signature anyway.
+func ivtRules(cfg *config.Config) (*aggregator.Rules, error) {
+	bots, err := aggregator.LoadBots(cfg.IVTBotPatterns)
+	if err != nil {
+		return nil, err
+	}
+	return &aggregator.Rules{
+		Bots: bots, DuplicateClickWindow: cfg.IVTDuplicateClickWindow,
+		RatePerMinute: cfg.IVTRatePerMinute, ServingWindow: cfg.DuplicateWindow,
+	}, nil
 }
 
 // writersAsBefore12, set only by BenchmarkCPUPerEvent for its baseline,
