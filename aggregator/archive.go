@@ -34,6 +34,9 @@ type ArchiverOptions struct {
 	Linger time.Duration
 	// AckWait is how long the server waits for an ack before redelivering; default 30s.
 	AckWait time.Duration
+	// Decisions: also set the invalid_reason of archived events from the
+	// decision stream (store.DecisionStream), which must exist.
+	Decisions bool
 }
 
 // Archiver copies every event from the partition streams into the PostgreSQL
@@ -90,6 +93,9 @@ func (a *Archiver) Run(ctx context.Context) error {
 	defer stopFeeds()
 	for p := range a.opts.Partitions {
 		feeds.Go(func() { a.feed(fctx, store.EventStreamName(p), false, msgs) })
+	}
+	if a.opts.Decisions {
+		feeds.Go(func() { a.applyDecisions(fctx) })
 	}
 	feeds.Go(func() {
 		legacy, err := backoff.Retry(fctx, func() (bool, error) { return store.LegacyStreamExists(fctx, a.js) },

@@ -51,6 +51,9 @@ func BenchmarkDrain(b *testing.B) {
 	js, _ := storetest.JetStream(b, storetest.NATSPartitions(b, partitions))
 	ctx := context.Background()
 	storetest.EventStream(b, js, partitions)
+	if err := store.CreateOrUpdateDecisionStream(ctx, js, time.Hour, 1); err != nil {
+		b.Fatal(err)
+	}
 	const single, singleSubjects = "BENCH_SINGLE", "bench.single.>"
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: single, Subjects: []string{singleSubjects}, Storage: jetstream.FileStorage}); err != nil {
 		b.Fatal(err)

@@ -45,13 +45,16 @@ func setup(t *testing.T) (jetstream.JetStream, *store.Rollups) {
 }
 
 // setupWithoutEventStreams starts NATS mapping events onto partitions
-// partition streams, and makes the dead-letter stream and the rollup
-// buckets, but not the event streams.
+// partition streams, and makes the dead-letter and decision streams and the
+// rollup buckets, but not the event streams.
 func setupWithoutEventStreams(t *testing.T, partitions int) (jetstream.JetStream, *store.Rollups) {
 	t.Helper()
 	js, _ := storetest.JetStream(t, storetest.NATSPartitions(t, partitions))
 	ctx := context.Background()
 	if err := store.CreateOrUpdateDeadLetterStream(ctx, js, time.Hour, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.CreateOrUpdateDecisionStream(ctx, js, time.Hour, 1); err != nil {
 		t.Fatal(err)
 	}
 	rollups, err := store.CreateOrUpdateRollups(ctx, js, testLayout, 1)

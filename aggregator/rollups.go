@@ -813,6 +813,11 @@ func (w *RollupWriter) commitUnit(ctx context.Context, res []rollup.Resolution, 
 	}
 	var state []StateWrite
 	if u == rollup.Day && w.judge != nil {
+		// Before the checkpoint: a batch committed is one whose decisions
+		// the archive will have.
+		if err := w.publishDecisions(ctx, recs); err != nil {
+			return st, err
+		}
 		state = w.judge.Writes()
 		for _, sw := range state {
 			writes = append(writes, store.RawWrite(sw.Key, sw.Data, w.judgeRevs[sw.Key]))

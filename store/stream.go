@@ -221,6 +221,31 @@ func CreateOrUpdateDeadLetterStream(ctx context.Context, js jetstream.JetStream,
 	return nil
 }
 
+// DecisionStream keeps the invalid-traffic decisions the rollup writers
+// make, for the archive (see aggregator.Decisions).
+const DecisionStream = "ADMETRIC_DECISIONS"
+
+// CreateOrUpdateDecisionStream creates or updates the decision stream; its
+// messages are kept for maxAge, which should be the event streams': the
+// archive applies them once the events they name are archived.
+func CreateOrUpdateDecisionStream(ctx context.Context, js jetstream.JetStream, maxAge time.Duration, replicas int) error {
+	if maxAge <= 0 || replicas < 1 {
+		return fmt.Errorf("%w: decision stream MaxAge %s, Replicas %d", ErrInvalidOptions, maxAge, replicas)
+	}
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        DecisionStream,
+		Description: "AdMetric: the rollup writers' invalid-traffic decisions, on ads.decisions.<partition>",
+		Subjects:    []string{decisionSubjects},
+		Storage:     jetstream.FileStorage,
+		MaxAge:      maxAge,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("store: stream %s: %w", DecisionStream, err)
+	}
+	return nil
+}
+
 // DeadLetter publishes a copy of msg, a message of the event stream that can
 // never be processed, to ads.dlq.<reason>, with cause and msg's subject and
 // sequence in headers. It returns once the dead-letter stream stored it;

@@ -15,14 +15,21 @@ import (
 // ads.events.<partition>.<type>.<ad_id>, the partition a hash of the ad ID,
 // where partition stream ADMETRIC_EVENTS_<partition> stores it, so that one
 // rollup writer owns each ad's keys. A message
-// that can never be processed goes to ads.dlq.<reason>. A rollup key lives on
-// $KV.<bucket>.<key>, as in every KV bucket.
+// that can never be processed goes to ads.dlq.<reason>. The invalid-traffic
+// decisions of partition p's rollup writer go on ads.decisions.<p>. A
+// rollup key lives on $KV.<bucket>.<key>, as in every KV bucket.
 const (
 	eventSubjects      = "ads.events.>"
 	eventSubjectPrefix = "ads.events."
 	deadLetterSubjects = "ads.dlq.>"
 	deadLetterPrefix   = "ads.dlq."
+	decisionSubjects   = "ads.decisions.>"
+	decisionPrefix     = "ads.decisions."
 )
+
+// DecisionSubject is where partition p's rollup writer publishes its
+// invalid-traffic decisions.
+func DecisionSubject(p int) string { return decisionPrefix + strconv.Itoa(p) }
 
 // PartitionMapping is the account subject mapping that puts a published
 // event, ads.events.<type>.<ad_id>, on its partition's subject,

@@ -231,6 +231,9 @@ func (b *backends) openStreams(ctx context.Context) (*store.Rollups, error) {
 	if err := store.CreateOrUpdateDeadLetterStream(ctx, b.js, deadLetterMaxAge, cfg.NATSReplicas); err != nil {
 		return nil, err
 	}
+	if err := store.CreateOrUpdateDecisionStream(ctx, b.js, cfg.StreamMaxAge, cfg.NATSReplicas); err != nil {
+		return nil, err
+	}
 	rollups, err := store.CreateOrUpdateRollups(ctx, b.js, b.layout, cfg.NATSReplicas)
 	if err != nil {
 		return nil, err

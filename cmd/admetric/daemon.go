@@ -289,7 +289,7 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 		w := aggregator.NewRollupWriter(d.js, rollups, d.logger, d.aggMetrics, opts)
 		d.goWorker("rollup-writer", w.Run)
 	}
-	archiveOpts := aggregator.ArchiverOptions{Partitions: d.cfg.Partitions}
+	archiveOpts := aggregator.ArchiverOptions{Partitions: d.cfg.Partitions, Decisions: true}
 	if writersAsBefore12 {
 		archiveOpts.Linger = 50 * time.Millisecond
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
 )
 
 // ArchivedEvent is one row of the events archive.
@@ -48,6 +49,32 @@ func (a *Archive) Insert(ctx context.Context, events []ArchivedEvent) (int, erro
 	}
 	n, _ := res.RowsAffected()
 	return int(n), nil
+}
+
+// MarkInvalid sets the invalid_reason of the archived events named in ids to
+// the reason at the same index, leaving one that has a reason already (the
+// intake's) as it is, and returns how many of ids are archived at all: the
+// caller tries the rest again once the archive has them.
+func (a *Archive) MarkInvalid(ctx context.Context, ids, reasons []string) (archived int, err error) {
+	if len(ids) != len(reasons) {
+		return 0, fmt.Errorf("postgres: mark invalid: %d ids, %d reasons", len(ids), len(reasons))
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	err = a.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if _, err := tx.NewRaw(`UPDATE events SET invalid_reason = d.reason
+			FROM unnest(?::text[], ?::text[]) AS d(id, reason)
+			WHERE events.event_id = d.id AND events.invalid_reason IS NULL`,
+			pgdialect.Array(ids), pgdialect.Array(reasons)).Exec(ctx); err != nil {
+			return err
+		}
+		return tx.NewRaw(`SELECT count(*) FROM events WHERE event_id = ANY(?::text[])`, pgdialect.Array(ids)).Scan(ctx, &archived)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("postgres: mark %d events invalid: %w", len(ids), err)
+	}
+	return archived, nil
 }
 
 // Count returns how many archived events occurred in [from, to).
