@@ -8,6 +8,7 @@ import (
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/rollup"
 	"github.com/admetric/admetric/store/storetest"
 )
@@ -109,5 +110,52 @@ func TestRulesDecideInTheFoldAndTheArchiveKeepsThem(t *testing.T) {
 	// the four plain ones; not the bot nor the serving-less click's.
 	if got := agg.UniqueVisitors(); got != 7 {
 		t.Errorf("%d unique visitors, want the 7 valid ones", got)
+	}
+}
+
+// A rebuild reproduces the rules' decisions: from the decision stream when
+// the archive does not have them yet (here the archiver does not apply
+// them at all), and from the archive's rows when it does.
+func TestRebuildKeepsTheRulesDecisions(t *testing.T) {
+	for _, applied := range []bool{false, true} {
+		t.Run(fmt.Sprintf("archive has the decisions: %v", applied), func(t *testing.T) {
+			js, rollups := setup(t)
+			db := storetest.DB(t, storetest.Postgres(t))
+			ctx := context.Background()
+			bots, err := aggregator.LoadBots(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{Rules: &aggregator.Rules{Bots: bots, RatePerMinute: 3}})
+			runArchiver(t, js, db, aggregator.ArchiverOptions{BatchSize: 4, Decisions: applied})
+			at := time.Now().UTC().Add(-time.Minute).Truncate(time.Minute)
+			evs, _ := ivtScenario("ad-rb", at)
+			publish(t, js, evs...)
+			waitRows(t, db, len(evs))
+			waitConsumed(t, js, aggregator.ArchiveConsumerName)
+			waitFolded(t, js, rollups, 1)
+			from, to := at.Add(-time.Hour), at.Add(2*time.Minute)
+			live := sum(t, rollups, "ad-rb", from, to)
+			if live.Invalid != 7 {
+				t.Fatalf("live rollups count %d invalid events, want 7", live.Invalid)
+			}
+			if applied {
+				waitFor(t, func() bool {
+					var n int
+					return db.NewRaw(`SELECT count(*) FROM events WHERE invalid_reason IS NOT NULL`).Scan(ctx, &n) == nil && n == 7
+				}, func() string { return "the archive never held the 7 decisions" })
+			}
+			res, err := aggregator.Rebuild(ctx, rollups, postgres.NewArchive(db), aggregator.RebuildOptions{
+				From: from, To: to, VisitorSalt: []byte("salt"), ArchiveFloor: aggregator.ArchiveFloor(js),
+				Decisions: aggregator.ReadDecisions(js), Partitions: 1,
+			})
+			if err != nil || res.Events != len(evs) {
+				t.Fatalf("rebuild: %+v (%v), want %d events", res, err, len(evs))
+			}
+			rebuilt := sum(t, rollups, "ad-rb", from, to)
+			if rebuilt.Counters != live.Counters || rebuilt.UniqueVisitors() != live.UniqueVisitors() {
+				t.Errorf("rebuilt:\n%+v (%d visitors)\nlive:\n%+v (%d visitors)", rebuilt.Counters, rebuilt.UniqueVisitors(), live.Counters, live.UniqueVisitors())
+			}
+		})
 	}
 }

@@ -52,6 +52,14 @@ type RebuildOptions struct {
 	Partitions int
 	// Progress, when not nil, is told how far the rebuild has come.
 	Progress RebuildProgress
+	// Decisions, when not nil, reads the rollup writers' invalid-traffic
+	// decisions published from stream sequence from on (ReadDecisions
+	// reads the decision stream), and where to read on from next time. An
+	// event's decision reaches the archive only after the event, so the
+	// rebuild reads the decisions of the events a key holds from the
+	// stream, once it has seen the key (whose events' decisions were
+	// published before it was written).
+	Decisions func(ctx context.Context, from uint64) (ds []Decision, next uint64, err error)
 }
 
 // ArchiveFloor returns the function that reads, from the archive
@@ -141,6 +149,9 @@ type rebuilder struct {
 	from, to time.Time
 
 	recs        []Record       // the archived events of the range, in stream order
+	byID        map[string]int // index in recs of each event ID
+	decided     uint64         // the decision stream is read up to here (next sequence)
+	decidedFor  map[int]uint64 // by partition: the decisions of events up to here are read
 	byKey       map[Key][]int  // which of recs each key holds
 	partitionOf map[string]int // ad → stream partition, from its archived events
 	checkpoints map[unitPartition]uint64
@@ -165,6 +176,7 @@ func (rb *rebuilder) scan(ctx context.Context) error {
 		return err
 	}
 	rb.byKey, rb.partitionOf = make(map[Key][]int), make(map[string]int)
+	rb.byID, rb.decidedFor, rb.decided = make(map[string]int), make(map[int]uint64), 1
 	err = rb.archive.Scan(ctx, rb.from, rb.to, func(row *postgres.ArchivedEvent) error {
 		rec := recordOf(row, rb.opts.VisitorSalt)
 		if rec.Partition >= 0 {
@@ -177,6 +189,7 @@ func (rb *rebuilder) scan(ctx context.Context) error {
 				rb.byKey[k] = append(rb.byKey[k], len(rb.recs))
 			}
 		}
+		rb.byID[rec.Event.EventID] = len(rb.recs)
 		rb.recs = append(rb.recs, rec)
 		if len(rb.recs)%1000 == 0 {
 			rb.opts.Progress("events", len(rb.recs), total)
@@ -287,6 +300,9 @@ func (rb *rebuilder) replaceRange(ctx context.Context, k Key, ad string, periodS
 		if err := rb.checkFloor(ctx, k, rb.partitionOfAd(ad), bound); err != nil {
 			return false, backoff.Permanent(err)
 		}
+		if err := rb.readDecisions(ctx, rb.partitionOfAd(ad), bound); err != nil {
+			return false, backoff.Permanent(err)
+		}
 		next, changed := rb.refold(k, periodStart, cur.Value, bound)
 		// The refold holds the range's visitors whole: drop the range's sets
 		// from the settled key, after the rollup is written (a reader in
@@ -327,6 +343,82 @@ func (rb *rebuilder) checkFloor(ctx context.Context, k Key, p int, bound uint64)
 		return fmt.Errorf("%w: %s %s holds sequence %d, the archive of partition %d is complete to %d", ErrArchiveBehind, k.Unit, k.Key, bound, p, floor)
 	}
 	return nil
+}
+
+// readDecisions makes sure the decisions of partition p's events up to
+// bound are in rb.recs: they were published before the key that holds them
+// was written, so reading the decision stream to its end now finds them.
+// A decision overrides the archive's reason, which may not have it yet.
+func (rb *rebuilder) readDecisions(ctx context.Context, p int, bound uint64) error {
+	if rb.opts.Decisions == nil || bound <= rb.decidedFor[p] {
+		return nil
+	}
+	ds, next, err := rb.opts.Decisions(ctx, rb.decided)
+	if err != nil {
+		return err
+	}
+	for _, d := range ds {
+		if i, ok := rb.byID[d.EventID]; ok {
+			if r := rb.recs[i].Event.InvalidReason; r == "" || r == d.Reason {
+				rb.recs[i].Event.InvalidReason = d.Reason
+			}
+		}
+	}
+	rb.decided = next
+	rb.decidedFor[p] = bound
+	return nil
+}
+
+// ReadDecisions returns the function that reads the decision stream
+// (store.DecisionStream) from a sequence to its end, for
+// RebuildOptions.Decisions. Without a decision stream it reads none.
+func ReadDecisions(js jetstream.JetStream) func(ctx context.Context, from uint64) ([]Decision, uint64, error) {
+	return func(ctx context.Context, from uint64) ([]Decision, uint64, error) {
+		stream, err := js.Stream(ctx, store.DecisionStream)
+		if isGone(err) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, from, nil
+		}
+		if err != nil {
+			return nil, from, fmt.Errorf("aggregator: decision stream: %w", err)
+		}
+		last := stream.CachedInfo().State.LastSeq
+		if last < from {
+			return nil, from, nil
+		}
+		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+			DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
+		})
+		if err != nil {
+			return nil, from, fmt.Errorf("aggregator: decision stream: %w", err)
+		}
+		var out []Decision
+		next := from
+		for next <= last {
+			batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+			if err != nil {
+				return nil, from, fmt.Errorf("aggregator: decision stream: %w", err)
+			}
+			n := 0
+			for msg := range batch.Messages() {
+				n++
+				meta, err := msg.Metadata()
+				if err != nil {
+					return nil, from, fmt.Errorf("aggregator: decision stream: %w", err)
+				}
+				next = meta.Sequence.Stream + 1
+				if ds, err := DecodeDecisions(msg.Data()); err == nil {
+					out = append(out, ds...)
+				}
+			}
+			if err := batch.Error(); err != nil {
+				return nil, from, fmt.Errorf("aggregator: decision stream: %w", err)
+			}
+			if n == 0 {
+				break // what is left expired meanwhile
+			}
+		}
+		return out, next, nil
+	}
 }
 
 // refold returns cur with its slots in the range replaced by the fold of

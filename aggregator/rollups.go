@@ -751,6 +751,15 @@ func (w *RollupWriter) commit(ctx context.Context, recs []Record, lastSeq uint64
 	if coarse {
 		units = append(units, rollup.Hour, rollup.Day)
 	}
+	if w.judge != nil {
+		// Before any bucket takes them, so that every event a checkpoint
+		// covers has its decision on the way to the archive (rebuild counts
+		// on it). The minute bucket takes every batch first.
+		i, _ := slices.BinarySearchFunc(recs, w.checkpoints[rollup.Minute].seq+1, func(r Record, seq uint64) int { return cmp.Compare(r.Seq, seq) })
+		if err := w.publishDecisions(ctx, recs[i:]); err != nil {
+			return err
+		}
+	}
 	var st FoldStats
 	for _, u := range units {
 		cp := &w.checkpoints[u]
@@ -813,11 +822,6 @@ func (w *RollupWriter) commitUnit(ctx context.Context, res []rollup.Resolution, 
 	}
 	var state []StateWrite
 	if u == rollup.Day && w.judge != nil {
-		// Before the checkpoint: a batch committed is one whose decisions
-		// the archive will have.
-		if err := w.publishDecisions(ctx, recs); err != nil {
-			return st, err
-		}
 		state = w.judge.Writes()
 		for _, sw := range state {
 			writes = append(writes, store.RawWrite(sw.Key, sw.Data, w.judgeRevs[sw.Key]))

@@ -108,7 +108,7 @@ func rebuild(ctx context.Context, cfg *config.Config, logger *slog.Logger, out i
 	res, err := aggregator.Rebuild(ctx, rollups, postgres.NewArchive(b.db), aggregator.RebuildOptions{
 		From: from, To: to, AdIDs: ads, VisitorSalt: b.salt,
 		ArchiveFloor: aggregator.ArchiveFloor(b.js), Partitions: cfg.Partitions,
-		Progress: bar.set,
+		Decisions: aggregator.ReadDecisions(b.js), Progress: bar.set,
 	})
 	bar.finish()
 	if err != nil {
