@@ -122,6 +122,7 @@ func poster(base string, conns int) func(path, body, token string) int {
 	return func(path, body, token string) int {
 		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("User-Agent", personUA) // a person's: the rules count bots apart
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
