@@ -49,12 +49,15 @@ var ErrBadDecisions = errors.New("aggregator: bad decision message")
 
 // DecodeDecisions decodes what EncodeDecisions made.
 func DecodeDecisions(data []byte) ([]Decision, error) {
-	var pairs [][2]string
+	var pairs [][]string
 	if err := json.Unmarshal(data, &pairs); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadDecisions, err)
 	}
 	ds := make([]Decision, len(pairs))
 	for i, p := range pairs {
+		if len(p) != 2 {
+			return nil, fmt.Errorf("%w: entry %d has %d fields, want 2", ErrBadDecisions, i, len(p))
+		}
 		r := event.InvalidReason(p[1])
 		if p[0] == "" || !r.Valid() {
 			return nil, fmt.Errorf("%w: entry %d: %q %q", ErrBadDecisions, i, p[0], p[1])

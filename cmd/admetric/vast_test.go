@@ -88,10 +88,16 @@ func TestVASTPlayer(t *testing.T) {
 	base := "http://" + d.httpAddr()
 	c := client{t: t, base: base}
 	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	// get requests u without following a redirect: the status and headers.
+	// get requests u without following a redirect, as a player in a
+	// browser does (Go's own user agent is a bot's): the status and headers.
 	get := func(u string) (int, http.Header) {
 		t.Helper()
-		resp, err := noRedirect.Get(u)
+		req, err := http.NewRequest(http.MethodGet, u, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("User-Agent", personUA)
+		resp, err := noRedirect.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
