@@ -73,6 +73,7 @@ func BenchmarkAnalyticsVsSQL(b *testing.B) {
 	liveRate := envInt("ADMETRIC_BENCH_LIVE_RATE", 0)
 
 	env := testEnv(testDataDir(b))
+	env["IVT_RULES"] = "false" // every event counts, as SQL counts them
 	env["LOG_LEVEL"] = "error"
 	d := startTestDaemon(b, env)
 	base := "http://" + d.httpAddr()

@@ -99,7 +99,7 @@ func TestEmbeddedNATSUsers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pjs.Publish(context.Background(), "ads.events.click.coffee-6s", []byte(`{"ip":"198.51.100.7","playback_time":2}`),
+	if _, err := pjs.Publish(context.Background(), "ads.events.click.coffee-6s", []byte(`{"ip":"198.51.100.7","user_agent":"`+personUA+`","playback_time":2}`),
 		jetstream.WithMsgID("publisher-click-1")); err != nil {
 		t.Fatalf("the publisher's event: %v", err)
 	}

@@ -229,24 +229,33 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// 10 impressions; 6 clicks (4 + 1 retried + 1 NATS); visitors .1 .2 .3 .4 .9
-	// with one user agent; playback (2.5+5+7.5+10+5+30)/6 = 10.
-	body, took := c.analytics("timeframe=1h&ad_id=e2e-ad", func(a map[string]any) bool { return num(a, "clicks") >= 6 })
+	// 10 impressions; 6 clicks (4 + 1 retried + 1 NATS), of which visitor
+	// .1's second and third (within 30 s of its first) are duplicate clicks;
+	// visitors .1 .2 .3 .4 .9 with one user agent; playback of the valid
+	// clicks (2.5+5+7.5+30)/4 = 11.25.
+	body, took := c.analytics("timeframe=1h&ad_id=e2e-ad", func(a map[string]any) bool { return num(a, "clicks")+num(a, "invalid") >= 6 })
 	t.Logf("all events visible in analytics %s after the last was accepted", took)
 	got := body["ads"].([]any)[0].(map[string]any)
-	want := map[string]float64{"impressions": 10, "clicks": 6, "unique_visitors": 5, "avg_playback_time": 10, "ctr": 0.6}
+	want := map[string]float64{"impressions": 10, "clicks": 4, "invalid": 2, "unique_visitors": 5, "avg_playback_time": 11.25, "ctr": 0.4}
 	for k, v := range want {
 		if num(got, k) != v {
 			t.Errorf("%s = %v, want %v (answer %v)", k, got[k], v, got)
 		}
 	}
-	if total := body["total"].(map[string]any); num(total, "clicks") != 6 || num(total, "impressions") != 10 {
+	if r := got["invalid_by_reason"].(map[string]any); num(r, "duplicate_click") != 2 || num(got, "ivt_rate") != 2.0/16 {
+		t.Errorf("invalid by reason %v, ivt_rate %v: want 2 duplicate clicks of 16 events", r, got["ivt_rate"])
+	}
+	if total := body["total"].(map[string]any); num(total, "clicks") != 4 || num(total, "impressions") != 10 {
 		t.Errorf("total = %v, want the one ad's counts", total)
+	}
+	if status, all := c.do(http.MethodGet, "/ads/analytics?timeframe=1h&ad_id=e2e-ad&include_invalid=true", "", "", nil); status != http.StatusOK ||
+		num(all["total"].(map[string]any), "clicks") != 6 || num(all["total"].(map[string]any), "ctr") != 0.6 || all["include_invalid"] != true {
+		t.Errorf("include_invalid=true: %d %v, want the 6 clicks and ctr 0.6", status, all["total"])
 	}
 	for _, tf := range []string{"6h", "24h", "7d", "30d"} {
 		body, _ := c.analytics("timeframe="+tf+"&ad_id=e2e-ad", func(a map[string]any) bool { return true })
 		a := body["ads"].([]any)[0].(map[string]any)
-		if num(a, "clicks") != 6 || num(a, "impressions") != 10 || num(a, "unique_visitors") != 5 {
+		if num(a, "clicks") != 4 || num(a, "invalid") != 2 || num(a, "impressions") != 10 || num(a, "unique_visitors") != 5 {
 			t.Errorf("timeframe %s: %v, want the same counts as 1h", tf, a)
 		}
 	}
@@ -315,7 +324,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	// None of the rejected requests counted.
 	body, _ = c.analytics("timeframe=1h&ad_id=e2e-ad", func(a map[string]any) bool { return true })
-	if a := body["ads"].([]any)[0].(map[string]any); num(a, "clicks") != 6 || num(a, "impressions") != 10 {
+	if a := body["ads"].([]any)[0].(map[string]any); num(a, "clicks") != 4 || num(a, "invalid") != 2 || num(a, "impressions") != 10 {
 		t.Errorf("after bad input: %v, want the counts unchanged", a)
 	}
 
@@ -329,7 +338,7 @@ func TestEndToEnd(t *testing.T) {
 	} else if resp.Body.Close(); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("click with a long user agent: status %d", resp.StatusCode)
 	}
-	c.analytics("timeframe=1h&ad_id=e2e-ad", func(a map[string]any) bool { return num(a, "clicks") == 7 })
+	c.analytics("timeframe=1h&ad_id=e2e-ad", func(a map[string]any) bool { return num(a, "clicks") == 5 })
 	waitArchived(t, d, "e2e-ad", 17)
 
 	// An ad cannot take the name of a route under /ads.
@@ -418,7 +427,7 @@ func TestExternalServers(t *testing.T) {
 				t.Fatal("started its own NATS or PostgreSQL despite the configuration")
 			}
 			c := client{t: t, base: "http://" + d.httpAddr()}
-			if status, body := c.postJSON("/ads/click", map[string]any{"ad_id": "coffee-6s", "event_id": "ext-" + tc.name[:2], "ip": "192.0.2.1"}); status != http.StatusAccepted {
+			if status, body := c.postJSON("/ads/click", map[string]any{"ad_id": "coffee-6s", "event_id": "ext-" + tc.name[:2], "ip": fmt.Sprintf("192.0.2.%d", 1+i)}); status != http.StatusAccepted {
 				t.Fatalf("click: status %d body %v", status, body)
 			}
 			// Both runs share the servers: the second sees the first's click too.
@@ -487,7 +496,7 @@ func TestPostgresOutage(t *testing.T) {
 		for w := range 8 {
 			wg.Go(func() {
 				for i := w; i < perPhase; i += 8 {
-					body := fmt.Sprintf(`{"event_id":"pg-%d-%d","ad_id":"coffee-6s","ip":"198.51.100.%d"}`, phase, i, i%250)
+					body := fmt.Sprintf(`{"event_id":"pg-%d-%d","ad_id":"coffee-6s","ip":"198.51.100.%d","user_agent":%q}`, phase, i, i%250, personUA)
 					resp, err := http.Post(c.base+"/ads/impression", "application/json", strings.NewReader(body))
 					if err != nil {
 						t.Errorf("impression: %v", err)

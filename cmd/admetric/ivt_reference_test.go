@@ -40,11 +40,13 @@ type referenceAd struct {
 // window of 30 s, 30 events a visitor, ad and minute, the bots of
 // referenceBots; the intake's reasons as the events carry them), written
 // apart from the service's own Judge so that the two check each other. Loads
-// that use it send no VAST servings.
-func referenceCounts(t *testing.T, js jetstream.JetStream, partitions int) map[string]*referenceAd {
+// that use it send no VAST servings. It also returns the reason of each
+// invalid event, by event ID.
+func referenceCounts(t *testing.T, js jetstream.JetStream, partitions int) (map[string]*referenceAd, map[string]event.InvalidReason) {
 	t.Helper()
 	const window, rate = int64(30_000), uint32(30)
 	ads := map[string]*referenceAd{}
+	reasons := map[string]event.InvalidReason{}
 	for p := range partitions {
 		type minuteCount struct {
 			minute int64
@@ -92,6 +94,7 @@ func referenceCounts(t *testing.T, js jetstream.JetStream, partitions int) map[s
 			switch {
 			case reason != "":
 				a.invalid[reason]++
+				reasons[e.EventID] = reason
 			case e.Type == event.Click:
 				a.clicks++
 				a.visitors[who] = struct{}{}
@@ -101,7 +104,7 @@ func referenceCounts(t *testing.T, js jetstream.JetStream, partitions int) map[s
 			}
 		}
 	}
-	return ads
+	return ads, reasons
 }
 
 func isReferenceBot(ua string) bool {
@@ -120,7 +123,10 @@ func abs64(x int64) int64 {
 	return x
 }
 
-// readStream returns every event of stream, in stream order.
+// readStream returns every event of stream, in stream order, completed as
+// the rollup writers complete what other publishers leave out (type and ad
+// from the subject, the time the stream stored it) and cleaned up as they
+// clean it (the user agent, the address, a time ahead of the stream's).
 func readStream(t *testing.T, js jetstream.JetStream, stream string) []event.Event {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -149,9 +155,20 @@ func readStream(t *testing.T, js jetstream.JetStream, stream string) []event.Eve
 			}
 			seq = meta.Sequence.Stream
 			e, err := event.Decode(msg.Data())
-			if err != nil {
+			_, typ, ad, ok := store.ParseEventSubject(msg.Subject())
+			if err != nil || !ok {
 				continue // a probe or poison: no event of the load
 			}
+			if e.Type == "" {
+				e.Type = event.Type(typ)
+			}
+			if e.AdID == "" {
+				e.AdID = ad
+			}
+			if stored := meta.Timestamp.UTC(); e.Timestamp.IsZero() || e.Timestamp.After(stored) {
+				e.Timestamp = stored
+			}
+			e.UserAgent, e.IP = event.SanitizeUserAgent(e.UserAgent), event.CanonicalIP(e.IP)
 			out = append(out, e)
 		}
 		if n == 0 {

@@ -80,7 +80,8 @@ func TestTwoAggregatorProcesses(t *testing.T) {
 	}
 	waitTotals := func() {
 		t.Helper()
-		waitReference(t, c, referenceCounts(t, js, 4))
+		want, _ := referenceCounts(t, js, 4)
+		waitReference(t, c, want)
 	}
 
 	publishPhase(1)

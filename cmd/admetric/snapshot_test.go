@@ -34,7 +34,7 @@ func TestAnalyticsFromSnapshotWhileNATSDown(t *testing.T) {
 
 	const ad = "coffee-6s" // a demo ad
 	for i := range 7 {
-		if status, body := c.postJSON("/ads/click", map[string]any{"ad_id": ad, "event_id": "snap-" + string(rune('a'+i)), "ip": "192.0.2.1", "playback_time": 2}); status != http.StatusAccepted || body["status"] != "accepted" {
+		if status, body := c.postJSON("/ads/click", map[string]any{"ad_id": ad, "event_id": "snap-" + string(rune('a'+i)), "ip": fmt.Sprintf("192.0.2.%d", 10+i), "playback_time": 2}); status != http.StatusAccepted || body["status"] != "accepted" {
 			t.Fatalf("click %d: %d %v", i, status, body)
 		}
 	}
