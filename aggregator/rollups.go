@@ -492,6 +492,19 @@ func (w *RollupWriter) gate(ctx context.Context, cons jetstream.Consumer, s *wri
 	if err != nil {
 		return false
 	}
+	// Another writer folded past what this one judged (it took the
+	// partition over meanwhile): the rules' state, the checkpoints and the
+	// cache are its, so read them again before deciding anything. A
+	// decision from a stale state would reach the archive, and a rollup
+	// written key by key before the stale checkpoint fails would keep it.
+	if w.judge != nil && info.AckFloor.Stream > w.judge.Seq() {
+		if err := w.reload(ctx); err != nil {
+			w.logger.Warn("reading the partition's state again failed; retrying", "err", err)
+			return false
+		}
+		clear(s.decoded)
+		s.judgeErr = nil
+	}
 	// With AckAll, pending is exactly what is delivered and above the ack
 	// floor: drop what is at or below it, to compare like with like.
 	for seq := range s.held {
@@ -889,6 +902,16 @@ func (w *RollupWriter) settle(ctx context.Context, keys []Key, now time.Time) er
 		w.metrics.settled.Add(float64(len(writes[u])))
 	}
 	return nil
+}
+
+// reload reads the checkpoints and the rules' state again and starts the
+// cache over: another writer committed since this one read them.
+func (w *RollupWriter) reload(ctx context.Context) error {
+	w.cache = make(map[Key]*cachedRollup)
+	if err := w.loadCheckpoints(ctx); err != nil {
+		return err
+	}
+	return w.loadJudge(ctx)
 }
 
 // loadJudge reads the rules' state committed with the day bucket's
