@@ -306,6 +306,11 @@ func TestClusterFailover(t *testing.T) {
 	}
 	took := waitSettled(t, c, w, apiEnv, 3*time.Minute)
 	t.Logf("analytics exact, spool drained and archive complete %s after the load", took.Round(time.Millisecond))
+	// The invalid traffic too, across an aggregator killed mid-load: every
+	// ad's valid and invalid counts by reason as the reference decides them
+	// from the streams in stream order.
+	want, _ := referenceCounts(t, js, partitions)
+	waitReference(t, c, want)
 	waitSpread("after the restarts")
 	for i, p := range []*proc{api, aggregators[1]} {
 		select {
