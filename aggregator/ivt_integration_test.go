@@ -8,9 +8,12 @@ import (
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/ingest/event"
+	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/rollup"
 	"github.com/admetric/admetric/store/storetest"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/uptrace/bun"
 )
 
 const browserUA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
@@ -51,21 +54,29 @@ func ivtScenario(ad string, at time.Time) (evs []event.Event, want map[string]ev
 	return evs, want
 }
 
-// TestRulesDecideInTheFoldAndTheArchiveKeepsThem runs a rollup writer with
-// the rules and the archiver on a real NATS and PostgreSQL: the rollups
-// count each event as its rule decides (valid counts, invalid ones by
-// reason), and the archive holds every event with that reason.
-func TestRulesDecideInTheFoldAndTheArchiveKeepsThem(t *testing.T) {
+// runRules starts NATS and PostgreSQL, a rollup writer with the rules (the
+// bot list, a rate of 3 a minute) and an archiver that applies the
+// decisions to the archive when applied says so.
+func runRules(t *testing.T, applied bool) (jetstream.JetStream, *store.Rollups, *bun.DB) {
+	t.Helper()
 	js, rollups := setup(t)
 	db := storetest.DB(t, storetest.Postgres(t))
-	ctx := context.Background()
 	bots, err := aggregator.LoadBots(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{Rules: &aggregator.Rules{Bots: bots, RatePerMinute: 3}})
-	runArchiver(t, js, db, aggregator.ArchiverOptions{BatchSize: 4, Decisions: true})
+	runArchiver(t, js, db, aggregator.ArchiverOptions{BatchSize: 4, Decisions: applied})
+	return js, rollups, db
+}
 
+// TestRulesDecideInTheFoldAndTheArchiveKeepsThem runs a rollup writer with
+// the rules and the archiver on a real NATS and PostgreSQL: the rollups
+// count each event as its rule decides (valid counts, invalid ones by
+// reason), and the archive holds every event with that reason.
+func TestRulesDecideInTheFoldAndTheArchiveKeepsThem(t *testing.T) {
+	js, rollups, db := runRules(t, true)
+	ctx := context.Background()
 	at := time.Now().UTC().Add(-time.Minute).Truncate(time.Minute)
 	evs, want := ivtScenario("ad-ivt", at)
 	publish(t, js, evs...)
@@ -119,15 +130,8 @@ func TestRulesDecideInTheFoldAndTheArchiveKeepsThem(t *testing.T) {
 func TestRebuildKeepsTheRulesDecisions(t *testing.T) {
 	for _, applied := range []bool{false, true} {
 		t.Run(fmt.Sprintf("archive has the decisions: %v", applied), func(t *testing.T) {
-			js, rollups := setup(t)
-			db := storetest.DB(t, storetest.Postgres(t))
+			js, rollups, db := runRules(t, applied)
 			ctx := context.Background()
-			bots, err := aggregator.LoadBots(nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			runWriterWith(t, js, rollups, aggregator.RollupWriterOptions{Rules: &aggregator.Rules{Bots: bots, RatePerMinute: 3}})
-			runArchiver(t, js, db, aggregator.ArchiverOptions{BatchSize: 4, Decisions: applied})
 			at := time.Now().UTC().Add(-time.Minute).Truncate(time.Minute)
 			evs, _ := ivtScenario("ad-rb", at)
 			publish(t, js, evs...)

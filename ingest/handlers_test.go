@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/ingest"
 	"github.com/admetric/admetric/ingest/event"
@@ -42,19 +44,10 @@ func (k knownAds) ClickThrough(id string) (string, bool) {
 // answer is 503 with Retry-After, never a 202.
 func TestIntakeOnRealJetStream(t *testing.T) {
 	srv := storetest.NATS(t)
-	js, nc := storetest.JetStream(t, srv)
+	_, nc := storetest.JetStream(t, srv)
 	ctx := context.Background()
-	stream := storetest.EventStream(t, js, 1)
-	gin.SetMode(gin.TestMode)
-	r := gin.New()
-	// A timeout far beyond any PubAck, even on a loaded machine: without a
-	// spool, a publish that times out fails the request.
-	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: time.Minute, MaxPending: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ingest.NewHandlers(pub, knownAds{"ad-1": true}, ingest.HandlersOptions{Limits: event.Limits{MaxAge: time.Hour}, Logger: slog.New(slog.DiscardHandler)}).Register(r)
-	in := &intake{router: r, stream: stream}
+	in := newIntake(t, nc, knownAds{"ad-1": true})
+	stream := in.stream
 
 	future := time.Now().Add(2 * time.Minute).UTC().Format(time.RFC3339)
 	for range 2 {
@@ -96,18 +89,10 @@ func TestIntakeOnRealJetStream(t *testing.T) {
 // published as invalid traffic (playback); one at or within it, and other
 // types, are not; an ad of unknown duration marks nothing.
 func TestIntakeMarksImpossiblePlayback(t *testing.T) {
-	srv := storetest.NATS(t)
-	js, nc := storetest.JetStream(t, srv)
+	_, nc := storetest.JetStream(t, storetest.NATS(t))
 	ctx := context.Background()
-	stream := storetest.EventStream(t, js, 1)
-	gin.SetMode(gin.TestMode)
-	r := gin.New()
-	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: time.Minute, MaxPending: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ingest.NewHandlers(pub, durations{"ad-1": 15, "ad-0": 0}, ingest.HandlersOptions{Limits: event.Limits{MaxAge: time.Hour}, Logger: slog.New(slog.DiscardHandler)}).Register(r)
-	in := &intake{router: r, stream: stream}
+	in := newIntake(t, nc, durations{"ad-1": 15, "ad-0": 0})
+	stream := in.stream
 	tests := []struct {
 		path, ad string
 		playback string
@@ -145,6 +130,27 @@ func TestIntakeMarksImpossiblePlayback(t *testing.T) {
 	if code, _, body := in.post(t, "/ads/click", `{"ad_id":"ad-1","invalid_reason":"playback"}`); code != http.StatusBadRequest || body["field"] != "invalid_reason" {
 		t.Errorf("a click naming its own invalid_reason: %d %v, want 400 naming invalid_reason", code, body)
 	}
+}
+
+// newIntake serves the intake handlers for ads over a publisher on nc into
+// a fresh event stream.
+func newIntake(t *testing.T, nc *nats.Conn, ads ingest.AdLookup) *intake {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := storetest.EventStream(t, js, 1)
+	gin.SetMode(gin.TestMode)
+	r := gin.New()
+	// A timeout far beyond any PubAck, even on a loaded machine: without a
+	// spool, a publish that times out fails the request.
+	pub, err := ingest.NewPublisher(nc, ingest.PublisherOptions{Timeout: time.Minute, MaxPending: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest.NewHandlers(pub, ads, ingest.HandlersOptions{Limits: event.Limits{MaxAge: time.Hour}, Logger: slog.New(slog.DiscardHandler)}).Register(r)
+	return &intake{router: r, stream: stream}
 }
 
 // durations are known ads with their durations.
