@@ -41,7 +41,7 @@ type Bots struct {
 	byLiteral [][]*regexp.Regexp
 	// always are the patterns without a required literal, run every time.
 	always []*regexp.Regexp
-	count  int
+	count  int // patterns in all
 }
 
 // LoadBots builds the matcher from the embedded crawler list and extra,
@@ -93,9 +93,6 @@ func LoadBots(extra []string) (*Bots, error) {
 	b.literals, b.count = ac, len(patterns)
 	return b, nil
 }
-
-// Patterns is how many patterns the matcher holds.
-func (b *Bots) Patterns() int { return b.count }
 
 // Match reports whether ua is a bot's: empty, on the crawler list, or
 // holding one of ownBotWords.

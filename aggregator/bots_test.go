@@ -43,8 +43,8 @@ func TestBotsMatchTheListsInstances(t *testing.T) {
 	if err := json.Unmarshal(crawlerUserAgents, &list); err != nil {
 		t.Fatal(err)
 	}
-	if len(list) < 1000 || b.Patterns() != len(list) {
-		t.Fatalf("%d crawlers in the list, %d patterns in the matcher", len(list), b.Patterns())
+	if len(list) < 1000 || b.count != len(list) {
+		t.Fatalf("%d crawlers in the list, %d patterns in the matcher", len(list), b.count)
 	}
 	res := make([]*regexp.Regexp, len(list))
 	for i, c := range list {
