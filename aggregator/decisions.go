@@ -167,9 +167,15 @@ func (a *Archiver) applyDecision(ctx context.Context, msg jetstream.Msg) {
 		a.poison(ctx, msg, err)
 		return
 	}
-	ids, reasons := make([]string, len(ds)), make([]string, len(ds))
-	for i, d := range ds {
-		ids[i], reasons[i] = d.EventID, string(d.Reason)
+	// An event named twice would make the archived count fall short of
+	// the names forever: one name each (the first decision; they agree).
+	ids, reasons := make([]string, 0, len(ds)), make([]string, 0, len(ds))
+	seen := make(map[string]bool, len(ds))
+	for _, d := range ds {
+		if !seen[d.EventID] {
+			seen[d.EventID] = true
+			ids, reasons = append(ids, d.EventID), append(reasons, string(d.Reason))
+		}
 	}
 	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), insertTimeout)
 	defer cancel()

@@ -62,15 +62,14 @@ func (a *Archive) MarkInvalid(ctx context.Context, ids, reasons []string) (archi
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	err = a.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		if _, err := tx.NewRaw(`UPDATE events SET invalid_reason = d.reason
-			FROM unnest(?::text[], ?::text[]) AS d(id, reason)
-			WHERE events.event_id = d.id AND events.invalid_reason IS NULL`,
-			pgdialect.Array(ids), pgdialect.Array(reasons)).Exec(ctx); err != nil {
-			return err
-		}
-		return tx.NewRaw(`SELECT count(*) FROM events WHERE event_id = ANY(?::text[])`, pgdialect.Array(ids)).Scan(ctx, &archived)
-	})
+	// One statement, so that the update and the count see the same
+	// snapshot: as two, a row inserted between them was counted without
+	// being updated, and its reason was lost.
+	err = a.db.NewRaw(`WITH d(id, reason) AS (SELECT * FROM unnest(?::text[], ?::text[])),
+		u AS (UPDATE events SET invalid_reason = d.reason FROM d
+			WHERE events.event_id = d.id AND events.invalid_reason IS NULL)
+		SELECT count(*) FROM events WHERE event_id = ANY(?::text[])`,
+		pgdialect.Array(ids), pgdialect.Array(reasons), pgdialect.Array(ids)).Scan(ctx, &archived)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: mark %d events invalid: %w", len(ids), err)
 	}

@@ -70,3 +70,38 @@ func TestArchiveInsert(t *testing.T) {
 		t.Fatal("a timeout is not a data error")
 	}
 }
+
+// MarkInvalid sets the reason of the archived events it names, leaves one
+// the intake marked as it is, and says how many of them are archived at
+// all.
+func TestArchiveMarkInvalid(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.DB(t, storetest.Postgres(t))
+	archive := postgres.NewArchive(db)
+	at := time.Now().UTC().Truncate(time.Second)
+	rows := []postgres.ArchivedEvent{
+		{EventID: "a", Type: "click", AdID: "ad", OccurredAt: at, UserAgent: "x", StreamSeq: 1},
+		{EventID: "b", Type: "click", AdID: "ad", OccurredAt: at, UserAgent: "x", StreamSeq: 2},
+		{EventID: "c", Type: "click", AdID: "ad", OccurredAt: at, UserAgent: "x", StreamSeq: 3, InvalidReason: "playback"},
+	}
+	if _, err := archive.Insert(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	n, err := archive.MarkInvalid(ctx, []string{"a", "c", "later"}, []string{"bot", "rate", "bot"})
+	if err != nil || n != 2 {
+		t.Fatalf("MarkInvalid = %d, %v; want 2 of the 3 archived", n, err)
+	}
+	want := map[string]string{"a": "bot", "b": "", "c": "playback"}
+	for id, reason := range want {
+		var got *string
+		if err := db.NewRaw("SELECT invalid_reason FROM events WHERE event_id = ?", id).Scan(ctx, &got); err != nil {
+			t.Fatal(err)
+		}
+		if (got == nil) != (reason == "") || got != nil && *got != reason {
+			t.Errorf("%s: reason %v, want %q", id, got, reason)
+		}
+	}
+	if _, err := archive.MarkInvalid(ctx, []string{"a"}, nil); err == nil {
+		t.Error("ids and reasons of different lengths were taken")
+	}
+}
