@@ -105,14 +105,27 @@ func (w *RollupWriter) publishDecisions(ctx context.Context, recs []Record) erro
 // stream.
 const DecisionConsumerName = "archive-decisions"
 
-// decisionRetry is how long a decision message whose events are not all
-// archived yet waits before it is tried again; maxDecisionTries bounds the
-// tries (about an hour): an event the archive never takes (dead-lettered)
-// would otherwise hold its message forever.
+// A decision message whose events are not all archived yet (the archiver
+// is behind, or PostgreSQL is down) waits before it is tried again:
+// decisionRetry at first, twice as long each time after, up to
+// maxDecisionRetry. It is never given up: PostgreSQL may be down as long as
+// the event streams keep events, and the decision stream keeps its messages
+// as long (store.CreateOrUpdateDecisionStream), so a message whose event the
+// archive never takes (one dead-lettered) ends with its stream's MaxAge.
 const (
 	decisionRetry    = 2 * time.Second
-	maxDecisionTries = 1800
+	maxDecisionRetry = time.Minute
 )
+
+// decisionDelay is how long a decision message delivered n times waits
+// before the next try.
+func decisionDelay(n uint64) time.Duration {
+	d := decisionRetry
+	for ; n > 1 && d < maxDecisionRetry; n-- {
+		d *= 2
+	}
+	return min(d, maxDecisionRetry)
+}
 
 // applyDecisions sets the invalid_reason of archived events from the
 // decision stream until ctx ends, setting its consumer up again when NATS
@@ -186,12 +199,10 @@ func (a *Archiver) applyDecision(ctx context.Context, msg jetstream.Msg) {
 	case err != nil && postgres.IsDataError(err):
 		a.poison(ctx, msg, err)
 	default:
-		if meta, merr := msg.Metadata(); merr == nil && meta.NumDelivered >= maxDecisionTries {
-			a.logger.Warn("decisions naming events the archive never took; giving up on them",
-				"decisions", len(ids), "archived", archived, "err", err)
-			_ = msg.Term()
-			return
+		delivered := uint64(1)
+		if meta, merr := msg.Metadata(); merr == nil {
+			delivered = meta.NumDelivered
 		}
-		_ = msg.NakWithDelay(decisionRetry)
+		_ = msg.NakWithDelay(decisionDelay(delivered))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/admetric/admetric/ingest/event"
 )
@@ -18,6 +19,15 @@ func TestDecisionsRoundTrip(t *testing.T) {
 	for _, bad := range []string{``, `{}`, `[["e"]]`, `[["", "bot"]]`, `[["e", "human"]]`, `[["e", "bot", "x"]]`} {
 		if _, err := DecodeDecisions([]byte(bad)); !errors.Is(err, ErrBadDecisions) {
 			t.Errorf("%s: %v, want ErrBadDecisions", bad, err)
+		}
+	}
+}
+
+func TestDecisionDelay(t *testing.T) {
+	t.Parallel()
+	for n, want := range map[uint64]time.Duration{0: 2 * time.Second, 1: 2 * time.Second, 2: 4 * time.Second, 5: 32 * time.Second, 6: time.Minute, 1000: time.Minute} {
+		if got := decisionDelay(n); got != want {
+			t.Errorf("decisionDelay(%d) = %s, want %s", n, got, want)
 		}
 	}
 }
