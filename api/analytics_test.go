@@ -149,7 +149,8 @@ func TestAnalyticsWindows(t *testing.T) {
 	// 31 days once aligned to days, or 30 when the 30 days end on a day
 	// boundary (asked in the last minute of a UTC day).
 	days := int(rep.To.Sub(rep.From) / (24 * time.Hour))
-	if days != 31 && !(days == 30 && rep.To.Equal(rep.To.Truncate(24*time.Hour)) && rep.From.Equal(rep.To.Add(-30*24*time.Hour))) {
+	endsAtMidnight := days == 30 && rep.To.Equal(rep.To.Truncate(24*time.Hour)) && rep.From.Equal(rep.To.Add(-30*24*time.Hour))
+	if days != 31 && !endsAtMidnight {
 		t.Fatalf("daily series over 30d covers [%s, %s): want 31 days, or 30 ending at midnight", rep.From, rep.To)
 	}
 	if len(pts) != days || len(rep.Total.Series) != days {
