@@ -81,11 +81,7 @@ func TestRulesDecideInTheFoldAndTheArchiveKeepsThem(t *testing.T) {
 	evs, want := ivtScenario("ad-ivt", at)
 	publish(t, js, evs...)
 	waitRows(t, db, len(evs))
-	waitFor(t, func() bool {
-		var n int
-		err := db.NewRaw(`SELECT count(*) FROM events WHERE invalid_reason IS NOT NULL`).Scan(ctx, &n)
-		return err == nil && n == 7
-	}, func() string { return "the archive never held the 7 decisions" })
+	waitInvalidRows(t, db, 7)
 	rows := map[string]string{}
 	var got []struct {
 		EventID       string  `bun:"event_id"`
@@ -144,10 +140,7 @@ func TestRebuildKeepsTheRulesDecisions(t *testing.T) {
 				t.Fatalf("live rollups count %d invalid events, want 7", live.Invalid)
 			}
 			if applied {
-				waitFor(t, func() bool {
-					var n int
-					return db.NewRaw(`SELECT count(*) FROM events WHERE invalid_reason IS NOT NULL`).Scan(ctx, &n) == nil && n == 7
-				}, func() string { return "the archive never held the 7 decisions" })
+				waitInvalidRows(t, db, 7)
 			}
 			res, err := aggregator.Rebuild(ctx, rollups, postgres.NewArchive(db), aggregator.RebuildOptions{
 				From: from, To: to, VisitorSalt: []byte("salt"), ArchiveFloor: aggregator.ArchiveFloor(js),
@@ -162,4 +155,14 @@ func TestRebuildKeepsTheRulesDecisions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// waitInvalidRows waits until the archive holds want events with an
+// invalid_reason.
+func waitInvalidRows(t *testing.T, db *bun.DB, want int) {
+	t.Helper()
+	waitFor(t, func() bool {
+		var n int
+		return db.NewRaw(`SELECT count(*) FROM events WHERE invalid_reason IS NOT NULL`).Scan(context.Background(), &n) == nil && n == want
+	}, func() string { return fmt.Sprintf("the archive never held the %d decisions", want) })
 }
