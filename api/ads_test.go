@@ -12,14 +12,16 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/admetric/admetric/api"
+	"github.com/admetric/admetric/api/openapi/openapitest"
 	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
 )
 
 const adminToken = "test-admin-token"
 
-// adRouter serves the ad routes over a real PostgreSQL.
-func adRouter(t *testing.T) (*gin.Engine, *postgres.Ads) {
+// adRouter serves the ad routes over a real PostgreSQL, failing t when an
+// answer departs from the OpenAPI document.
+func adRouter(t *testing.T) (http.Handler, *postgres.Ads) {
 	t.Helper()
 	ads := postgres.NewAds(storetest.DB(t, storetest.Postgres(t)))
 	logger := slog.New(slog.DiscardHandler)
@@ -30,7 +32,7 @@ func adRouter(t *testing.T) (*gin.Engine, *postgres.Ads) {
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
 	api.NewAdHandlers(ads, cat, adminToken, logger).Register(r)
-	return r, ads
+	return openapitest.Handler(t, r), ads
 }
 
 // send makes one request with the admin token and returns the status and the

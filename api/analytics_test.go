@@ -13,6 +13,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/admetric/admetric/api"
+	"github.com/admetric/admetric/api/openapi/openapitest"
 	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/rollup/rolluptest"
@@ -70,10 +71,11 @@ func TestAnalyticsWindows(t *testing.T) {
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
 	api.NewAnalyticsHandler(rollups, layout, staticCatalog{"a", "b"}, slog.New(slog.DiscardHandler), api.AnalyticsOptions{}).Register(r)
+	h := openapitest.Handler(t, r) // every answer checked against the API contract
 	get := func(query string) (int, api.Report) {
 		t.Helper()
 		rec := httptest.NewRecorder()
-		r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ads/analytics?"+query, nil))
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ads/analytics?"+query, nil))
 		var rep api.Report
 		if rec.Code == http.StatusOK {
 			if err := json.Unmarshal(rec.Body.Bytes(), &rep); err != nil {
@@ -214,7 +216,7 @@ func TestAnalyticsWindows(t *testing.T) {
 		{"offset=-1", "offset"},
 	} {
 		rec := httptest.NewRecorder()
-		r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ads/analytics?"+tc.query, nil))
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ads/analytics?"+tc.query, nil))
 		var body struct{ Error, Field string }
 		_ = json.Unmarshal(rec.Body.Bytes(), &body)
 		if rec.Code != http.StatusBadRequest || body.Field != tc.field || body.Error == "" {

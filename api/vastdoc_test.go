@@ -14,6 +14,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/admetric/admetric/api"
+	"github.com/admetric/admetric/api/openapi/openapitest"
 	"github.com/admetric/admetric/ingest/pixel"
 	"github.com/admetric/admetric/store/postgres"
 )
@@ -48,6 +49,7 @@ func TestVASTDocuments(t *testing.T) {
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
 	api.NewVASTHandler(ads, signer, "https://ads.example.com/", 20*time.Minute, slog.New(slog.DiscardHandler)).Register(r)
+	h := openapitest.Handler(t, r) // every answer checked against the API contract
 	get := func(id string) string {
 		t.Helper()
 		rec := httptest.NewRecorder()
@@ -55,7 +57,7 @@ func TestVASTDocuments(t *testing.T) {
 		if strings.HasPrefix(id, "?") {
 			path = "/vast" + id
 		}
-		r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://internal:8080"+path, nil))
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://internal:8080"+path, nil))
 		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/xml; charset=utf-8" || rec.Header().Get("Cache-Control") != "no-store" {
 			t.Fatalf("%s: %d %v", id, rec.Code, rec.Header())
 		}
@@ -111,7 +113,7 @@ func TestVASTDocuments(t *testing.T) {
 	}
 	for _, q := range []string{"", "?ad_id=a&ad_id=b&ad_id=c&ad_id=d&ad_id=e&ad_id=f&ad_id=g&ad_id=h&ad_id=i&ad_id=j&ad_id=k"} {
 		rec := httptest.NewRecorder()
-		r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/vast"+q, nil))
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/vast"+q, nil))
 		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), `"field":"ad_id"`) {
 			t.Errorf("GET /vast%s: %d %s, want 400 naming ad_id", q, rec.Code, rec.Body)
 		}

@@ -116,7 +116,7 @@ func checkRefusedBodies(t *testing.T, in *intake) {
 			req := httptest.NewRequest(http.MethodPost, "/ads/events", strings.NewReader(tc.body))
 			req.Header.Set("Content-Type", tc.contentType)
 			rec := httptest.NewRecorder()
-			in.router.ServeHTTP(rec, req)
+			in.serve(t, rec, req)
 			if rec.Code != tc.code || !strings.Contains(rec.Body.String(), `"error"`) {
 				t.Errorf("%d %s, want %d with an error", rec.Code, rec.Body.String(), tc.code)
 			}
@@ -152,7 +152,7 @@ func TestForwardedForOnlyFromTrustedProxies(t *testing.T) {
 			req.Header.Set("X-Forwarded-For", tc.xff)
 		}
 		rec := httptest.NewRecorder()
-		in.router.ServeHTTP(rec, req)
+		in.serve(t, rec, req)
 		if rec.Code != http.StatusAccepted {
 			t.Fatalf("%s: %d %s", tc.id, rec.Code, rec.Body.String())
 		}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/admetric/admetric/api/openapi/openapitest"
+	"github.com/admetric/admetric/api/respond"
 	"github.com/admetric/admetric/ingest"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store/storetest"
@@ -32,7 +34,13 @@ func TestBrowserPlayersPostEvents(t *testing.T) {
 	}
 	gin.SetMode(gin.TestMode)
 	router := func(origins ...string) *gin.Engine {
+		// A method a path does not take is answered as the service's engine
+		// (cmd/admetric) answers it, as the API contract has it.
 		r := gin.New()
+		r.HandleMethodNotAllowed = true
+		r.NoMethod(func(c *gin.Context) {
+			respond.Error(c, http.StatusMethodNotAllowed, "", "method not allowed on this route")
+		})
 		ingest.NewHandlers(pub, knownAds{"ad-1": true}, ingest.HandlersOptions{
 			Limits: event.Limits{MaxAge: time.Hour}, AllowedOrigins: origins, Logger: slog.New(slog.DiscardHandler),
 		}).Register(r)
@@ -52,7 +60,7 @@ func TestBrowserPlayersPostEvents(t *testing.T) {
 			req.Header.Set("Access-Control-Request-Headers", "content-type")
 		}
 		rec := httptest.NewRecorder()
-		r.ServeHTTP(rec, req)
+		openapitest.Handler(t, r).ServeHTTP(rec, req)
 		return rec
 	}
 	const player = "https://player.example.com"

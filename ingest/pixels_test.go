@@ -21,7 +21,7 @@ func (in *intake) pixelURL(path, kind string, sv pixel.Serving) string {
 func (in *intake) get(t *testing.T, url string) *httptest.ResponseRecorder {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	in.router.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, url, nil))
+	in.serve(t, rec, httptest.NewRequest(http.MethodGet, url, nil))
 	return rec
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/admetric/admetric/api/openapi/openapitest"
 	"github.com/admetric/admetric/ingest"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/ingest/pixel"
@@ -76,7 +77,7 @@ func (r *restartableNATS) connect(t *testing.T) *nats.Conn {
 
 // intake is the handlers over a publisher with a spool and its replayer.
 type intake struct {
-	router   *gin.Engine
+	router   *gin.Engine // serve answers through it, checked against the API contract
 	spool    *spool.Spool
 	stream   jetstream.Stream
 	logs     *logRecorder  // the publisher's
@@ -140,6 +141,12 @@ func startIntake(t *testing.T, nc *nats.Conn, spoolBytes int64) *intake {
 	return &intake{router: r, spool: sp, stream: stream, logs: logs, signer: signer, detached: detached}
 }
 
+// serve answers req through the router, failing t when the answer departs
+// from the OpenAPI document.
+func (in *intake) serve(t testing.TB, rec http.ResponseWriter, req *http.Request) {
+	openapitest.Handler(t, in.router).ServeHTTP(rec, req)
+}
+
 // testPixelSecret keys the tracking URLs of startIntake's pixel handlers.
 const testPixelSecret = "intake-test-pixel-secret-0123456789"
 
@@ -148,7 +155,7 @@ func (in *intake) post(t *testing.T, path, body string) (int, http.Header, map[s
 	req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	rec := httptest.NewRecorder()
-	in.router.ServeHTTP(rec, req)
+	in.serve(t, rec, req)
 	var out map[string]any
 	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
 		t.Fatalf("%s: body %q is not JSON", path, rec.Body.String())
@@ -197,7 +204,7 @@ func (in *intake) click(t *testing.T, id string) string {
 	req := httptest.NewRequest(http.MethodPost, "/ads/click", strings.NewReader(`{"event_id":"`+id+`","ad_id":"ad-1","playback_time":1}`))
 	req.Header.Set("Content-Type", "application/json")
 	rec := httptest.NewRecorder()
-	in.router.ServeHTTP(rec, req)
+	in.serve(t, rec, req)
 	var out struct {
 		Status string `json:"status"`
 	}

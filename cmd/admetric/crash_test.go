@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/admetric/admetric/api/openapi/openapitest"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
@@ -95,7 +96,7 @@ func newWorkload(n, ads, visitors int, seed uint64) *workload {
 // the same event_id, and counts what it sent. It gives up at the deadline.
 func (w *workload) send(t *testing.T, base string, workers int, deadline time.Time, done *atomic.Int64) {
 	t.Helper()
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: openapitest.Transport(t, &http.Transport{MaxIdleConnsPerHost: workers})}
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range workers {

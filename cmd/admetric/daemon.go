@@ -22,6 +22,8 @@ import (
 
 	"github.com/admetric/admetric/aggregator"
 	"github.com/admetric/admetric/api"
+	"github.com/admetric/admetric/api/dashboard"
+	"github.com/admetric/admetric/api/openapi"
 	"github.com/admetric/admetric/api/rollupcache"
 	"github.com/admetric/admetric/config"
 	"github.com/admetric/admetric/ingest"
@@ -200,8 +202,10 @@ func (d *daemon) prepareDatabase(ctx context.Context) error {
 	return nil
 }
 
-// startAPI mounts the ads, analytics and intake routes on engine and starts
-// the ad catalog's refresh and the spool's replayer.
+// startAPI mounts the ads, analytics, intake, VAST, dashboard and OpenAPI
+// routes on engine and starts the ad catalog's refresh and the spool's
+// replayer. The OpenAPI document describes these routes, so only the API
+// role serves it.
 func (d *daemon) startAPI(ctx context.Context, engine *gin.Engine) error {
 	ads := postgres.NewAds(d.db)
 	catalog := api.NewCatalog(ads, d.logger.With("component", "catalog"))
@@ -244,6 +248,12 @@ func (d *daemon) startAPI(ctx context.Context, engine *gin.Engine) error {
 	}
 	d.goWorker("pixel-publisher", detached.Run)
 	ingest.NewPixelHandlers(intake, detached, signer, catalog, d.reg).Register(engine)
+	board, err := dashboard.New()
+	if err != nil {
+		return fmt.Errorf("dashboard: %w", err)
+	}
+	board.Register(engine)
+	openapi.Register(engine)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
@@ -141,8 +142,18 @@ func TestDashboardInABrowser(t *testing.T) {
 	b.screenshot(filepath.Join(shots, "dashboard-stale.png"))
 	startNATSServer(t, natsBin, natsPort, natsDir, 4)
 	b.waitFor("the notice gone once NATS is back", `document.getElementById("notice").hidden`)
-
 	b.checkConsole()
+
+	// The service unreachable (the browser offline): the last numbers stay,
+	// and the page says so, then recovers by itself. (The browser logs each
+	// failed request, so the console is checked before this.)
+	b.offline(true)
+	b.waitFor("the unreachable notice", `(() => {
+		const n = document.getElementById("notice");
+		return !n.hidden && n.textContent.startsWith("AdMetric is unreachable") && document.getElementById("t-impressions").textContent === "9";
+	})()`)
+	b.offline(false)
+	b.waitFor("the notice gone once the service answers", `document.getElementById("notice").hidden`)
 	t.Logf("screenshots in %s", shots)
 }
 
@@ -218,6 +229,20 @@ func (b *browser) waitFor(what, expr string) {
 		shown, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string](`location.hash + "\n" + document.body.innerText`))
 		b.t.Fatalf("waiting for %s: %v\nthe page showed:\n%s\nconsole: %v", what, err, shown, b.consoleLines())
 	}
+}
+
+// offline cuts the tab off the network, or puts it back.
+func (b *browser) offline(off bool) {
+	b.t.Helper()
+	b.do(chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+		if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
+			return err
+		}
+		_, err := chromedp.Call(ctx, network.EmulateNetworkConditionsByRule, network.EmulateNetworkConditionsByRuleParams{
+			MatchedNetworkConditions: []*network.Conditions{{Offline: off, DownloadThroughput: -1, UploadThroughput: -1}},
+		})
+		return err
+	}))
 }
 
 func (b *browser) screenshot(path string) {

@@ -54,7 +54,8 @@ func lookupIn(env map[string]string) func(string) (string, bool) {
 	return func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 }
 
-// startTestDaemon runs the whole service in-process on random ports.
+// startTestDaemon runs the whole service in-process on random ports; its
+// every answer is checked against the OpenAPI document (startCheckedDaemon).
 func startTestDaemon(t testing.TB, env map[string]string) *daemon {
 	t.Helper()
 	cfg, err := config.Load(lookupIn(env))
@@ -64,7 +65,7 @@ func startTestDaemon(t testing.TB, env map[string]string) *daemon {
 	logger := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	d, err := startDaemon(ctx, cfg, roleAll, logger)
+	d, err := startCheckedDaemon(t, ctx, cfg, roleAll, logger)
 	if err != nil {
 		t.Fatalf("start: %v", err)
 	}
@@ -114,7 +115,7 @@ func (c client) do(method, path, token, contentType string, body []byte) (int, m
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	req.Header.Set("User-Agent", "e2e-player/1.0")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.httpClient().Do(req)
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", method, path, err)
 	}

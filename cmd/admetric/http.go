@@ -61,6 +61,11 @@ func (d *daemon) registerOps(engine *gin.Engine) {
 	engine.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg})))
 }
 
+// wrapHTTP, when set, wraps the handler serveHTTP serves: the tests check
+// every answer of an in-process daemon against the OpenAPI document through
+// it. It is nil in the service; serveHTTP reads it once, as it starts.
+var wrapHTTP func(http.Handler) http.Handler
+
 // serveHTTP listens on HTTP_ADDR and serves engine until shutdown, with
 // timeouts that keep slow clients from holding connections.
 func (d *daemon) serveHTTP(engine *gin.Engine) error {
@@ -68,9 +73,13 @@ func (d *daemon) serveHTTP(engine *gin.Engine) error {
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR: %w", err)
 	}
+	handler := engine.Handler()
+	if wrapHTTP != nil {
+		handler = wrapHTTP(handler)
+	}
 	d.httpLn = ln
 	d.httpSrv = &http.Server{
-		Handler:           engine.Handler(),
+		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,

@@ -25,7 +25,7 @@ import (
 	"github.com/admetric/admetric/store"
 )
 
-const usage = `usage: admetric [serve | api | aggregator | rebuild --from T --to T | nats-config]
+const usage = `usage: admetric [serve | api | aggregator | rebuild --from T --to T | nats-config | loadgen [flags]]
 
   serve       the whole service in one process (the default)
   api         HTTP only: event intake, ads, analytics
@@ -36,6 +36,8 @@ const usage = `usage: admetric [serve | api | aggregator | rebuild --from T --to
   nats-config print the accounts block an external nats-server needs
               (AdMetric's account, its mapping onto PARTITIONS partition
               streams, its users), for the configured PARTITIONS
+  loadgen     send realistic ad traffic to a running AdMetric over HTTP
+              (loadgen -h lists its flags)
 
 Configuration is by environment variables (see .env.example); with none set
 it runs an embedded NATS server and a private PostgreSQL under ./data and
@@ -66,6 +68,8 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		r = roleAggregator
 	case "rebuild":
 		return runRebuild(ctx, args[1:], lookup, stderr)
+	case "loadgen":
+		return runLoadgen(ctx, args[1:], lookup, stdout, stderr)
 	case "nats-config":
 		cfg, err := config.Load(lookup)
 		if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/admetric/admetric/aggregator"
+	"github.com/admetric/admetric/api/openapi/openapitest"
 	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
 	"github.com/admetric/admetric/store/storetest"
@@ -195,7 +196,7 @@ type answer struct {
 // records each answer in answers[i]. answered counts the answers so far.
 func (w *workload) postOnce(t *testing.T, base string, first, last, workers int, perSecond float64, answers []answer, answered *atomic.Int64) {
 	t.Helper()
-	hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	hc := &http.Client{Timeout: 15 * time.Second, Transport: openapitest.Transport(t, &http.Transport{MaxIdleConnsPerHost: workers})}
 	defer hc.CloseIdleConnections()
 	next := make(chan int)
 	var wg sync.WaitGroup
