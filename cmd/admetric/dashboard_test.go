@@ -27,8 +27,8 @@ const viewerUA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, lik
 // against the whole service (an external nats-server, a throwaway
 // PostgreSQL): the totals, the table and the chart show the events sent, a
 // timeframe switch changes them, the keyboard opens one ad and its funnel, an
-// ad created in the page exists, and with NATS stopped the page says its
-// numbers are stale. The page must log no console error or exception. It
+// ad is created, edited and deleted in the page, with NATS stopped the page
+// says its numbers are stale, and offline that the service is unreachable. The page must log no console error or exception. It
 // saves screenshots (desktop and phone width) in ADMETRIC_SCREENSHOTS, or in
 // a temporary directory it logs.
 func TestDashboardInABrowser(t *testing.T) {
@@ -131,6 +131,22 @@ func TestDashboardInABrowser(t *testing.T) {
 		document.querySelector('#ads-table tbody a[data-ad="dash-new"]') !== null`)
 	if status, body := c.do(http.MethodGet, "/ads/dash-new", "", "", nil); status != http.StatusOK || body["title"] != "Made in the browser" {
 		t.Fatalf("the ad created in the page: %d %v", status, body)
+	}
+	// Edited from its own view, then deleted (the page asks twice).
+	b.do(chromedp.Click(chromedp.CSS(`#ads-table tbody a[data-ad="dash-new"]`)))
+	b.waitFor("dash-new's view", `document.getElementById("view-title").textContent === "Made in the browser (dash-new)"`)
+	b.do(chromedp.Click(chromedp.CSS(`#ad-links button`)))
+	b.waitFor("the edit form", `document.getElementById("ad-form-legend").textContent === "Edit dash-new" && document.getElementById("f-title").value === "Made in the browser"`)
+	b.do(chromedp.SetValue(chromedp.ID("f-title"), "Renamed in the browser"), chromedp.Click(chromedp.ID("ad-save")))
+	b.waitFor("the saved title", `document.getElementById("ad-form-done").textContent === "Saved dash-new." &&
+		document.getElementById("view-title").textContent === "Renamed in the browser (dash-new)"`)
+	b.do(chromedp.Click(chromedp.ID("ad-delete")))
+	b.waitFor("the delete armed", `document.getElementById("ad-delete").textContent === "Really delete dash-new?"`)
+	b.do(chromedp.Click(chromedp.ID("ad-delete")))
+	b.waitFor("the ad deleted", `document.getElementById("ad-form-done").textContent === "Deleted dash-new." && !location.hash.includes("ad=") &&
+		document.querySelector('#ads-table tbody a[data-ad="dash-a"]') !== null && document.querySelector('#ads-table tbody a[data-ad="dash-new"]') === null`)
+	if status, body := c.do(http.MethodGet, "/ads/dash-new", "", "", nil); status != http.StatusNotFound {
+		t.Fatalf("the ad deleted in the page: %d %v", status, body)
 	}
 
 	// NATS stops: the numbers stay, and the page says they are stale.

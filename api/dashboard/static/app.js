@@ -8,6 +8,7 @@
   const REFRESH_MS = 5000;
   const PAGE_SIZE = 20;
   const TOKEN_KEY = "admetric.adminToken";
+  const READ_KEY = "admetric.readToken";
   const TIMEFRAMES = { "1h": 3600e3, "6h": 6 * 3600e3, "24h": 24 * 3600e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
   const SVG = "http://www.w3.org/2000/svg";
 
@@ -82,10 +83,10 @@
       headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
     }
-    if (method !== "GET") {
-      const token = sessionStorage.getItem(TOKEN_KEY);
-      if (token) headers.Authorization = "Bearer " + token;
-    }
+    // Reads go with the read token, else the admin token (which reads
+    // everything); changes go with the admin token.
+    const token = method === "GET" ? sessionStorage.getItem(READ_KEY) || sessionStorage.getItem(TOKEN_KEY) : sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = "Bearer " + token;
     const resp = await fetch(path, opts);
     const text = await resp.text();
     let data = null;
@@ -175,11 +176,16 @@
       const [series, table] = await Promise.all([seriesReport(), wantTable ? tableReport() : null, loadTitles(false).catch(() => {})]);
       if (inflight !== seq) return; // a newer refresh began meanwhile
       lastOK = new Date();
+      $("read-token-form").hidden = true;
       render(series, table);
       showNotice(series);
     } catch (e) {
       if (inflight !== seq) return;
-      if (e instanceof APIError && e.status >= 400 && e.status < 500) {
+      if (e instanceof APIError && e.status === 401) {
+        sessionStorage.removeItem(READ_KEY);
+        $("read-token-form").hidden = false;
+        showNotice(null, "A read token is needed to see the figures.", false);
+      } else if (e instanceof APIError && e.status >= 400 && e.status < 500) {
         showNotice(null, e.message, false);
       } else {
         showNotice(null, unreachableText(e), true);
@@ -506,6 +512,13 @@
       go({ timeframe: "custom", from, to, offset: 0 });
     });
     $("tz").addEventListener("change", () => go({ tz: $("tz").value }));
+    $("read-token-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      sessionStorage.setItem(READ_KEY, $("read-token").value);
+      $("read-token").value = "";
+      titlesAt = 0;
+      refresh();
+    });
     $("page-prev").addEventListener("click", () => go({ offset: Math.max(0, state.offset - PAGE_SIZE) }));
     $("page-next").addEventListener("click", () => go({ offset: state.offset + PAGE_SIZE }));
     $("ads-table").addEventListener("click", (ev) => {
@@ -555,12 +568,25 @@
       await saveAd();
     });
     $("ad-cancel").addEventListener("click", () => resetForm());
-    $("ad-delete").addEventListener("click", async () => {
-      if (!editing || !confirm("Delete ad " + editing + "? It will no longer be served or listed; its events stay in the archive.")) return;
-      await adCall("DELETE", "/ads/" + encodeURIComponent(editing), undefined, "Deleted " + editing + ".");
+    // Delete asks twice, in the page: the first press arms the button for
+    // a few seconds, the second deletes.
+    const del = $("ad-delete");
+    let disarm = null;
+    del.addEventListener("click", async () => {
+      if (!editing) return;
+      if (del.dataset.armed !== "1") {
+        del.dataset.armed = "1";
+        del.textContent = "Really delete " + editing + "?";
+        $("ad-form-done").textContent = "It will no longer be served or listed; its events stay in the archive.";
+        disarm = setTimeout(() => disarmDelete(), 5000);
+        return;
+      }
+      clearTimeout(disarm);
+      disarmDelete();
       const was = editing;
-      resetForm();
+      // Leave the ad's own view first: its figures are not found once it is gone.
       if (state.ad === was) go({ ad: null, offset: 0 });
+      if (await adCall("DELETE", "/ads/" + encodeURIComponent(was), undefined, "Deleted " + was + ".")) resetForm();
     });
     tokenState();
   }
@@ -575,6 +601,12 @@
     $("token-state").textContent = sessionStorage.getItem(TOKEN_KEY) ? "A token is set for this tab." : "No token set.";
   }
 
+  function disarmDelete() {
+    const del = $("ad-delete");
+    delete del.dataset.armed;
+    del.textContent = "Delete";
+  }
+
   function resetForm() {
     editing = null;
     $("ad-form").reset();
@@ -583,6 +615,7 @@
     $("ad-save").textContent = "Create";
     $("ad-cancel").hidden = true;
     $("ad-delete").hidden = true;
+    disarmDelete();
     $("ad-form-error").textContent = "";
   }
 
