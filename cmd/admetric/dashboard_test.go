@@ -117,7 +117,8 @@ func TestDashboardInABrowser(t *testing.T) {
 
 	// Phone width: everything fits the screen's width, and the totals show.
 	b.do(chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
-	b.waitFor("a phone-width layout", `document.documentElement.scrollWidth <= window.innerWidth && document.getElementById("t-impressions").getBoundingClientRect().width > 0`)
+	b.waitFor("a phone-width layout", `document.documentElement.scrollWidth <= window.innerWidth && document.getElementById("t-impressions").getBoundingClientRect().width > 0 &&
+		+document.querySelector("#chart svg").getAttribute("width") <= window.innerWidth`)
 	b.screenshot(filepath.Join(shots, "dashboard-phone.png"))
 	b.do(chromedp.EmulateViewport(1280, 900))
 

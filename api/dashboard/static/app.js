@@ -538,11 +538,17 @@
       syncControls();
       refresh();
     });
+    // The chart is drawn for its box's width: drawn again when that changes
+    // (a turned phone, a resized window), once the change settles.
     let resizeTimer = null;
-    window.addEventListener("resize", () => {
+    let drawnWidth = 0;
+    new ResizeObserver((entries) => {
+      const w = Math.round(entries[0].contentRect.width);
+      if (w === drawnWidth) return;
+      drawnWidth = w;
       clearTimeout(resizeTimer);
-      resizeTimer = setTimeout(() => lastSeries && renderChart(lastSeries), 150);
-    });
+      resizeTimer = setTimeout(() => lastSeries && renderChart(lastSeries), 100);
+    }).observe($("chart"));
     wireManagement();
   }
 
