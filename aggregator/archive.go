@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store"
 	"github.com/admetric/admetric/store/postgres"
 )
@@ -37,6 +38,20 @@ type ArchiverOptions struct {
 	// Decisions: also set the invalid_reason of archived events from the
 	// decision stream (store.DecisionStream), which must exist.
 	Decisions bool
+
+	// TruncateIPs: archive no full address. An event that comes without the
+	// intake's visitor hash (one published straight to NATS) gets it
+	// computed here under VisitorSalt, and kept in the visitor column for
+	// rebuild, before its address is truncated (event.Pseudonymize); a
+	// poison message goes to the dead-letter stream with its address
+	// truncated, or without its body when that is not a JSON object.
+	TruncateIPs bool
+	// VisitorSalt keys the visitor hash: the rollup writers' salt.
+	VisitorSalt []byte
+	// Retention, above 0, is how long archived events are kept: an event
+	// older is not archived (its month's partition is dropped, or about to
+	// be; see PartitionKeeper). 0 keeps every event.
+	Retention time.Duration
 }
 
 // Archiver copies every event from the partition streams into the PostgreSQL
@@ -195,13 +210,19 @@ func (a *Archiver) archiveFrom(ctx context.Context, msgs <-chan jetstream.Msg) {
 			return // ctx ended
 		}
 		rows, good = rows[:0], good[:0]
+		expiredBefore := a.expiredBefore()
 		for _, msg := range batch {
-			rec, err := decodeMsg(msg, nil, a.opts.Partitions)
+			rec, err := decodeMsg(msg, a.salt(), a.opts.Partitions)
 			if err != nil {
 				a.poison(ctx, msg, err)
 				continue
 			}
-			rows = append(rows, toRow(rec))
+			if rec.Event.Timestamp.Before(expiredBefore) {
+				a.metrics.archiveExpired.Inc()
+				_ = msg.Ack() // past the retention: the archive keeps it no more
+				continue
+			}
+			rows = append(rows, a.toRow(rec))
 			good = append(good, msg)
 		}
 		if !a.archiveBatch(ctx, rows, good) {
@@ -221,7 +242,11 @@ func (a *Archiver) poison(ctx context.Context, msg jetstream.Msg, err error) {
 	a.metrics.poison.WithLabelValues("archive").Inc()
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if derr := store.DeadLetter(pctx, a.js, msg, reason, err); derr != nil {
+	data := msg.Data()
+	if a.opts.TruncateIPs && !isDecision(msg) {
+		data = scrubAddress(data)
+	}
+	if derr := store.DeadLetter(pctx, a.js, msg, data, reason, err); derr != nil {
 		a.logger.Error("dead-lettering a poison message failed; it will be redelivered", "err", derr, "poison", err)
 		return
 	}
@@ -313,6 +338,38 @@ func (a *Archiver) insert(ctx context.Context, rows []postgres.ArchivedEvent) (i
 		return 0, backoff.Permanent(dataErr)
 	}
 	return inserted, err
+}
+
+// salt is the salt decodeMsg hashes visitors with: the visitor salt when
+// the archive keeps the hash, nil (no hash wanted) otherwise.
+func (a *Archiver) salt() []byte {
+	if a.opts.TruncateIPs {
+		return a.opts.VisitorSalt
+	}
+	return nil
+}
+
+// expiredBefore is the time before which events are past the retention;
+// the zero time when there is none.
+func (a *Archiver) expiredBefore() time.Time {
+	if a.opts.Retention <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(-a.opts.Retention)
+}
+
+// toRow is the archive row of r: with TruncateIPs, its visitor hash (the
+// intake's, else the one decodeMsg computed from the full address) and its
+// address truncated; else as it came, with the intake's hash if it carried one.
+func (a *Archiver) toRow(r Record) postgres.ArchivedEvent {
+	row := toRow(r)
+	if a.opts.TruncateIPs || r.Event.Visitor != "" {
+		row.Visitor = int64(r.Visitor) // #nosec G115 -- the hash's 64 bits, as a bigint
+	}
+	if a.opts.TruncateIPs {
+		row.IP = event.TruncateIP(row.IP)
+	}
+	return row
 }
 
 func toRow(r Record) postgres.ArchivedEvent {

@@ -13,10 +13,12 @@ type Metrics struct {
 	settled       prometheus.Counter
 	archived      prometheus.Counter
 	archiveErrors prometheus.Counter
-	restarts      *prometheus.CounterVec
-	invalid       *prometheus.CounterVec
-	judgeEntries  *prometheus.GaugeVec
-	judgeBytes    *prometheus.GaugeVec
+	// archiveExpired counts events past ARCHIVE_RETENTION, not archived.
+	archiveExpired prometheus.Counter
+	restarts       *prometheus.CounterVec
+	invalid        *prometheus.CounterVec
+	judgeEntries   *prometheus.GaugeVec
+	judgeBytes     *prometheus.GaugeVec
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -65,6 +67,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "admetric_ivt_state_bytes", Help: "Bytes of the invalid-traffic rules' state as committed to KV, by partition.",
 	}, []string{"partition"})
 	reg.MustRegister(m.invalid, m.judgeEntries, m.judgeBytes)
+	m.archiveExpired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "admetric_archive_events_expired_total", Help: "Events older than ARCHIVE_RETENTION when the archiver took them: acknowledged, not archived.",
+	})
+	reg.MustRegister(m.archiveExpired)
 	reg.MustRegister(m.folded, m.duplicates, m.tooOld, m.poison, m.commitErrors, m.commitSeconds, m.settled, m.archived, m.archiveErrors, m.restarts)
 	return m
 }

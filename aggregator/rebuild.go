@@ -465,18 +465,17 @@ func recordOf(row *postgres.ArchivedEvent, salt []byte) Record {
 		ErrorCode:     row.ErrorCode,
 		InvalidReason: event.InvalidReason(row.InvalidReason),
 	}
+	if row.Visitor != 0 {
+		// Computed from the full address, which the archive does not hold
+		// when addresses are truncated.
+		ev.Visitor = event.FormatVisitor(uint64(row.Visitor))
+	}
 	rec := Record{Seq: row.StreamSeq, Event: ev, Partition: row.Partition}
 	rec.Visitor = visitorOf(&rec.Event, salt)
 	return rec
 }
 
-// visitorOf is the visitor hash of ev, 0 when it carries no identity.
-func visitorOf(ev *event.Event, salt []byte) uint64 {
-	if ev.IP == "" && ev.UserAgent == "" {
-		return 0
-	}
-	if h := ev.VisitorHash(salt); h != 0 {
-		return h
-	}
-	return 1 // 0 means "no visitor"; one hash in 2^64 moves over
-}
+// visitorOf is the visitor hash of ev, 0 when it carries no identity: the
+// one the intake computed before truncating the address, when it did
+// (event.Event.Identity).
+func visitorOf(ev *event.Event, salt []byte) uint64 { return ev.Identity(salt) }

@@ -11,12 +11,14 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/admetric/admetric/api/access"
 	"github.com/admetric/admetric/api/respond"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store/postgres"
@@ -69,10 +71,11 @@ func NewAdHandlers(ads AdStore, catalog AdCatalog, adminToken string, logger *sl
 // ManagementEnabled reports whether an admin token was configured.
 func (h *AdHandlers) ManagementEnabled() bool { return h.tokenHash != nil }
 
-// Register mounts the ad routes on r.
-func (h *AdHandlers) Register(r gin.IRouter) {
-	r.GET("/ads", h.list)
-	r.GET("/ads/:id", h.get)
+// Register mounts the ad routes on r. readGuard, when given, stands before
+// the reads (access.Guard.Require): they answer within the request's scope.
+func (h *AdHandlers) Register(r gin.IRouter, readGuard ...gin.HandlerFunc) {
+	r.GET("/ads", append(slices.Clip(readGuard), h.list)...)
+	r.GET("/ads/:id", append(slices.Clip(readGuard), h.get)...)
 	admin := r.Group("/ads", h.requireAdmin)
 	admin.POST("", h.create)
 	admin.PUT("/:id", h.update)
@@ -119,13 +122,35 @@ func (h *AdHandlers) list(c *gin.Context) {
 		qerr.respond(c)
 		return
 	}
-	ads, total := h.catalog.List(limit, offset)
+	var ads []postgres.Ad
+	var total int
+	if scope := access.ScopeOf(c); scope.All() {
+		ads, total = h.catalog.List(limit, offset)
+	} else {
+		ads, total = h.scopedList(scope, limit, offset)
+	}
 	c.JSON(http.StatusOK, adList{Ads: ads, Total: total, Limit: limit, Offset: offset})
+}
+
+// scopedList is List over the ads of scope that the catalog knows.
+func (h *AdHandlers) scopedList(scope access.Scope, limit, offset int) ([]postgres.Ad, int) {
+	var known []postgres.Ad
+	for _, id := range scope.IDs() {
+		if ad, ok := h.catalog.Get(id); ok {
+			known = append(known, ad)
+		}
+	}
+	lo := min(offset, len(known))
+	return slices.Clip(known[lo:min(lo+limit, len(known))]), len(known)
 }
 
 func (h *AdHandlers) get(c *gin.Context) {
 	id, ok := pathID(c)
 	if !ok {
+		return
+	}
+	if !access.ScopeOf(c).Allows(id) {
+		respond.Error(c, http.StatusForbidden, "Authorization", "this token may not read ad "+id)
 		return
 	}
 	if ad, ok := h.catalog.Get(id); ok {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,9 +84,10 @@ func NewAnalyticsHandler(live RollupReader, layout rollup.Layout, catalog AdCata
 // SetLive makes r the live rollups. Safe to call while serving.
 func (h *AnalyticsHandler) SetLive(r RollupReader) { h.live.Store(&r) }
 
-// Register mounts GET /ads/analytics on r.
-func (h *AnalyticsHandler) Register(r gin.IRouter) {
-	r.GET("/ads/analytics", h.serve)
+// Register mounts GET /ads/analytics on r. readGuard, when given, stands
+// before it (access.Guard.Require): it answers within the request's scope.
+func (h *AnalyticsHandler) Register(r gin.IRouter, readGuard ...gin.HandlerFunc) {
+	r.GET("/ads/analytics", append(slices.Clip(readGuard), h.serve)...)
 }
 
 // Timeframes are the named windows, ending now.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/admetric/admetric/api/access"
 	"github.com/admetric/admetric/api/respond"
 	"github.com/admetric/admetric/ingest/event"
 	"github.com/admetric/admetric/store/rollup"
@@ -196,19 +197,27 @@ func (h *AnalyticsHandler) parsePage(c *gin.Context, q *query, _ time.Time) *que
 	return qerr
 }
 
-// parseAds reads the ad_id parameters, each a known ad; none means every ad.
+// parseAds reads the ad_id parameters, each a known ad in the request's
+// scope; none means every ad of the scope. An ad outside the scope is
+// refused before it is looked up, so the answer does not tell whether it
+// exists; the scope applies before anything is summed, so the totals count
+// its ads only.
 func (h *AnalyticsHandler) parseAds(c *gin.Context, q *query, _ time.Time) *queryError {
+	scope := access.ScopeOf(c)
 	q.ids = c.QueryArray("ad_id")
 	for _, id := range q.ids {
 		if err := event.ValidateAdID(id); err != nil {
 			return badQuery("ad_id", fieldMessage(err))
+		}
+		if !scope.Allows(id) {
+			return &queryError{http.StatusForbidden, "Authorization", "this token may not read ad " + id}
 		}
 		if !h.catalog.Exists(id) {
 			return &queryError{http.StatusNotFound, "ad_id", "no ad " + id}
 		}
 	}
 	if len(q.ids) == 0 {
-		q.ids = h.catalog.IDs()
+		q.ids = scope.Filter(h.catalog.IDs())
 	}
 	q.ids = dedupe(q.ids)
 	return nil

@@ -12,7 +12,7 @@
 // embedded NATS listener, and the lists TRUSTED_PROXIES and
 // CORS_ALLOWED_ORIGINS, where it is the empty list. Values are trimmed of
 // surrounding whitespace, except the secrets DB_PASSWORD, ADMIN_TOKEN,
-// VISITOR_SALT, PIXEL_SECRET, NATS_PASSWORD and NATS_PUBLISHER_PASSWORD,
+// ANALYTICS_TOKEN, VISITOR_SALT, PIXEL_SECRET, NATS_PASSWORD and NATS_PUBLISHER_PASSWORD,
 // which are taken verbatim. Those and
 // DATABASE_URL may instead be read from a file named
 // by <NAME>_FILE (for example ADMIN_TOKEN_FILE=/run/secrets/admin_token); the
@@ -123,6 +123,16 @@ type Config struct {
 	// AdminToken is the bearer token of the ad management API, a secret;
 	// empty disables ad management (ADMIN_TOKEN or ADMIN_TOKEN_FILE, default "").
 	AdminToken string
+	// AnalyticsToken, when set, closes read access: GET /ads, GET /ads/:id
+	// and GET /ads/analytics then need "Authorization: Bearer" with it, the
+	// admin token or a scoped read token (POST /tokens). A secret of at least
+	// 16 bytes; empty leaves reads open, for local development
+	// (ANALYTICS_TOKEN or ANALYTICS_TOKEN_FILE, default "").
+	AnalyticsToken string
+	// ReadTokenRefresh is how often each API process reloads the scoped read
+	// tokens from PostgreSQL: a token revoked through one process stops
+	// working on the others within it (READ_TOKEN_REFRESH, default 2s).
+	ReadTokenRefresh time.Duration
 	// LogLevel is the minimum log level: debug, info, warn or error,
 	// case-insensitive (LOG_LEVEL, default info).
 	LogLevel slog.Level
@@ -150,6 +160,33 @@ type Config struct {
 	// with CORS headers and without credentials (CORS_ALLOWED_ORIGINS,
 	// comma-separated, default "*"; empty allows the service's own pages only).
 	CORSAllowedOrigins []string
+
+	// Abuse limits: per-client token buckets, keyed on the client address
+	// (the connection's, or X-Forwarded-For's from TRUSTED_PROXIES); a
+	// client over its limit is answered 429 with Retry-After.
+	//
+	// IntakeRateLimit is the events a second one client may post on average
+	// to POST /ads/click, /ads/impression and /ads/events, where a batch
+	// costs its events; 0 disables the limit. An ad server relaying many
+	// players from one address needs a higher one, or none
+	// (INTAKE_RATE_LIMIT, default 1000, 0..1000000).
+	IntakeRateLimit int
+	// IntakeRateBurst is the events one client may post at once, at least a
+	// full batch (INTAKE_RATE_BURST, default 2000, 1..1000000).
+	IntakeRateBurst int
+	// PixelRateLimit is the requests a second one client may send on
+	// average to the tracking pixels and click redirect, GET /t/:kind and
+	// GET /c; 0 disables the limit (PIXEL_RATE_LIMIT, default 200,
+	// 0..1000000).
+	PixelRateLimit int
+	// PixelRateBurst is the pixel requests one client may send at once
+	// (PIXEL_RATE_BURST, default 400, 1..1000000).
+	PixelRateBurst int
+	// RateLimitMaxClients bounds the client addresses each limit remembers:
+	// beyond it the least recently seen is forgotten (and starts again with
+	// a full bucket). About 200 bytes each (RATE_LIMIT_MAX_CLIENTS, default
+	// 100000, 1..10000000).
+	RateLimitMaxClients int
 
 	// MinuteRetention is how long per-minute rollups are kept
 	// (ROLLUP_MINUTE_RETENTION, default 72h). Must not exceed HourRetention.
@@ -215,6 +252,25 @@ type Config struct {
 	// count as bots beyond the built-in list (IVT_BOT_PATTERNS,
 	// comma-separated, so a pattern cannot hold a comma; default none).
 	IVTBotPatterns []string
+
+	// Privacy and retention.
+	//
+	// IPTruncate makes the intake compute each event's visitor hash from
+	// the full address, then truncate the address (IPv4 to its /24, IPv6 to
+	// its /48) before the event is published, spooled or logged; the
+	// archiver does the same to events published straight to NATS before it
+	// archives them. Unique visitors still count full addresses; the archive
+	// can then tell a visitor's network only, not its host (for abuse
+	// investigation, or a later re-hash under another salt, the address is
+	// gone). The API and aggregator processes must then share VISITOR_SALT
+	// (IP_TRUNCATE, default false).
+	IPTruncate bool
+	// ArchiveRetention is how long the PostgreSQL archive keeps raw events,
+	// by their time; the monthly partitions wholly older are dropped, so
+	// events are kept up to a month longer. 0 keeps them forever. A rebuild
+	// re-folds only what the archive still holds (ARCHIVE_RETENTION, a
+	// duration, also in days such as 395d; default 0, else at least 24h).
+	ArchiveRetention time.Duration
 }
 
 // fieldError is the error type of every problem with one setting. Its
@@ -317,11 +373,21 @@ func options() []option {
 			oneOf("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
 
 		secretOpt("ADMIN_TOKEN", func(c *Config) *string { return &c.AdminToken }, nil),
+		// Read access.
+		secretOpt("ANALYTICS_TOKEN", func(c *Config) *string { return &c.AnalyticsToken }, optional(longSecret)),
+		durationOpt("READ_TOKEN_REFRESH", "2s", func(c *Config) *time.Duration { return &c.ReadTokenRefresh }, positive),
 		secretOpt("VISITOR_SALT", func(c *Config) *string { return &c.VisitorSalt }, nil),
 		secretOpt("PIXEL_SECRET", func(c *Config) *string { return &c.PixelSecret }, optional(longSecret)),
 		listOpt("TRUSTED_PROXIES", "", func(c *Config) *[]string { return &c.TrustedProxies }, ipOrPrefix),
 		stringOpt("PUBLIC_URL", "", func(c *Config) *string { return &c.PublicURL }, optional(publicURL)),
 		listOpt("CORS_ALLOWED_ORIGINS", "*", func(c *Config) *[]string { return &c.CORSAllowedOrigins }, origin),
+
+		// Abuse limits.
+		intOpt("INTAKE_RATE_LIMIT", "1000", func(c *Config) *int { return &c.IntakeRateLimit }, between(0, 1_000_000)),
+		intOpt("INTAKE_RATE_BURST", "2000", func(c *Config) *int { return &c.IntakeRateBurst }, between(1, 1_000_000)),
+		intOpt("PIXEL_RATE_LIMIT", "200", func(c *Config) *int { return &c.PixelRateLimit }, between(0, 1_000_000)),
+		intOpt("PIXEL_RATE_BURST", "400", func(c *Config) *int { return &c.PixelRateBurst }, between(1, 1_000_000)),
+		intOpt("RATE_LIMIT_MAX_CLIENTS", "100000", func(c *Config) *int { return &c.RateLimitMaxClients }, between(1, 10_000_000)),
 
 		// Also minute <= hour <= day (checkAcross).
 		durationOpt("ROLLUP_MINUTE_RETENTION", "72h", func(c *Config) *time.Duration { return &c.MinuteRetention }, positive),
@@ -337,6 +403,10 @@ func options() []option {
 		durationOpt("IVT_DUPLICATE_CLICK_WINDOW", "30s", func(c *Config) *time.Duration { return &c.IVTDuplicateClickWindow }, durationBetween(time.Second, time.Hour)),
 		intOpt("IVT_RATE_PER_MINUTE", "30", func(c *Config) *int { return &c.IVTRatePerMinute }, between(1, 100_000)),
 		listOpt("IVT_BOT_PATTERNS", "", func(c *Config) *[]string { return &c.IVTBotPatterns }, regularExpression),
+
+		// Privacy and retention.
+		boolOpt("IP_TRUNCATE", "false", func(c *Config) *bool { return &c.IPTruncate }),
+		retentionOpt("ARCHIVE_RETENTION", "0", func(c *Config) *time.Duration { return &c.ArchiveRetention }),
 	}
 }
 
@@ -891,6 +961,13 @@ func publicURL(name, v string) error {
 // EmbeddedNATS reports whether the service runs its own nats-server (NATS_URL empty).
 func (c *Config) EmbeddedNATS() bool { return c.NATSURL == "" }
 
+// HTTPLoopback reports whether HTTP_ADDR listens on loopback only (its host
+// is a loopback address or localhost; an empty host listens everywhere).
+func (c *Config) HTTPLoopback() bool {
+	loopback, _ := loopbackListen(c.HTTPAddr)
+	return loopback
+}
+
 // LocalPostgres reports whether the service starts its own PostgreSQL (neither DATABASE_URL nor DB_HOST set).
 func (c *Config) LocalPostgres() bool { return c.DatabaseURL == "" && c.DBHost == "" }
 
@@ -1011,4 +1088,44 @@ func redactQuery(q string) string {
 		}
 	}
 	return strings.Join(params, "&")
+}
+
+// minArchiveRetention is the shortest ARCHIVE_RETENTION other than 0.
+const minArchiveRetention = 24 * time.Hour
+
+// retentionOpt is a retention: 0 for none, a duration in
+// time.ParseDuration's syntax, or a whole number of days such as 395d.
+func retentionOpt(name, def string, field func(*Config) *time.Duration) option {
+	return option{
+		name: name,
+		def:  def,
+		parse: func(c *Config, v string) error {
+			d, ok := parseRetention(v)
+			if !ok {
+				return invalidf(name, "%q is not 0, a number of days (395d) or a duration (9480h)", v)
+			}
+			*field(c) = d
+			return nil
+		},
+		check: checkValue(name, field, func(name string, d time.Duration) error {
+			if d < 0 || d > 0 && d < minArchiveRetention {
+				return invalidf(name, "%v must be 0 (keep forever) or at least %v", d, minArchiveRetention)
+			}
+			return nil
+		}),
+		value: func(c *Config) slog.Value { return slog.DurationValue(*field(c)) },
+	}
+}
+
+// parseRetention reads 0, <days>d or a duration.
+func parseRetention(v string) (time.Duration, bool) {
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 100*366 {
+			return 0, false
+		}
+		return time.Duration(n) * 24 * time.Hour, true
+	}
+	d, err := time.ParseDuration(v)
+	return d, err == nil
 }

@@ -29,6 +29,11 @@ var allVars = []string{
 	"ROLLUP_MINUTE_RETENTION", "ROLLUP_HOUR_RETENTION", "ROLLUP_DAY_RETENTION",
 	"DATA_DIR", "LOG_LEVEL", "LOG_FORMAT", "SHUTDOWN_TIMEOUT", "CATALOG_REFRESH",
 	"IVT_RULES", "IVT_DUPLICATE_CLICK_WINDOW", "IVT_RATE_PER_MINUTE", "IVT_BOT_PATTERNS",
+	"IP_TRUNCATE", "ARCHIVE_RETENTION",
+	// Abuse limits.
+	"INTAKE_RATE_LIMIT", "INTAKE_RATE_BURST", "PIXEL_RATE_LIMIT", "PIXEL_RATE_BURST", "RATE_LIMIT_MAX_CLIENTS",
+	// Read access.
+	"ANALYTICS_TOKEN", "ANALYTICS_TOKEN_FILE", "READ_TOKEN_REFRESH",
 }
 
 // env returns a lookup function over m, standing in for os.LookupEnv.
@@ -108,10 +113,17 @@ func defaults() *config.Config {
 		Partitions:           8,
 		ShutdownTimeout:      10 * time.Second,
 		CatalogRefresh:       10 * time.Second,
+		ReadTokenRefresh:     2 * time.Second,
 
 		IVTRules:                true,
 		IVTDuplicateClickWindow: 30 * time.Second,
 		IVTRatePerMinute:        30,
+
+		IntakeRateLimit:     1000,
+		IntakeRateBurst:     2000,
+		PixelRateLimit:      200,
+		PixelRateBurst:      400,
+		RateLimitMaxClients: 100_000,
 	}
 }
 
@@ -204,6 +216,8 @@ func TestLoadValid(t *testing.T) {
 		{"IVT_RULES", map[string]string{"IVT_RULES": "false"}, func(c *config.Config) any { return c.IVTRules }, false},
 		{"IVT_DUPLICATE_CLICK_WINDOW", map[string]string{"IVT_DUPLICATE_CLICK_WINDOW": "1m"}, func(c *config.Config) any { return c.IVTDuplicateClickWindow }, time.Minute},
 		{"IVT_RATE_PER_MINUTE", map[string]string{"IVT_RATE_PER_MINUTE": "120"}, func(c *config.Config) any { return c.IVTRatePerMinute }, 120},
+		{"INTAKE_RATE_LIMIT off", map[string]string{"INTAKE_RATE_LIMIT": "0"}, func(c *config.Config) any { return c.IntakeRateLimit }, 0},
+		{"PIXEL_RATE_BURST", map[string]string{"PIXEL_RATE_BURST": "50"}, func(c *config.Config) any { return c.PixelRateBurst }, 50},
 		{"IVT_BOT_PATTERNS", map[string]string{"IVT_BOT_PATTERNS": `^Acme-Monitor/\d, InternalProbe`}, func(c *config.Config) any { return c.IVTBotPatterns }, []string{`^Acme-Monitor/\d`, "InternalProbe"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -242,6 +256,9 @@ func TestLoadInvalid(t *testing.T) {
 		{map[string]string{"IVT_DUPLICATE_CLICK_WINDOW": "500ms"}, "IVT_DUPLICATE_CLICK_WINDOW", "1s..1h"},
 		{map[string]string{"IVT_DUPLICATE_CLICK_WINDOW": "2h"}, "IVT_DUPLICATE_CLICK_WINDOW", "1s..1h"},
 		{map[string]string{"IVT_RATE_PER_MINUTE": "0"}, "IVT_RATE_PER_MINUTE", "1..100000"},
+		{map[string]string{"INTAKE_RATE_LIMIT": "-1"}, "INTAKE_RATE_LIMIT", "0..1000000"},
+		{map[string]string{"PIXEL_RATE_BURST": "0"}, "PIXEL_RATE_BURST", "1..1000000"},
+		{map[string]string{"RATE_LIMIT_MAX_CLIENTS": "0"}, "RATE_LIMIT_MAX_CLIENTS", "1..10000000"},
 		{map[string]string{"IVT_BOT_PATTERNS": "ok,(unclosed"}, "IVT_BOT_PATTERNS", `"(unclosed" is not a regular expression`},
 		{map[string]string{"NATS_REPLICAS": "0"}, "NATS_REPLICAS", "1..5"},
 		{map[string]string{"PARTITIONS": "0"}, "PARTITIONS", "1..1024"},
@@ -387,6 +404,7 @@ func TestSecretFiles(t *testing.T) {
 		field func(*config.Config) string
 	}{
 		{"ADMIN_TOKEN", "t0ken with spaces", func(c *config.Config) string { return c.AdminToken }},
+		{"ANALYTICS_TOKEN", "read-token-0123456789", func(c *config.Config) string { return c.AnalyticsToken }},
 		{"DB_PASSWORD", "p@ss:w/rd", func(c *config.Config) string { return c.DBPassword }},
 		{"VISITOR_SALT", "0123456789abcdef", func(c *config.Config) string { return c.VisitorSalt }},
 		{"DATABASE_URL", "postgres://u:pw@db/x", func(c *config.Config) string { return c.DatabaseURL }},
@@ -724,5 +742,59 @@ func TestEnvExampleListsEveryVariable(t *testing.T) {
 		if !strings.Contains(string(b), "# "+name+"=") {
 			t.Errorf(".env.example lacks a commented-out %s=", name)
 		}
+	}
+}
+
+// TestReadAccessSettings: ANALYTICS_TOKEN is a secret of at least 16 bytes,
+// taken verbatim and never logged; READ_TOKEN_REFRESH a positive duration;
+// HTTPLoopback tells a loopback HTTP_ADDR from one that listens beyond it.
+func TestReadAccessSettings(t *testing.T) {
+	t.Parallel()
+	const token = " analytics-token-0123 "
+	c := mustLoad(t, map[string]string{"ANALYTICS_TOKEN": token, "READ_TOKEN_REFRESH": "500ms"})
+	if c.AnalyticsToken != token || c.ReadTokenRefresh != 500*time.Millisecond {
+		t.Errorf("loaded %q, %v; want the token verbatim and 500ms", c.AnalyticsToken, c.ReadTokenRefresh)
+	}
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("starting", "config", c)
+	if out := buf.String(); strings.Contains(out, "analytics-token") || !strings.Contains(out, "config.ANALYTICS_TOKEN=[redacted]") {
+		t.Errorf("ANALYTICS_TOKEN not redacted:\n%s", out)
+	}
+	_, err := config.Load(env(map[string]string{"ANALYTICS_TOKEN": "short-secret"}))
+	wantInvalid(t, err, "ANALYTICS_TOKEN", "want at least 16")
+	if err != nil && strings.Contains(err.Error(), "short-secret") {
+		t.Errorf("error leaks the token: %v", err)
+	}
+	_, err = config.Load(env(map[string]string{"READ_TOKEN_REFRESH": "0s"}))
+	wantInvalid(t, err, "READ_TOKEN_REFRESH", "")
+
+	for addr, want := range map[string]bool{
+		":8080": false, "0.0.0.0:8080": false, "[::]:8080": false, "192.0.2.7:80": false,
+		"127.0.0.1:8080": true, "[::1]:8080": true, "localhost:8080": true,
+	} {
+		if got := mustLoad(t, map[string]string{"HTTP_ADDR": addr}).HTTPLoopback(); got != want {
+			t.Errorf("HTTP_ADDR %s: HTTPLoopback %v, want %v", addr, got, want)
+		}
+	}
+}
+
+// TestPrivacySettings: IP_TRUNCATE is off and ARCHIVE_RETENTION 0 (keep
+// forever) by default; a retention is written in days or as a duration,
+// and is at least a day.
+func TestPrivacySettings(t *testing.T) {
+	t.Parallel()
+	c := mustLoad(t, nil)
+	if c.IPTruncate || c.ArchiveRetention != 0 {
+		t.Errorf("defaults: IP_TRUNCATE %v, ARCHIVE_RETENTION %v", c.IPTruncate, c.ArchiveRetention)
+	}
+	for v, want := range map[string]time.Duration{"395d": 395 * 24 * time.Hour, "9480h": 9480 * time.Hour, "0": 0, "": 0, "1d": 24 * time.Hour} {
+		c := mustLoad(t, map[string]string{"ARCHIVE_RETENTION": v, "IP_TRUNCATE": "true"})
+		if c.ArchiveRetention != want || !c.IPTruncate {
+			t.Errorf("ARCHIVE_RETENTION=%q: %v (IP_TRUNCATE %v), want %v", v, c.ArchiveRetention, c.IPTruncate, want)
+		}
+	}
+	for _, v := range []string{"12h", "-1d", "1.5d", "d", "a year"} {
+		_, err := config.Load(env(map[string]string{"ARCHIVE_RETENTION": v}))
+		wantInvalid(t, err, "ARCHIVE_RETENTION", "")
 	}
 }

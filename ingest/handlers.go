@@ -20,6 +20,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/cors"
 
 	"github.com/admetric/admetric/api/respond"
@@ -56,6 +57,17 @@ type HandlersOptions struct {
 	AllowedOrigins []string
 	// Logger is required.
 	Logger *slog.Logger
+	// TruncateIPs: every accepted event gets its visitor hash computed
+	// from the full address (under VisitorSalt, the rollup writers' salt),
+	// then its address truncated (event.Pseudonymize), before it is
+	// published, spooled or logged.
+	TruncateIPs bool
+	// VisitorSalt keys the visitor hash; required with TruncateIPs.
+	VisitorSalt []byte
+	// RateLimits limit each client's events and pixels; zero: no limits.
+	RateLimits RateLimits
+	// Registerer, when set, registers the rate limits' metrics.
+	Registerer prometheus.Registerer
 }
 
 // Handlers serve event intake. Build with NewHandlers.
@@ -64,12 +76,19 @@ type Handlers struct {
 	ads    AdLookup
 	limits event.Limits
 	cors   *cors.Cors // nil: no cross-origin requests
+	// salt is the visitor salt when addresses are truncated, else nil.
+	salt   []byte
 	logger *slog.Logger
+	rl     *rateLimits
 }
 
 // NewHandlers returns the intake handlers.
 func NewHandlers(pub EventPublisher, ads AdLookup, opts HandlersOptions) *Handlers {
-	h := &Handlers{pub: pub, ads: ads, limits: opts.Limits, logger: opts.Logger.With("component", "ingest")}
+	h := &Handlers{pub: pub, ads: ads, limits: opts.Limits, logger: opts.Logger.With("component", "ingest"),
+		rl: newRateLimits(opts.RateLimits, opts.Registerer)}
+	if opts.TruncateIPs {
+		h.salt = append([]byte{}, opts.VisitorSalt...)
+	}
 	if len(opts.AllowedOrigins) > 0 {
 		h.cors = cors.New(cors.Options{
 			AllowedOrigins: opts.AllowedOrigins,
@@ -85,6 +104,7 @@ func NewHandlers(pub EventPublisher, ads AdLookup, opts HandlersOptions) *Handle
 // A browser's POST from a page of another origin is refused (403) unless
 // AllowedOrigins has that origin; when it has, the answer carries the CORS
 // headers and the route also answers the browser's preflight (OPTIONS).
+// A client over its rate limit (HandlersOptions.RateLimits) is answered 429.
 func (h *Handlers) Register(r gin.IRouter) {
 	routes := []struct {
 		path   string
@@ -95,7 +115,7 @@ func (h *Handlers) Register(r gin.IRouter) {
 		{"/ads/events", h.acceptBatch},
 	}
 	for _, rt := range routes {
-		r.POST(rt.path, h.checkOrigin, rt.handle)
+		r.POST(rt.path, h.checkOrigin, h.rl.limitEvents, rt.handle)
 		if h.cors != nil {
 			r.OPTIONS(rt.path, h.checkOrigin)
 		}
@@ -208,6 +228,9 @@ func (h *Handlers) prepare(c *gin.Context, raw []byte, typ event.Type) (event.Ev
 	if ev.InvalidReason != "" {
 		return ev, &rejection{http.StatusBadRequest, "invalid_reason", "is decided by the service: leave it out"}
 	}
+	if ev.Visitor != "" {
+		return ev, &rejection{http.StatusBadRequest, "visitor", "is computed by the service: leave it out"}
+	}
 	switch {
 	case typ == "":
 	case ev.Type == "":
@@ -259,6 +282,9 @@ func (h *Handlers) complete(c *gin.Context, ev *event.Event) *rejection {
 			ev.InvalidReason = event.Playback
 		}
 	}
+	if h.salt != nil {
+		ev.Pseudonymize(h.salt)
+	}
 	return nil
 }
 
@@ -301,7 +327,7 @@ type batchAnswer struct {
 // with a result per item, in order, unless the body itself is unusable.
 func (h *Handlers) acceptBatch(c *gin.Context) {
 	raws, ok := readBatch(c)
-	if !ok {
+	if !ok || !h.rl.allow(c, h.rl.Events, min(len(raws), h.rl.Events.Burst())-1) { // one was spent at the door
 		return
 	}
 	ans := tally(h.publishBatch(c, raws))

@@ -152,10 +152,11 @@ func (q *pixelQuery) get(key string) string {
 	return ""
 }
 
-// Register mounts GET /t/:kind and GET /c on r.
+// Register mounts GET /t/:kind and GET /c on r. A client over its rate
+// limit (the intake's RateLimits.Pixels) is answered 429.
 func (h *PixelHandlers) Register(r gin.IRouter) {
-	r.GET("/t/:kind", h.track)
-	r.GET("/c", h.click)
+	r.GET("/t/:kind", h.intake.rl.limitPixels, h.track)
+	r.GET("/c", h.intake.rl.limitPixels, h.click)
 }
 
 // track records one tracking pixel and answers the GIF.

@@ -246,15 +246,16 @@ func CreateOrUpdateDecisionStream(ctx context.Context, js jetstream.JetStream, m
 	return nil
 }
 
-// DeadLetter publishes a copy of msg, a message of the event stream that can
-// never be processed, to ads.dlq.<reason>, with cause and msg's subject and
-// sequence in headers. It returns once the dead-letter stream stored it;
-// only then may the caller terminate msg. On error msg must stay
-// unacknowledged so that it comes back: a poison message is moved aside,
-// never dropped.
-func DeadLetter(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, reason string, cause error) error {
+// DeadLetter publishes data, msg's own (msg.Data()) or what the caller
+// keeps of it (a full address taken out, when addresses are truncated),
+// for msg, a message of the event stream that can never be processed, to
+// ads.dlq.<reason>, with cause and msg's subject and sequence in headers.
+// It returns once the dead-letter stream stored it; only then may the
+// caller terminate msg. On error msg must stay unacknowledged so that it
+// comes back: a poison message is moved aside, never dropped.
+func DeadLetter(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, data []byte, reason string, cause error) error {
 	dl := nats.NewMsg(deadLetterSubject(reason))
-	dl.Data = msg.Data()
+	dl.Data = data
 	dl.Header.Set(HeaderPoisonReason, cause.Error())
 	dl.Header.Set(HeaderOriginSubject, msg.Subject())
 	if meta, err := msg.Metadata(); err == nil {

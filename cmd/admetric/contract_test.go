@@ -45,7 +45,7 @@ func startCheckedDaemon(t testing.TB, ctx context.Context, cfg *config.Config, r
 		if bench {
 			return h
 		}
-		return openapitest.Handler(t, h)
+		return secureAnswers(t, openapitest.Handler(t, h))
 	}
 	defer func() { wrapHTTP = nil }()
 	d, err := startDaemon(ctx, cfg, r, logger)

@@ -79,6 +79,9 @@ type daemon struct {
 // error it stops what it had started and returns a nil daemon. The caller
 // calls shutdown.
 func startDaemon(ctx context.Context, cfg *config.Config, r role, logger *slog.Logger) (d *daemon, err error) {
+	if err := checkPrivacy(cfg, r); err != nil {
+		return nil, err
+	}
 	b, err := openBackends(ctx, cfg, logger)
 	if err != nil {
 		return nil, err
@@ -217,18 +220,25 @@ func (d *daemon) startAPI(ctx context.Context, engine *gin.Engine) error {
 	if !adHandlers.ManagementEnabled() {
 		d.logger.Warn("ad management is disabled: POST, PUT and DELETE /ads answer 403 until ADMIN_TOKEN is set")
 	}
-	adHandlers.Register(engine)
+	// Read access: the guard before the reads, and the /tokens routes.
+	readGuard, err := d.startReadAccess(ctx, engine)
+	if err != nil {
+		return err
+	}
+	adHandlers.Register(engine, readGuard.Require)
 	d.snapshots = rollupcache.NewSnapshotFile(filepath.Join(d.dataDir, "analytics.snapshot"), d.layout)
 	d.analytics = api.NewAnalyticsHandler(nil, d.layout, catalog, d.logger, api.AnalyticsOptions{
 		LiveUp:   d.nc.IsConnected,
 		Snapshot: d.latestSnapshot,
 	})
-	d.analytics.Register(engine)
+	d.analytics.Register(engine, readGuard.Require)
 	pub, err := d.startIntake()
 	if err != nil {
 		return err
 	}
-	intake := ingest.NewHandlers(pub, catalog, ingest.HandlersOptions{Limits: d.eventLimits(), AllowedOrigins: d.cfg.CORSAllowedOrigins, Logger: d.logger})
+	intake := ingest.NewHandlers(pub, catalog, ingest.HandlersOptions{Limits: d.eventLimits(), AllowedOrigins: d.cfg.CORSAllowedOrigins, Logger: d.logger,
+		RateLimits: d.rateLimits(), Registerer: d.reg,
+		TruncateIPs: d.cfg.IPTruncate, VisitorSalt: d.salt})
 	intake.Register(engine)
 	// Only the API signs and checks tracking URLs: the secret is its own.
 	secret, err := dataDirSecret("PIXEL_SECRET", d.cfg.PixelSecret, d.dataDir, "pixel_secret")
@@ -299,7 +309,8 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 		w := aggregator.NewRollupWriter(d.js, rollups, d.logger, d.aggMetrics, opts)
 		d.goWorker("rollup-writer", w.Run)
 	}
-	archiveOpts := aggregator.ArchiverOptions{Partitions: d.cfg.Partitions, Decisions: true}
+	archiveOpts := aggregator.ArchiverOptions{Partitions: d.cfg.Partitions, Decisions: true,
+		TruncateIPs: d.cfg.IPTruncate, VisitorSalt: d.salt, Retention: d.cfg.ArchiveRetention}
 	if writersAsBefore12 {
 		archiveOpts.Linger = 50 * time.Millisecond
 	}
@@ -309,6 +320,7 @@ func (d *daemon) startAggregation(ctx context.Context, rollups *store.Rollups) e
 		d.goWorker("leader-spreader", spreader.Run)
 	}
 	d.goWorker("archiver", archiver.Run)
+	d.goWorker("archive-partitions", d.partitionKeeper().Run)
 	return nil
 }
 

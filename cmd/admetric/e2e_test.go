@@ -58,7 +58,7 @@ func lookupIn(env map[string]string) func(string) (string, bool) {
 // every answer is checked against the OpenAPI document (startCheckedDaemon).
 func startTestDaemon(t testing.TB, env map[string]string) *daemon {
 	t.Helper()
-	cfg, err := config.Load(lookupIn(env))
+	cfg, err := config.Load(lookupIn(withRateLimitsOff(env)))
 	if err != nil {
 		t.Fatal(err)
 	}

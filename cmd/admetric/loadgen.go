@@ -42,6 +42,7 @@ type loadgenOptions struct {
 	Ads         int
 	Create      bool
 	AdminToken  string
+	ReadToken   string
 	Visitors    int
 	Seed        uint64
 	Pixels      float64
@@ -61,6 +62,7 @@ func loadgenFlags(fs *flag.FlagSet, o *loadgenOptions) {
 	fs.BoolVar(&o.Create, "create", false, "create ads loadgen-1, loadgen-2, ... when the service lists fewer than -ads (needs -admin-token)")
 	// Not the flag's default: -h would print it.
 	fs.StringVar(&o.AdminToken, "admin-token", "", "the service's ADMIN_TOKEN, for -create (default $ADMIN_TOKEN)")
+	fs.StringVar(&o.ReadToken, "read-token", "", "a token to list the ads with when the service requires one (default $ANALYTICS_TOKEN, else the admin token)")
 	fs.IntVar(&o.Visitors, "visitors", 2000, "viewers in the pool; a smaller pool repeats them more")
 	fs.Uint64Var(&o.Seed, "seed", 0, "seed of the random traffic (0: a random one, printed in the summary)")
 	fs.Float64Var(&o.Pixels, "pixels", 0.3, "share of the viewings that go through VAST (GET /vast/<ad>, then its tracking URLs), 0 to 1")
@@ -71,10 +73,17 @@ func loadgenFlags(fs *flag.FlagSet, o *loadgenOptions) {
 	fs.BoolVar(&o.Quiet, "quiet", false, "no progress line; only the summary")
 }
 
-// fromEnv fills in what the flags left to the environment: the admin token.
+// fromEnv fills in what the flags left to the environment: the admin
+// token, and the read token (the admin token reads everything too).
 func (o *loadgenOptions) fromEnv(lookup func(string) (string, bool)) {
 	if o.AdminToken == "" {
 		o.AdminToken, _ = lookup("ADMIN_TOKEN")
+	}
+	if o.ReadToken == "" {
+		o.ReadToken, _ = lookup("ANALYTICS_TOKEN")
+	}
+	if o.ReadToken == "" {
+		o.ReadToken = o.AdminToken
 	}
 }
 
@@ -267,7 +276,7 @@ const serviceWait = 30 * time.Second
 // prepareAds returns the ads to send events for: the first -ads (all with
 // 0) the service lists, after creating the missing ones with -create.
 func prepareAds(ctx context.Context, client *http.Client, opts loadgenOptions, out io.Writer) ([]adInfo, error) {
-	listed, err := listAds(ctx, client, opts.URL, out)
+	listed, err := listAds(ctx, client, opts.URL, opts.ReadToken, out)
 	if err != nil {
 		return nil, err
 	}
@@ -279,7 +288,7 @@ func prepareAds(ctx context.Context, client *http.Client, opts loadgenOptions, o
 		if !opts.Quiet {
 			fmt.Fprintf(out, "admetric loadgen: created %d ads: %s\n", len(created), strings.Join(created, ", "))
 		}
-		if listed, err = listAds(ctx, client, opts.URL, out); err != nil {
+		if listed, err = listAds(ctx, client, opts.URL, opts.ReadToken, out); err != nil {
 			return nil, err
 		}
 	}
@@ -302,9 +311,9 @@ func prepareAds(ctx context.Context, client *http.Client, opts loadgenOptions, o
 	return ads, nil
 }
 
-// listAds reads every page of GET /ads, waiting up to serviceWait for a
-// service that does not answer yet.
-func listAds(ctx context.Context, client *http.Client, base string, out io.Writer) ([]listedAd, error) {
+// listAds reads every page of GET /ads (with token, when not empty),
+// waiting up to serviceWait for a service that does not answer yet.
+func listAds(ctx context.Context, client *http.Client, base, token string, out io.Writer) ([]listedAd, error) {
 	var all []listedAd
 	waitUntil := time.Now().Add(serviceWait)
 	waited := false
@@ -313,7 +322,7 @@ func listAds(ctx context.Context, client *http.Client, base string, out io.Write
 			Ads   []listedAd `json:"ads"`
 			Total int        `json:"total"`
 		}
-		status, body, err := request(ctx, client, http.MethodGet, fmt.Sprintf("%s/ads?limit=500&offset=%d", base, offset), "", nil)
+		status, body, err := request(ctx, client, http.MethodGet, fmt.Sprintf("%s/ads?limit=500&offset=%d", base, offset), token, nil)
 		if err != nil && ctx.Err() == nil && time.Now().Before(waitUntil) {
 			if !waited {
 				fmt.Fprintf(out, "admetric loadgen: waiting for %s to answer (%v)\n", base, err)

@@ -44,6 +44,9 @@ func startProcArgs(t *testing.T, bin string, args []string, env map[string]strin
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "LOG_FORMAT=json")
+	for k, v := range rateLimitsOff {
+		cmd.Env = append(cmd.Env, k+"="+v) // env may set them again: the last one counts
+	}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

@@ -90,6 +90,11 @@ type Event struct {
 	// counted as one (one of InvalidReasons). The event is still archived
 	// with it, and counted apart.
 	InvalidReason InvalidReason `json:"invalid_reason,omitempty"`
+	// Visitor is the visitor hash (VisitorDigits lower-case hex digits) the
+	// intake computed from the full address before truncating it
+	// (Pseudonymize); empty, the fold hashes IP and UserAgent itself. The
+	// HTTP intake refuses it from clients.
+	Visitor string `json:"visitor,omitempty"`
 
 	derivedID bool // EventID was set by SetDerivedID
 }
@@ -215,6 +220,8 @@ type wire struct {
 	// refuses it (the service decides what is invalid), publishers on NATS
 	// may set it.
 	InvalidReason string `json:"invalid_reason"`
+	// Visitor, as InvalidReason, is the service's to set.
+	Visitor string `json:"visitor"`
 }
 
 // Decode parses one JSON event. It checks only the form of each field; Validate
@@ -238,6 +245,7 @@ func Decode(data []byte) (Event, error) {
 		UserAgent:     w.UserAgent,
 		ServingID:     w.ServingID,
 		InvalidReason: InvalidReason(w.InvalidReason),
+		Visitor:       w.Visitor,
 	}
 	if w.ErrorCode != nil {
 		ev.ErrorCode = *w.ErrorCode
@@ -405,6 +413,9 @@ func (e *Event) Validate(now time.Time, lim Limits) error {
 	if e.InvalidReason != "" && !e.InvalidReason.Valid() {
 		return fieldErr("invalid_reason", "must be empty or one of %s", reasonList())
 	}
+	if e.Visitor != "" && !validVisitor(e.Visitor) {
+		return fieldErr("visitor", "must be %d lower-case hex digits", VisitorDigits)
+	}
 	return nil
 }
 
@@ -481,7 +492,7 @@ func (e *Event) Marshal() ([]byte, error) {
 // encoding/json.
 func (e *Event) appendJSON(b []byte) (_ []byte, ok bool) {
 	if !plainJSON(e.EventID) || !plainJSON(string(e.Type)) || !plainJSON(e.AdID) || !plainJSON(e.IP) ||
-		!plainJSON(e.UserAgent) || !plainJSON(e.ServingID) || !plainJSON(string(e.InvalidReason)) ||
+		!plainJSON(e.UserAgent) || !plainJSON(e.ServingID) || !plainJSON(string(e.InvalidReason)) || !plainJSON(e.Visitor) ||
 		math.IsNaN(e.PlaybackTime) || e.PlaybackTime != 0 && (math.Abs(e.PlaybackTime) < 1e-6 || math.Abs(e.PlaybackTime) >= 1e21) {
 		return nil, false
 	}
@@ -517,6 +528,9 @@ func (e *Event) appendJSON(b []byte) (_ []byte, ok bool) {
 	if e.InvalidReason != "" {
 		b = str(b, `,"invalid_reason":"`, string(e.InvalidReason))
 	}
+	if e.Visitor != "" {
+		b = str(b, `,"visitor":"`, e.Visitor)
+	}
 	return append(b, '}'), true
 }
 
@@ -548,4 +562,94 @@ func (e *Event) VisitorHash(salt []byte) uint64 {
 	h.Write([]byte(e.UserAgent))
 	var sum [sha256.Size]byte
 	return binary.BigEndian.Uint64(h.Sum(sum[:0]))
+}
+
+// VisitorDigits is the length of Event.Visitor: a 64-bit hash in hex.
+const VisitorDigits = 16
+
+// Identity is the visitor hash the fold counts for e: the one the intake
+// carried in Visitor, else the hash of its IP and user agent under salt; 0
+// when it carries no identity at all (no Visitor, IP nor user agent). It is
+// never 0 otherwise: one hash in 2^64 moves over to 1.
+func (e *Event) Identity(salt []byte) uint64 {
+	if e.Visitor != "" {
+		if h, err := strconv.ParseUint(e.Visitor, 16, 64); err == nil {
+			return max(h, 1)
+		}
+	}
+	if e.IP == "" && e.UserAgent == "" {
+		return 0
+	}
+	return max(e.VisitorHash(salt), 1)
+}
+
+// Pseudonymize keeps e's visitor identity and forgets its address: it sets
+// Visitor to Identity(salt), computed from the full address, unless e
+// carries one already, then truncates IP (TruncateIP). The visitor counts
+// stay what they were with the full address; the address is no longer in
+// the event that is published, spooled and archived.
+func (e *Event) Pseudonymize(salt []byte) {
+	if e.Visitor == "" {
+		if h := e.Identity(salt); h != 0 {
+			e.Visitor = FormatVisitor(h)
+		}
+	}
+	e.IP = TruncateIP(e.IP)
+}
+
+// FormatVisitor writes a visitor hash as Event.Visitor holds it.
+func FormatVisitor(h uint64) string {
+	const digits = "0123456789abcdef"
+	var b [VisitorDigits]byte
+	for i := VisitorDigits - 1; i >= 0; i-- {
+		b[i] = digits[h&0xf]
+		h >>= 4
+	}
+	return string(b[:])
+}
+
+func validVisitor(s string) bool {
+	if len(s) != VisitorDigits {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Truncation prefixes: an IPv4 address keeps its /24 (the last byte is
+// zeroed), an IPv6 address its /48 (a site).
+const (
+	TruncateBitsIPv4 = 24
+	TruncateBitsIPv6 = 48
+)
+
+// TruncateIP returns ip with its host part zeroed: IPv4 to its /24, IPv6 to
+// its /48, an IPv4-mapped IPv6 address (::ffff:a.b.c.d) to the /24 of its
+// IPv4 address, still written mapped; a zone is dropped. Whatever does not
+// parse as an address is returned empty: it cannot be truncated, so it is
+// not kept.
+func TruncateIP(ip string) string {
+	if ip == "" {
+		return ""
+	}
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ""
+	}
+	addr = addr.WithZone("")
+	switch {
+	case addr.Is4():
+		p, _ := addr.Prefix(TruncateBitsIPv4)
+		return p.Addr().String()
+	case addr.Is4In6():
+		p, _ := addr.Unmap().Prefix(TruncateBitsIPv4)
+		return netip.AddrFrom16(p.Addr().As16()).String()
+	default:
+		p, _ := addr.Prefix(TruncateBitsIPv6)
+		return p.Addr().String()
+	}
 }

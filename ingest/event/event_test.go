@@ -69,6 +69,8 @@ func sameEvent(got, want Event) string {
 		return fmt.Sprintf("error_code %d != %d", got.ErrorCode, want.ErrorCode)
 	case got.InvalidReason != want.InvalidReason:
 		return "invalid_reason " + string(got.InvalidReason) + " != " + string(want.InvalidReason)
+	case got.Visitor != want.Visitor:
+		return "visitor " + got.Visitor + " != " + want.Visitor
 	}
 	return ""
 }

@@ -25,6 +25,8 @@ func FuzzDecode(f *testing.F) {
 		`{"event_id":"e3","type":"midpoint","ad_id":"A_1","timestamp":"2026-11-25T13:30:00.5+01:30","ip":"2001:db8::1"}`,
 		`{"event_id":"e4","type":"complete","ad_id":"b","timestamp":1764072000000.0,"playback_time":0}`,
 		`{"event_id":"e5","type":"skip","ad_id":"c","timestamp":null,"extra":[1,{"x":2}]}`,
+		`{"event_id":"e6","type":"click","ad_id":"a","timestamp":1764072000000,"ip":"203.0.113.0","visitor":"9f86d081884c7d65"}`,
+		`{"event_id":"e7","type":"click","ad_id":"a","timestamp":1764072000000,"visitor":"9F86"}`,
 		`{"type":"click","ad_id":"a","timestamp":1764072000000.5}`,
 		`{"type":"click","playback_time":"x"}`,
 		`{"ad_id":5}`,
@@ -82,14 +84,15 @@ func FuzzDecode(f *testing.F) {
 // FuzzMarshal: Marshal writes what encoding/json writes for the event, its
 // fast path included, for any strings and numbers.
 func FuzzMarshal(f *testing.F) {
-	f.Add("admetric-x.start", "start", "ad-1", int64(1764072000123), "10.0.0.1", "bench/1.0", 3.25, "admetric-x", 0, "")
-	f.Add("x", "error", "a", int64(1), "", "", 0.0, "", 402, "signature")
-	f.Add("x", "click", "a", int64(-5), "", "a\"<b>&\u00e9\x7f", 86400.0, "", 0, "")
-	f.Add("x", "click", "a", int64(0), "", "", 1e-9, "", 0, "")
-	f.Add("x", "click", "a", int64(0), "", "\xff", 1e21, "s\\", -1, "r")
-	f.Fuzz(func(t *testing.T, id, typ, ad string, ms int64, ip, ua string, playback float64, serving string, code int, reason string) {
+	f.Add("admetric-x.start", "start", "ad-1", int64(1764072000123), "10.0.0.1", "bench/1.0", 3.25, "admetric-x", 0, "", "")
+	f.Add("x", "error", "a", int64(1), "", "", 0.0, "", 402, "signature", "")
+	f.Add("x", "click", "a", int64(-5), "", "a\"<b>&\u00e9\x7f", 86400.0, "", 0, "", "")
+	f.Add("x", "click", "a", int64(0), "", "", 1e-9, "", 0, "", "")
+	f.Add("x", "click", "a", int64(0), "", "\xff", 1e21, "s\\", -1, "r", "<&>")
+	f.Add("x", "click", "a", int64(0), "203.0.113.0", "UA", 1.5, "", 0, "", "9f86d081884c7d65")
+	f.Fuzz(func(t *testing.T, id, typ, ad string, ms int64, ip, ua string, playback float64, serving string, code int, reason, visitor string) {
 		e := Event{EventID: id, Type: Type(typ), AdID: ad, Timestamp: time.UnixMilli(ms % (1 << 45)).In(time.FixedZone("z", 3600)),
-			IP: ip, UserAgent: ua, PlaybackTime: playback, ServingID: serving, ErrorCode: code, InvalidReason: InvalidReason(reason)}
+			IP: ip, UserAgent: ua, PlaybackTime: playback, ServingID: serving, ErrorCode: code, InvalidReason: InvalidReason(reason), Visitor: visitor}
 		got, err := e.Marshal()
 		out := e
 		out.Timestamp = e.Timestamp.UTC()

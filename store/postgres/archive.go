@@ -29,6 +29,11 @@ type ArchivedEvent struct {
 	ServingID     string `bun:"serving_id,nullzero"`
 	ErrorCode     int    `bun:"error_code,nullzero"`
 	InvalidReason string `bun:"invalid_reason,nullzero"`
+	// Visitor is the event's visitor hash (its 64 bits as a bigint) when
+	// the archiver was given one to keep: the intake computed it from the
+	// full address before truncating it, or the archiver did. NULL (0)
+	// otherwise: a rebuild hashes IP and UserAgent.
+	Visitor int64 `bun:"visitor,nullzero"`
 }
 
 // Archive writes the events table. Safe for concurrent use.
@@ -37,18 +42,57 @@ type Archive struct{ db *bun.DB }
 // NewArchive returns the archive on db.
 func NewArchive(db *bun.DB) *Archive { return &Archive{db: db} }
 
-// Insert writes events in one multi-row INSERT, skipping any event_id already
-// archived, and returns how many rows were new.
+// Insert writes events in one multi-row INSERT, skipping any already
+// archived, and returns how many rows were new. An event's key is
+// (event_id, occurred_at): a unique key of the table partitioned by month
+// must hold occurred_at. A redelivered message, a replayed spool record and
+// a retry the stream deduplicated all carry the same occurred_at, so each
+// adds no row; only two stream messages with one event_id and different
+// times (an event without a timestamp published again after the stream's
+// duplicate window, which the rollups count twice too) make two rows.
+// A month that has no partition yet gets one (CreateMonths).
 func (a *Archive) Insert(ctx context.Context, events []ArchivedEvent) (int, error) {
 	if len(events) == 0 {
 		return 0, nil
 	}
-	res, err := a.db.NewInsert().Model(&events).On("CONFLICT (event_id) DO NOTHING").Exec(ctx)
+	n, err := a.insert(ctx, events)
+	if isNoPartition(err) {
+		from, to := events[0].OccurredAt, events[0].OccurredAt
+		for _, ev := range events[1:] {
+			from, to = minTime(from, ev.OccurredAt), maxTime(to, ev.OccurredAt)
+		}
+		if _, err := a.CreateMonths(ctx, from, to); err != nil {
+			return 0, err
+		}
+		n, err = a.insert(ctx, events)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("postgres: archive %d events: %w", len(events), err)
 	}
+	return n, nil
+}
+
+func (a *Archive) insert(ctx context.Context, events []ArchivedEvent) (int, error) {
+	res, err := a.db.NewInsert().Model(&events).On("CONFLICT (event_id, occurred_at) DO NOTHING").Exec(ctx)
+	if err != nil {
+		return 0, err
+	}
 	n, _ := res.RowsAffected()
 	return int(n), nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // MarkInvalid sets the invalid_reason of the archived events named in ids to
@@ -68,7 +112,7 @@ func (a *Archive) MarkInvalid(ctx context.Context, ids, reasons []string) (archi
 	err = a.db.NewRaw(`WITH d(id, reason) AS (SELECT * FROM unnest(?::text[], ?::text[])),
 		u AS (UPDATE events SET invalid_reason = d.reason FROM d
 			WHERE events.event_id = d.id AND events.invalid_reason IS NULL)
-		SELECT count(*) FROM events WHERE event_id = ANY(?::text[])`,
+		SELECT count(DISTINCT event_id) FROM events WHERE event_id = ANY(?::text[])`,
 		pgdialect.Array(ids), pgdialect.Array(reasons), pgdialect.Array(ids)).Scan(ctx, &archived)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: mark %d events invalid: %w", len(ids), err)

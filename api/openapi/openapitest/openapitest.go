@@ -11,24 +11,32 @@
 // method and path only select the operation. A route the document does not
 // describe may only be answered as the service answers unknown routes: 404
 // (components/responses/NoRoute) or, when the path takes other methods, 405
-// (NoMethod), each with the error body.
+// (NoMethod), each with the error body. Any route may answer 414
+// (URITooLong): the service checks a URL's length before routing.
 //
-// Validation is kin-openapi's (openapi3filter.ValidateResponse). For an
-// OpenAPI 3.1 document it compiles each schema with a JSON Schema 2020-12
-// validator (santhosh-tekuri/jsonschema), which validates any schema that
-// uses a keyword only 2020-12 has (const, unevaluatedProperties,
-// propertyNames...) or no $ref to a component; the others go through
-// kin-openapi's own validator, which reads 3.1's type arrays ("null"
-// included) too.
+// The status, the headers and the routing are checked with kin-openapi
+// (openapi3filter.ValidateResponse, the body left out). A body is checked
+// here, against its schema compiled once, as JSON Schema 2020-12 (OpenAPI
+// 3.1's dialect), by santhosh-tekuri/jsonschema: openapi.json is one
+// resource to the compiler, and each response's schema is compiled from its
+// place in it (its JSON pointer), so its $refs to the components resolve as
+// they read. kin-openapi, for a 3.1 document, compiles a body's schema on
+// every check; here a schema is compiled the first time an answer needs it,
+// and kept for every later answer. Formats are checked as kin-openapi checks
+// them (its validators, date-time among them).
 package openapitest
 
 import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,6 +45,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 
 	"github.com/admetric/admetric/api/openapi"
 )
@@ -52,8 +62,11 @@ type TB interface {
 // once the request is served; t.Errorf reports a departure. An answer to a
 // client that went away (the request's context ended) is not checked: nobody
 // reads it. The answer is passed through as it is written, but net/http
-// sends what it buffered only once the check is done: the check (about a
-// millisecond, ten under -race for a large report) delays the answer.
+// sends what it buffered only once the check is done: the check delays the
+// answer (once the body's schema is compiled: microseconds for a small
+// answer, a fraction of a millisecond for a report without series, ten
+// milliseconds or so for one with long series; several times that under
+// -race).
 func Handler(t TB, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The request as it came: a router may rewrite its URL (Gin does,
@@ -180,6 +193,14 @@ func check(req *http.Request, status int, header http.Header, body []byte) error
 	if err != nil {
 		return err
 	}
+	return s.check(req, status, header, body, false)
+}
+
+// check is the package's check against s. With kinBodies the body is
+// validated by kin-openapi, as it was before the compiled schemas (kin-openapi
+// compiles the schema on every call): the benchmark's baseline, and what the
+// compiled schemas are tested to agree with.
+func (s *spec) check(req *http.Request, status int, header http.Header, body []byte, kinBodies bool) error {
 	if strings.EqualFold(header.Get("Content-Encoding"), "gzip") {
 		zr, err := gzip.NewReader(bytes.NewReader(body))
 		if err != nil {
@@ -197,6 +218,10 @@ func check(req *http.Request, status int, header http.Header, body []byte) error
 	} else {
 		op = req.Method + " " + route.Path
 	}
+	if status == http.StatusRequestURITooLong && route.Operation.Responses.Status(status) == nil {
+		// Answered before routing, whatever the route: components/responses/URITooLong.
+		route = &routers.Route{Spec: s.doc, Path: route.Path, PathItem: route.PathItem, Method: req.Method, Operation: s.uriTooLong}
+	}
 	resp := route.Operation.Responses.Status(status)
 	if resp == nil {
 		resp = route.Operation.Responses.Default()
@@ -204,15 +229,24 @@ func check(req *http.Request, status int, header http.Header, body []byte) error
 	if resp == nil || resp.Value == nil {
 		return fmt.Errorf("%s does not document status %d", op, status)
 	}
-	err = openapi3filter.ValidateResponse(context.Background(), &openapi3filter.ResponseValidationInput{
+	opts := options
+	if kinBodies {
+		opts = kinBodyOptions
+	}
+	err := openapi3filter.ValidateResponse(context.Background(), &openapi3filter.ResponseValidationInput{
 		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route},
 		Status:                 status,
 		Header:                 header,
 		Body:                   io.NopCloser(bytes.NewReader(body)),
-		Options:                options,
+		Options:                opts,
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
+	}
+	if !kinBodies {
+		if err := s.checkBody(req.Method, status, resp.Value, header, body); err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
 	}
 	if len(resp.Value.Content) == 0 && len(body) > 0 && req.Method != http.MethodHead {
 		return fmt.Errorf("%s: status %d has no body in the document, but the answer has %d bytes", op, status, len(body))
@@ -221,14 +255,22 @@ func check(req *http.Request, status int, header http.Header, body []byte) error
 }
 
 // options make ValidateResponse fail on an undocumented status and report
-// every departure of a body, each in one line.
+// every departure of a header, each in one line; the body is checked by
+// checkBody.
 var options = func() *openapi3filter.Options {
-	o := &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true}
+	o := &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true, ExcludeResponseBody: true}
 	o.WithCustomSchemaErrorFunc(schemaMessage)
 	return o
 }()
 
-// schemaMessage says where a body departs from its schema and how, without
+// kinBodyOptions are options with kin-openapi validating the body as well.
+var kinBodyOptions = func() *openapi3filter.Options {
+	o := *options
+	o.ExcludeResponseBody = false
+	return &o
+}()
+
+// schemaMessage says where a value departs from its schema and how, without
 // the schema and the value that kin-openapi's messages show in full.
 func schemaMessage(e *openapi3.SchemaError) string {
 	// The JSON Schema 2020-12 validator's reasons name the place themselves.
@@ -238,6 +280,313 @@ func schemaMessage(e *openapi3.SchemaError) string {
 		}
 	}
 	return fmt.Sprintf("at '/%s': %s", strings.Join(e.JSONPointer(), "/"), e.Reason)
+}
+
+// checkBody checks an answer's body against the schema the document gives
+// it, as ValidateResponse would: not for HEAD nor the statuses it leaves
+// alone, with the media type the Content-Type header selects, the body
+// decoded by the decoder kin-openapi has for it.
+func (s *spec) checkBody(method string, status int, resp *openapi3.Response, header http.Header, body []byte) error {
+	if method == http.MethodHead {
+		return nil
+	}
+	switch status {
+	case http.StatusNotModified, http.StatusPermanentRedirect, http.StatusTemporaryRedirect, http.StatusMovedPermanently:
+		return nil // ValidateResponse does not look at these
+	}
+	if len(resp.Content) == 0 {
+		return nil // checked by the caller: no body then
+	}
+	ct := header.Get("Content-Type")
+	mt := resp.Content.Get(ct)
+	if mt == nil {
+		return fmt.Errorf("response header Content-Type has unexpected value: %q", ct)
+	}
+	if mt.Schema == nil {
+		return nil
+	}
+	b := s.bodies[mt]
+	if b == nil {
+		// Every media type of a response is found when the document is
+		// loaded; one that is not is a bug here.
+		return fmt.Errorf("openapitest: no place in openapi.json for the schema of %q", ct)
+	}
+	value, err := decodeBody(body, ct, mt)
+	if err != nil {
+		return fmt.Errorf("failed to decode response body: %w", err)
+	}
+	schema, err := b.compile(s)
+	if err != nil {
+		return err
+	}
+	if err := schema.Validate(value); err != nil {
+		return fmt.Errorf("response body doesn't match schema %s: %s", b.name, describe(err, value))
+	}
+	return nil
+}
+
+// bodySchema is the schema of one media type of a response, compiled once,
+// when an answer first needs it.
+type bodySchema struct {
+	ptr  string // its JSON pointer in openapi.json
+	name string // for messages: its $ref, else its pointer
+
+	once   sync.Once
+	schema *jsonschema.Schema
+	err    error
+}
+
+func (b *bodySchema) compile(s *spec) (*jsonschema.Schema, error) {
+	b.once.Do(func() {
+		s.compileMu.Lock() // a Compiler is not safe for concurrent use
+		defer s.compileMu.Unlock()
+		b.schema, b.err = s.compiler.Compile(documentURL + "#" + encodePointer(b.ptr))
+		if b.err != nil {
+			b.err = fmt.Errorf("openapi.json: compiling the schema at %s: %w", b.ptr, b.err)
+		}
+	})
+	return b.schema, b.err
+}
+
+// documentURL names openapi.json to the schema compiler; nothing is fetched.
+const documentURL = "https://admetric.invalid/openapi.json"
+
+// decodeBody decodes a body of media type ct, as kin-openapi's decodeBody
+// does for ValidateResponse: JSON into any (numbers as json.Number), text
+// and binary content into a string.
+func decodeBody(body []byte, ct string, mt *openapi3.MediaType) (any, error) {
+	mediaType, _, _ := strings.Cut(ct, ";")
+	mediaType = strings.ToLower(strings.TrimSpace(mediaType))
+	header := http.Header{"Content-Type": {ct}}
+	encFn := func(name string) *openapi3.Encoding { return mt.Encoding[name] }
+	enc := encFn("")
+	binary := mt.Schema.Value != nil && mt.Schema.Value.Type.Is("string") && mt.Schema.Value.Format == "binary"
+	if binary && (enc == nil || enc.ContentType == "") {
+		return openapi3filter.FileBodyDecoder(bytes.NewReader(body), header, mt.Schema, encFn)
+	}
+	if !enc.AllowsContentType(mediaType) {
+		return nil, fmt.Errorf("not matching content types: header %q, encoding %q", mediaType, enc.ContentType)
+	}
+	decoder := openapi3filter.RegisteredBodyDecoder(mediaType)
+	if decoder == nil && strings.HasSuffix(mediaType, "+json") && !binary {
+		decoder = openapi3filter.RegisteredBodyDecoder("application/json")
+	}
+	if decoder == nil {
+		decoder = openapi3filter.RegisteredBodyDecoder("*/*")
+	}
+	if decoder == nil {
+		if binary || (mt.Schema.Value != nil && mt.Schema.Value.ContentMediaType != "") {
+			return openapi3filter.FileBodyDecoder(bytes.NewReader(body), header, mt.Schema, encFn)
+		}
+		return nil, fmt.Errorf("unsupported content type %q", mediaType)
+	}
+	return decoder(bytes.NewReader(body), header, mt.Schema, encFn)
+}
+
+// describe says, in one line, where value, a body, departs from its schema
+// and how: each failure at the bottom of the validator's tree, as "at
+// '/path/in/body': what failed [#/the/keyword/in/openapi.json]" ("at the top"
+// for the body itself), at most ten.
+func describe(err error, value any) string {
+	var verr *jsonschema.ValidationError
+	if !errors.As(err, &verr) {
+		return err.Error()
+	}
+	var fails []failure
+	var walk func(*jsonschema.ValidationError)
+	walk = func(e *jsonschema.ValidationError) {
+		if pn, ok := e.ErrorKind.(*kind.PropertyNames); ok {
+			fails = append(fails, propertyNameFailure(e, pn, value))
+			return
+		}
+		if len(e.Causes) == 0 {
+			fails = append(fails, leafFailure(e))
+		}
+		for _, c := range e.Causes {
+			walk(c)
+		}
+	}
+	walk(verr)
+	// A property (an item) that unevaluatedProperties (unevaluatedItems)
+	// refuses only because a subschema that would have evaluated it failed
+	// (allOf's, say) is no departure of its own: leave it out when another
+	// failure is inside the same object (array).
+	var kept []failure
+	for _, f := range fails {
+		if f.unevaluated && slices.ContainsFunc(fails, func(o failure) bool {
+			return !o.unevaluated && within(o.at, f.at[:len(f.at)-1])
+		}) {
+			continue
+		}
+		kept = append(kept, f)
+	}
+	const most = 10
+	var msgs []string
+	for i, f := range kept {
+		if i == most {
+			msgs = append(msgs, fmt.Sprintf("and %d more", len(kept)-most))
+			break
+		}
+		where := "at the top"
+		if f.where != "" {
+			where = f.where
+		} else if len(f.at) > 0 {
+			where = "at '" + pointer(f.at) + "'"
+		}
+		msgs = append(msgs, fmt.Sprintf("%s: %s [#%s]", where, f.msg, f.keyword))
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// failure is one way a body departs from its schema.
+type failure struct {
+	at      []string // where in the body
+	where   string   // where in the body, in words, when at is not known
+	msg     string   // what is wrong
+	keyword string   // the pointer of the keyword that failed, in openapi.json
+
+	// unevaluated: a property or an item unevaluatedProperties or
+	// unevaluatedItems refuses.
+	unevaluated bool
+}
+
+func leafFailure(e *jsonschema.ValidationError) failure {
+	f := failure{at: e.InstanceLocation, msg: e.BasicOutput().Error.String(), keyword: keywordOf(e)}
+	if _, ok := e.ErrorKind.(*kind.FalseSchema); ok {
+		f.msg = "not allowed (false schema)"
+		f.unevaluated = len(e.InstanceLocation) > 0 &&
+			(strings.HasSuffix(f.keyword, "/unevaluatedProperties") || strings.HasSuffix(f.keyword, "/unevaluatedItems"))
+	}
+	return f
+}
+
+// propertyNameFailure is a property name that propertyNames refuses. The
+// validator's causes are about the name (their places are the name's); the
+// error's own place is not to be trusted (jsonschema v6.0.3 keeps a slice it
+// goes on writing to), so the object is looked for in the body by the name.
+func propertyNameFailure(e *jsonschema.ValidationError, pn *kind.PropertyNames, value any) failure {
+	f := failure{msg: fmt.Sprintf("invalid property name '%s'", pn.Property), keyword: keywordOf(e)}
+	var why []string
+	var walk func(*jsonschema.ValidationError)
+	walk = func(c *jsonschema.ValidationError) {
+		if len(c.Causes) == 0 {
+			why = append(why, c.BasicOutput().Error.String())
+			f.keyword = keywordOf(c)
+		}
+		for _, cc := range c.Causes {
+			walk(cc)
+		}
+	}
+	for _, c := range e.Causes {
+		walk(c)
+	}
+	if len(why) > 0 {
+		f.msg += ": " + strings.Join(why, "; ")
+	}
+	var objects [][]string
+	findKey(value, pn.Property, nil, &objects)
+	switch len(objects) {
+	case 1:
+		f.at = objects[0]
+	case 0:
+		f.where = "at an object"
+	default:
+		f.where = fmt.Sprintf("at one of the %d objects with it (the first at '%s')", len(objects), pointer(objects[0]))
+	}
+	return f
+}
+
+// findKey adds to found the place of each object in v that has key.
+func findKey(v any, key string, at []string, found *[][]string) {
+	switch v := v.(type) {
+	case map[string]any:
+		if _, ok := v[key]; ok {
+			*found = append(*found, slices.Clone(at))
+		}
+		for k, vv := range v {
+			findKey(vv, key, append(at, k), found)
+		}
+	case []any:
+		for i, vv := range v {
+			findKey(vv, key, append(at, strconv.Itoa(i)), found)
+		}
+	}
+}
+
+// keywordOf is the pointer, in openapi.json, of the keyword e is about.
+func keywordOf(e *jsonschema.ValidationError) string {
+	_, frag, _ := strings.Cut(e.SchemaURL, "#")
+	if f, err := url.PathUnescape(frag); err == nil {
+		frag = f
+	}
+	if _, ok := e.ErrorKind.(*kind.PropertyNames); ok {
+		return frag // its SchemaURL is the propertyNames schema's
+	}
+	for _, k := range e.ErrorKind.KeywordPath() {
+		frag += "/" + escapeToken(k)
+	}
+	return frag
+}
+
+// within reports whether loc is at or under parent.
+func within(loc, parent []string) bool {
+	return len(loc) >= len(parent) && slices.Equal(loc[:len(parent)], parent)
+}
+
+// pointer is the JSON pointer of tokens.
+func pointer(tokens []string) string {
+	var sb strings.Builder
+	for _, t := range tokens {
+		sb.WriteByte('/')
+		sb.WriteString(escapeToken(t))
+	}
+	return sb.String()
+}
+
+func escapeToken(t string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(t, "~", "~0"), "/", "~1")
+}
+
+// encodePointer is a JSON pointer as a URL fragment, each token
+// percent-encoded as the schema compiler decodes it.
+func encodePointer(ptr string) string {
+	toks := strings.Split(ptr, "/")
+	for i, t := range toks {
+		toks[i] = url.PathEscape(t)
+	}
+	return strings.Join(toks, "/")
+}
+
+// kinFormat checks a format as kin-openapi does: with its validator for the
+// format (openapi3.SchemaStringFormats, SchemaIntegerFormats,
+// SchemaNumberFormats), a format it has none for being no constraint.
+func kinFormat(name string) *jsonschema.Format {
+	number := func(v float64) error {
+		if v == math.Trunc(v) && !math.IsInf(v, 0) {
+			if f, ok := openapi3.SchemaIntegerFormats[name]; ok {
+				return f.Validate(int64(v))
+			}
+		}
+		if f, ok := openapi3.SchemaNumberFormats[name]; ok {
+			return f.Validate(v)
+		}
+		return nil
+	}
+	return &jsonschema.Format{Name: name, Validate: func(v any) error {
+		switch v := v.(type) {
+		case string:
+			if f, ok := openapi3.SchemaStringFormats[name]; ok {
+				return f.Validate(v)
+			}
+		case json.Number:
+			if n, err := v.Float64(); err == nil {
+				return number(n)
+			}
+		case float64:
+			return number(v)
+		}
+		return nil
+	}}
 }
 
 // excerpt is the start of a body, to show with a departure.
@@ -280,6 +629,18 @@ type spec struct {
 	// noRoute, noMethod and slashRedirect are the operations of the
 	// unknown-route answers.
 	noRoute, noMethod, slashRedirect *openapi3.Operation
+	// uriTooLong is the operation of the answer any route may give to a
+	// URL too long (414).
+	uriTooLong *openapi3.Operation
+
+	// bodies are the schemas of the responses' media types, by media type:
+	// one for each (operation, status, media type) the document lists, a
+	// response of components/responses being one wherever it is used. The
+	// map is not written once loaded; each schema is compiled once, by
+	// compiler (which holds openapi.json), under compileMu.
+	bodies    map[*openapi3.MediaType]*bodySchema
+	compiler  *jsonschema.Compiler
+	compileMu sync.Mutex
 }
 
 type pathTemplate struct {
@@ -289,7 +650,10 @@ type pathTemplate struct {
 }
 
 // loadSpec loads and validates the document once.
-var loadSpec = sync.OnceValues(func() (*spec, error) {
+var loadSpec = sync.OnceValues(newSpec)
+
+// newSpec loads and validates the document.
+func newSpec() (*spec, error) {
 	loader := openapi3.NewLoader()
 	doc, err := loader.LoadFromData(openapi.Document())
 	if err != nil {
@@ -317,12 +681,148 @@ var loadSpec = sync.OnceValues(func() (*spec, error) {
 	if s.noMethod, err = only(http.StatusMethodNotAllowed, "NoMethod"); err != nil {
 		return nil, err
 	}
+	if s.uriTooLong, err = only(http.StatusRequestURITooLong, "URITooLong"); err != nil {
+		return nil, err
+	}
 	if s.slashRedirect, err = only(http.StatusMovedPermanently, "TrailingSlashRedirect"); err != nil {
 		return nil, err
 	}
 	s.slashRedirect.Responses.Set(strconv.Itoa(http.StatusTemporaryRedirect), doc.Components.Responses["TrailingSlashRedirect"])
+	if err := s.placeBodies(); err != nil {
+		return nil, err
+	}
 	return s, nil
-})
+}
+
+// placeBodies finds where in openapi.json the schema of each response's
+// media type is, and readies the compiler that compiles them from there.
+func (s *spec) placeBodies() error {
+	raw, err := jsonschema.UnmarshalJSON(bytes.NewReader(openapi.Document()))
+	if err != nil {
+		return fmt.Errorf("loading openapi.json: %w", err)
+	}
+	s.compiler = jsonschema.NewCompiler()
+	s.compiler.DefaultDraft(jsonschema.Draft2020)
+	formats := map[string]bool{}
+	collectFormats(raw, formats)
+	for name := range formats {
+		s.compiler.RegisterFormat(kinFormat(name))
+	}
+	s.compiler.AssertFormat()
+	if err := s.compiler.AddResource(documentURL, raw); err != nil {
+		return fmt.Errorf("openapi.json as a JSON Schema resource: %w", err)
+	}
+	s.bodies = map[*openapi3.MediaType]*bodySchema{}
+	place := func(resp *openapi3.ResponseRef, at ...string) error {
+		if resp == nil || resp.Value == nil {
+			return nil
+		}
+		for key, mt := range resp.Value.Content {
+			if mt == nil || mt.Schema == nil || s.bodies[mt] != nil {
+				continue
+			}
+			ptr, err := locate(raw, slices.Concat(at, []string{"content", key, "schema"})...)
+			if err != nil {
+				return fmt.Errorf("openapi.json: the schema of %s: %w", pointer(slices.Concat(at, []string{"content", key})), err)
+			}
+			name := mt.Schema.Ref
+			if name == "" {
+				name = "#" + ptr
+			}
+			s.bodies[mt] = &bodySchema{ptr: ptr, name: name}
+		}
+		return nil
+	}
+	if s.doc.Components != nil {
+		for name, resp := range s.doc.Components.Responses {
+			if err := place(resp, "components", "responses", name); err != nil {
+				return err
+			}
+		}
+	}
+	for _, p := range s.paths {
+		for method, op := range p.item.Operations() {
+			if op.Responses == nil {
+				continue
+			}
+			for status, resp := range op.Responses.Map() {
+				if err := place(resp, "paths", p.path, strings.ToLower(method), "responses", status); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// locate returns the JSON pointer of the value at tokens in doc, following
+// the $ref of each object on the way (a path item, a response) but not of
+// the value itself (a schema's $ref is the compiler's).
+func locate(doc any, tokens ...string) (string, error) {
+	at, v := "", doc
+	for i, tok := range tokens {
+		for hops := 0; ; hops++ {
+			m, _ := v.(map[string]any)
+			ref, ok := m["$ref"].(string)
+			if !ok {
+				break
+			}
+			frag, err := url.PathUnescape(strings.TrimPrefix(ref, "#"))
+			if hops == 32 || !strings.HasPrefix(ref, "#") || err != nil {
+				return "", fmt.Errorf("at %s: cannot follow $ref %q", at, ref)
+			}
+			at = frag
+			if v, err = lookup(doc, at); err != nil {
+				return "", err
+			}
+		}
+		m, ok := v.(map[string]any)
+		if !ok {
+			return "", fmt.Errorf("at %s: not an object (looking for %s)", at, pointer(tokens[i:]))
+		}
+		if v, ok = m[tok]; !ok {
+			return "", fmt.Errorf("at %s: no %q", at, tok)
+		}
+		at += "/" + escapeToken(tok)
+	}
+	return at, nil
+}
+
+// lookup returns the value at ptr, a JSON pointer into doc's objects.
+func lookup(doc any, ptr string) (any, error) {
+	v := doc
+	if ptr == "" {
+		return v, nil
+	}
+	for _, tok := range strings.Split(strings.TrimPrefix(ptr, "/"), "/") {
+		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("%s: not found", ptr)
+		}
+		if v, ok = m[tok]; !ok {
+			return nil, fmt.Errorf("%s: not found", ptr)
+		}
+	}
+	return v, nil
+}
+
+// collectFormats adds to formats the name of every format in node.
+func collectFormats(node any, formats map[string]bool) {
+	switch node := node.(type) {
+	case map[string]any:
+		if f, ok := node["format"].(string); ok {
+			formats[f] = true
+		}
+		for _, v := range node {
+			collectFormats(v, formats)
+		}
+	case []any:
+		for _, v := range node {
+			collectFormats(v, formats)
+		}
+	}
+}
 
 // find returns the route of the document that serves method on path, as
 // Gin routes: each method apart, and among the paths that take it the first
