@@ -74,7 +74,7 @@ func FuzzAnalyticsQuery(f *testing.F) {
 		req.URL.RawQuery = raw
 		req.RequestURI = req.URL.RequestURI()
 		rec := httptest.NewRecorder()
-		r.ServeHTTP(rec, req)
+		r.ServeHTTP(rec, req.Clone(req.Context()))
 		checkEdgeAnswer(t, req, rec)
 	})
 }
@@ -113,7 +113,9 @@ func FuzzVASTRequest(f *testing.F) {
 		req.URL.RawQuery = query
 		req.RequestURI = req.URL.RequestURI()
 		rec := httptest.NewRecorder()
-		r.ServeHTTP(rec, req)
+		// Gin rewrites the URL of a request it redirects (a trailing slash,
+		// as "0%2F" decodes to): the contract judges the request as sent.
+		r.ServeHTTP(rec, req.Clone(req.Context()))
 		if rec.Code == http.StatusNotFound && strings.Contains(id, "/") {
 			return // another route: Gin's 404, not the handler's
 		}

@@ -843,12 +843,14 @@ func (s *spec) find(method, path string) (*routers.Route, map[string]string) {
 }
 
 // unknown returns the route of the answers to a route the document does
-// not describe: a redirect when the path without its trailing slash, or
+// not describe: a redirect when the path without its trailing slashes, or
 // with one, is a route (301 for GET, else 307); 405 when the path takes
 // other methods; else 404.
 func (s *spec) unknown(method, path string) (*routers.Route, string) {
+	// Gin redirects a path with trailing slashes to be cut ("/vast//" to
+	// "/vast/", then "/vast") as it does one with a slash too many.
 	other := path + "/"
-	if trimmed, ok := strings.CutSuffix(path, "/"); ok {
+	if trimmed := strings.TrimRight(path, "/"); trimmed != path {
 		other = trimmed
 	}
 	if r, _ := s.find(method, other); path != "/" && r.Operation != nil {
