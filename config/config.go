@@ -316,7 +316,7 @@ type option struct {
 // holds its variable's default and its rule. It is a function rather than a
 // package variable so that nothing global is mutable.
 func options() []option {
-	return []option{
+	opts := []option{
 		stringOpt("HTTP_ADDR", ":8080", func(c *Config) *string { return &c.HTTPAddr }, hostPort),
 		stringOpt("DATA_DIR", "./data", func(c *Config) *string { return &c.DataDir }, nonEmpty),
 
@@ -382,13 +382,6 @@ func options() []option {
 		stringOpt("PUBLIC_URL", "", func(c *Config) *string { return &c.PublicURL }, optional(publicURL)),
 		listOpt("CORS_ALLOWED_ORIGINS", "*", func(c *Config) *[]string { return &c.CORSAllowedOrigins }, origin),
 
-		// Abuse limits.
-		intOpt("INTAKE_RATE_LIMIT", "1000", func(c *Config) *int { return &c.IntakeRateLimit }, between(0, 1_000_000)),
-		intOpt("INTAKE_RATE_BURST", "2000", func(c *Config) *int { return &c.IntakeRateBurst }, between(1, 1_000_000)),
-		intOpt("PIXEL_RATE_LIMIT", "200", func(c *Config) *int { return &c.PixelRateLimit }, between(0, 1_000_000)),
-		intOpt("PIXEL_RATE_BURST", "400", func(c *Config) *int { return &c.PixelRateBurst }, between(1, 1_000_000)),
-		intOpt("RATE_LIMIT_MAX_CLIENTS", "100000", func(c *Config) *int { return &c.RateLimitMaxClients }, between(1, 10_000_000)),
-
 		// Also minute <= hour <= day (checkAcross).
 		durationOpt("ROLLUP_MINUTE_RETENTION", "72h", func(c *Config) *time.Duration { return &c.MinuteRetention }, positive),
 		durationOpt("ROLLUP_HOUR_RETENTION", "2400h", func(c *Config) *time.Duration { return &c.HourRetention }, positive),
@@ -398,13 +391,26 @@ func options() []option {
 		lowerOpt("LOG_FORMAT", "text", func(c *Config) *string { return &c.LogFormat }, oneOf("text", "json")),
 		durationOpt("SHUTDOWN_TIMEOUT", "10s", func(c *Config) *time.Duration { return &c.ShutdownTimeout }, positive),
 		durationOpt("CATALOG_REFRESH", "10s", func(c *Config) *time.Duration { return &c.CatalogRefresh }, positive),
+	}
+	return append(opts, trafficOptions()...)
+}
+
+// trafficOptions are the settings of what traffic is taken and kept: the
+// abuse limits at the door, the invalid-traffic rules, the privacy of
+// addresses and the archive's retention.
+func trafficOptions() []option {
+	return []option{
+		intOpt("INTAKE_RATE_LIMIT", "1000", func(c *Config) *int { return &c.IntakeRateLimit }, between(0, 1_000_000)),
+		intOpt("INTAKE_RATE_BURST", "2000", func(c *Config) *int { return &c.IntakeRateBurst }, between(1, 1_000_000)),
+		intOpt("PIXEL_RATE_LIMIT", "200", func(c *Config) *int { return &c.PixelRateLimit }, between(0, 1_000_000)),
+		intOpt("PIXEL_RATE_BURST", "400", func(c *Config) *int { return &c.PixelRateBurst }, between(1, 1_000_000)),
+		intOpt("RATE_LIMIT_MAX_CLIENTS", "100000", func(c *Config) *int { return &c.RateLimitMaxClients }, between(1, 10_000_000)),
 
 		boolOpt("IVT_RULES", "true", func(c *Config) *bool { return &c.IVTRules }),
 		durationOpt("IVT_DUPLICATE_CLICK_WINDOW", "30s", func(c *Config) *time.Duration { return &c.IVTDuplicateClickWindow }, durationBetween(time.Second, time.Hour)),
 		intOpt("IVT_RATE_PER_MINUTE", "30", func(c *Config) *int { return &c.IVTRatePerMinute }, between(1, 100_000)),
 		listOpt("IVT_BOT_PATTERNS", "", func(c *Config) *[]string { return &c.IVTBotPatterns }, regularExpression),
 
-		// Privacy and retention.
 		boolOpt("IP_TRUNCATE", "false", func(c *Config) *bool { return &c.IPTruncate }),
 		retentionOpt("ARCHIVE_RETENTION", "0", func(c *Config) *time.Duration { return &c.ArchiveRetention }),
 	}
