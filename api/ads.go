@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,26 +48,22 @@ type AdStore interface {
 // AdHandlers serve GET /ads, GET /ads/:id and, with an admin token, POST, PUT and
 // DELETE. Build with NewAdHandlers.
 type AdHandlers struct {
-	ads     AdStore
-	catalog AdCatalog
-	// tokenHash is the SHA-256 of the admin token, or nil when management is off.
-	tokenHash []byte
-	logger    *slog.Logger
+	ads          AdStore
+	catalog      AdCatalog
+	managed      bool // an admin token was configured
+	requireAdmin gin.HandlerFunc
+	logger       *slog.Logger
 }
 
 // NewAdHandlers returns the ad handlers. An empty adminToken disables management
 // (POST, PUT and DELETE answer 403).
 func NewAdHandlers(ads AdStore, catalog AdCatalog, adminToken string, logger *slog.Logger) *AdHandlers {
-	h := &AdHandlers{ads: ads, catalog: catalog, logger: logger.With("component", "api")}
-	if adminToken != "" {
-		sum := sha256.Sum256([]byte(adminToken))
-		h.tokenHash = sum[:]
-	}
-	return h
+	return &AdHandlers{ads: ads, catalog: catalog, managed: adminToken != "",
+		requireAdmin: access.AdminOnly(adminToken, "ad management"), logger: logger.With("component", "api")}
 }
 
 // ManagementEnabled reports whether an admin token was configured.
-func (h *AdHandlers) ManagementEnabled() bool { return h.tokenHash != nil }
+func (h *AdHandlers) ManagementEnabled() bool { return h.managed }
 
 // Register mounts the ad routes on r. readGuard, when given, stands before
 // the reads (access.Guard.Require): they answer within the request's scope.
@@ -80,23 +74,6 @@ func (h *AdHandlers) Register(r gin.IRouter, readGuard ...gin.HandlerFunc) {
 	admin.POST("", h.create)
 	admin.PUT("/:id", h.update)
 	admin.DELETE("/:id", h.delete)
-}
-
-// requireAdmin checks "Authorization: Bearer <token>". Both sides are hashed
-// first so the comparison is constant-time whatever the lengths.
-func (h *AdHandlers) requireAdmin(c *gin.Context) {
-	if h.tokenHash == nil {
-		respond.Error(c, http.StatusForbidden, "", "ad management is disabled: the server has no ADMIN_TOKEN")
-		return
-	}
-	token, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
-	sum := sha256.Sum256([]byte(token))
-	if !ok || subtle.ConstantTimeCompare(sum[:], h.tokenHash) != 1 {
-		c.Header("WWW-Authenticate", `Bearer realm="admetric"`)
-		respond.Error(c, http.StatusUnauthorized, "Authorization", "a valid admin bearer token is required")
-		return
-	}
-	c.Next()
 }
 
 type adList struct {

@@ -24,21 +24,17 @@ import (
 // TokenHandlers serve POST /tokens, GET /tokens and DELETE /tokens/:id, each
 // with the admin token. Build with NewTokenHandlers.
 type TokenHandlers struct {
-	tokens *Tokens
-	admin  *Hash // nil: management is off
-	logger *slog.Logger
-	now    func() time.Time
+	tokens       *Tokens
+	requireAdmin gin.HandlerFunc
+	logger       *slog.Logger
+	now          func() time.Time
 }
 
 // NewTokenHandlers returns the token handlers. An empty adminToken disables
 // them (403).
 func NewTokenHandlers(tokens *Tokens, adminToken string, logger *slog.Logger) *TokenHandlers {
-	h := &TokenHandlers{tokens: tokens, logger: logger.With("component", "access"), now: time.Now}
-	if adminToken != "" {
-		sum := HashToken(adminToken)
-		h.admin = &sum
-	}
-	return h
+	return &TokenHandlers{tokens: tokens, requireAdmin: AdminOnly(adminToken, "token management"),
+		logger: logger.With("component", "access"), now: time.Now}
 }
 
 // Register mounts the token routes on r.
@@ -49,19 +45,28 @@ func (h *TokenHandlers) Register(r gin.IRouter) {
 	g.DELETE("/:id", h.delete)
 }
 
-func (h *TokenHandlers) requireAdmin(c *gin.Context) {
-	if h.admin == nil {
-		respond.Error(c, http.StatusForbidden, "", "token management is disabled: the server has no ADMIN_TOKEN")
-		return
+// AdminOnly returns the middleware of the management routes (what names
+// them in the 403): a request must carry "Authorization: Bearer
+// <adminToken>", or it is answered 401; with no adminToken every request is
+// answered 403. Both sides are hashed first, so the comparison takes the same
+// time whatever the lengths.
+func AdminOnly(adminToken, what string) gin.HandlerFunc {
+	if adminToken == "" {
+		return func(c *gin.Context) {
+			respond.Error(c, http.StatusForbidden, "", what+" is disabled: the server has no ADMIN_TOKEN")
+		}
 	}
-	token, _ := BearerToken(c.GetHeader("Authorization"))
-	sum := HashToken(token)
-	if token == "" || subtle.ConstantTimeCompare(sum[:], h.admin[:]) != 1 {
-		c.Header("WWW-Authenticate", `Bearer realm="admetric"`)
-		respond.Error(c, http.StatusUnauthorized, "Authorization", "a valid admin bearer token is required")
-		return
+	admin := HashToken(adminToken)
+	return func(c *gin.Context) {
+		token, _ := BearerToken(c.GetHeader("Authorization"))
+		sum := HashToken(token)
+		if token == "" || subtle.ConstantTimeCompare(sum[:], admin[:]) != 1 {
+			c.Header("WWW-Authenticate", `Bearer realm="admetric"`)
+			respond.Error(c, http.StatusUnauthorized, "Authorization", "a valid admin bearer token is required")
+			return
+		}
+		c.Next()
 	}
-	c.Next()
 }
 
 // TokenInfo is a scoped token as GET /tokens lists it: never the token.
