@@ -191,7 +191,8 @@
         showNotice(null, unreachableText(e), true);
       }
     } finally {
-      if (inflight === seq) timer = setTimeout(refresh, REFRESH_MS);
+      // Waiting for a read token, the page does not ask again by itself.
+      if (inflight === seq && $("read-token-form").hidden) timer = setTimeout(refresh, REFRESH_MS);
     }
   }
 
