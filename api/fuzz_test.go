@@ -12,13 +12,11 @@ import (
 	"net/url"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/gin-gonic/gin"
 
 	"github.com/admetric/admetric/api"
 	"github.com/admetric/admetric/api/openapi/openapitest"
-	"github.com/admetric/admetric/ingest/pixel"
 	"github.com/admetric/admetric/store/rollup"
 	"github.com/admetric/admetric/store/rollup/rolluptest"
 )
@@ -91,19 +89,13 @@ func FuzzVASTRequest(f *testing.F) {
 	} {
 		f.Add(s.id, s.query)
 	}
-	signer, err := pixel.NewSigner([]byte("0123456789abcdef0123456789abcdef"))
-	if err != nil {
-		f.Fatal(err)
-	}
 	ads := adsInMemory{
 		"hosted":  {ID: "hosted", Title: "Hosted <&> \"ad\"", VideoURL: "https://cdn.example.com/a.mp4", ClickURL: "https://shop.example.com/?a=1&b=<2>", DurationSeconds: 15, VideoType: "video/mp4", VideoWidth: 640, VideoHeight: 360, VideoDelivery: "progressive"},
 		"wrapped": {ID: "wrapped", Title: "Wrapped", VASTTagURL: "https://tags.example.net/vast?id=7&x=]]>"},
 		"empty":   {ID: "empty", Title: "No media"},
 		"legacy":  {ID: "legacy", Title: "Legacy", VideoURL: "javascript:alert(1)", VideoType: "video/mp4", VideoWidth: 1, VideoHeight: 1, VideoDelivery: "progressive"},
 	}
-	gin.SetMode(gin.TestMode)
-	r := gin.New()
-	api.NewVASTHandler(ads, signer, "https://ads.example.com/", 20*time.Minute, slog.New(slog.DiscardHandler)).Register(r)
+	r, _ := vastRouter(f, ads)
 	f.Fuzz(func(t *testing.T, id, query string) {
 		path := "/vast"
 		if id != "" {

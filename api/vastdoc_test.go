@@ -35,10 +35,6 @@ func (m adsInMemory) List(int, int) ([]postgres.Ad, int) { return nil, 0 }
 // it; an unknown ad, or one with neither a media file nor a tag, gets the
 // empty document.
 func TestVASTDocuments(t *testing.T) {
-	signer, err := pixel.NewSigner([]byte("0123456789abcdef0123456789abcdef"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ads := adsInMemory{
 		"hosted":  {ID: "hosted", Title: "Hosted", VideoURL: "https://cdn.example.com/a.mp4", ClickURL: "https://shop.example.com", DurationSeconds: 15, VideoType: "video/mp4", VideoWidth: 640, VideoHeight: 360, VideoDelivery: "progressive"},
 		"wrapped": {ID: "wrapped", Title: "Wrapped", VASTTagURL: "https://tags.example.net/vast?id=7"},
@@ -46,9 +42,7 @@ func TestVASTDocuments(t *testing.T) {
 		// Stored before ads were checked: served as no ad.
 		"legacy": {ID: "legacy", Title: "Legacy", VideoURL: "javascript:alert(1)", VideoType: "video/mp4", VideoWidth: 1, VideoHeight: 1, VideoDelivery: "progressive"},
 	}
-	gin.SetMode(gin.TestMode)
-	r := gin.New()
-	api.NewVASTHandler(ads, signer, "https://ads.example.com/", 20*time.Minute, slog.New(slog.DiscardHandler)).Register(r)
+	r, signer := vastRouter(t, ads)
 	h := openapitest.Handler(t, r) // every answer checked against the API contract
 	get := func(id string) string {
 		t.Helper()
@@ -123,6 +117,20 @@ func TestVASTDocuments(t *testing.T) {
 // checkSigned fails t unless u is a tracking URL at PUBLIC_URL for adID whose
 // signature holds for the kind its path names, valid for the TTL given to
 // the handler (20 minutes) from about now.
+// vastRouter serves the VAST routes over ads, with tracking URLs at
+// https://ads.example.com signed by the signer it returns.
+func vastRouter(tb testing.TB, ads adsInMemory) (*gin.Engine, *pixel.Signer) {
+	tb.Helper()
+	signer, err := pixel.NewSigner([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	gin.SetMode(gin.TestMode)
+	r := gin.New()
+	api.NewVASTHandler(ads, signer, "https://ads.example.com/", 20*time.Minute, slog.New(slog.DiscardHandler)).Register(r)
+	return r, signer
+}
+
 func checkSigned(t *testing.T, signer *pixel.Signer, u, adID string) {
 	t.Helper()
 	parsed, err := url.Parse(u)

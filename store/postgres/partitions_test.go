@@ -41,6 +41,21 @@ func archiveDB(t *testing.T) (*bun.DB, *postgres.Archive) {
 	return db, postgres.NewArchive(db)
 }
 
+// unpartitionedDB is a PostgreSQL database migrated up to the migration that
+// partitions the archive, not including it.
+func unpartitionedDB(t *testing.T) *bun.DB {
+	t.Helper()
+	db, err := postgres.Open(context.Background(), storetest.Postgres(t).DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := postgres.MigrateBefore(context.Background(), db, "20261215000006"); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
 func monthStart(y int, m time.Month) time.Time { return time.Date(y, m, 1, 0, 0, 0, 0, time.UTC) }
 
 // TestArchivePartitions: a row of a month without a partition gets one;
@@ -124,16 +139,9 @@ func TestArchivePartitions(t *testing.T) {
 // month is past the retention.
 func TestMigrationPartitionsAnExistingArchive(t *testing.T) {
 	ctx := context.Background()
-	db, err := postgres.Open(ctx, storetest.Postgres(t).DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := postgres.MigrateBefore(ctx, db, "20261215000006"); err != nil {
-		t.Fatal(err)
-	}
+	db := unpartitionedDB(t)
 	const n = 500
-	_, err = db.ExecContext(ctx, `INSERT INTO events (event_id, type, ad_id, occurred_at, ip, user_agent, playback_ms, stream_seq, partition, serving_id, invalid_reason)
+	_, err := db.ExecContext(ctx, `INSERT INTO events (event_id, type, ad_id, occurred_at, ip, user_agent, playback_ms, stream_seq, partition, serving_id, invalid_reason)
 		SELECT 'old-' || i, 'click', 'ad-' || (i % 7), timestamptz '2026-01-15 12:00:00+00' + (i * interval '6 hours'),
 			'203.0.113.7', 'UA', i, i, i % 8, CASE WHEN i % 2 = 0 THEN 'sv-' || i END, CASE WHEN i % 5 = 0 THEN 'bot' END
 		FROM generate_series(1, ?) AS i`, n)
@@ -193,14 +201,7 @@ func TestMigrationPartitionsAnExistingArchive(t *testing.T) {
 // becomes the partitioned table without a partition before the months.
 func TestMigrationOfAnEmptyArchive(t *testing.T) {
 	ctx := context.Background()
-	db, err := postgres.Open(ctx, storetest.Postgres(t).DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := postgres.MigrateBefore(ctx, db, "20261215000006"); err != nil {
-		t.Fatal(err)
-	}
+	db := unpartitionedDB(t)
 	if _, err := postgres.Migrate(ctx, db); err != nil {
 		t.Fatal(err)
 	}
