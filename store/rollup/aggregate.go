@@ -285,7 +285,7 @@ func (a *Aggregate) UniqueVisitors() uint64 {
 	}
 	a.settle()
 	if a.sketch != nil {
-		a.unique = a.sketch.Estimate()
+		a.unique = estimate(a.sketch, true)
 	}
 	a.counted = true
 	return a.unique

@@ -121,9 +121,9 @@ func (v *Visitors) Count() uint64 {
 	if v.sketch == nil {
 		return uint64(len(v.exact))
 	}
-	// Estimate compacts the sketch's insert buffer; doing that on a clone keeps
-	// Count a read for callers that share v between readers.
-	return v.sketch.Clone().Estimate()
+	// estimate leaves the sketch as it is, so Count stays a read for callers
+	// that share v between readers.
+	return estimate(v.sketch, false)
 }
 
 // Full reports whether the set holds ExactVisitors hashes or more: one more
