@@ -134,7 +134,7 @@ func TestIntakeMarksImpossiblePlayback(t *testing.T) {
 
 // newIntake serves the intake handlers for ads over a publisher on nc into
 // a fresh event stream.
-func newIntake(t *testing.T, nc *nats.Conn, ads ingest.AdLookup) *intake {
+func newIntake(t testing.TB, nc *nats.Conn, ads ingest.AdLookup) *intake {
 	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
