@@ -29,8 +29,9 @@ import (
 // at the end, the growth per minute after the window of the RSS and of
 // the live heap (least-squares slopes over the samples, which a saw-tooth
 // half seen tilts either way) and the highest RSS in each half of the time
-// after the window: a bound holds when the second is not above the first. ADMETRIC_BENCH_MEMPROFILE names a file
-// for a profile of the live heap at the end of the load;
+// after the window: a bound holds when the second is not above the first.
+// ADMETRIC_BENCH_MEMPROFILE names a file for a profile of the live heap at
+// the end of the load;
 // ADMETRIC_BENCH_DUPLICATE_WINDOW sets STREAM_DUPLICATE_WINDOW, so that
 // shorter runs (GOGC against GOGC, say) reach the plateau sooner; the RSS
 // "when the duplicate window is full" follows it.

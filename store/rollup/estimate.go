@@ -9,7 +9,7 @@ import (
 
 // estimate is sk.Estimate() for a sketch of precision 14, the same number to
 // the bit, at a fraction of the cost for a dense sketch. The library sums
-// 1/2^r over the 16,384 registers with a math.Pow for each (about 0.3 ms a
+// 1/2^r over the 16,384 registers with a math.Pow for each (about 0.4 ms a
 // sketch, most of an analytics answer's CPU under live load); this reads the
 // registers from the sketch's encoding and takes 1/2^r from a table, in the
 // same order, so the sum is the same float. A sparse sketch, whose estimate
